@@ -1,0 +1,154 @@
+"""Qwen's tokenizer and chat format, on the `tokenizers` package alone.
+
+What this is:
+  - `Tokenizer.from_dir(ckpt)`: the byte-level BPE of a Qwen2 / Qwen2.5 checkpoint, read from
+    its tokenizer.json (+ tokenizer_config.json / generation_config.json for the stop tokens).
+  - `Tokenizer.chat(messages, add_generation_prompt)`: the ChatML prompt exactly as
+    Qwen2.5-Instruct's chat template renders it (no tools), as token ids:
+        <|im_start|>system\\n{system}<|im_end|>\\n<|im_start|>user\\n{user}<|im_end|>\\n<|im_start|>assistant\\n
+    When the first message is not a system message the template inserts Qwen's default one.
+  - `pose_token_id`: an existing special token that never comes out of encoding plain text,
+    used as the placeholder where the pose encoder's soft tokens are spliced into the prompt.
+  - `train_bpe(texts, vocab_size, out_dir)`: a small byte-level BPE with Qwen's pre-tokenizer
+    and special tokens, so the tiny CPU config needs no download.
+
+References:
+  - Qwen2 / Qwen2.5 tokenizer.json and tokenizer_config.json (chat_template) on the Hugging
+    Face Hub, e.g. Qwen/Qwen2.5-7B-Instruct.
+  - ChatML: https://github.com/openai/openai-python/blob/release-v0.28.0/chatml.md
+  - Hugging Face `tokenizers`: https://huggingface.co/docs/tokenizers
+
+Run: nothing to run; `python -m pytest -q tests/test_tokenizer.py` checks it against
+transformers' `apply_chat_template` with the real Qwen2.5 template.
+"""
+import json
+from pathlib import Path
+
+from tokenizers import Regex, decoders, models, normalizers, pre_tokenizers, processors, trainers
+from tokenizers import Tokenizer as _HFTokenizer
+
+# Qwen2's pre-tokenizer split (tokenizer.json): like GPT-4's but digits one at a time (\p{N}).
+QWEN_SPLIT = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+    r"|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+# Qwen2.5's special tokens, ids 151643..151656 in its vocabulary (in this order).
+SPECIAL_TOKENS = [
+    "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|object_ref_start|>", "<|object_ref_end|>",
+    "<|box_start|>", "<|box_end|>", "<|quad_start|>", "<|quad_end|>", "<|vision_start|>",
+    "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>",
+]
+# Placeholder for the pose tokens, in order of preference. Each is a special token of Qwen2.5
+# that plain text never encodes to; Qwen2 (not 2.5) tokenizers have none of them.
+POSE_TOKEN_CANDIDATES = ("<|video_pad|>", "<|vision_pad|>", "<|image_pad|>")
+DEFAULT_SYSTEM = "You are Qwen, created by Alibaba Cloud. You are a helpful assistant."
+
+
+def render_chat(messages: list[dict], add_generation_prompt: bool) -> str:
+    """The text Qwen2.5-Instruct's chat template renders for plain (no tool) messages."""
+    if not messages:
+        raise ValueError("chat: messages is empty")
+    text = ""
+    if messages[0]["role"] != "system":
+        text += f"<|im_start|>system\n{DEFAULT_SYSTEM}<|im_end|>\n"
+    for m in messages:
+        text += f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n"
+    if add_generation_prompt:
+        text += "<|im_start|>assistant\n"
+    return text
+
+
+def _token_name(value) -> str | None:
+    """tokenizer_config.json writes a token as a string or as {"content": ...}."""
+    return value.get("content") if isinstance(value, dict) else value
+
+
+class Tokenizer:
+    """A Qwen tokenizer: encode / decode, ChatML prompts, stop, pad and pose-placeholder ids."""
+
+    def __init__(self, tok: _HFTokenizer, eos_ids: list[int] | None = None, pad_token: str | None = None,
+                 name: str = "tokenizer"):
+        self._tok = tok
+        self.name = name
+        self.im_start_id = self._require("<|im_start|>")
+        self.im_end_id = self._require("<|im_end|>")
+        self.endoftext_id = self._require("<|endoftext|>")
+        # Stop tokens: the checkpoint's own eos first (base: <|endoftext|>, instruct: <|im_end|>),
+        # then <|im_end|> and <|endoftext|>. <|im_end|> is always a stop token because this project
+        # trains every checkpoint, base ones included, on ChatML turns that end with it.
+        self.eos_ids = list(dict.fromkeys([*(eos_ids or []), self.im_end_id, self.endoftext_id]))
+        self.pad_id = self._require(pad_token) if pad_token else self.endoftext_id
+        found = [t for t in POSE_TOKEN_CANDIDATES if tok.token_to_id(t) is not None]
+        if not found:
+            raise ValueError(f"{name}: no special token to hold the pose placeholder; "
+                             f"need one of {', '.join(POSE_TOKEN_CANDIDATES)} (Qwen2.5 tokenizers have them)")
+        self.pose_token = found[0]
+        self.pose_token_id = tok.token_to_id(self.pose_token)
+        self.vocab_size = tok.get_vocab_size(with_added_tokens=True)
+
+    def _require(self, token: str) -> int:
+        i = self._tok.token_to_id(token)
+        if i is None:
+            raise ValueError(f"{self.name}: token {token!r} is not in the vocabulary (not a Qwen ChatML tokenizer?)")
+        return i
+
+    @classmethod
+    def from_dir(cls, path) -> "Tokenizer":
+        """Read tokenizer.json; stop and pad tokens from generation_config.json / tokenizer_config.json."""
+        path = Path(path)
+        if not (path / "tokenizer.json").is_file():
+            raise FileNotFoundError(f"{path}: no tokenizer.json")
+        tok = _HFTokenizer.from_file(str(path / "tokenizer.json"))
+        tc = json.loads((path / "tokenizer_config.json").read_text()) if (path / "tokenizer_config.json").is_file() else {}
+        gc = json.loads((path / "generation_config.json").read_text()) if (path / "generation_config.json").is_file() else {}
+        eos = gc.get("eos_token_id")
+        if eos is None and _token_name(tc.get("eos_token")):
+            eos = tok.token_to_id(_token_name(tc["eos_token"]))
+        eos_ids = [eos] if isinstance(eos, int) else list(eos or [])
+        return cls(tok, eos_ids, _token_name(tc.get("pad_token")), name=str(path / "tokenizer.json"))
+
+    def encode(self, text: str) -> list[int]:
+        """Plain text -> ids. Nothing is added; like Hugging Face, special-token strings in the
+        text still map to their special tokens."""
+        return self._tok.encode(text, add_special_tokens=False).ids
+
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        return [e.ids for e in self._tok.encode_batch(list(texts), add_special_tokens=False)]
+
+    def decode(self, ids) -> str:
+        return self._tok.decode([int(i) for i in ids], skip_special_tokens=True)
+
+    def chat(self, messages: list[dict], add_generation_prompt: bool) -> list[int]:
+        """ChatML ids of `messages` ([{"role": ..., "content": ...}]), as Qwen2.5's template."""
+        return self.encode(render_chat(messages, add_generation_prompt))
+
+
+def train_bpe(texts, vocab_size: int, out_dir) -> Tokenizer:
+    """Train a byte-level BPE on `texts` with Qwen's normaliser, pre-tokenizer and special tokens.
+
+    Like Qwen, the special tokens take the last 14 ids, after the learned vocabulary. The result
+    has at most `vocab_size` tokens (fewer when the texts offer fewer merges). Writes tokenizer.json and tokenizer_config.json (instruct-style: eos
+    <|im_end|>, pad <|endoftext|>) into out_dir and returns the loaded Tokenizer.
+    """
+    n_base = vocab_size - len(SPECIAL_TOKENS)
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    if n_base < len(alphabet):
+        raise ValueError(f"train_bpe: vocab_size {vocab_size} < 256 bytes + {len(SPECIAL_TOKENS)} special tokens")
+    tok = _HFTokenizer(models.BPE())
+    tok.normalizer = normalizers.NFC()
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(QWEN_SPLIT), behavior="isolated"),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+    ])
+    tok.decoder = decoders.ByteLevel()
+    tok.post_processor = processors.ByteLevel(trim_offsets=False)
+    trainer = trainers.BpeTrainer(vocab_size=n_base, initial_alphabet=alphabet, show_progress=False)
+    tok.train_from_iterator(texts, trainer)
+    tok.add_special_tokens(SPECIAL_TOKENS)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tok.save(str(out_dir / "tokenizer.json"))
+    config = {"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": None, "eos_token": "<|im_end|>",
+              "pad_token": "<|endoftext|>", "model_max_length": 32768, "clean_up_tokenization_spaces": False}
+    (out_dir / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n")
+    return Tokenizer.from_dir(out_dir)
