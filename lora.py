@@ -26,11 +26,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-try:
-    from quant import Linear4bit
-except ModuleNotFoundError:  # TEMPORARY while quant.py is being written
-    class Linear4bit(nn.Module):
-        pass
+from quant import Linear4bit
 
 PEFT_PREFIX = "base_model.model."  # what PeftModel puts in front of the wrapped model's names
 ADAPTER_CONFIG, ADAPTER_WEIGHTS = "adapter_config.json", "adapter_model.safetensors"
