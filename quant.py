@@ -1,0 +1,409 @@
+"""NF4 4-bit weights: the format, Triton kernels that compute with it, and the Linear4bit module.
+
+References
+- QLoRA (Dettmers et al. 2023, "QLoRA: Efficient Finetuning of Quantized LLMs", arXiv:2305.14314):
+  the NormalFloat-4 levels, blockwise absmax scaling, double quantization of the absmax.
+- bitsandbytes (github.com/bitsandbytes-foundation/bitsandbytes), `functional.quantize_4bit` and
+  `backends/default/ops.py`: the byte layout this file reproduces exactly, so that quantized
+  checkpoints interoperate.
+
+Format. W (out, in) is flattened row-major and cut into blocks of `blocksize` (64) weights; each
+block stores absmax = max|w| (float32) and, per weight, the index (0..15) of the NF4 level nearest
+to w / absmax. Two indices per byte, the first element in the high nibble. 4 bits + 32/64 bits
+per weight = 4.5 bits; double quantization stores the absmax in 8 bits (blocks of 256) instead:
+4 + 8/64 + 32/(64*256) ~ 4.127 bits.
+
+Compute. `y = x @ W^T + b` never builds the 16-bit W in GPU memory: the Triton kernels load a tile
+of packed bytes, turn it into 16-bit values in registers (nibble -> level -> * absmax) and feed it
+to the tensor cores. Each kernel sits beside the pure-torch reference it is tested against:
+    _nf4_tile                  <-> dequantize_nf4
+    _nf4_matmul_kernel         <-> nf4_matmul_torch      (forward, and split-K decode for M <= 16)
+    _nf4_matmul_dx_kernel      <-> nf4_matmul_dx_torch   (backward for the input: dx = dy @ W)
+QUANT_BACKEND=triton|torch picks the path (default: triton for CUDA tensors, torch elsewhere).
+Without a CUDA device the kernels are built for Triton's interpreter, so QUANT_BACKEND=triton
+runs them on CPU tensors (slowly: tests only). Run the tests: python -m pytest tests/test_quant.py
+"""
+import math
+import os
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+try:
+    import triton
+    import triton.language as tl
+except ImportError:  # the torch path needs nothing else
+    triton = None
+
+# The 16 NF4 levels (QLoRA appendix; bitsandbytes `get_4bit_type("nf4")`): quantiles of N(0, 1)
+# scaled to [-1, 1], with an exact 0. Asymmetric (7 negative, 8 positive) so that 0 is a level.
+NF4_LEVELS = torch.tensor([
+    -1.0, -0.6961928009986877, -0.5250730514526367, -0.39491748809814453,
+    -0.28444138169288635, -0.18477343022823334, -0.09105003625154495, 0.0,
+    0.07958029955625534, 0.16093020141124725, 0.24611230194568634, 0.33791524171829224,
+    0.44070982933044434, 0.5626170039176941, 0.7229568362236023, 1.0], dtype=torch.float32)
+
+
+def dynamic_map_8bit() -> Tensor:
+    """bitsandbytes' signed 8-bit dynamic map (`create_dynamic_map()`), used to store the absmax
+    in double quantization: 1 sign bit, a run of zeros giving the decimal exponent 10^-6..10^0,
+    the remaining bits a linear fraction in [0.1, 1]. 256 sorted float32 values in [-0.993, 1]."""
+    data = []
+    for i in range(7):
+        edges = torch.linspace(0.1, 1, 2**i + 1, dtype=torch.float32)
+        means = (edges[:-1] + edges[1:]) / 2.0
+        data += ((10 ** (-6 + i)) * means).tolist() + (-(10 ** (-6 + i)) * means).tolist()
+    return torch.tensor(sorted(data + [0.0, 1.0]), dtype=torch.float32)
+
+
+# ----------------------------------------------------------------------------- format (pure torch)
+
+
+def _blockwise_codes(a: Tensor, levels: Tensor, blocksize: int) -> tuple[Tensor, Tensor]:
+    """Flat float32 a (n,) -> (index of the nearest level to a / absmax (n,) int32, absmax (blocks,)).
+
+    Exactly bitsandbytes' reference rule (backends/default/ops.py), bit for bit: full blocks are
+    scaled by the reciprocal 1/absmax, the last partial block is divided by its absmax; "nearest"
+    means bucketize against the float32 midpoints of the sorted levels, so a value exactly on a
+    midpoint takes the lower level. Full blocks keep absmax 0 when all-zero, the partial block
+    stores its absmax clamped to 1e-38 (bnb does the same)."""
+    n = a.numel()
+    full = n - n % blocksize
+    absmax = a[:full].view(-1, blocksize).abs().amax(dim=1)                              # (full/bs,)
+    scaled = (a[:full].view(-1, blocksize) * (1.0 / absmax.clamp(min=1e-38))[:, None]).view(-1)
+    if full < n:
+        last = a[full:].abs().max().clamp(min=1e-38)
+        absmax = torch.cat([absmax, last[None]])
+        scaled = torch.cat([scaled, a[full:] / last])
+    midpoints = (levels[:-1] + levels[1:]) / 2
+    return torch.bucketize(scaled.clamp(-1, 1), midpoints.to(a.device), out_int32=True), absmax
+
+
+def _scale_blocks(values: Tensor, absmax: Tensor, blocksize: int) -> Tensor:
+    """values (n,) float32 * the absmax of each one's block -> (n,) float32 (the last block may be partial)."""
+    n = values.numel()
+    pad = -n % blocksize
+    return (F.pad(values, (0, pad)).view(-1, blocksize) * absmax[:, None]).view(-1)[:n]
+
+
+def quantize_nf4(w: Tensor, blocksize: int = 64) -> tuple[Tensor, Tensor]:
+    """Any-shape float tensor -> (packed uint8 (ceil(numel/2),), absmax float32 (ceil(numel/blocksize),)).
+
+    Byte-identical to bitsandbytes.functional.quantize_4bit(w, blocksize, quant_type="nf4") (whose
+    packed tensor is shaped (n/2, 1)). fp16/bf16 inputs are converted to float32 exactly first."""
+    if not w.is_floating_point():
+        raise TypeError(f"quantize_nf4: expected a float tensor, got {w.dtype}")
+    if blocksize < 2 or blocksize % 2:
+        raise ValueError(f"quantize_nf4: blocksize must be even (two weights per byte), got {blocksize}")
+    codes, absmax = _blockwise_codes(w.reshape(-1).float(), NF4_LEVELS, blocksize)
+    codes = F.pad(codes, (0, codes.numel() % 2), value=7).to(torch.uint8)  # odd numel: bnb pads with 0.0 = level 7
+    return (codes[0::2] << 4) | codes[1::2], absmax
+
+
+def dequantize_nf4(packed: Tensor, absmax: Tensor, shape, blocksize: int = 64,
+                   dtype: torch.dtype = torch.float32) -> Tensor:
+    """Inverse of quantize_nf4: level * absmax in float32, then rounded once to `dtype` (as bnb)."""
+    n = math.prod(shape)
+    codes = torch.stack([packed >> 4, packed & 15], dim=-1).view(-1)[:n]              # (n,) high nibble first
+    values = NF4_LEVELS.to(packed.device)[codes.long()]
+    return _scale_blocks(values, absmax.float(), blocksize).view(shape).to(dtype)
+
+
+def quantize_absmax(absmax: Tensor, blocksize: int = 256) -> tuple[Tensor, Tensor, Tensor]:
+    """Double quantization (QLoRA section 3): absmax (b,) float32 -> (codes uint8 (b,), scale float32
+    (ceil(b/256),), offset float32 ()). The absmax are all positive, so their mean is subtracted
+    first to use both halves of the signed 8-bit dynamic map (bnb `compress_statistics=True`).
+
+    Same rule as bitsandbytes' reference `quantize_blockwise`; bnb's C kernel on the CPU agrees on
+    all but a few codes, where it picks a level that is not the nearest (see tests)."""
+    offset = absmax.float().mean()
+    codes, scale = _blockwise_codes(absmax.float() - offset, dynamic_map_8bit(), blocksize)
+    return codes.to(torch.uint8), scale, offset
+
+
+def dequantize_absmax(codes: Tensor, scale: Tensor, offset: Tensor, blocksize: int = 256) -> Tensor:
+    """Inverse of quantize_absmax -> absmax float32 (b,)."""
+    values = dynamic_map_8bit().to(codes.device)[codes.long()]
+    return _scale_blocks(values, scale, blocksize) + offset
+
+
+# ----------------------------------------------------------------------------- matmul references (pure torch)
+
+
+def nf4_matmul_torch(x: Tensor, packed: Tensor, absmax: Tensor, bias: Tensor | None, shape: tuple[int, int],
+                     blocksize: int) -> Tensor:
+    """y = x @ W^T (+ bias), x (M, K), W (N, K) = shape: dequantize W to x.dtype for this call only."""
+    return F.linear(x, dequantize_nf4(packed, absmax, shape, blocksize, x.dtype), bias)
+
+
+def nf4_matmul_dx_torch(dy: Tensor, packed: Tensor, absmax: Tensor, shape: tuple[int, int],
+                        blocksize: int) -> Tensor:
+    """dx = dy @ W, dy (M, N) -> (M, K): the gradient of x @ W^T with respect to x."""
+    return dy @ dequantize_nf4(packed, absmax, shape, blocksize, dy.dtype)
+
+
+# ----------------------------------------------------------------------------- Triton kernels
+
+if triton is not None:
+    # Triton 3.x reads TRITON_INTERPRET when a function is decorated, i.e. at import. Without a
+    # CUDA device the interpreter is the only way the kernels can run, so build them for it; the
+    # test suite can then import this file in any order and still run the kernels on the CPU.
+    # triton.language's own @jit helpers (tl.cdiv, tl.zeros, tl.interleave) may have been
+    # decorated for the GPU before this line, so the kernels below use only builtins.
+    INTERPRET = os.environ.get("TRITON_INTERPRET") == "1" or not torch.cuda.is_available()
+    if INTERPRET:
+        triton.knobs.runtime.interpret = True
+
+    def _configs(interpreted: dict, gpu: list[tuple]) -> list:
+        """One small config under the interpreter (autotuning there would run every config on the
+        CPU), else the GPU list: (BLOCK_M, BLOCK_N, BLOCK_K, SPLIT_K, num_warps, num_stages)."""
+        if INTERPRET:
+            return [triton.Config(interpreted)]
+        return [triton.Config(dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, SPLIT_K=sk, GROUP_M=8), num_warps=w,
+                              num_stages=s) for bm, bn, bk, sk, w, s in gpu]
+
+    # H100/H200 choices. Large M: 128-256 x 128 output tiles amortise the dequantization of a
+    # weight tile over many rows of x (it costs ALU work the tensor cores do not share).
+    GEMM_CONFIGS = [(128, 128, 64, 1, 8, 3), (128, 256, 64, 1, 8, 3), (256, 128, 64, 1, 8, 3),
+                    (128, 128, 128, 1, 8, 3), (64, 128, 64, 1, 4, 4), (128, 64, 64, 1, 4, 4),
+                    (64, 64, 128, 1, 4, 4), (64, 256, 64, 1, 8, 3)]
+    # Few rows (decode): memory bound; tl.dot needs 16 rows, so x is padded to 16 by the mask.
+    # Narrow column tiles and split-K give every SM several CTAs streaming long runs of bytes.
+    DECODE_CONFIGS = [(16, 32, 256, 1, 4, 3), (16, 16, 256, 1, 4, 4), (16, 64, 128, 1, 4, 4),
+                      (16, 32, 256, 4, 4, 3), (16, 64, 256, 4, 4, 3), (16, 16, 512, 2, 4, 3),
+                      (16, 32, 512, 8, 4, 3), (16, 64, 512, 2, 4, 3)]
+    _TINY = dict(BLOCK_M=16, BLOCK_N=32, BLOCK_K=64, SPLIT_K=1, GROUP_M=2)
+
+    @triton.jit
+    def _nf4_tile(w_ptr, absmax_ptr, levels_ptr, offs_n, offs_b, N, K, BS: tl.constexpr):
+        """W[offs_n, 2*offs_b + (0, 1)] dequantized -> (len(offs_n), 2 len(offs_b)) float32, where
+        offs_b are byte columns of the packed row (K even, so each row starts on a byte)."""
+        mask = (offs_n[:, None] < N) & (offs_b[None, :] < K // 2)
+        byte = tl.load(w_ptr + offs_n[:, None] * (K // 2) + offs_b[None, :], mask=mask, other=0)  # (BN, BK/2) u8
+        # Both weights of a byte share a block (BS even); a block may run across rows when K % BS != 0.
+        blk = (offs_n[:, None] * K + 2 * offs_b[None, :]) // BS
+        scale = tl.load(absmax_ptr + blk, mask=mask, other=0.0)                  # 0 on masked -> w = 0
+        hi = tl.load(levels_ptr + (byte >> 4)) * scale                           # W[n, 2j]   (16-entry table, L1)
+        lo = tl.load(levels_ptr + (byte & 15)) * scale                           # W[n, 2j+1]
+        return tl.reshape(tl.join(hi, lo), (hi.shape[0], 2 * hi.shape[1]))      # (BN, BK): hi0 lo0 hi1 lo1 ...
+
+    @triton.autotune(configs=_configs(_TINY, GEMM_CONFIGS), key=["M_BUCKET", "N", "K"])
+    @triton.jit
+    def _nf4_matmul_gemm(x_ptr, w_ptr, absmax_ptr, levels_ptr, bias_ptr, y_ptr, M, N, K, M_BUCKET,
+                         stride_xm, stride_ym, BS: tl.constexpr, HAS_BIAS: tl.constexpr, ATOMIC: tl.constexpr,
+                         PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                         BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr, GROUP_M: tl.constexpr):
+        """y (M, N) = x (M, K) @ W (N, K)^T (+ bias). Program (tile, split): one BLOCK_M x BLOCK_N
+        tile of y over the k-steps split, split + SPLIT_K, ... With ATOMIC the fp32 y is added
+        into (split-K: y zeroed by the caller), else stored in y's dtype. M_BUCKET: autotune key."""
+        pid, split = tl.program_id(0), tl.program_id(1)
+        # Grouped ordering: GROUP_M row-tiles run side by side, so the W tiles they share stay in L2.
+        tiles_m, tiles_n = (M + BLOCK_M - 1) // BLOCK_M, (N + BLOCK_N - 1) // BLOCK_N
+        group = pid // (GROUP_M * tiles_n)
+        first_m = group * GROUP_M
+        size_m = tl.minimum(tiles_m - first_m, GROUP_M)
+        pid_m = first_m + (pid % (GROUP_M * tiles_n)) % size_m
+        pid_n = (pid % (GROUP_M * tiles_n)) // size_m
+        offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+        offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+        acc = tl.full((BLOCK_M, BLOCK_N), 0.0, tl.float32)
+        for k0 in range(split * BLOCK_K, K, BLOCK_K * SPLIT_K):
+            offs_k = k0 + tl.arange(0, BLOCK_K)
+            x = tl.load(x_ptr + offs_m[:, None] * stride_xm + offs_k[None, :],
+                        mask=(offs_m[:, None] < M) & (offs_k[None, :] < K), other=0.0)  # (BM, BK)
+            w = _nf4_tile(w_ptr, absmax_ptr, levels_ptr, offs_n, k0 // 2 + tl.arange(0, BLOCK_K // 2), N, K, BS)
+            acc = tl.dot(x, tl.trans(w.to(x.dtype)), acc, input_precision=PRECISION)  # (BM, BK) @ (BK, BN)
+        if HAS_BIAS:
+            if split == 0:
+                acc += tl.load(bias_ptr + offs_n, mask=offs_n < N, other=0.0).to(tl.float32)[None, :]
+        y_ptrs = y_ptr + offs_m[:, None] * stride_ym + offs_n[None, :]
+        mask = (offs_m[:, None] < M) & (offs_n[None, :] < N)
+        if ATOMIC:
+            tl.atomic_add(y_ptrs, acc, mask=mask)
+        else:
+            tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=mask)
+
+    # The same kernel with the decode configs: a second autotuner over the same jit function.
+    _nf4_matmul_decode = triton.autotune(configs=_configs({**_TINY, "BLOCK_N": 16, "SPLIT_K": 2}, DECODE_CONFIGS),
+                                         key=["M_BUCKET", "N", "K"], reset_to_zero=["y_ptr"])(_nf4_matmul_gemm.fn)
+
+    @triton.autotune(configs=_configs(_TINY, GEMM_CONFIGS), key=["M_BUCKET", "N", "K"])
+    @triton.jit
+    def _nf4_matmul_dx_kernel(dy_ptr, w_ptr, absmax_ptr, levels_ptr, dx_ptr, M, N, K, M_BUCKET,
+                              stride_dym, stride_dxm, BS: tl.constexpr, PRECISION: tl.constexpr,
+                              BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                              SPLIT_K: tl.constexpr, GROUP_M: tl.constexpr):
+        """dx (M, K) = dy (M, N) @ W (N, K). Program: one BLOCK_M x BLOCK_K tile of dx, summing over
+        N in BLOCK_N steps; W tiles are read in their natural (n, k) order, no transpose."""
+        pid = tl.program_id(0)
+        tiles_m, tiles_k = (M + BLOCK_M - 1) // BLOCK_M, (K + BLOCK_K - 1) // BLOCK_K
+        group = pid // (GROUP_M * tiles_k)
+        first_m = group * GROUP_M
+        size_m = tl.minimum(tiles_m - first_m, GROUP_M)
+        pid_m = first_m + (pid % (GROUP_M * tiles_k)) % size_m
+        pid_k = (pid % (GROUP_M * tiles_k)) // size_m
+        offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+        offs_k = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
+        offs_b = pid_k * (BLOCK_K // 2) + tl.arange(0, BLOCK_K // 2)
+        acc = tl.full((BLOCK_M, BLOCK_K), 0.0, tl.float32)
+        for n0 in range(0, N, BLOCK_N):
+            offs_n = n0 + tl.arange(0, BLOCK_N)
+            dy = tl.load(dy_ptr + offs_m[:, None] * stride_dym + offs_n[None, :],
+                         mask=(offs_m[:, None] < M) & (offs_n[None, :] < N), other=0.0)  # (BM, BN)
+            w = _nf4_tile(w_ptr, absmax_ptr, levels_ptr, offs_n, offs_b, N, K, BS)     # (BN, BK)
+            acc = tl.dot(dy, w.to(dy.dtype), acc, input_precision=PRECISION)
+        mask = (offs_m[:, None] < M) & (offs_k[None, :] < K)
+        tl.store(dx_ptr + offs_m[:, None] * stride_dxm + offs_k[None, :], acc.to(dx_ptr.dtype.element_ty), mask=mask)
+
+
+_LEVELS_ON: dict[torch.device, Tensor] = {}
+
+
+def _launch_args(a: Tensor, shape: tuple[int, int]) -> tuple:
+    """Checks shared by both launchers; returns the NF4 table on a's device and the dot precision."""
+    if triton is None:
+        raise RuntimeError("quant.py: QUANT_BACKEND=triton but triton is not installed")
+    if a.device.type == "cpu" and not INTERPRET:
+        raise RuntimeError("quant.py: Triton on CPU tensors needs TRITON_INTERPRET=1 (set before importing quant)")
+    if math.prod(shape) >= 2**31:
+        raise ValueError(f"quant.py: weight {shape} too large for the kernels' int32 offsets")
+    levels = _LEVELS_ON.setdefault(a.device, NF4_LEVELS.to(a.device))
+    # float32 inputs: exact float32 products (tf32 would lose 13 mantissa bits); ignored for 16-bit.
+    return levels, ("ieee" if a.dtype == torch.float32 else "tf32")
+
+
+def nf4_matmul_triton(x: Tensor, packed: Tensor, absmax: Tensor, bias: Tensor | None, shape: tuple[int, int],
+                      blocksize: int) -> Tensor:
+    """Triton version of nf4_matmul_torch: x (M, K) -> y (M, N) in x.dtype. M <= 16 takes the decode
+    configs, whose split-K partial sums meet in a float32 y by atomic adds."""
+    (N, K), M = shape, x.shape[0]
+    levels, precision = _launch_args(x, shape)
+    decode = M <= 16
+    y = torch.zeros(M, N, device=x.device, dtype=torch.float32) if decode else x.new_empty(M, N)
+    kernel = _nf4_matmul_decode if decode else _nf4_matmul_gemm
+    grid = lambda meta: (triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(N, meta["BLOCK_N"]), meta["SPLIT_K"])
+    kernel[grid](x, packed, absmax, levels, bias if bias is not None else x, y, M, N, K,
+                 max(16, triton.next_power_of_2(M)), x.stride(0), y.stride(0), BS=blocksize,
+                 HAS_BIAS=bias is not None, ATOMIC=decode, PRECISION=precision)
+    return y.to(x.dtype)
+
+
+def nf4_matmul_dx_triton(dy: Tensor, packed: Tensor, absmax: Tensor, shape: tuple[int, int],
+                         blocksize: int) -> Tensor:
+    """Triton version of nf4_matmul_dx_torch: dy (M, N) -> dx (M, K) in dy.dtype."""
+    (N, K), M = shape, dy.shape[0]
+    levels, precision = _launch_args(dy, shape)
+    dx = dy.new_empty(M, K)
+    grid = lambda meta: (triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(K, meta["BLOCK_K"]),)
+    _nf4_matmul_dx_kernel[grid](dy, packed, absmax, levels, dx, M, N, K, max(16, triton.next_power_of_2(M)),
+                                dy.stride(0), dx.stride(0), BS=blocksize, PRECISION=precision)
+    return dx
+
+
+# ----------------------------------------------------------------------------- module
+
+
+def _use_triton(x: Tensor, in_features: int) -> bool:
+    """QUANT_BACKEND=triton|torch; unset: triton for CUDA tensors when importable. The kernels read
+    whole bytes per row, so an odd in_features always takes the torch path."""
+    backend = os.environ.get("QUANT_BACKEND", "")
+    if backend not in ("", "triton", "torch"):
+        raise ValueError(f"QUANT_BACKEND={backend!r}: expected 'triton' or 'torch'")
+    if backend == "torch" or in_features % 2:
+        return False
+    return backend == "triton" or (triton is not None and x.is_cuda)
+
+
+class _NF4Linear(torch.autograd.Function):
+    """y = x @ W^T + b with W frozen in NF4. Only the packed bytes and absmax are saved for the
+    backward (no 16-bit W kept between forward and backward); dx is computed from them again."""
+
+    @staticmethod
+    def forward(ctx, x, packed, absmax, bias, shape, blocksize, triton_path):
+        ctx.save_for_backward(packed, absmax)
+        ctx.shape, ctx.blocksize, ctx.triton_path = shape, blocksize, triton_path
+        matmul = nf4_matmul_triton if triton_path else nf4_matmul_torch
+        return matmul(x, packed, absmax, bias, shape, blocksize)
+
+    @staticmethod
+    def backward(ctx, dy):
+        packed, absmax = ctx.saved_tensors
+        dy = dy.contiguous()
+        dx = db = None
+        if ctx.needs_input_grad[0]:
+            matmul_dx = nf4_matmul_dx_triton if ctx.triton_path else nf4_matmul_dx_torch
+            dx = matmul_dx(dy, packed, absmax, ctx.shape, ctx.blocksize)
+        if ctx.needs_input_grad[3]:  # bias is frozen by default; honour it if someone unfreezes it
+            db = dy.sum(0)
+        return dx, None, None, db, None, None, None
+
+
+class Linear4bit(nn.Module):
+    """nn.Linear with its weight frozen in NF4 (bitsandbytes layout).
+
+    state_dict: "weight" packed uint8 (ceil(out*in/2),), "absmax" float32 (ceil(out*in/blocksize),)
+    (double_quant=True: "absmax" uint8 codes, "absmax_scale" float32 per 256, "absmax_offset"),
+    "bias" frozen, compute_dtype. The input is cast to compute_dtype and the output back to the
+    input's dtype. Casting the module with .to(dtype) would also cast the absmax: don't."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, blocksize: int = 64,
+                 compute_dtype: torch.dtype = torch.float32, device=None, double_quant: bool = False):
+        super().__init__()
+        self.in_features, self.out_features, self.blocksize = in_features, out_features, blocksize
+        self.compute_dtype, self.double_quant = compute_dtype, double_quant
+        n = in_features * out_features
+        blocks = -(-n // blocksize)
+        self.register_buffer("weight", torch.zeros((n + 1) // 2, dtype=torch.uint8, device=device))
+        self.register_buffer("absmax", torch.zeros(blocks, dtype=torch.uint8 if double_quant else torch.float32,
+                                                   device=device))
+        if double_quant:
+            self.register_buffer("absmax_scale", torch.zeros(-(-blocks // 256), dtype=torch.float32, device=device))
+            self.register_buffer("absmax_offset", torch.zeros((), dtype=torch.float32, device=device))
+        self.bias = nn.Parameter(torch.zeros(out_features, dtype=compute_dtype, device=device),
+                                 requires_grad=False) if bias else None
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear, blocksize: int = 64, double_quant: bool = False) -> "Linear4bit":
+        w = linear.weight
+        m = cls(linear.in_features, linear.out_features, linear.bias is not None, blocksize, w.dtype, w.device,
+                double_quant)
+        m.quantize_(w.detach())
+        if linear.bias is not None:
+            m.bias.data.copy_(linear.bias.detach())
+        return m
+
+    @torch.no_grad()
+    def quantize_(self, weight: Tensor) -> None:
+        """Fill the buffers from a full (out, in) weight; they move to the weight's device (and a
+        module built on "meta" gets real tensors)."""
+        if tuple(weight.shape) != (self.out_features, self.in_features):
+            raise ValueError(f"Linear4bit.quantize_: weight {tuple(weight.shape)} does not match "
+                             f"(out_features, in_features) = {(self.out_features, self.in_features)}")
+        self.weight, absmax = quantize_nf4(weight, self.blocksize)
+        if self.double_quant:
+            self.absmax, self.absmax_scale, self.absmax_offset = quantize_absmax(absmax)
+        else:
+            self.absmax = absmax
+
+    def _absmax_f32(self) -> Tensor:
+        if self.double_quant:
+            return dequantize_absmax(self.absmax, self.absmax_scale, self.absmax_offset)
+        return self.absmax.float()
+
+    def dequantize(self, dtype: torch.dtype | None = None) -> Tensor:
+        """The (out, in) weight in `dtype` (default compute_dtype), for merging and export."""
+        shape = (self.out_features, self.in_features)
+        return dequantize_nf4(self.weight, self._absmax_f32(), shape, self.blocksize, dtype or self.compute_dtype)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x2 = x.reshape(-1, self.in_features).to(self.compute_dtype)
+        if x2.stride(-1) != 1:
+            x2 = x2.contiguous()
+        y = _NF4Linear.apply(x2, self.weight, self._absmax_f32(), self.bias, (self.out_features, self.in_features),
+                             self.blocksize, _use_triton(x2, self.in_features))
+        return y.view(*x.shape[:-1], self.out_features).to(x.dtype)
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
+                f"nf4 blocksize={self.blocksize}, double_quant={self.double_quant}, compute_dtype={self.compute_dtype}")
