@@ -1,0 +1,702 @@
+"""Sign pose data: .pose files -> normalised keypoint features -> a float16 cache -> padded batches.
+
+What this is:
+  - Corpus: the iSign layout (a CSV `uid,text`, default iSign_v1.1.csv, and poses/{uid}.pose);
+    train.csv / val.csv / test.csv when present, else a deterministic 80/10/10 split by video
+    (uid without its trailing `--N` segment), so no video is in two splits. A JSONL manifest
+    ({"pose": path, "text": ..., "split": ...}) serves other corpora (How2Sign, PHOENIX poses).
+  - Features: keypoints chosen by component and point NAME from the file's header (upper body,
+    both hands, a face subset), each part normalised (body: shoulder midpoint and width; hands:
+    wrist; face: nose; all scaled by the shoulder width), x, y (optionally z) plus a presence
+    channel: a point with zero confidence is all zeros, never NaN. fps from the file, optional
+    subsampling to a target fps, at most `max_frames` frames (uniform subsampling beyond).
+  - Cache: `prepare` converts every row once, in parallel, into features.npy (all frames, float16,
+    memory-mapped) + index.json (offsets, texts, splits). Resumable (rows are committed in
+    shards), rebuilt when the CSV or the feature config changes, and never stopped by a bad row:
+    skipped rows go to skipped.jsonl with their reason.
+  - Batches: `SignDataset` (chat prompt with ONE pose placeholder, answer + <|im_end|>),
+    `BucketSampler` (length buckets, DistributedSampler semantics, resumable mid-epoch) and
+    `collate` (placeholder expanded to the pose encoder's token count, padding, label masks).
+  - Training-time augmentation: rotation, scale, shear, shift, noise, speed jitter, frame drop.
+
+References:
+  - pose-format (sign-language-processing/pose): the .pose binary format and its reader.
+  - MediaPipe Holistic (Lugaresi et al. 2019; Grishchenko & Bazarevsky 2020): the 33 body,
+    468 face-mesh and 2 x 21 hand landmarks; face points are named by mesh index "0".."467".
+  - iSign (Joshi et al. 2024, "iSign: A Benchmark for Indian Sign Language Processing").
+  - OpenPose BODY_25 + face 70 + hands 21: the `openpose` layout.
+
+Run:
+    python data.py synth data/synth --n 500 --seed 0       # synthetic corpus (synth.py)
+    python data.py prepare data/synth --workers 2          # cache; last line: JSON summary
+"""
+import argparse
+import csv
+import hashlib
+import json
+import math
+import os
+import re
+import shutil
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass
+from functools import lru_cache, partial
+from multiprocessing import Pool
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from pose_format.numpy import NumPyPoseBody
+from pose_format.pose_header import PoseHeader
+from pose_format.utils.reader import BufferReader
+from tqdm import tqdm
+
+FEATURE_VERSION = 1  # bump when the feature computation changes: every cache becomes stale
+SHARD_ROWS = 256     # rows per committed shard while preparing (the unit of resumption)
+SPLITS = ("train", "val", "test")
+
+
+@dataclass
+class DataConfig:
+    data_dir: str = "data/synth"
+    csv: str = "iSign_v1.1.csv"      # columns uid,text; or a .jsonl manifest {"pose","text","split"}
+    pose_dir: str = "poses"          # {data_dir}/{pose_dir}/{uid}.pose
+    cache_dir: str | None = None     # default {data_dir}/cache
+    layout: str = "holistic"         # a key of LAYOUTS: which points, from which components
+    use_z: bool = False              # x, y (+ z) per point, then the presence channel
+    fps: float | None = None         # subsample to at most this frame rate (None: keep the file's)
+    max_frames: int = 300            # longer clips are subsampled uniformly to this length
+    min_frames: int = 4              # shorter clips are skipped ("too few frames")
+    split_ratios: tuple = (0.8, 0.1, 0.1)   # train/val/test, by video, when no split CSVs exist
+    split_seed: int = 0
+    system_prompt: str = "You are a sign language interpreter. You translate sign language into English."
+    user_prompt: str = "{pose}\nTranslate this {language} into English."   # {pose}: the placeholder
+    source_language: str = "Indian Sign Language"
+    # augmentation (train only): maximum magnitudes, each drawn uniformly per sample
+    aug_rotate_deg: float = 10.0
+    aug_scale: float = 0.1
+    aug_shear: float = 0.1
+    aug_shift: float = 0.05          # body only (hands and face are relative to their anchors)
+    aug_noise: float = 0.01          # std of Gaussian noise on present points
+    aug_speed: float = 0.2           # play 0.8x .. 1.2x as fast
+    aug_frame_drop: float = 0.05     # probability of dropping each frame
+
+
+# ----------------------------------------------------------------------------- layouts
+@dataclass(frozen=True)
+class Part:
+    component: str           # header component name
+    points: tuple            # point names within the component, in feature order
+    anchor: tuple            # points whose mean is the part's origin (body: the two shoulders)
+
+
+MP_HAND = ("WRIST", "THUMB_CMC", "THUMB_MCP", "THUMB_IP", "THUMB_TIP", "INDEX_FINGER_MCP", "INDEX_FINGER_PIP",
+           "INDEX_FINGER_DIP", "INDEX_FINGER_TIP", "MIDDLE_FINGER_MCP", "MIDDLE_FINGER_PIP", "MIDDLE_FINGER_DIP",
+           "MIDDLE_FINGER_TIP", "RING_FINGER_MCP", "RING_FINGER_PIP", "RING_FINGER_DIP", "RING_FINGER_TIP",
+           "PINKY_MCP", "PINKY_PIP", "PINKY_DIP", "PINKY_TIP")
+# MediaPipe face-mesh indices (mediapipe/python/solutions/face_mesh_connections.py):
+MP_FACE = tuple(str(i) for i in (
+    61, 40, 37, 0, 267, 270, 291, 321, 314, 17, 84, 91,   # outer lips: corners, every other point
+    78, 81, 13, 311, 308, 402, 14, 178,                   # inner lips
+    70, 63, 105, 66, 107, 300, 293, 334, 296, 336,        # eyebrows (right, left)
+    33, 159, 133, 145, 263, 386, 362, 374,                # eyes: corners, upper and lower lid
+    1, 2, 98, 327, 168))                                  # nose: tip, base, wings, bridge
+OP_HAND = ("BASE", "T_STT", "T_BCMC", "T_MCP", "T_IP", "I_CMC", "I_MCP", "I_PIP", "I_DIP", "M_CMC", "M_MCP",
+           "M_PIP", "M_DIP", "R_CMC", "R_MCP", "R_PIP", "R_DIP", "P_CMC", "P_MCP", "P_PIP", "P_DIP")
+OP_FACE = tuple([f"FEB_{i}" for i in range(17, 27)] + [f"FE_{i}" for i in range(36, 48)]
+                + [f"FN_{i}" for i in (27, 30, 31, 33, 35)] + [f"FLO_{i}" for i in range(48, 60)]
+                + [f"FLI_{i}" for i in range(60, 68)])
+LAYOUTS = {
+    "holistic": {   # MediaPipe Holistic (iSign): 9 + 21 + 21 + 43 points
+        "body": Part("POSE_LANDMARKS", ("LEFT_SHOULDER", "RIGHT_SHOULDER", "NOSE", "LEFT_ELBOW", "RIGHT_ELBOW",
+                                        "LEFT_WRIST", "RIGHT_WRIST", "LEFT_HIP", "RIGHT_HIP"),
+                     ("LEFT_SHOULDER", "RIGHT_SHOULDER")),
+        "left_hand": Part("LEFT_HAND_LANDMARKS", MP_HAND, ("WRIST",)),
+        "right_hand": Part("RIGHT_HAND_LANDMARKS", MP_HAND, ("WRIST",)),
+        "face": Part("FACE_LANDMARKS", MP_FACE, ("1",)),
+    },
+    "openpose": {   # OpenPose BODY_25 + face 70 + hands: 9 + 21 + 21 + 47 points
+        "body": Part("pose_keypoints_2d", ("LShoulder", "RShoulder", "Nose", "LElbow", "RElbow", "LWrist", "RWrist",
+                                           "LHip", "RHip"), ("LShoulder", "RShoulder")),
+        "left_hand": Part("hand_left_keypoints_2d", OP_HAND, ("BASE",)),
+        "right_hand": Part("hand_right_keypoints_2d", OP_HAND, ("BASE",)),
+        "face": Part("face_keypoints_2d", OP_FACE, ("FN_30",)),
+    },
+}
+
+
+class PoseError(ValueError):
+    """A pose file this pipeline cannot use; `kind` is the reason reported by `prepare`."""
+
+    def __init__(self, kind: str, message: str):
+        super().__init__(message)
+        self.kind = kind
+
+
+def _layout(cfg: DataConfig) -> dict:
+    if cfg.layout not in LAYOUTS:
+        raise ValueError(f"DataConfig.layout={cfg.layout!r}: known layouts are {', '.join(LAYOUTS)}")
+    return LAYOUTS[cfg.layout]
+
+
+def num_points(cfg: DataConfig) -> int:
+    return sum(len(p.points) for p in _layout(cfg).values())
+
+
+def feature_dim(cfg: DataConfig) -> int:
+    """F = points * (x, y[, z], present)."""
+    return num_points(cfg) * (3 + cfg.use_z)
+
+
+def part_slices(cfg: DataConfig) -> dict:
+    """Each part's slice of the point axis, in feature order."""
+    out, start = {}, 0
+    for name, part in _layout(cfg).items():
+        out[name] = slice(start, start + len(part.points))
+        start += len(part.points)
+    return out
+
+
+# ----------------------------------------------------------------------------- one file -> features
+def read_pose(path):
+    """Read a .pose file with pose-format; any failure is a PoseError naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise PoseError("missing pose file", f"{path}: no such file")
+    try:
+        reader = BufferReader(path.read_bytes())
+        header = PoseHeader.read(reader)
+        body = NumPyPoseBody.read(header, reader)
+    except Exception as e:
+        raise PoseError("unreadable pose file", f"{path}: not a readable .pose file ({type(e).__name__}: {e})") from e
+    # pose-format v0.1 infers the frame count from the bytes left, so a truncated file "parses"
+    # with the confidences read out of coordinate data; leftover bytes give it away.
+    if reader.bytes_left():
+        raise PoseError("unreadable pose file", f"{path}: {reader.bytes_left()} bytes after the last frame "
+                                                "(truncated or corrupt file)")
+    return header, body
+
+
+def select_points(header, body, cfg: DataConfig, path="<pose>") -> tuple[np.ndarray, np.ndarray]:
+    """The layout's points by name, first person: coords (T, K, C) float32, present (T, K) bool."""
+    offset, index = 0, {}
+    for comp in header.components:
+        index.update({(comp.name, p): offset + i for i, p in enumerate(comp.points)})
+        offset += len(comp.points)
+    wanted = [(part.component, p) for part in _layout(cfg).values() for p in part.points]
+    missing = [w for w in wanted if w not in index]
+    if missing:
+        comps, by_comp = [c.name for c in header.components], {}
+        for comp, p in missing:
+            by_comp.setdefault(comp, []).append(p)
+        names = "; ".join(f"{c}: {', '.join(ps)}" if c in comps else f"{c} (no such component)"
+                          for c, ps in by_comp.items())
+        fits = [name for name, lay in LAYOUTS.items()
+                if all((part.component, p) in index for part in lay.values() for p in part.points)]
+        hint = f"; layout={fits[0]!r} fits it" if fits else ""
+        raise PoseError("layout lacks points", f"{path}: layout {cfg.layout!r} needs points this file lacks: "
+                                               f"{names} [file components: {', '.join(comps)}{hint}]")
+    coords, conf = np.asarray(body.data.data), np.asarray(body.confidence)   # (T, P, N, D), (T, P, N)
+    if coords.ndim != 4 or coords.shape[1] == 0:
+        raise PoseError("too few frames", f"{path}: no person in the file (data shape {coords.shape})")
+    dims = 3 if cfg.use_z else 2
+    if coords.shape[-1] < dims:
+        raise PoseError("layout lacks points", f"{path}: use_z needs 3-D points, the file has {coords.shape[-1]}-D")
+    idx = np.array([index[w] for w in wanted])
+    xyz = coords[:, 0, idx, :dims].astype(np.float32)                      # (T, K, C)
+    present = (conf[:, 0, idx] > 0) & np.isfinite(xyz).all(-1)             # (T, K)
+    return xyz, present
+
+
+def frame_indices(n: int, fps: float, cfg: DataConfig) -> np.ndarray:
+    """Frames kept: every (fps / cfg.fps)-th when the file is faster than cfg.fps, then at most
+    cfg.max_frames spread uniformly."""
+    step = fps / cfg.fps if cfg.fps and fps and fps > cfg.fps else 1.0
+    idx = np.floor(np.arange(0, n, step)).astype(np.int64)
+    if len(idx) > cfg.max_frames:
+        idx = idx[np.linspace(0, len(idx) - 1, cfg.max_frames).round().astype(np.int64)]
+    return idx
+
+
+def normalise(xyz: np.ndarray, present: np.ndarray, cfg: DataConfig, path="<pose>") -> np.ndarray:
+    """(T, K, C) coords + (T, K) presence -> (T, K*(C+1)) features, each part relative to its
+    anchor and divided by the median shoulder width. A point is zeros when it, or its part's
+    anchor, is missing in that frame."""
+    T, K, C = xyz.shape
+    layout, slices = _layout(cfg), part_slices(cfg)
+    body = layout["body"]
+    ls, rs = (slices["body"].start + body.points.index(a) for a in body.anchor)
+    both = present[:, ls] & present[:, rs]
+    width = np.linalg.norm(xyz[:, ls, :2] - xyz[:, rs, :2], axis=-1)       # (T,)
+    scale = float(np.median(width[both])) if both.any() else 0.0
+    if not scale > 0:   # also catches NaN
+        raise PoseError("too few frames", f"{path}: no frame shows both shoulders (cannot normalise)")
+    out = np.zeros((T, K, C + 1), np.float32)
+    for name, part in layout.items():
+        sl = slices[name]
+        a = [sl.start + part.points.index(p) for p in part.anchor]
+        origin = xyz[:, a].mean(1, keepdims=True)                          # (T, 1, C)
+        ok = present[:, sl] & present[:, a].all(1, keepdims=True)          # (T, k)
+        out[:, sl, :C] = np.where(ok[..., None], (xyz[:, sl] - origin) / scale, 0.0)
+        out[:, sl, C] = ok
+    return out.reshape(T, K * (C + 1))
+
+
+def load_pose(path, cfg: DataConfig) -> np.ndarray:
+    """One .pose file -> normalised features (T, F) float32, T <= cfg.max_frames. Raises PoseError."""
+    header, body = read_pose(path)
+    xyz, present = select_points(header, body, cfg, path)
+    idx = frame_indices(len(xyz), float(body.fps), cfg)
+    if len(idx) < cfg.min_frames:
+        raise PoseError("too few frames", f"{path}: {len(idx)} frames, need at least {cfg.min_frames}")
+    return normalise(xyz, present, cfg, path)[idx]   # the scale is a median over all frames
+
+
+@lru_cache(maxsize=1)
+def _noise_bank() -> np.ndarray:
+    return np.random.default_rng(0).standard_normal(1 << 20, dtype=np.float32)
+
+
+def _noise(rng: np.random.Generator, shape: tuple) -> np.ndarray:
+    """Unit Gaussian noise: a random window of a fixed bank of 2**20 draws. Fresh draws cost
+    ~30 ns each on a small CPU, more than the rest of `augment` together."""
+    bank, n = _noise_bank(), math.prod(shape)
+    o = int(rng.integers(0, len(bank) - n))
+    return bank[o:o + n].reshape(shape)
+
+
+def augment(x: np.ndarray, cfg: DataConfig, rng: np.random.Generator) -> np.ndarray:
+    """Training-time augmentation of features (T, F): speed jitter and frame drop in time; one
+    random rotation + shear + scale of every part, a shift of the body, noise in space."""
+    T = len(x)
+    n = int(np.clip(round(T / rng.uniform(1 - cfg.aug_speed, 1 + cfg.aug_speed)), 1, cfg.max_frames))
+    idx = np.linspace(0, T - 1, n).round().astype(np.int64)
+    keep = rng.random(n) >= cfg.aug_frame_drop
+    if keep.sum() >= max(cfg.min_frames, n // 2):
+        idx = idx[keep]
+    x = x[idx]                                                             # (T', F), a copy
+    p = x.reshape(len(idx), -1, 3 + cfg.use_z)                             # (T', K, C+1) view
+    X, Y, present = p[..., 0], p[..., 1], p[..., -1]                       # (T', K) views
+    th = math.radians(rng.uniform(-cfg.aug_rotate_deg, cfg.aug_rotate_deg))
+    shear = rng.uniform(-cfg.aug_shear, cfg.aug_shear)
+    s = 1 + rng.uniform(-cfg.aug_scale, cfg.aug_scale)
+    (a, b), (c, d) = s * np.array([[math.cos(th), -math.sin(th)], [math.sin(th), math.cos(th)]]) @ [[1, shear], [0, 1]]
+    # one plane per coordinate: numpy is several times slower on (..., 2)-shaped broadcasts
+    X2, Y2 = np.float32(a) * X + np.float32(b) * Y, np.float32(c) * X + np.float32(d) * Y
+    body = part_slices(cfg)["body"]
+    dx, dy = rng.uniform(-cfg.aug_shift, cfg.aug_shift, 2)
+    X2[:, body] += np.float32(dx)
+    Y2[:, body] += np.float32(dy)
+    X2 += np.float32(cfg.aug_noise) * _noise(rng, X2.shape)
+    Y2 += np.float32(cfg.aug_noise) * _noise(rng, Y2.shape)
+    p[..., 0], p[..., 1] = X2 * present, Y2 * present                     # missing points stay zero
+    return x.reshape(len(idx), -1)
+
+
+# ----------------------------------------------------------------------------- corpus rows and splits
+@dataclass
+class Row:
+    uid: str
+    text: str
+    pose: str     # path of the .pose file
+    split: str
+
+
+def video_id(uid: str) -> str:
+    """iSign uids are {video}--{segment}: MluonE1OqLY--18 -> MluonE1OqLY."""
+    return re.sub(r"--\d+$", "", uid)
+
+
+def split_by_video(uids: list[str], ratios=(0.8, 0.1, 0.1), seed: int = 0) -> list[str]:
+    """Shuffle the videos (seeded) and fill train, then val, then test up to the row ratios."""
+    counts = Counter(video_id(u) for u in uids)
+    videos = sorted(counts)
+    bounds = np.cumsum(ratios) / sum(ratios) * len(uids)
+    which, seen = {}, 0
+    for i in np.random.default_rng(seed).permutation(len(videos)):
+        v = videos[i]
+        mid = seen + counts[v] / 2          # a video goes where its middle row falls
+        which[v] = SPLITS[int(np.searchsorted(bounds, mid, side="right")) if mid < bounds[-1] else 2]
+        seen += counts[v]
+    return [which[video_id(u)] for u in uids]
+
+
+def _read_csv(path: Path) -> list[tuple[str, str]]:
+    with open(path, newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        if not {"uid", "text"} <= set(reader.fieldnames or []):
+            raise ValueError(f"{path}: needs columns uid,text; has {reader.fieldnames}")
+        return [(r["uid"].strip(), (r["text"] or "").strip()) for r in reader]
+
+
+def source_files(cfg: DataConfig) -> list[Path]:
+    """The text files that define the corpus: a manifest, the split CSVs, or the single CSV."""
+    d = Path(cfg.data_dir)
+    if cfg.csv.endswith(".jsonl"):
+        return [d / cfg.csv]
+    if (d / "train.csv").is_file():
+        return [d / f"{s}.csv" for s in SPLITS if (d / f"{s}.csv").is_file()]
+    if not (d / cfg.csv).is_file():
+        raise FileNotFoundError(f"{d}: no {cfg.csv} (nor train.csv / val.csv / test.csv)")
+    return [d / cfg.csv]
+
+
+def read_rows(cfg: DataConfig) -> list[Row]:
+    """Every row of the corpus with its pose path and split, in file order."""
+    d, files = Path(cfg.data_dir), source_files(cfg)
+    if cfg.csv.endswith(".jsonl"):
+        items = [json.loads(line) for line in files[0].read_text(encoding="utf-8").splitlines() if line.strip()]
+        rows = [Row(str(it.get("uid") or Path(it["pose"]).stem), str(it.get("text") or "").strip(),
+                    str(d / it["pose"]), it.get("split") or "") for it in items]
+    elif files[0].name == "train.csv":
+        rows = [Row(u, t, "", f.stem) for f in files for u, t in _read_csv(f)]
+    else:
+        rows = [Row(u, t, "", "") for u, t in _read_csv(files[0])]
+    for r in rows:
+        r.pose = r.pose or str(d / cfg.pose_dir / f"{r.uid}.pose")
+    unsplit = [r for r in rows if not r.split]
+    for r, s in zip(unsplit, split_by_video([r.uid for r in unsplit], cfg.split_ratios, cfg.split_seed)):
+        r.split = s
+    return rows
+
+
+def split_texts(cfg: DataConfig, split: str) -> list[str]:
+    """The non-empty texts of one split, read from the corpus files (no cache needed), e.g. to
+    train a tokenizer."""
+    return [r.text for r in read_rows(cfg) if r.split == split and r.text]
+
+
+# ----------------------------------------------------------------------------- the cache
+def cache_dir(cfg: DataConfig) -> Path:
+    return Path(cfg.cache_dir) if cfg.cache_dir else Path(cfg.data_dir) / "cache"
+
+
+def signature(cfg: DataConfig) -> dict:
+    """What the cache depends on: the feature settings and the corpus files (size, mtime)."""
+    keys = ("csv", "pose_dir", "layout", "use_z", "fps", "max_frames", "min_frames", "split_ratios", "split_seed")
+    settings = {k: getattr(cfg, k) for k in keys}
+    settings["split_ratios"] = list(settings["split_ratios"])
+    settings["version"] = FEATURE_VERSION
+    sources = [[f.name, f.stat().st_size, f.stat().st_mtime_ns] for f in source_files(cfg)]
+    return {"settings": settings, "sources": sources,
+            "hash": hashlib.sha1(json.dumps([settings, sources]).encode()).hexdigest()[:16]}
+
+
+def is_fresh(cfg: DataConfig) -> bool:
+    """True when the cache is complete and built from the current corpus and settings."""
+    done = cache_dir(cfg) / "DONE"
+    try:
+        return json.loads(done.read_text())["hash"] == signature(cfg)["hash"]
+    except (FileNotFoundError, ValueError, KeyError):
+        return False
+
+
+def _write_atomic(path: Path, write: Callable[[Path], None]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    write(tmp)
+    os.replace(tmp, path)
+
+
+def _save_npy(path: Path, arr: np.ndarray) -> None:
+    with open(path, "wb") as f:                   # np.save(path) would append ".npy" to "x.npy.tmp"
+        np.save(f, arr)
+
+
+def _convert(item: tuple[int, str], cfg: DataConfig):
+    """Worker: (row number, pose path) -> (row number, float16 features or None, reason, detail)."""
+    i, path = item
+    try:
+        return i, load_pose(path, cfg).astype(np.float16), "", ""
+    except PoseError as e:
+        return i, None, e.kind, str(e)
+    except Exception as e:  # a bug or an odd file must not stop a 118k-file run: report it
+        return i, None, "unreadable pose file", f"{path}: {type(e).__name__}: {e}"
+
+
+def _commit_shard(shards: Path, results: list) -> None:
+    """Write one shard: its frames (.npy) first, then its row list (.json), the commit marker."""
+    if not results:
+        return
+    k = len(list(shards.glob("shard-*.json")))
+    feats = [f for _, f, _, _ in results if f is not None]
+    arr = np.concatenate(feats) if feats else np.zeros((0, 0), np.float16)
+    _write_atomic(shards / f"shard-{k:06d}.npy", lambda p: _save_npy(p, arr))
+    rows = [[i, 0 if f is None else len(f), reason, detail] for i, f, reason, detail in results]
+    _write_atomic(shards / f"shard-{k:06d}.json", lambda p: p.write_text(json.dumps(rows)))
+    results.clear()
+
+
+def prepare(cfg: DataConfig, workers: int | None = None, progress: bool = True) -> dict:
+    """Build (or finish) the cache; returns {"ok": N, "skipped": M, "reasons": {...}, ...}."""
+    t0, sig, out = time.time(), signature(cfg), cache_dir(cfg)
+    if is_fresh(cfg):
+        return json.loads((out / "DONE").read_text())["summary"]
+    rows = read_rows(cfg)
+    shards = out / "shards"
+    progress_file = shards / "signature.json"
+    if shards.exists() and (not progress_file.is_file() or json.loads(progress_file.read_text())["hash"] != sig["hash"]):
+        shutil.rmtree(shards)                     # left by an older corpus or setting: start over
+    shards.mkdir(parents=True, exist_ok=True)
+    progress_file.write_text(json.dumps(sig))
+    (out / "DONE").unlink(missing_ok=True)
+    done = {r[0] for f in shards.glob("shard-*.json") for r in json.loads(f.read_text())}
+    seen, results, todo = set(), [], []
+    for i, r in enumerate(rows):
+        duplicate = r.uid in seen
+        seen.add(r.uid)
+        if i in done:
+            continue
+        if not r.text:
+            results.append((i, None, "empty text", f"{r.uid}: empty text"))
+        elif duplicate:
+            results.append((i, None, "duplicate uid", f"{r.uid}: uid already used by an earlier row"))
+        else:
+            todo.append((i, r.pose))
+    workers = workers or os.cpu_count() or 1
+    pool = Pool(workers) if workers > 1 and len(todo) > 1 else None
+    try:
+        it = pool.imap_unordered(partial(_convert, cfg=cfg), todo, chunksize=4) if pool else (
+            _convert(item, cfg) for item in todo)
+        for res in tqdm(it, total=len(todo), desc="prepare", unit="file", disable=not progress, file=sys.stderr):
+            results.append(res)
+            if len(results) >= SHARD_ROWS:
+                _commit_shard(shards, results)
+    finally:                                      # interrupted or not, keep what was converted
+        if pool:
+            pool.terminate()
+        _commit_shard(shards, results)
+    summary = _merge(cfg, rows, shards, out)
+    summary.update(seconds=round(time.time() - t0, 2), converted=len(todo),
+                   files_per_s=round(len(todo) / max(time.time() - t0, 1e-9), 1))
+    sig["summary"] = summary
+    _write_atomic(out / "DONE", lambda p: p.write_text(json.dumps(sig)))
+    shutil.rmtree(shards)
+    return summary
+
+
+def _merge(cfg: DataConfig, rows: list[Row], shards: Path, out: Path) -> dict:
+    """Copy the shards' frames, in corpus order, into features.npy; write index.json and
+    skipped.jsonl. Returns the summary."""
+    kept, skipped = [], []                        # kept: (row, shard file, start in shard, frames)
+    for f in sorted(shards.glob("shard-*.json")):
+        start = 0
+        for i, n, reason, detail in json.loads(f.read_text()):
+            if reason:
+                skipped.append({"uid": rows[i].uid, "pose": rows[i].pose, "reason": reason, "detail": detail})
+            else:
+                kept.append((i, f.with_suffix(".npy"), start, n))
+                start += n
+    kept.sort()
+    lengths = np.array([n for *_, n in kept], np.int64)
+    starts = np.cumsum(lengths) - lengths
+    by_shard = {}
+    for k, (_, shard, start, n) in enumerate(kept):
+        by_shard.setdefault(shard, []).append((starts[k], start, n))
+
+    def write_features(p: Path):
+        feats = np.lib.format.open_memmap(p, mode="w+", dtype=np.float16, shape=(int(lengths.sum()), feature_dim(cfg)))
+        for shard, pieces in by_shard.items():    # one shard in memory at a time
+            arr = np.load(shard)
+            for dst, src, n in pieces:
+                feats[dst:dst + n] = arr[src:src + n]
+        feats.flush()
+    _write_atomic(out / "features.npy", write_features)
+    index = {"feature_dim": feature_dim(cfg), "uid": [rows[i].uid for i, *_ in kept],
+             "text": [rows[i].text for i, *_ in kept], "split": [rows[i].split for i, *_ in kept],
+             "start": starts.tolist(), "length": lengths.tolist()}
+    _write_atomic(out / "index.json", lambda p: p.write_text(json.dumps(index)))
+    _write_atomic(out / "skipped.jsonl", lambda p: p.write_text("".join(json.dumps(s) + "\n" for s in skipped)))
+    return {"ok": len(kept), "skipped": len(skipped), "reasons": dict(Counter(s["reason"] for s in skipped)),
+            "splits": dict(Counter(index["split"])), "frames": int(lengths.sum()), "cache": str(out)}
+
+
+def ensure_cache(cfg: DataConfig, rank: int = 0, world_size: int = 1, timeout_s: float = 24 * 3600,
+                 poll_s: float = 5.0) -> Path:
+    """Rank 0 builds the cache when missing or stale; the other ranks wait for its DONE file
+    (no torch.distributed needed). Pass the node-local rank when each node has its own disk."""
+    if rank == 0:
+        if not is_fresh(cfg):
+            print(json.dumps(prepare(cfg)), file=sys.stderr)
+        return cache_dir(cfg)
+    t0 = time.time()
+    while not is_fresh(cfg):
+        if time.time() - t0 > timeout_s:
+            raise TimeoutError(f"rank {rank}/{world_size}: no fresh cache at {cache_dir(cfg)} after {timeout_s:.0f}s")
+        time.sleep(poll_s)
+    return cache_dir(cfg)
+
+
+# ----------------------------------------------------------------------------- text and batches
+def build_prompt(tokenizer, cfg: DataConfig) -> list[int]:
+    """The chat prompt up to the assistant's answer, holding ONE pose placeholder token:
+    <|im_start|>system ... <|im_end|> <|im_start|>user <pose> Translate ... <|im_end|> <|im_start|>assistant"""
+    user = cfg.user_prompt.format(pose=tokenizer.pose_token, language=cfg.source_language)
+    ids = tokenizer.chat([{"role": "system", "content": cfg.system_prompt}, {"role": "user", "content": user}],
+                         add_generation_prompt=True)
+    if ids.count(tokenizer.pose_token_id) != 1:
+        raise ValueError(f"DataConfig.user_prompt {cfg.user_prompt!r} must hold '{{pose}}' exactly once")
+    return ids
+
+
+class SignDataset(torch.utils.data.Dataset):
+    """One split of the cache. Item: dict(uid, poses (T, F) float32, text, prompt_ids, answer_ids);
+    answer_ids end with <|im_end|>, the end of the assistant's turn."""
+
+    def __init__(self, cfg: DataConfig, split: str, tokenizer, augment: bool = False):
+        if not is_fresh(cfg):
+            raise FileNotFoundError(f"{cache_dir(cfg)}: pose cache missing or stale; run "
+                                    f"`python data.py prepare {cfg.data_dir}` (or ensure_cache)")
+        index = json.loads((cache_dir(cfg) / "index.json").read_text())
+        rows = [k for k, s in enumerate(index["split"]) if s == split]
+        self.cfg, self.augment = cfg, augment
+        self.features = np.load(cache_dir(cfg) / "features.npy", mmap_mode="r")   # (all frames, F) float16
+        self.uids = [index["uid"][k] for k in rows]
+        self.texts = [index["text"][k] for k in rows]
+        self.starts = np.array([index["start"][k] for k in rows], np.int64)
+        self.lengths = np.array([index["length"][k] for k in rows], np.int64)   # frames: the bucketing cost
+        self.prompt_ids = build_prompt(tokenizer, cfg)
+        self.answer_ids = [ids + [tokenizer.im_end_id] for ids in tokenizer.encode_batch(self.texts)]
+
+    def __len__(self) -> int:
+        return len(self.uids)
+
+    def __getitem__(self, i: int) -> dict:
+        s = self.starts[i]
+        x = torch.from_numpy(np.array(self.features[s:s + self.lengths[i]])).float()   # (T, F); torch: faster fp16 cast
+        if self.augment:   # seeded from torch, so DataLoader workers differ and runs repeat
+            x = torch.from_numpy(augment(x.numpy(), self.cfg, np.random.default_rng(int(torch.randint(2**62, ())))))
+        return {"uid": self.uids[i], "poses": x, "text": self.texts[i],
+                "prompt_ids": self.prompt_ids, "answer_ids": self.answer_ids[i]}
+
+
+class BucketSampler:
+    """Batches of similar length, with DistributedSampler semantics.
+
+    Each epoch (seeded by seed + epoch, the same on every rank): shuffle, sort windows of 64
+    batches by length, cut into batches, shuffle the batches. Rank r takes batches r, r+R, ...;
+    when the batch count is not a multiple of R, the first batches are repeated (drop_last=False)
+    or the last ones dropped (drop_last=True), so that every rank runs the same number of steps.
+    Resumable: load_state_dict({"epoch": e, "batches_consumed": k}) skips this rank's first k
+    batches of epoch e. shuffle=False sorts the whole set by length (evaluation).
+    """
+
+    def __init__(self, lengths, batch_size: int, num_replicas: int = 1, rank: int = 0, seed: int = 0,
+                 shuffle: bool = True, drop_last: bool = False):
+        if not 0 <= rank < num_replicas:
+            raise ValueError(f"BucketSampler: rank {rank} not in [0, {num_replicas})")
+        self.lengths = np.asarray(lengths)
+        self.batch_size, self.num_replicas, self.rank = batch_size, num_replicas, rank
+        self.seed, self.shuffle, self.drop_last = seed, shuffle, drop_last
+        self.epoch, self.batches_consumed, self._skip = 0, 0, 0
+
+    def _all_batches(self) -> list[list[int]]:
+        n, bs, R = len(self.lengths), self.batch_size, self.num_replicas
+        if self.shuffle:
+            rng = np.random.default_rng([self.seed, self.epoch])
+            order = rng.permutation(n)
+            window = 64 * bs
+            order = np.concatenate([w[np.argsort(self.lengths[w], kind="stable")]
+                                    for w in np.split(order, range(window, n, window))])
+        else:
+            order = np.argsort(self.lengths, kind="stable")
+        batches = [order[i:i + bs].tolist() for i in range(0, n, bs)]
+        if self.drop_last and batches and len(batches[-1]) < bs:
+            batches.pop()
+        if self.shuffle:
+            batches = [batches[k] for k in rng.permutation(len(batches))]
+        if self.drop_last:
+            return batches[:len(batches) // R * R]
+        return batches + [batches[k % len(batches)] for k in range(-len(batches) % R)] if batches else []
+
+    def __len__(self) -> int:
+        return len(self._all_batches()[self.rank::self.num_replicas])
+
+    def __iter__(self):
+        mine = self._all_batches()[self.rank::self.num_replicas]
+        skip, self._skip = self._skip, 0
+        self.batches_consumed = skip
+        for batch in mine[skip:]:
+            self.batches_consumed += 1
+            yield batch
+
+    def set_epoch(self, epoch: int) -> None:
+        if epoch != self.epoch:    # a resumed epoch keeps its skip
+            self.epoch, self._skip, self.batches_consumed = epoch, 0, 0
+
+    def state_dict(self, batches_consumed: int | None = None) -> dict:
+        """Pass the number of steps the trainer really finished this epoch when a DataLoader
+        prefetches batches ahead of it; the default counts the batches yielded so far."""
+        k = self.batches_consumed if batches_consumed is None else batches_consumed
+        return {"epoch": self.epoch, "batches_consumed": k, "seed": self.seed}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epoch, self.seed = state["epoch"], state.get("seed", self.seed)
+        self._skip = self.batches_consumed = state["batches_consumed"]
+
+
+def collate(batch: list[dict], tokenizer, tokens_per_pose: Callable[[int], int], for_generation: bool = False) -> dict:
+    """Pad a list of SignDataset items into tensors.
+
+    The single pose placeholder of each prompt becomes tokens_per_pose(frames) copies of it (the
+    pose encoder's output length). Training: prompt + answer, right-padded, labels -100 except on
+    the answer (+ <|im_end|>). Generation: the prompt alone, left-padded (as generate expects).
+    Always: poses (B, Tmax, F) zero-padded, pose_mask (B, Tmax) bool, uids, texts.
+    """
+    # built in numpy and wrapped once: torch.tensor(list) and small torch copies cost ~10x more
+    pid, B = tokenizer.pose_token_id, len(batch)
+    frames = [len(s["poses"]) for s in batch]
+    poses = np.zeros((B, max(frames), batch[0]["poses"].shape[1]), np.float32)    # (B, Tmax, F)
+    seqs, n_prompt = [], []
+    for b, s in enumerate(batch):
+        poses[b, :frames[b]] = s["poses"].numpy()
+        k = s["prompt_ids"].index(pid)
+        prompt = s["prompt_ids"][:k] + [pid] * int(tokens_per_pose(frames[b])) + s["prompt_ids"][k + 1:]
+        seqs.append(prompt if for_generation else prompt + s["answer_ids"])
+        n_prompt.append(len(prompt))
+    L = max(map(len, seqs))
+    input_ids = np.full((B, L), tokenizer.pad_id, np.int64)
+    attention_mask = np.zeros((B, L), np.int64)
+    labels = np.full((B, L), -100, np.int64)
+    for b, ids in enumerate(seqs):
+        start = L - len(ids) if for_generation else 0          # generation: left padding
+        input_ids[b, start:start + len(ids)] = ids
+        attention_mask[b, start:start + len(ids)] = 1
+        labels[b, start + n_prompt[b]:start + len(ids)] = ids[n_prompt[b]:]
+    out = {"input_ids": torch.from_numpy(input_ids), "attention_mask": torch.from_numpy(attention_mask),
+           "poses": torch.from_numpy(poses),
+           "pose_mask": torch.from_numpy(np.arange(max(frames)) < np.array(frames)[:, None]),   # (B, Tmax)
+           "uids": [s["uid"] for s in batch], "texts": [s["text"] for s in batch]}
+    if not for_generation:
+        out["labels"] = torch.from_numpy(labels)
+    return out
+
+
+# ----------------------------------------------------------------------------- command line
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    s = sub.add_parser("synth", help="write a synthetic corpus in the iSign layout")
+    s.add_argument("out_dir")
+    s.add_argument("--n", type=int, default=500)
+    s.add_argument("--seed", type=int, default=0)
+    p = sub.add_parser("prepare", help="build the pose cache of DATA_DIR")
+    p.add_argument("data_dir")
+    p.add_argument("--cache", default=None, help="cache folder (default DATA_DIR/cache)")
+    p.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
+    p.add_argument("--csv", default=DataConfig.csv, help="CSV (uid,text) or .jsonl manifest in DATA_DIR")
+    p.add_argument("--layout", default=DataConfig.layout, choices=sorted(LAYOUTS))
+    args = parser.parse_args(argv)
+    if args.cmd == "synth":
+        import synth   # the generator lives in its own file; only this command needs it
+        synth.generate_corpus(args.out_dir, n=args.n, seed=args.seed)
+        print(json.dumps({"out_dir": args.out_dir, "n": args.n, "seed": args.seed}))
+    else:
+        cfg = DataConfig(data_dir=args.data_dir, cache_dir=args.cache, csv=args.csv, layout=args.layout)
+        print(json.dumps(prepare(cfg, workers=args.workers)))
+
+
+if __name__ == "__main__":
+    main()
