@@ -7,8 +7,9 @@ What this is:
     Qwen2.5-Instruct's chat template renders it (no tools), as token ids:
         <|im_start|>system\\n{system}<|im_end|>\\n<|im_start|>user\\n{user}<|im_end|>\\n<|im_start|>assistant\\n
     When the first message is not a system message the template inserts Qwen's default one.
-  - `pose_token_id`: an existing special token that never comes out of encoding plain text,
-    used as the placeholder where the pose encoder's soft tokens are spliced into the prompt.
+  - `pose_token_id`: a special token that never comes out of encoding plain text, used as the
+    placeholder where the pose encoder's soft tokens are spliced into the prompt (Qwen2.5's
+    `<|video_pad|>`; added as `<|pose|>` to Qwen2 tokenizers, which lack it).
   - `train_bpe(texts, vocab_size, out_dir)`: a small byte-level BPE with Qwen's pre-tokenizer
     and special tokens, so the tiny CPU config needs no download.
 
@@ -39,8 +40,12 @@ SPECIAL_TOKENS = [
     "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>",
 ]
 # Placeholder for the pose tokens, in order of preference. Each is a special token of Qwen2.5
-# that plain text never encodes to; Qwen2 (not 2.5) tokenizers have none of them.
+# that plain text never encodes to. Qwen2 (not 2.5) tokenizers have none of them: there we add
+# POSE_TOKEN_FALLBACK as a new special token. Its id (the tokenizer's size) is one of the spare
+# rows every Qwen2 embedding matrix has past the tokenizer (e.g. 151646 < 152064); the row's
+# value never matters, since the encoder's soft tokens replace it before the first layer.
 POSE_TOKEN_CANDIDATES = ("<|video_pad|>", "<|vision_pad|>", "<|image_pad|>")
+POSE_TOKEN_FALLBACK = "<|pose|>"
 DEFAULT_SYSTEM = "You are Qwen, created by Alibaba Cloud. You are a helpful assistant."
 
 
@@ -80,9 +85,8 @@ class Tokenizer:
         self.pad_id = self._require(pad_token) if pad_token else self.endoftext_id
         found = [t for t in POSE_TOKEN_CANDIDATES if tok.token_to_id(t) is not None]
         if not found:
-            raise ValueError(f"{name}: no special token to hold the pose placeholder; "
-                             f"need one of {', '.join(POSE_TOKEN_CANDIDATES)} (Qwen2.5 tokenizers have them)")
-        self.pose_token = found[0]
+            tok.add_special_tokens([POSE_TOKEN_FALLBACK])
+        self.pose_token = found[0] if found else POSE_TOKEN_FALLBACK
         self.pose_token_id = tok.token_to_id(self.pose_token)
         self.vocab_size = tok.get_vocab_size(with_added_tokens=True)
 
