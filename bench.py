@@ -13,7 +13,90 @@ import sys
 
 
 def bench_kernels(args):
-    raise NotImplementedError("bench.py kernels: not written yet")
+    """NF4 matmuls at Qwen2.5-7B/14B layer shapes (N = out, K = in) and M = batch x tokens rows:
+    the NF4 forward (Triton on a GPU; M <= 16 takes the split-K decode kernel) and backward dx,
+    against the 16-bit matmul on the dequantized weight (cuBLAS on a GPU) and bitsandbytes'
+    matmul_4bit when installed. GPU times: medians of triton.testing.do_bench (L2 flushed between
+    runs). Bytes: packed weight + absmax (NF4) or the 16-bit weight, plus x and y. Peaks assumed:
+    H100 SXM 3.35 TB/s and 989 dense bf16 TFLOP/s, H200 4.8 TB/s and 989 TFLOP/s. On a CPU only the
+    torch path runs, on one shape: that tests this script; its times say nothing about a GPU."""
+    import os
+    import statistics
+    import time
+
+    import torch
+    import torch.nn.functional as F
+
+    import quant
+
+    cuda = torch.cuda.is_available()
+    p = argparse.ArgumentParser(prog="bench.py kernels")
+    p.add_argument("--shapes", default="3584x3584,18944x3584,3584x18944,13824x5120" if cuda else "3584x3584",
+                   help="comma-separated NxK (out x in)")
+    p.add_argument("--m", default="1,16,512,4096" if cuda else "1,16", help="comma-separated row counts M")
+    p.add_argument("--quick", action="store_true", help="smoke run: 256x512, M=1,16")
+    a = p.parse_args(args)
+    if a.quick:
+        a.shapes, a.m = "256x512", "1,16"
+    device, dtype = ("cuda", torch.bfloat16) if cuda else ("cpu", torch.float32)
+    name = torch.cuda.get_device_name() if cuda else f"CPU ({os.cpu_count()} cores, 1 thread)"
+    if not cuda:
+        torch.set_num_threads(1)  # other jobs on a small machine make multi-threaded timings erratic
+    peak = next((v for k, v in {"H100": (3.35e12, 989e12), "H200": (4.8e12, 989e12)}.items() if k in name), None)
+    bnb = None
+    if cuda:  # bitsandbytes' 4-bit matmul is a GPU kernel; on the CPU it dequantizes like ours
+        try:
+            import bitsandbytes as bnb
+            import bitsandbytes.functional as bnb_f
+        except ImportError:
+            pass
+
+    def timed(fn) -> float:
+        """Seconds per call (median)."""
+        if cuda:
+            import triton.testing
+            return triton.testing.do_bench(fn, return_mode="median") * 1e-3
+        fn()  # warm-up
+        times = []
+        for _ in range(3):
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+        return statistics.median(times)
+
+    print(f"device: {name}, {dtype}, torch {torch.__version__}, peak assumed: "
+          + (f"{peak[0] / 1e12:.2f} TB/s, {peak[1] / 1e12:.0f} TFLOP/s" if peak else "unknown (no % columns)"))
+    print(f"{'kernel':<20}{'N x K':>12}{'M':>6}{'ms':>10}{'TFLOP/s':>9}{'GB/s':>8}{'%BW':>6}{'%FLOP':>7}{'speedup':>9}")
+    for n, k in [tuple(int(v) for v in s.split("x")) for s in a.shapes.split(",")]:
+        torch.manual_seed(0)
+        w = torch.randn(n, k, device=device, dtype=dtype) * 0.02
+        packed, absmax = quant.quantize_nf4(w)
+        w16 = quant.dequantize_nf4(packed, absmax, (n, k), 64, dtype)
+        nf4, dense = packed.numel() + 4 * absmax.numel(), dtype.itemsize * n * k
+        if bnb is not None:
+            bnb_packed, bnb_state = bnb_f.quantize_4bit(w, blocksize=64, quant_type="nf4")
+        matmul, matmul_dx = ((quant.nf4_matmul_triton, quant.nf4_matmul_dx_triton) if cuda
+                             else (quant.nf4_matmul_torch, quant.nf4_matmul_dx_torch))
+        backend = "triton" if cuda else "torch"
+        for m in [int(v) for v in a.m.split(",")]:
+            x = torch.randn(m, k, device=device, dtype=dtype)
+            dy = torch.randn(m, n, device=device, dtype=dtype)
+            act = dtype.itemsize * m * (n + k)
+            # (label, call, bytes moved, the 16-bit run it is compared with)
+            runs = [("16-bit fwd", lambda: F.linear(x, w16), dense + act, None),
+                    ("16-bit dx", lambda: dy @ w16, dense + act, None),
+                    (f"{backend} nf4 fwd", lambda: matmul(x, packed, absmax, None, (n, k), 64), nf4 + act, "16-bit fwd"),
+                    (f"{backend} nf4 dx", lambda: matmul_dx(dy, packed, absmax, (n, k), 64), nf4 + act, "16-bit dx")]
+            if bnb is not None:
+                runs.append(("bnb matmul_4bit fwd", lambda: bnb.matmul_4bit(x, bnb_packed.t(), bnb_state),
+                             nf4 + act, "16-bit fwd"))
+            seconds = {}
+            for label, call, nbytes, baseline in runs:
+                t = seconds[label] = timed(call)
+                flops, bw = 2 * m * n * k / t, nbytes / t
+                pct = f"{100 * bw / peak[0]:6.0f}{100 * flops / peak[1]:7.1f}" if peak else f"{'-':>6}{'-':>7}"
+                speedup = f"{seconds[baseline] / t:8.2f}x" if baseline else ""
+                print(f"{label:<20}{f'{n}x{k}':>12}{m:>6}{t * 1e3:10.3f}{flops / 1e12:9.3f}{bw / 1e9:8.1f}{pct}{speedup}")
 
 
 def bench_model(args):

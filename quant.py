@@ -44,6 +44,9 @@ NF4_LEVELS = torch.tensor([
     0.07958029955625534, 0.16093020141124725, 0.24611230194568634, 0.33791524171829224,
     0.44070982933044434, 0.5626170039176941, 0.7229568362236023, 1.0], dtype=torch.float32)
 
+# byte b -> (level of its high nibble b >> 4, level of its low nibble b & 15): one lookup per byte.
+_BYTE_TO_LEVELS = torch.stack([NF4_LEVELS.repeat_interleave(16), NF4_LEVELS.repeat(16)], dim=1)  # (256, 2)
+
 
 def dynamic_map_8bit() -> Tensor:
     """bitsandbytes' signed 8-bit dynamic map (`create_dynamic_map()`), used to store the absmax
@@ -105,8 +108,7 @@ def dequantize_nf4(packed: Tensor, absmax: Tensor, shape, blocksize: int = 64,
                    dtype: torch.dtype = torch.float32) -> Tensor:
     """Inverse of quantize_nf4: level * absmax in float32, then rounded once to `dtype` (as bnb)."""
     n = math.prod(shape)
-    codes = torch.stack([packed >> 4, packed & 15], dim=-1).view(-1)[:n]              # (n,) high nibble first
-    values = NF4_LEVELS.to(packed.device)[codes.long()]
+    values = _BYTE_TO_LEVELS.to(packed.device)[packed.long()].view(-1)[:n]            # (n,) high nibble first
     return _scale_blocks(values, absmax.float(), blocksize).view(shape).to(dtype)
 
 
@@ -163,16 +165,21 @@ if triton is not None:
         return [triton.Config(dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, SPLIT_K=sk, GROUP_M=8), num_warps=w,
                               num_stages=s) for bm, bn, bk, sk, w, s in gpu]
 
-    # H100/H200 choices. Large M: 128-256 x 128 output tiles amortise the dequantization of a
-    # weight tile over many rows of x (it costs ALU work the tensor cores do not share).
+    # H100/H200 choices, all compiled for sm_90 (shared memory <= 205 KB of the 227 KB). Large M:
+    # 128-256 x 128 output tiles amortise the dequantization of a weight tile over many rows of
+    # x (it is ALU and L1 work that the tensor cores do not share).
     GEMM_CONFIGS = [(128, 128, 64, 1, 8, 3), (128, 256, 64, 1, 8, 3), (256, 128, 64, 1, 8, 3),
                     (128, 128, 128, 1, 8, 3), (64, 128, 64, 1, 4, 4), (128, 64, 64, 1, 4, 4),
                     (64, 64, 128, 1, 4, 4), (64, 256, 64, 1, 8, 3)]
+    # dx: the output tile is BLOCK_M x BLOCK_K, the sum runs over BLOCK_N.
+    DX_CONFIGS = [(128, 64, 128, 1, 8, 3), (128, 64, 256, 1, 8, 3), (256, 64, 128, 1, 8, 3),
+                  (128, 128, 128, 1, 8, 3), (64, 64, 128, 1, 4, 4), (128, 64, 64, 1, 4, 4),
+                  (64, 128, 64, 1, 4, 4), (64, 64, 256, 1, 8, 3)]
     # Few rows (decode): memory bound; tl.dot needs 16 rows, so x is padded to 16 by the mask.
     # Narrow column tiles and split-K give every SM several CTAs streaming long runs of bytes.
     DECODE_CONFIGS = [(16, 32, 256, 1, 4, 3), (16, 16, 256, 1, 4, 4), (16, 64, 128, 1, 4, 4),
                       (16, 32, 256, 4, 4, 3), (16, 64, 256, 4, 4, 3), (16, 16, 512, 2, 4, 3),
-                      (16, 32, 512, 8, 4, 3), (16, 64, 512, 2, 4, 3)]
+                      (16, 32, 512, 8, 4, 3), (16, 32, 128, 2, 4, 4)]
     _TINY = dict(BLOCK_M=16, BLOCK_N=32, BLOCK_K=64, SPLIT_K=1, GROUP_M=2)
 
     @triton.jit
@@ -184,13 +191,16 @@ if triton is not None:
         # Both weights of a byte share a block (BS even); a block may run across rows when K % BS != 0.
         blk = (offs_n[:, None] * K + 2 * offs_b[None, :]) // BS
         scale = tl.load(absmax_ptr + blk, mask=mask, other=0.0)                  # 0 on masked -> w = 0
-        hi = tl.load(levels_ptr + (byte >> 4)) * scale                           # W[n, 2j]   (16-entry table, L1)
+        # The levels come from a 16-entry table in L1: one load per weight, where a 15-way select
+        # tree would cost ~20 ALU ops. (On sm_90 the pipeliner stages these gathers and the absmax
+        # through shared memory, per the TTGIR; a tuning lever once a GPU can measure it.)
+        hi = tl.load(levels_ptr + (byte >> 4)) * scale                           # W[n, 2j]
         lo = tl.load(levels_ptr + (byte & 15)) * scale                           # W[n, 2j+1]
         return tl.reshape(tl.join(hi, lo), (hi.shape[0], 2 * hi.shape[1]))      # (BN, BK): hi0 lo0 hi1 lo1 ...
 
     @triton.autotune(configs=_configs(_TINY, GEMM_CONFIGS), key=["M_BUCKET", "N", "K"])
     @triton.jit
-    def _nf4_matmul_gemm(x_ptr, w_ptr, absmax_ptr, levels_ptr, bias_ptr, y_ptr, M, N, K, M_BUCKET,
+    def _nf4_matmul_kernel(x_ptr, w_ptr, absmax_ptr, levels_ptr, bias_ptr, y_ptr, M, N, K, M_BUCKET,
                          stride_xm, stride_ym, BS: tl.constexpr, HAS_BIAS: tl.constexpr, ATOMIC: tl.constexpr,
                          PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                          BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr, GROUP_M: tl.constexpr):
@@ -226,9 +236,9 @@ if triton is not None:
 
     # The same kernel with the decode configs: a second autotuner over the same jit function.
     _nf4_matmul_decode = triton.autotune(configs=_configs({**_TINY, "BLOCK_N": 16, "SPLIT_K": 2}, DECODE_CONFIGS),
-                                         key=["M_BUCKET", "N", "K"], reset_to_zero=["y_ptr"])(_nf4_matmul_gemm.fn)
+                                         key=["M_BUCKET", "N", "K"], reset_to_zero=["y_ptr"])(_nf4_matmul_kernel.fn)
 
-    @triton.autotune(configs=_configs(_TINY, GEMM_CONFIGS), key=["M_BUCKET", "N", "K"])
+    @triton.autotune(configs=_configs(_TINY, DX_CONFIGS), key=["M_BUCKET", "N", "K"])
     @triton.jit
     def _nf4_matmul_dx_kernel(dy_ptr, w_ptr, absmax_ptr, levels_ptr, dx_ptr, M, N, K, M_BUCKET,
                               stride_dym, stride_dxm, BS: tl.constexpr, PRECISION: tl.constexpr,
@@ -281,7 +291,7 @@ def nf4_matmul_triton(x: Tensor, packed: Tensor, absmax: Tensor, bias: Tensor | 
     levels, precision = _launch_args(x, shape)
     decode = M <= 16
     y = torch.zeros(M, N, device=x.device, dtype=torch.float32) if decode else x.new_empty(M, N)
-    kernel = _nf4_matmul_decode if decode else _nf4_matmul_gemm
+    kernel = _nf4_matmul_decode if decode else _nf4_matmul_kernel
     grid = lambda meta: (triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(N, meta["BLOCK_N"]), meta["SPLIT_K"])
     kernel[grid](x, packed, absmax, levels, bias if bias is not None else x, y, M, N, K,
                  max(16, triton.next_power_of_2(M)), x.stride(0), y.stride(0), BS=blocksize,

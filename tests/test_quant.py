@@ -210,3 +210,16 @@ def test_quantized_tiny_model_logits(tmp_path, backend, monkeypatch):
     assert isinstance(qmodel.model.layers[0].mlp.down_proj, quant.Linear4bit)
     torch.testing.assert_close(ours, ref, rtol=1e-4, atol=1e-4)
     assert (ours - logits16).norm() / logits16.norm() < 0.35
+
+
+def test_bench_kernels_runs(capsys):
+    """`python bench.py kernels` on the CPU: the torch path on a small shape prints its table."""
+    import bench
+
+    threads = torch.get_num_threads()
+    try:
+        bench.bench_kernels(["--quick"])
+    finally:
+        torch.set_num_threads(threads)  # the CPU bench times one thread
+    out = capsys.readouterr().out
+    assert "torch nf4 fwd" in out and "torch nf4 dx" in out and out.count("256x512") == 8
