@@ -2,7 +2,6 @@
 Triton's interpreter when there is no GPU) and against transformers (a whole quantized model).
 
 On a CUDA machine the same kernel tests run compiled on the GPU, in bfloat16 as well."""
-import os
 
 import pytest
 import torch
@@ -205,15 +204,15 @@ def test_quantized_tiny_model_logits(tmp_path, backend, monkeypatch):
                 packed, state = bnb_f.quantize_4bit(module.weight, blocksize=64, quant_type="nf4")
                 module.weight.copy_(bnb_dequantize(packed, state))
         ref = hf(ids).logits
-        qmodel = model.load_model(path, quantize="nf4")
-        ours = qmodel(ids)
+        qmodel = model.load_model(path, quantize="nf4", device=DEVICE)
+        ours = qmodel(ids.to(DEVICE)).cpu()
     assert isinstance(qmodel.model.layers[0].mlp.down_proj, quant.Linear4bit)
     torch.testing.assert_close(ours, ref, rtol=1e-4, atol=1e-4)
     assert (ours - logits16).norm() / logits16.norm() < 0.35
 
 
 def test_bench_kernels_runs(capsys):
-    """`python bench.py kernels` on the CPU: the torch path on a small shape prints its table."""
+    """`python bench.py kernels --quick` prints its table (on the CPU: the torch path)."""
     import bench
 
     threads = torch.get_num_threads()
@@ -222,4 +221,4 @@ def test_bench_kernels_runs(capsys):
     finally:
         torch.set_num_threads(threads)  # the CPU bench times one thread
     out = capsys.readouterr().out
-    assert "torch nf4 fwd" in out and "torch nf4 dx" in out and out.count("256x512") == 8
+    assert "nf4 fwd" in out and "nf4 dx" in out and out.count("256x512") >= 8   # 4 rows x 2 M, + bnb on a GPU
