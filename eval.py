@@ -19,9 +19,27 @@ train.py imports this file (assembly, decoding, metrics); this file never import
 References: QLoRA (Dettmers et al. 2023), SpaMo (Hwang et al. 2024), Sign2GPT (Wong et al. 2024),
 sacrebleu (Post 2018), ROUGE (Lin 2004).
 """
+import argparse
+import hashlib
+import json
 import re
+import sys
+from contextlib import nullcontext
+from dataclasses import fields
+from pathlib import Path
+from types import SimpleNamespace
 
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file
 from sacrebleu.metrics import BLEU, CHRF
+from torch import nn
+from tqdm import tqdm
+
+import data
+import lora
+import model as qwen
+from tokenizer import Tokenizer
 
 
 # ----------------------------------------------------------------------------- metrics
@@ -72,3 +90,230 @@ def compute_metrics(hypotheses: list[str], references: list[str]) -> dict:
     # BLEU's signature does not name the n-gram order: the key bleuN says it.
     out["signature"] = {"bleu": str(bleu.get_signature()), "chrf": str(chrf.get_signature())}
     return out
+
+
+# ----------------------------------------------------------------------------- the model
+
+class SignTranslator(nn.Module):
+    """Pose encoder + Qwen2 (+ LoRA). Soft tokens replace the pose placeholders of the prompt.
+
+    Parameter names ("llm.model.layers.0.self_attn.q_proj.lora_A.weight", "encoder.frame.0.weight")
+    are the names in checkpoints."""
+
+    def __init__(self, llm: qwen.Qwen2, encoder: qwen.PoseEncoder, pose_token_id: int):
+        super().__init__()
+        self.llm, self.encoder, self.pose_token_id = llm, encoder, pose_token_id
+
+    def embed(self, batch: dict) -> torch.Tensor:
+        """Prompt (+ answer) embeddings with the soft pose tokens spliced in: (B, T, H)."""
+        tokens, token_mask = self.encoder(batch["poses"], batch["pose_mask"])  # (B, T', H), (B, T')
+        embeds = self.llm.model.embed_tokens(batch["input_ids"])  # (B, T, H)
+        return qwen.splice_pose_tokens(embeds, batch["input_ids"], self.pose_token_id, tokens, token_mask)
+
+    def forward(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """(sum of the cross-entropy over answer tokens, number of answer tokens).
+
+        The vocabulary projection runs only where a label is: (N, V) logits for N answer tokens
+        instead of (B, T, V), which for Qwen's 152k vocabulary would dwarf everything else."""
+        hidden = self.llm(inputs_embeds=self.embed(batch), attention_mask=batch["attention_mask"],
+                          return_hidden=True)  # (B, T, H)
+        targets = batch["labels"][:, 1:]  # position t predicts token t + 1
+        at = targets != -100  # (B, T-1)
+        logits = self.llm.lm_head(hidden[:, :-1][at]).float()  # (N, V)
+        return F.cross_entropy(logits, targets[at], reduction="sum"), at.sum()
+
+    @torch.no_grad()
+    def translate(self, batch: dict, tok: Tokenizer, max_new_tokens: int, num_beams: int = 1) -> list[str]:
+        """Decode a left-padded generation batch (data.collate(..., for_generation=True))."""
+        new = self.llm.generate(inputs_embeds=self.embed(batch), attention_mask=batch["attention_mask"],
+                                max_new_tokens=max_new_tokens, eos_token_id=tok.eos_ids,
+                                pad_token_id=tok.pad_id, num_beams=num_beams)  # (B, n_new)
+        return [tok.decode(row).strip() for row in new.tolist()]
+
+
+def data_config(cfg) -> data.DataConfig:
+    """The run config's fields that data.DataConfig has, passed by name, plus its data_options."""
+    names = {f.name for f in fields(data.DataConfig)}
+    return data.DataConfig(**{k: v for k, v in vars(cfg).items() if k in names}, **cfg.data_options)
+
+
+def build_model(cfg, tok: Tokenizer, device: torch.device) -> SignTranslator:
+    """The one place a model is assembled (train.py and eval.py): frozen base (4-bit by default)
+    -> LoRA -> pose encoder sized to the data's features and scaled to the embeddings."""
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    llm = qwen.load_model(cfg.model_dir, dtype=dtype, device=device,
+                          quantize=None if cfg.quantize == "none" else cfg.quantize)
+    lora.apply_lora(llm, r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout,
+                    targets=cfg.lora_targets, modules_to_save=cfg.modules_to_save)
+    llm.gradient_checkpointing = cfg.gradient_checkpointing
+    encoder = qwen.PoseEncoder(data.feature_dim(data_config(cfg)), llm.config.hidden_size,
+                               width=cfg.encoder_width, dropout=cfg.encoder_dropout).to(device)
+    encoder.set_embed_scale(llm.model.embed_tokens.weight)
+    model = SignTranslator(llm, encoder, tok.pose_token_id)
+    for p in model.parameters():
+        if p.requires_grad:  # AdamW updates would round away in a 16-bit trained tensor
+            p.data = p.data.float()
+    return model
+
+
+def to_device(batch: dict, device: torch.device) -> dict:
+    return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+
+def collate_fn(model: SignTranslator, tok: Tokenizer, for_generation: bool = False):
+    """data.collate with one pose placeholder expanded to the encoder's number of soft tokens."""
+    return lambda items: data.collate(items, tok, model.encoder.output_lengths, for_generation=for_generation)
+
+
+def autocast(device: torch.device):
+    """bf16 autocast on GPUs; the CPU path runs in float32."""
+    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
+
+
+# ----------------------------------------------------------------------------- checkpoints (reading)
+
+TRAINED, META = "trained.safetensors", "meta.json"  # train.py writes them
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def checkpoint_problem(ckpt: Path) -> str | None:
+    """Why a checkpoint directory cannot be used (None if it can): meta.json is written last,
+    and lists every file with its size and sha256, so half-written or damaged files show."""
+    try:
+        meta = json.loads((ckpt / META).read_text())
+    except (OSError, ValueError) as e:
+        return f"unreadable {META} ({e.__class__.__name__}: {e})"
+    for name, want in meta.get("files", {}).items():
+        path = ckpt / name
+        if not path.is_file():
+            return f"{name} is missing"
+        if path.stat().st_size != want["bytes"]:
+            return f"{name} has {path.stat().st_size} bytes, {META} says {want['bytes']} (truncated?)"
+        if sha256(path) != want["sha256"]:
+            return f"{name} does not match its sha256 in {META} (corrupt)"
+    return None
+
+
+def list_checkpoints(run_dir: Path) -> list[Path]:
+    """ckpt-NNNNNN directories, oldest first (six-digit steps sort as text)."""
+    return sorted(p for p in Path(run_dir).glob("ckpt-[0-9]*") if p.is_dir())
+
+
+def pick_checkpoint(path: Path) -> Path:
+    """A checkpoint directory as given, else a run's best checkpoint, else its newest good one."""
+    path = Path(path)
+    if (path / META).exists() or path.name.startswith("ckpt-"):
+        candidates = [path]
+    else:
+        best = path / "best"
+        candidates = ([best.resolve()] if best.exists() else []) + list_checkpoints(path)[::-1]
+    for ckpt in candidates:
+        problem = checkpoint_problem(ckpt)
+        if problem is None:
+            return ckpt
+        print(f"warning: skipping {ckpt}: {problem}", file=sys.stderr)
+    raise FileNotFoundError(f"{path}: no usable checkpoint (expected ckpt-NNNNNN/ with {META})")
+
+
+def load_trained(model: nn.Module, ckpt: Path) -> None:
+    """Copy a checkpoint's trained tensors into the model; every trained tensor must be there."""
+    tensors = load_file(str(ckpt / TRAINED))
+    own = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    if set(tensors) != set(own):
+        diff = sorted(set(tensors) ^ set(own))
+        raise ValueError(f"{ckpt / TRAINED}: tensors do not match the model built from the run's "
+                         f"config ({len(diff)} differ, e.g. {diff[:3]})")
+    with torch.no_grad():
+        for name, p in own.items():
+            p.copy_(tensors[name])
+
+
+def run_config(ckpt: Path) -> SimpleNamespace:
+    """The training config saved beside a checkpoint (OUT_DIR/config.json)."""
+    path = ckpt.resolve().parent / "config.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: eval.py needs the run directory's saved config")
+    return SimpleNamespace(**json.loads(path.read_text()))
+
+
+# ----------------------------------------------------------------------------- decoding
+
+@torch.no_grad()
+def decode(model: SignTranslator, tok: Tokenizer, dataset, indices: list[int], batch_size: int,
+           max_new_tokens: int, num_beams: int, device: torch.device, progress: bool = False) -> list[dict]:
+    """Translate dataset[i] for i in indices, batching clips of similar length (less padding);
+    returns {uid, reference, hypothesis} rows in the order of `indices`."""
+    model.eval()
+    order = sorted(indices, key=lambda i: int(dataset.lengths[i]))
+    collate = collate_fn(model, tok, for_generation=True)
+    rows = {}
+    for k in tqdm(range(0, len(order), batch_size), desc="decode", disable=not progress, file=sys.stderr):
+        chunk = order[k:k + batch_size]
+        batch = to_device(collate([dataset[i] for i in chunk]), device)
+        with autocast(device):
+            hyps = model.translate(batch, tok, max_new_tokens, num_beams)
+        for i, uid, ref, hyp in zip(chunk, batch["uids"], batch["texts"], hyps):
+            rows[i] = {"uid": uid, "reference": ref, "hypothesis": hyp}
+    return [rows[i] for i in indices]
+
+
+def write_predictions(rows: list[dict], path: Path) -> None:
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+
+
+def translate_file(model: SignTranslator, tok: Tokenizer, dcfg: data.DataConfig, pose_path: str,
+                   max_new_tokens: int, num_beams: int, device: torch.device) -> str:
+    """One .pose file -> its English translation."""
+    item = {"uid": Path(pose_path).stem, "poses": torch.from_numpy(data.load_pose(pose_path, dcfg)), "text": "",
+            "prompt_ids": data.build_prompt(tok, dcfg), "answer_ids": []}
+    batch = to_device(collate_fn(model, tok, for_generation=True)([item]), device)
+    model.eval()
+    with autocast(device):
+        return model.translate(batch, tok, max_new_tokens, num_beams)[0]
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("run", help="a run directory (its best checkpoint, else the newest) or a ckpt-NNNNNN directory")
+    parser.add_argument("--split", default="test", choices=data.SPLITS)
+    parser.add_argument("--data_dir", help="corpus to evaluate on (default: the run's)")
+    parser.add_argument("--num_beams", type=int, default=1, help="1: greedy")
+    parser.add_argument("--batch_size", type=int, default=16)
+    parser.add_argument("--max_new_tokens", type=int, help="default: the run's")
+    parser.add_argument("--out", help="predictions file (default: RUN/predictions.jsonl, or CKPT/../)")
+    parser.add_argument("--pose", help="translate this one .pose file and print the English")
+    args = parser.parse_args(argv)
+
+    ckpt = pick_checkpoint(Path(args.run))
+    cfg = run_config(ckpt)
+    if args.data_dir:
+        cfg.data_dir = args.data_dir
+    max_new = args.max_new_tokens or cfg.max_new_tokens
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dcfg = data_config(cfg)
+    tok = Tokenizer.from_dir(cfg.model_dir)
+    model = build_model(cfg, tok, device)
+    load_trained(model, ckpt)
+    print(f"checkpoint: {ckpt}", file=sys.stderr)
+    if args.pose:
+        print(translate_file(model, tok, dcfg, args.pose, max_new, args.num_beams, device))
+        return
+    data.ensure_cache(dcfg)
+    dataset = data.SignDataset(dcfg, args.split, tok)
+    rows = decode(model, tok, dataset, list(range(len(dataset))), args.batch_size, max_new, args.num_beams,
+                  device, progress=True)
+    out = Path(args.out) if args.out else ckpt.resolve().parent / "predictions.jsonl"
+    write_predictions(rows, out)
+    print(f"{len(rows)} predictions in {out}", file=sys.stderr)
+    print(json.dumps(compute_metrics([r["hypothesis"] for r in rows], [r["reference"] for r in rows])))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,81 @@
+"""train.py: the config system's errors, a tiny QLoRA run whose loss falls, and two-process
+gloo DDP ending with the same weights on both ranks."""
+import json
+import re
+
+import pytest
+
+import train
+from train_helpers import assets, metrics, tensors, tiny_args, torchrun
+
+
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory):
+    return assets(tmp_path_factory)
+
+
+def write_config(tmp_path, text):
+    path = tmp_path / "cfg.py"
+    path.write_text(text)
+    return str(path)
+
+
+def test_config_file_and_overrides(tmp_path):
+    cfg = train.load_config([write_config(tmp_path, "lr = 1\nbatch_size = 3\nimport math\n_private = 5\n"),
+                             "--max_steps=7", "--lora_targets=('q_proj',)", "--fps=None", "--augment=false",
+                             "--out_dir=runs/x"])
+    assert (cfg.lr, cfg.batch_size, cfg.max_steps, cfg.fps, cfg.augment) == (1.0, 3, 7, None, False)
+    assert isinstance(cfg.lr, float) and cfg.lora_targets == ["q_proj"] and cfg.out_dir == "runs/x"
+
+
+@pytest.mark.parametrize("text, argv, message", [
+    ("lrr = 1e-4\n", [], "unknown config key 'lrr'"),
+    ("", ["--batchsize=4"], "unknown config key 'batchsize'"),
+    ("batch_size = 2.5\n", [], "'batch_size' must be int, got float"),
+    ("", ["--lr=fast"], "config key 'lr': cannot parse 'fast'"),
+    ("", ["--augment=1"], "'augment' must be bool, got int"),
+    ("", ["--data_options={'max_frame': 10}"], "data_options: ['max_frame'] are not data.DataConfig fields"),
+    ("", ["max_steps=3"], "expected --key=value"),
+])
+def test_config_errors_name_the_key(tmp_path, text, argv, message):
+    with pytest.raises(train.ConfigError, match=re.escape(message)):
+        train.load_config([write_config(tmp_path, text), *argv])
+
+
+def test_impossible_batch_and_foreign_out_dir_are_early_errors(tmp_path):
+    cfg = train.load_config(["--global_batch=12", "--batch_size=4"])
+    assert train.accumulation(cfg, world=3) == 1
+    with pytest.raises(train.ConfigError, match="global_batch=12 is not divisible by batch_size x world_size = 4 x 2"):
+        train.accumulation(cfg, world=2)
+    (tmp_path / "config.json").write_text(json.dumps({**train.asdict(cfg), "lora_r": 64}))
+    with pytest.raises(train.ConfigError, match="holds a run with a different config.*lora_r: 64 there, 16 now"):
+        train.check_run_dir(cfg, tmp_path)
+    cfg = train.load_config([f"--data_dir={tmp_path}", f"--model_dir={tmp_path / 'nowhere'}"])
+    with pytest.raises(train.ConfigError, match="hf download Qwen/Qwen2.5-7B-Instruct --local-dir"):
+        train.check_inputs(cfg)
+    with pytest.raises(train.ConfigError, match="data_dir .*missing-data does not exist"):
+        train.check_inputs(train.load_config([f"--data_dir={tmp_path / 'missing-data'}"]))
+
+
+def test_tiny_run_learns(shared, tmp_path):
+    out = tmp_path / "run"
+    assert train.main(tiny_args(shared, out, max_steps=30, eval_every=30, save_every=30, grad_accum=1)) == 0
+    losses = [m["loss"] for m in metrics(out) if "loss" in m]
+    assert len(losses) == 30 and sum(losses[-5:]) / 5 < 0.7 * sum(losses[:5]) / 5, losses
+    assert (out / "best").resolve() == out / "ckpt-000030"
+    saved = json.loads((out / "config.json").read_text())
+    assert saved["max_steps"] == 30 and saved["lora_r"] == 4
+    # the trained tensors are LoRA, the encoder and modules_to_save; the 4-bit base is not saved
+    names = tensors(out / "ckpt-000030")
+    assert any(".lora_A." in n for n in names) and any(n.startswith("encoder.") for n in names)
+    assert not any(".base." in n for n in names)
+
+
+def test_ddp_two_processes_end_with_identical_weights(shared, tmp_path):
+    out = tmp_path / "ddp"
+    res = torchrun(tiny_args(shared, out, max_steps=4, eval_every=100, save_every=100))
+    assert res.returncode == 0, res.stderr[-3000:]
+    digests = [re.search(r"weights digest (\w+)", (out / "logs" / f"rank{r}.log").read_text()).group(1)
+               for r in (0, 1)]
+    assert digests[0] == digests[1]
+    assert (out / "ckpt-000004").is_dir() and not (out / "ckpt-000004" / "..").joinpath(".tmp-ckpt-000004").exists()

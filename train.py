@@ -1,0 +1,861 @@
+"""Training: QLoRA fine-tuning of Qwen2 to translate sign-language poses into English.
+
+    python train.py configs/tiny.py                                   # CPU demo, no download
+    python train.py configs/tiny.py --max_steps=200 --out_dir=runs/t2  # any field: --key=value
+    torchrun --nproc_per_node 4 train.py configs/qwen7b_instruct.py --data_dir=data/isign
+    torchrun --nnodes 2 --nproc_per_node 8 --rdzv_backend c10d --rdzv_endpoint HOST:29500 \
+        train.py configs/qwen14b.py --resume=auto                      # several machines
+
+What is trained: the pose encoder (model.PoseEncoder) fully, and LoRA adapters (lora.py) on a
+frozen Qwen2 whose projections are 4-bit NF4 (quant.py): QLoRA. eval.build_model assembles it;
+its soft tokens replace the pose placeholder of a ChatML prompt, the answer is the English text.
+
+One optimizer step = grad_accum micro-batches of batch_size clips on each of the world_size
+processes. The loss is the mean cross-entropy over every answer token of the whole step, logits
+computed only at those positions. DDP averages gradients over processes once per step (no_sync
+on the other micro-steps). AdamW (separate learning rates for LoRA and encoder), linear warmup
+then cosine decay, gradient clipping; bf16 autocast on GPUs, float32 on the CPU.
+
+Surviving long runs (OUT_DIR/ckpt-000600/ every save_every steps, and best -> the best val BLEU):
+- a checkpoint holds the trained tensors only, optimizer state, step, data position and the RNG
+  state of every rank; rank 0 writes it to a temporary directory, fsyncs and renames it, so a
+  half-written one is never seen; files carry sizes and sha256 in meta.json, and a damaged one
+  is skipped with a warning by --resume=auto. keep_last bounds disk use (best is always kept).
+- --resume=auto continues from the newest good checkpoint; on the CPU with the same world size
+  the result is bit for bit that of a run that never stopped.
+- SIGTERM / SIGINT: every rank stops at the next step boundary, rank 0 saves, exit code 0.
+- A non-finite loss or gradient skips the step on all ranks; max_bad_steps in a row stop the run.
+
+References: QLoRA (Dettmers et al. 2023, arXiv:2305.14314); SpaMo (Hwang et al. 2024,
+arXiv:2408.11915); Sign2GPT (Wong et al. 2024, arXiv:2405.04164); nanoGPT's train.py.
+"""
+import ast
+import base64
+import hashlib
+import json
+import logging
+import math
+import os
+import random
+import runpy
+import shutil
+import signal
+import sys
+import time
+import types
+import typing
+from contextlib import contextmanager, nullcontext
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from safetensors.torch import load_file, save_file
+from torch.nn.parallel import DistributedDataParallel as DDP
+from tqdm import tqdm
+
+import data
+import eval as ev
+from data import DataConfig
+from tokenizer import Tokenizer
+
+log = logging.getLogger("train")
+
+
+# ----------------------------------------------------------------------------- config
+
+@dataclass
+class TrainConfig:
+    # data: fields named as in data.DataConfig are passed to it (defaults from there)
+    data_dir: str = "data/isign"
+    csv: str = DataConfig.csv                  # uid,text CSV (or a .jsonl manifest) in data_dir
+    pose_dir: str = DataConfig.pose_dir
+    cache_dir: str | None = DataConfig.cache_dir   # None: data_dir/cache
+    layout: str = DataConfig.layout
+    use_z: bool = DataConfig.use_z
+    fps: float | None = DataConfig.fps
+    max_frames: int = DataConfig.max_frames
+    source_language: str = DataConfig.source_language
+    data_options: dict = field(default_factory=dict)  # any other DataConfig field, e.g. aug_noise
+    augment: bool = True             # training-time pose augmentation
+    synth_n: int = 0                 # > 0 and data_dir missing: generate a synthetic corpus there
+    synth_seed: int = 0
+    # model
+    model_dir: str = "checkpoints/Qwen2.5-7B-Instruct"
+    model_repo: str = "Qwen/Qwen2.5-7B-Instruct"  # named in the download hint if model_dir is missing
+    init_model: dict = field(default_factory=dict)  # non-empty and model_dir missing: create a random
+                                                    # Qwen2 of these sizes + a BPE tokenizer there
+    quantize: str = "nf4"            # "nf4" (QLoRA) or "none" (LoRA on a 16-bit base)
+    lora_r: int = 16
+    lora_alpha: float = 32.0
+    lora_dropout: float = 0.05
+    lora_targets: list = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+    modules_to_save: list = field(default_factory=list)  # e.g. ["embed_tokens", "lm_head"]
+    encoder_width: int = 512
+    encoder_dropout: float = 0.1
+    gradient_checkpointing: bool = False
+    # optimisation: samples per step = batch_size x grad_accum x world_size
+    batch_size: int = 4              # clips per micro-batch per process
+    grad_accum: int = 8
+    global_batch: int = 0            # > 0: grad_accum = global_batch / (batch_size x world_size)
+    max_steps: int = 3000
+    lr: float = 1e-4                 # LoRA (and modules_to_save)
+    encoder_lr: float = 5e-4
+    weight_decay: float = 0.0
+    warmup_steps: int = 100
+    min_lr_ratio: float = 0.1        # cosine decays to lr x this
+    grad_clip: float = 1.0
+    max_bad_steps: int = 20          # non-finite losses in a row before the run stops
+    # evaluation, checkpoints, logging
+    eval_every: int = 500
+    eval_samples: int = 200          # validation subset for val loss and BLEU
+    eval_batch_size: int = 16
+    max_new_tokens: int = 64
+    test_at_end: bool = False        # evaluate the best checkpoint on the test split at the end
+    save_every: int = 500
+    keep_last: int = 3
+    log_every: int = 10
+    out_dir: str = "runs/default"
+    resume: str = ""                 # "auto": newest good checkpoint in out_dir; or a ckpt path
+    seed: int = 0
+    num_workers: int = 2             # data loader processes per rank (0: in the main process)
+
+
+# Fields that may change between a run and its resumption without changing the result.
+RUNTIME_FIELDS = {"resume", "save_every", "keep_last", "log_every", "eval_every", "eval_samples",
+                  "eval_batch_size", "max_new_tokens", "test_at_end", "num_workers", "data_dir", "cache_dir",
+                  "model_dir", "out_dir", "max_bad_steps"}
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def check_value(key: str, value, typ):
+    """Type-check one config value (ints are accepted for floats, tuples for lists)."""
+    if typing.get_args(typ):  # `float | None`
+        if value is None:
+            return None
+        typ = typing.get_args(typ)[0]
+    if typ is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if typ is list and isinstance(value, tuple):
+        return list(value)
+    if not isinstance(value, typ) or (typ is int and isinstance(value, bool)):
+        raise ConfigError(f"config key {key!r} must be {typ.__name__}, got {type(value).__name__} {value!r}")
+    if key == "data_options":
+        known = {f.name for f in fields(DataConfig)}
+        unknown = sorted(set(value) - known)
+        if unknown:
+            raise ConfigError(f"data_options: {unknown} are not data.DataConfig fields")
+    return value
+
+
+def parse_override(arg: str, types_: dict) -> tuple[str, object]:
+    """'--key=value' -> (key, value); value parsed as a Python literal unless the field is a str."""
+    if not arg.startswith("--") or "=" not in arg:
+        raise ConfigError(f"expected --key=value, got {arg!r}")
+    key, raw = arg[2:].split("=", 1)
+    if key not in types_:
+        raise ConfigError(f"unknown config key {key!r} (in {arg!r})")
+    if types_[key] in (str, str | None):
+        return key, None if raw == "None" and types_[key] is not str else raw
+    if types_[key] is bool and raw.lower() in ("true", "false"):
+        return key, raw.lower() == "true"
+    try:
+        return key, ast.literal_eval(raw)
+    except (ValueError, SyntaxError):
+        raise ConfigError(f"config key {key!r}: cannot parse {raw!r} as {types_[key]}") from None
+
+
+def load_config(argv: list[str]) -> TrainConfig:
+    """[CONFIG.py] [--key=value ...] -> TrainConfig. A config file is plain Python that assigns
+    field values; every top-level name it defines must be a field."""
+    types_ = {f.name: f.type for f in fields(TrainConfig)}
+    values = {}
+    if argv and not argv[0].startswith("--"):
+        path, argv = argv[0], argv[1:]
+        if not os.path.isfile(path):
+            raise ConfigError(f"config file {path} not found")
+        for k, v in runpy.run_path(path).items():
+            if k.startswith("_") or isinstance(v, types.ModuleType):
+                continue
+            if k not in types_:
+                raise ConfigError(f"{path}: unknown config key {k!r}")
+            values[k] = v
+    values.update(parse_override(a, types_) for a in argv)
+    values = {k: check_value(k, v, types_[k]) for k, v in values.items()}
+    return TrainConfig(**values)
+
+
+# ----------------------------------------------------------------------------- processes, logging
+
+@dataclass
+class Dist:
+    rank: int
+    world: int
+    local_rank: int
+    device: torch.device
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def setup_distributed() -> Dist:
+    """torchrun sets RANK/WORLD_SIZE/LOCAL_RANK; plain `python train.py` is a world of one."""
+    if "RANK" not in os.environ:
+        dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return Dist(0, 1, 0, dev)
+    rank, world, local = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ["LOCAL_RANK"])
+    if torch.cuda.is_available():
+        torch.cuda.set_device(local)
+        dev = torch.device("cuda", local)
+    else:
+        dev = torch.device("cpu")
+    dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
+    return Dist(rank, world, local, dev)
+
+
+def setup_logging(out_dir: Path, d: Dist) -> None:
+    """Every rank logs to OUT_DIR/logs/rank{r}.log; rank 0 also to the console (above the bar)."""
+    class TqdmHandler(logging.Handler):
+        def emit(self, record):
+            tqdm.write(self.format(record), file=sys.stderr)
+
+    (out_dir / "logs").mkdir(parents=True, exist_ok=True)
+    handlers = [logging.FileHandler(out_dir / "logs" / f"rank{d.rank}.log")]
+    if d.main:
+        handlers.append(TqdmHandler())
+    for h in list(log.handlers):  # a second run in the same process (tests) starts clean
+        log.removeHandler(h)
+        h.close()
+    fmt = logging.Formatter(f"%(asctime)s [rank {d.rank}] %(levelname)s %(message)s", "%H:%M:%S")
+    for h in handlers:
+        h.setFormatter(fmt)
+        log.addHandler(h)
+    log.setLevel(logging.INFO)
+
+
+def all_sum(values: list[float], d: Dist) -> list[float]:
+    """Sum a few numbers over ranks in one collective (float64 keeps token counts exact)."""
+    t = torch.tensor(values, dtype=torch.float64, device=d.device)
+    if d.world > 1:
+        dist.all_reduce(t)
+    return t.tolist()
+
+
+def broadcast(obj, d: Dist):
+    if d.world == 1:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+# ----------------------------------------------------------------------------- early checks, first use
+
+def accumulation(cfg: TrainConfig, world: int) -> int:
+    """Micro-steps per optimizer step; global_batch (if set) must split evenly over the ranks."""
+    if cfg.batch_size < 1 or cfg.grad_accum < 1:
+        raise ConfigError(f"batch_size ({cfg.batch_size}) and grad_accum ({cfg.grad_accum}) must be >= 1")
+    if not cfg.global_batch:
+        return cfg.grad_accum
+    per_round = cfg.batch_size * world
+    if cfg.global_batch % per_round:
+        raise ConfigError(f"global_batch={cfg.global_batch} is not divisible by batch_size x world_size "
+                          f"= {cfg.batch_size} x {world}; pick a global_batch that is a multiple of {per_round}")
+    return cfg.global_batch // per_round
+
+
+def check_run_dir(cfg: TrainConfig, out_dir: Path) -> None:
+    """An out_dir that holds another run is an error, not something to overwrite or mix with."""
+    saved = out_dir / "config.json"
+    if saved.is_file():
+        old, new = json.loads(saved.read_text()), asdict(cfg)
+        diff = sorted(k for k in new.keys() | old.keys() if k not in RUNTIME_FIELDS and old.get(k) != new.get(k))
+        if diff:
+            detail = "; ".join(f"{k}: {old.get(k)!r} there, {new.get(k)!r} now" for k in diff[:5])
+            raise ConfigError(f"{out_dir} holds a run with a different config ({detail}); "
+                              "use another --out_dir, or the same config to resume")
+    if not cfg.resume and ev.list_checkpoints(out_dir):
+        raise ConfigError(f"{out_dir} already holds checkpoints; pass --resume=auto to continue that "
+                          "run, or choose another --out_dir")
+
+
+def check_inputs(cfg: TrainConfig) -> None:
+    """Data and base checkpoint exist (before anything heavy is loaded)."""
+    if not Path(cfg.data_dir).is_dir():
+        raise ConfigError(f"data_dir {cfg.data_dir} does not exist (see README: getting iSign, or "
+                          "`python data.py synth DIR` for a synthetic corpus)")
+    if not (Path(cfg.model_dir) / "config.json").is_file():
+        raise ConfigError(f"model_dir {cfg.model_dir} holds no checkpoint (config.json missing). Download "
+                          f"it with: hf download {cfg.model_repo} --local-dir {cfg.model_dir}  "
+                          "(pip install huggingface_hub; older versions: huggingface-cli download)")
+    if cfg.quantize not in ("nf4", "none"):
+        raise ConfigError(f"quantize must be 'nf4' or 'none', got {cfg.quantize!r}")
+
+
+def create_first_use_assets(cfg: TrainConfig) -> None:
+    """The CPU demo needs no download: a synthetic corpus and a random tiny Qwen2 (+ BPE
+    tokenizer trained on the corpus's training texts) are made on first use."""
+    if cfg.synth_n and not Path(cfg.data_dir).exists():
+        import synth
+        log.info(f"generating a synthetic corpus of {cfg.synth_n} clips in {cfg.data_dir} (once)")
+        tmp = Path(f"{cfg.data_dir}.tmp")  # renamed when complete: an interrupted run starts over
+        shutil.rmtree(tmp, ignore_errors=True)
+        synth.generate_corpus(tmp, n=cfg.synth_n, seed=cfg.synth_seed)
+        os.rename(tmp, cfg.data_dir)
+    if cfg.init_model and not (Path(cfg.model_dir) / "config.json").exists():
+        import model as qwen
+        import tokenizer
+        dcfg = ev.data_config(cfg)
+        texts = [r.text for r in data.read_rows(dcfg) if r.split == "train"]
+        # Every training sequence also holds the prompt: its words get merges as often as they occur.
+        prompt = [dcfg.system_prompt, dcfg.user_prompt.format(pose="", language=dcfg.source_language),
+                  "system user assistant"]
+        tok = tokenizer.train_bpe(texts + prompt * len(texts), cfg.init_model.get("vocab_size", 1024), cfg.model_dir)
+        spec = {k: v for k, v in cfg.init_model.items() if k != "vocab_size"}
+        config = qwen.Qwen2Config(vocab_size=tok.vocab_size, eos_token_id=tok.eos_ids[0], **spec)
+        torch.manual_seed(cfg.seed)
+        qwen.save_model(qwen.Qwen2(config), cfg.model_dir)  # PyTorch's default init: random, untrained
+        log.info(f"created a random Qwen2 {spec} with a {tok.vocab_size}-token BPE in {cfg.model_dir}")
+
+
+# ----------------------------------------------------------------------------- RNG, schedule
+
+def rng_state() -> dict:
+    """Every generator this process draws from (dropout, augmentation), JSON-ready."""
+    np_state = np.random.get_state()
+    return {"torch": base64.b64encode(torch.get_rng_state().numpy().tobytes()).decode(),
+            "cuda": [base64.b64encode(s.numpy().tobytes()).decode() for s in torch.cuda.get_rng_state_all()]
+            if torch.cuda.is_available() else [],
+            "numpy": [np_state[0], np_state[1].tolist(), *np_state[2:]],
+            "python": [random.getstate()[0], list(random.getstate()[1]), random.getstate()[2]]}
+
+
+def set_rng_state(s: dict) -> None:
+    def tensor(b64):
+        return torch.frombuffer(bytearray(base64.b64decode(b64)), dtype=torch.uint8)
+    torch.set_rng_state(tensor(s["torch"]))
+    if s["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([tensor(x) for x in s["cuda"]])
+    np.random.set_state((s["numpy"][0], np.array(s["numpy"][1], dtype=np.uint32), *s["numpy"][2:]))
+    random.setstate((s["python"][0], tuple(s["python"][1]), s["python"][2]))
+
+
+def lr_factor(step: int, cfg: TrainConfig) -> float:
+    """Linear warmup over warmup_steps, then cosine decay to min_lr_ratio at max_steps."""
+    if step < cfg.warmup_steps:
+        return (step + 1) / cfg.warmup_steps
+    progress = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps))
+    return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def make_optimizer(model: ev.SignTranslator, cfg: TrainConfig) -> torch.optim.AdamW:
+    """Two parameter groups: the encoder learns from scratch and takes a larger rate than LoRA."""
+    enc = [p for p in model.encoder.parameters() if p.requires_grad]
+    llm = [p for p in model.llm.parameters() if p.requires_grad]
+    groups = [{"params": llm, "lr": cfg.lr, "base_lr": cfg.lr},
+              {"params": enc, "lr": cfg.encoder_lr, "base_lr": cfg.encoder_lr}]
+    return torch.optim.AdamW(groups, weight_decay=cfg.weight_decay, betas=(0.9, 0.999))
+
+
+# ----------------------------------------------------------------------------- checkpoints (writing)
+
+def trained_tensors(model: ev.SignTranslator) -> dict[str, torch.Tensor]:
+    return {n: p for n, p in model.named_parameters() if p.requires_grad}
+
+
+def weights_digest(model: ev.SignTranslator) -> str:
+    """sha256 of the trained tensors: every rank logs it at the end, and DDP replicas must agree."""
+    h = hashlib.sha256()
+    for name, p in sorted(trained_tensors(model).items()):
+        h.update(name.encode())
+        h.update(p.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def optimizer_tensors(model: ev.SignTranslator, opt: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
+    """AdamW state keyed by parameter name: 'llm....lora_A.weight:exp_avg', ...:exp_avg_sq, ...:step."""
+    out = {}
+    for name, p in trained_tensors(model).items():
+        for key, value in opt.state.get(p, {}).items():
+            out[f"{name}:{key}"] = value
+    return out
+
+
+def load_optimizer(model: ev.SignTranslator, opt: torch.optim.Optimizer, tensors: dict) -> None:
+    for name, p in trained_tensors(model).items():
+        state = {k.split(":", 1)[1]: v for k, v in tensors.items() if k.split(":", 1)[0] == name}
+        if state:
+            opt.state[p] = {k: v.to(p.device) if k != "step" else v for k, v in state.items()}
+
+
+def write_file(path: Path, write) -> None:
+    """Write one file through `write(path)` and fsync it: after the rename it must be on disk."""
+    write(path)
+    with open(path, "rb+") as f:
+        os.fsync(f.fileno())
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def save_checkpoint(out_dir: Path, step: int, model, opt, state: dict, d: Dist) -> Path:
+    """All ranks call this (the RNG states are gathered); rank 0 writes ckpt-STEP atomically."""
+    rngs = [None] * d.world
+    if d.world > 1:
+        dist.all_gather_object(rngs, rng_state())
+    else:
+        rngs = [rng_state()]
+    final = out_dir / f"ckpt-{step:06d}"
+    if d.main:
+        tmp = out_dir / f".tmp-{final.name}"  # never matched by ckpt-* while incomplete
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        tensors = {k: v.detach().cpu().contiguous() for k, v in trained_tensors(model).items()}
+        write_file(tmp / ev.TRAINED, lambda p: save_file(tensors, str(p)))
+        moments = {k: v.detach().cpu().contiguous() for k, v in optimizer_tensors(model, opt).items()}
+        write_file(tmp / "optimizer.safetensors", lambda p: save_file(moments, str(p)))
+        full = {**state, "step": step, "world_size": d.world, "rng": rngs}
+        write_file(tmp / "state.json", lambda p: p.write_text(json.dumps(full)))
+        files = {f.name: {"bytes": f.stat().st_size, "sha256": ev.sha256(f)} for f in sorted(tmp.iterdir())}
+        meta = {"step": step, "time": time.strftime("%Y-%m-%d %H:%M:%S"), "files": files}
+        write_file(tmp / ev.META, lambda p: p.write_text(json.dumps(meta, indent=1)))
+        fsync_dir(tmp)
+        if final.exists():  # a re-save of the same step (e.g. after a resume): replace it whole
+            shutil.rmtree(final)
+        os.rename(tmp, final)
+        fsync_dir(out_dir)
+        log.info(f"saved {final}")
+    return final
+
+
+def load_checkpoint(ckpt: Path, model, opt, d: Dist) -> dict:
+    """Trained tensors, optimizer moments and this rank's RNG; returns the loop state."""
+    ev.load_trained(model, ckpt)
+    load_optimizer(model, opt, load_file(str(ckpt / "optimizer.safetensors")))
+    state = json.loads((ckpt / "state.json").read_text())
+    if state["world_size"] == d.world:
+        set_rng_state(state["rng"][d.rank])
+    else:  # data order and dropout then differ from the uninterrupted run
+        log.warning(f"{ckpt} was saved by {state['world_size']} ranks, now {d.world}: "
+                    "training continues, but not bit-exactly")
+    return state
+
+
+def find_resume(cfg: TrainConfig, out_dir: Path) -> Path | None:
+    """--resume=auto: newest checkpoint that passes its checks (damaged ones are skipped)."""
+    if not cfg.resume:
+        return None
+    if cfg.resume != "auto":
+        problem = ev.checkpoint_problem(Path(cfg.resume))
+        if problem:
+            raise ConfigError(f"cannot resume from {cfg.resume}: {problem}")
+        return Path(cfg.resume)
+    for ckpt in reversed(ev.list_checkpoints(out_dir)):
+        problem = ev.checkpoint_problem(ckpt)
+        if problem is None:
+            return ckpt
+        log.warning(f"skipping checkpoint {ckpt}: {problem}")
+    return None
+
+
+def prune_checkpoints(out_dir: Path, keep_last: int) -> None:
+    """Bound disk use: keep the newest keep_last checkpoints and the best one."""
+    if keep_last <= 0:  # keep everything
+        return
+    best = (out_dir / "best").resolve() if (out_dir / "best").exists() else None
+    for ckpt in ev.list_checkpoints(out_dir)[:-keep_last]:
+        if ckpt.resolve() != best:
+            shutil.rmtree(ckpt)
+
+
+def point_best(out_dir: Path, ckpt: Path) -> None:
+    """OUT_DIR/best -> ckpt-STEP, replaced atomically (relative, so the run dir can move)."""
+    tmp = out_dir / ".best.tmp"
+    tmp.unlink(missing_ok=True)
+    os.symlink(ckpt.name, tmp)
+    os.replace(tmp, out_dir / "best")
+
+
+# ----------------------------------------------------------------------------- data
+
+class SeededItems(torch.utils.data.Dataset):
+    """dataset[i] with torch's RNG seeded from (seed, epoch, i) around it: the augmentation of a
+    sample then depends on nothing else (not on loader workers, nor on where a resumed run
+    started), and the global RNG that dropout draws from is left untouched."""
+
+    def __init__(self, dataset, seed: int):
+        self.dataset, self.seed, self.epoch = dataset, seed, 0
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, i: int):
+        with torch.random.fork_rng(devices=[]):  # default_generator: the CPU one, not CUDA's
+            torch.default_generator.manual_seed(int(np.random.SeedSequence([self.seed, self.epoch, i]).generate_state(1)[0]))
+            return self.dataset[i]
+
+
+class Batches:
+    """Endless training micro-batches of this rank, epoch after epoch; state_dict() is the
+    position after the last batch handed out (a DataLoader prefetches further ahead)."""
+
+    def __init__(self, dataset, sampler: data.BucketSampler, collate, cfg: TrainConfig, rank: int):
+        self.items, self.sampler, self.collate, self.cfg, self.rank = SeededItems(dataset, cfg.seed), sampler, collate, cfg, rank
+        self.epoch, self.consumed, self.it = 0, 0, None
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epoch, self.consumed = state["epoch"], state["batches_consumed"]
+        self.sampler.load_state_dict(state)
+
+    def state_dict(self) -> dict:
+        return self.sampler.state_dict(batches_consumed=self.consumed)
+
+    def _start_epoch(self) -> None:
+        self.sampler.set_epoch(self.epoch)
+        self.items.epoch = self.epoch
+        # A generator of our own: the loader draws its workers' base seed from it, not from the
+        # global RNG (which would shift dropout whenever an epoch starts at another moment).
+        gen = torch.Generator().manual_seed(self.cfg.seed * 100_003 + self.epoch * 101 + self.rank)
+        self.it = iter(torch.utils.data.DataLoader(self.items, batch_sampler=self.sampler, collate_fn=self.collate,
+                                                   num_workers=self.cfg.num_workers, generator=gen))
+
+    def __next__(self) -> dict:
+        if self.it is None:
+            self._start_epoch()
+        batch = next(self.it, None)
+        if batch is None:  # epoch over
+            self.epoch, self.consumed = self.epoch + 1, 0
+            self._start_epoch()
+            batch = next(self.it)
+        self.consumed += 1
+        return batch
+
+
+def subset(n: int, k: int) -> list[int]:
+    """k indices spread evenly over range(n) (a fixed validation subset)."""
+    return sorted({int(i) for i in np.linspace(0, n - 1, min(k, n))}) if n else []
+
+
+# ----------------------------------------------------------------------------- steps
+
+STOP = {"signal": None}  # set by the SIGTERM/SIGINT handler, read at step boundaries
+
+
+def on_signal(signum, frame) -> None:
+    STOP["signal"] = signum
+    log.warning(f"received {signal.Signals(signum).name}: stopping at the next step boundary")
+
+
+@contextmanager
+def stop_on_signals():
+    """SIGTERM / SIGINT only set STOP while the loop runs (previous handlers restored after)."""
+    STOP["signal"] = None
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+def test_hook(name: str, step: int, rank: int) -> bool:
+    """Fault injection for the tests only: TRAIN_TEST_NAN / TRAIN_TEST_SIGTERM = "STEP:RANK"
+    make that rank's loss NaN, or send it SIGTERM, at that step. Unset in real runs."""
+    return os.environ.get(f"TRAIN_TEST_{name}") == f"{step}:{rank}"
+
+
+def train_step(ddp, model, micro: list[dict], opt, cfg: TrainConfig, step: int, d: Dist) -> dict:
+    """Forward/backward over the micro-batches, then one optimizer step unless the loss or the
+    gradient is non-finite anywhere (decided from all-reduced numbers: every rank agrees)."""
+    n_local = sum(int((b["labels"][:, 1:] != -100).sum()) for b in micro)
+    (n_global,) = all_sum([n_local], d)
+    loss_local = 0.0
+    for i, batch in enumerate(micro):
+        last = i == len(micro) - 1
+        with (ddp.no_sync() if d.world > 1 and not last else nullcontext()), ev.autocast(d.device):
+            loss_sum, _ = ddp(ev.to_device(batch, d.device))
+            if test_hook("NAN", step, d.rank):
+                loss_sum = loss_sum * float("nan")
+            # Each rank scales by world/N: DDP's average over ranks then yields sum / N_global,
+            # the mean over every answer token of the step, however tokens fall on micro-batches.
+            (loss_sum * d.world / n_global).backward()
+        loss_local += loss_sum.item()
+    tokens = sum(int(b["attention_mask"].sum()) for b in micro)
+    loss, bad, stop, tokens = all_sum([loss_local, not math.isfinite(loss_local), STOP["signal"] is not None,
+                                       tokens], d)
+    params = [p for g in opt.param_groups for p in g["params"]]
+    norm = float("nan") if bad else float(torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip or float("inf")))
+    skipped = bool(bad) or not math.isfinite(norm)  # the norm is of the all-reduced grads: same on every rank
+    if skipped:
+        log.warning(f"step {step}: non-finite loss or gradient (loss {loss / n_global:.4g}, grad norm "
+                    f"{norm:.4g}); step skipped on all ranks")
+    else:
+        opt.step()
+    opt.zero_grad(set_to_none=True)
+    return {"loss": loss / n_global, "grad_norm": norm, "skipped": skipped, "stop": bool(stop), "tokens": tokens}
+
+
+@torch.no_grad()
+def validate(model, val_ds, indices: list[int], tok, cfg: TrainConfig, d: Dist) -> dict:
+    """Validation loss and translation metrics on a fixed subset, sharded over the ranks."""
+    model.eval()
+    mine = indices[d.rank::d.world]
+    collate = ev.collate_fn(model, tok)
+    loss, n = 0.0, 0
+    for k in range(0, len(mine), cfg.eval_batch_size):
+        batch = collate([val_ds[i] for i in mine[k:k + cfg.eval_batch_size]])
+        with ev.autocast(d.device):
+            s, c = model(ev.to_device(batch, d.device))
+        loss, n = loss + s.item(), n + int(c)
+    rows = ev.decode(model, tok, val_ds, mine, cfg.eval_batch_size, cfg.max_new_tokens, 1, d.device)
+    loss, n = all_sum([loss, n], d)
+    if d.world > 1:
+        parts = [None] * d.world
+        dist.all_gather_object(parts, rows)
+        rows = [r for p in parts for r in p]
+    model.train()
+    m = ev.compute_metrics([r["hypothesis"] for r in rows], [r["reference"] for r in rows])
+    return {"val_loss": loss / max(n, 1), **{f"val_{k}": v for k, v in m.items() if k != "signature"},
+            "example": rows[0] if rows else None}
+
+
+# ----------------------------------------------------------------------------- the run
+
+def record(out_dir: Path, row: dict) -> None:
+    with open(out_dir / "metrics.jsonl", "a") as f:
+        f.write(json.dumps(row) + "\n")
+
+
+def trim_metrics(out_dir: Path, step: int) -> None:
+    """After a resume, forget what the interrupted run logged past its checkpoint."""
+    path = out_dir / "metrics.jsonl"
+    if path.is_file():
+        rows = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
+        path.write_text("".join(r + "\n" for r in rows))
+
+
+def peak_memory_gb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**30
+    import resource
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # Linux: KiB
+
+
+def seed_everything(seed: int) -> None:
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+    random.seed(seed)
+
+
+def prepare_run(cfg: TrainConfig, d: Dist) -> tuple[Path, int, DataConfig]:
+    """Everything that can fail without loading the model: config, out_dir, data, checkpoint."""
+    out_dir = Path(cfg.out_dir)
+    accum = accumulation(cfg, d.world)
+    check_run_dir(cfg, out_dir)
+    if d.main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    if d.world > 1:
+        dist.barrier()
+    setup_logging(out_dir, d)
+    if d.main:
+        create_first_use_assets(cfg)
+    if d.world > 1:
+        dist.barrier()
+    check_inputs(cfg)
+    dcfg = ev.data_config(cfg)
+    data.ensure_cache(dcfg, d.rank, d.world)
+    if d.main:
+        log.info("config:\n" + "\n".join(f"  {k} = {v!r}" for k, v in asdict(cfg).items()))
+        log.info(f"{d.world} process(es) on {d.device.type}; samples per step = batch_size {cfg.batch_size} "
+                 f"x grad_accum {accum} x world_size {d.world} = {cfg.batch_size * accum * d.world}")
+        (out_dir / "config.json").write_text(json.dumps(asdict(cfg), indent=2) + "\n")
+    return out_dir, accum, dcfg
+
+
+def evaluate_test(model, tok, dcfg, cfg: TrainConfig, out_dir: Path, d: Dist) -> dict | None:
+    """test_at_end: the best checkpoint's weights on the test split, as eval.py reports them."""
+    best = out_dir / "best"
+    if best.exists():
+        ev.load_trained(model, best.resolve())
+    test_ds = data.SignDataset(dcfg, "test", tok)
+    model.eval()
+    rows = ev.decode(model, tok, test_ds, list(range(len(test_ds)))[d.rank::d.world], cfg.eval_batch_size,
+                     cfg.max_new_tokens, 1, d.device)
+    if d.world > 1:
+        parts = [None] * d.world
+        dist.all_gather_object(parts, rows)
+        rows = [r for p in parts for r in p]
+    if not d.main:
+        return None
+    ev.write_predictions(rows, out_dir / "predictions.jsonl")
+    return ev.compute_metrics([r["hypothesis"] for r in rows], [r["reference"] for r in rows])
+
+
+@dataclass
+class Run:
+    """What the loop works on (one object instead of a dozen arguments)."""
+    cfg: TrainConfig
+    d: Dist
+    out_dir: Path
+    accum: int
+    dcfg: DataConfig
+    tok: Tokenizer
+    model: ev.SignTranslator
+    ddp: torch.nn.Module          # the model, wrapped in DDP when world_size > 1
+    opt: torch.optim.AdamW
+    batches: Batches
+    val_ds: data.SignDataset
+    val_idx: list[int]
+    state: dict                   # step, best_bleu, best_step, skipped, bad_in_row, tokens, seconds
+
+
+def setup(cfg: TrainConfig, d: Dist) -> Run:
+    """Checks, data, model, optimizer, and the checkpoint to resume from (if any)."""
+    out_dir, accum, dcfg = prepare_run(cfg, d)
+    tok = Tokenizer.from_dir(cfg.model_dir)
+    train_ds = data.SignDataset(dcfg, "train", tok, augment=cfg.augment)
+    val_ds = data.SignDataset(dcfg, "val", tok)
+    sampler = data.BucketSampler(train_ds.lengths, cfg.batch_size, d.world, d.rank, seed=cfg.seed, drop_last=True)
+    if len(sampler) == 0:
+        raise ConfigError(f"the train split has {len(train_ds)} clips, fewer than batch_size x world_size "
+                          f"= {cfg.batch_size} x {d.world}: lower batch_size or use more data")
+    seed_everything(cfg.seed)  # the same initial weights on every rank
+    model = ev.build_model(cfg, tok, d.device)
+    opt = make_optimizer(model, cfg)
+    batches = Batches(train_ds, sampler, ev.collate_fn(model, tok), cfg, d.rank)
+    seed_everything(cfg.seed + 1 + d.rank)  # dropout differs between ranks
+    state = {"step": 0, "best_bleu": -1.0, "best_step": None, "skipped": 0, "bad_in_row": 0, "tokens": 0,
+             "seconds": 0.0}
+    ckpt = broadcast(find_resume(cfg, out_dir) if d.main else None, d)
+    if ckpt is not None:
+        state = load_checkpoint(ckpt, model, opt, d)
+        batches.load_state_dict(state.pop("sampler"))
+        log.info(f"resumed from {ckpt} at step {state['step']}")
+        if d.main:
+            trim_metrics(out_dir, state["step"])
+    ddp = model
+    if d.world > 1:
+        for p in model.parameters():  # instead of DDP's init sync, which would also send the frozen base
+            if p.requires_grad:
+                dist.broadcast(p.data, src=0)
+        ddp = DDP(model, device_ids=[d.local_rank] if d.device.type == "cuda" else None,
+                  init_sync=False, forward_sync_buffers=False)
+    model.train()
+    return Run(cfg, d, out_dir, accum, dcfg, tok, model, ddp, opt, batches, val_ds,
+               subset(len(val_ds), cfg.eval_samples), state)
+
+
+def maybe_validate(run: Run) -> bool:
+    """Validate every eval_every steps and at the end; True when val BLEU-4 is a new best."""
+    cfg, state, step = run.cfg, run.state, run.state["step"]
+    if not run.val_idx or (step % cfg.eval_every and step != cfg.max_steps):
+        return False
+    m = validate(run.model, run.val_ds, run.val_idx, run.tok, cfg, run.d)
+    example = m.pop("example")
+    log.info(f"step {step}: " + ", ".join(f"{k} {v:.3f}" for k, v in m.items()) +
+             (f"\n  {example['reference']!r}\n  -> {example['hypothesis']!r}" if example else ""))
+    if run.d.main:
+        record(run.out_dir, {"step": step, **m})
+    if m["val_bleu4"] <= state["best_bleu"]:
+        return False
+    state["best_bleu"], state["best_step"] = m["val_bleu4"], step
+    return True
+
+
+def train_loop(run: Run) -> int:
+    """Steps until max_steps, a signal (exit code 0) or divergence (exit code 1)."""
+    cfg, d, state, opt = run.cfg, run.d, run.state, run.opt
+    bar = tqdm(total=cfg.max_steps, initial=state["step"], disable=not d.main, desc="train", dynamic_ncols=True)
+    losses, t_start = [], time.time() - state["seconds"]
+    while state["step"] < cfg.max_steps:
+        step = state["step"]
+        for g in opt.param_groups:
+            g["lr"] = g["base_lr"] * lr_factor(step, cfg)
+        if test_hook("SIGTERM", step, d.rank):
+            os.kill(os.getpid(), signal.SIGTERM)
+        t0 = time.time()
+        out = train_step(run.ddp, run.model, [next(run.batches) for _ in range(run.accum)], opt, cfg, step, d)
+        state["step"] = step = step + 1
+        state["skipped"] += out["skipped"]
+        state["bad_in_row"] = state["bad_in_row"] + 1 if out["skipped"] else 0
+        state["tokens"] += int(out["tokens"])
+        losses += [] if out["skipped"] else [out["loss"]]
+        row = {"step": step, "lr": opt.param_groups[0]["lr"], "grad_norm": out["grad_norm"],
+               "tokens_per_s": out["tokens"] / (time.time() - t0), "peak_mem_gb": peak_memory_gb(d.device),
+               "skipped": state["skipped"]}
+        bar.update(1)
+        bar.set_postfix(loss=f"{out['loss']:.3f}", lr=f"{row['lr']:.2e}", tok_s=f"{row['tokens_per_s']:.0f}",
+                        mem=f"{row['peak_mem_gb']:.1f}G")
+        if d.main and (step % cfg.log_every == 0 or step == cfg.max_steps):
+            record(run.out_dir, {**row, "loss": sum(losses) / max(len(losses), 1)})  # mean since last record
+            losses = []
+        new_best = maybe_validate(run)
+        diverged = state["bad_in_row"] >= cfg.max_bad_steps
+        state["seconds"] = time.time() - t_start
+        if step % cfg.save_every == 0 or step == cfg.max_steps or out["stop"] or new_best or diverged:
+            ckpt = save_checkpoint(run.out_dir, step, run.model, opt, {**state, "sampler": run.batches.state_dict()}, d)
+            if d.main:
+                if new_best:
+                    point_best(run.out_dir, ckpt)
+                prune_checkpoints(run.out_dir, cfg.keep_last)
+        if out["stop"]:
+            bar.close()
+            log.info(f"stopped by a signal at step {step}; continue with --resume=auto")
+            return 0
+        if diverged:
+            bar.close()
+            log.error(f"{cfg.max_bad_steps} steps in a row had a non-finite loss or gradient: the run is "
+                      f"diverging; stopped at step {step} (checkpoint saved). Lower lr or check the data.")
+            return 1
+    bar.close()
+    return 0
+
+
+def train(cfg: TrainConfig, d: Dist) -> int:
+    run = setup(cfg, d)
+    # Signal handlers only now: processes forked earlier (the cache's pool) must keep the default
+    # ones, or Pool.terminate()'s SIGTERM would be caught and ignored by them.
+    with stop_on_signals():
+        exit_code = train_loop(run)
+    state = run.state
+    log.info(f"done: step {state['step']}/{cfg.max_steps} in {state['seconds'] / 60:.1f} min, "
+             f"{state['tokens'] / max(state['seconds'], 1e-9):.0f} tokens/s, {state['skipped']} skipped steps, "
+             f"peak memory {peak_memory_gb(d.device):.2f} GB (rank {d.rank}); best val BLEU-4 "
+             f"{state['best_bleu']:.2f} at step {state['best_step']}; weights digest {weights_digest(run.model)}")
+    if cfg.test_at_end and state["step"] == cfg.max_steps:
+        metrics = evaluate_test(run.model, run.tok, run.dcfg, cfg, run.out_dir, d)
+        if d.main:
+            log.info(f"test split, best checkpoint {(run.out_dir / 'best').resolve().name}; "
+                     f"predictions in {run.out_dir / 'predictions.jsonl'}")
+            print(json.dumps(metrics), flush=True)
+    return exit_code
+
+
+def main(argv: list[str] | None = None) -> int:
+    rank0 = int(os.environ.get("RANK", "0")) == 0
+    try:
+        cfg = load_config(sys.argv[1:] if argv is None else argv)
+        d = setup_distributed()
+        try:
+            return train(cfg, d)
+        finally:
+            if d.world > 1:
+                dist.destroy_process_group()
+    except (ConfigError, FileNotFoundError) as e:
+        if rank0:
+            print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
