@@ -1,0 +1,589 @@
+"""Qwen2 / Qwen2.5 decoder written from scratch, its checkpoint loader, KV-cache generation,
+and the pose encoder that turns sign-language pose sequences into soft prompt tokens.
+
+What is here
+    Qwen2Config      the Hugging Face config.json keys we support (both rope_theta styles)
+    Qwen2            RMSNorm -> GQA attention with RoPE -> RMSNorm -> SwiGLU, x N layers;
+                     state_dict names are exactly the Hugging Face names
+    KVCache          preallocated keys/values for incremental decoding
+    Qwen2.generate   batched greedy decoding (left padding, stop tokens) and beam search
+    load_model       streams a Hugging Face safetensors checkpoint into a meta-built model,
+                     optionally quantizing the seven projections of every layer to NF4
+    save_model       writes config.json + model.safetensors in the Hugging Face layout
+    PoseEncoder      (B, frames, F) -> (B, ~frames/4, hidden) soft tokens in embedding space
+    splice_pose_tokens  puts those tokens at the pose placeholders of a prompt
+
+References
+    Qwen2 technical report, https://arxiv.org/abs/2407.10671
+    Hugging Face transformers, models/qwen2/modeling_qwen2.py (the numerics we match)
+    RoFormer / RoPE, Su et al. 2021, https://arxiv.org/abs/2104.09864
+    GQA, Ainslie et al. 2023, https://arxiv.org/abs/2305.13245
+    SpaMo (linear + temporal conv adapter into an LLM), Hwang et al. 2025
+
+How to run
+    model = load_model("Qwen2.5-0.5B-Instruct", dtype=torch.bfloat16, quantize="nf4")
+    new_tokens = model.generate(input_ids, attention_mask=mask, eos_token_id=[151645])
+    python -m pytest -q tests/test_model.py     # matches transformers to 1e-5
+    python bench.py model                       # speed vs transformers on this CPU
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import os
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
+
+# ----------------------------------------------------------------------------- config
+
+
+@dataclass
+class Qwen2Config:
+    """The config.json keys of Qwen2ForCausalLM that change the computation (HF names and defaults)."""
+
+    vocab_size: int = 151936
+    hidden_size: int = 4096
+    intermediate_size: int = 22016
+    num_hidden_layers: int = 32
+    num_attention_heads: int = 32
+    num_key_value_heads: int = 32
+    max_position_embeddings: int = 32768
+    rope_theta: float = 10000.0
+    rms_norm_eps: float = 1e-6
+    tie_word_embeddings: bool = False
+    bos_token_id: int | None = None
+    eos_token_id: int | list[int] | None = None
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_attention_heads
+
+    @classmethod
+    def from_dict(cls, d: dict, source: str = "config") -> Qwen2Config:
+        """Read a Hugging Face config dict; raise ValueError naming anything we would compute wrongly."""
+
+        def fail(problem: str):
+            raise ValueError(f"{source}: {problem}; this loader supports plain Qwen2/Qwen2.5 decoders")
+
+        if d.get("model_type") != "qwen2":
+            fail(f"model_type is {d.get('model_type')!r}, not 'qwen2'")
+        if d.get("hidden_act", "silu") != "silu":
+            fail(f"hidden_act {d['hidden_act']!r} is not 'silu'")
+        if d.get("use_sliding_window", False):
+            fail("use_sliding_window is true (sliding-window attention is not implemented)")
+        rope = d.get("rope_parameters") or d.get("rope_scaling") or {}
+        rope_type = rope.get("rope_type", rope.get("type", "default"))
+        if rope_type != "default":
+            fail(f"rope_type {rope_type!r} is not 'default' (no RoPE scaling is implemented)")
+        missing = [k for k in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+                               "num_attention_heads") if k not in d]
+        if missing:
+            fail(f"missing keys {missing}")
+        fields = {f.name for f in dataclasses.fields(cls)}
+        cfg = cls(**{k: v for k, v in d.items() if k in fields})  # harmless extra keys are ignored
+        cfg.rope_theta = float(rope.get("rope_theta", d.get("rope_theta", cls.rope_theta)))
+        if "num_key_value_heads" not in d or d["num_key_value_heads"] is None:
+            cfg.num_key_value_heads = cfg.num_attention_heads  # the HF default: plain multi-head
+        if cfg.hidden_size % cfg.num_attention_heads or cfg.num_attention_heads % cfg.num_key_value_heads:
+            fail(f"hidden_size {cfg.hidden_size}, heads {cfg.num_attention_heads} and kv heads "
+                 f"{cfg.num_key_value_heads} do not divide evenly")
+        if d.get("head_dim") not in (None, cfg.head_dim):
+            fail(f"head_dim {d['head_dim']} != hidden_size / num_attention_heads = {cfg.head_dim}")
+        return cfg
+
+    @classmethod
+    def from_json(cls, path: str | Path) -> Qwen2Config:
+        return cls.from_dict(json.loads(Path(path).read_text()), source=str(path))
+
+    def to_dict(self) -> dict:
+        """A config.json that transformers loads: new-style rope_parameters, and rope_theta at the
+        top level too so that older transformers releases read the same frequency."""
+        d = dataclasses.asdict(self)
+        d.update(architectures=["Qwen2ForCausalLM"], model_type="qwen2", hidden_act="silu",
+                 use_sliding_window=False,
+                 rope_parameters={"rope_type": "default", "rope_theta": self.rope_theta})
+        return d
+
+
+# ----------------------------------------------------------------------------- decoder
+
+
+class RMSNorm(nn.Module):
+    """y = w * x / sqrt(mean(x^2) + eps), normalised in fp32 and cast back *before* the weight (as HF)."""
+
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.weight * F.rms_norm(x.float(), (x.shape[-1],), eps=self.eps).to(x.dtype)
+
+
+def rope_cos_sin(position_ids: Tensor, head_dim: int, theta: float, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    """cos and sin of the rotary angles, each (B, 1, T, head_dim).
+
+    Angles are computed in fp32 (bf16 cannot even represent position 257) and cast to the
+    activations' dtype afterwards, exactly as HF does, so bf16 runs match the reference."""
+    inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32, device=position_ids.device) / head_dim)
+    angles = position_ids[..., None].float() * inv_freq  # (B, T, hd/2)
+    angles = torch.cat((angles, angles), dim=-1)[:, None]  # (B, 1, T, hd): rotate-half layout
+    return angles.cos().to(dtype), angles.sin().to(dtype)
+
+
+def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """Rotate pairs (x[i], x[i + hd/2]) by their angle: x*cos + rotate_half(x)*sin. x: (B, n, T, hd)."""
+    x1, x2 = x.chunk(2, dim=-1)
+    return x * cos + torch.cat((-x2, x1), dim=-1) * sin
+
+
+class KVCache:
+    """Keys and values of every layer, preallocated: k[i], v[i] are (B, n_kv, max_len, hd).
+
+    All rows share one `length`: prompts are left-padded, so every row's next token goes to
+    the same slot and the padding is hidden by the attention mask."""
+
+    def __init__(self, config: Qwen2Config, batch_size: int, max_len: int, dtype: torch.dtype, device):
+        shape = (batch_size, config.num_key_value_heads, max_len, config.head_dim)
+        self.k = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(config.num_hidden_layers)]
+        self.v = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(config.num_hidden_layers)]
+        self.length = 0  # filled slots; Qwen2.forward advances it after the last layer
+
+    def update(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """Write this step's k, v (B, n_kv, T, hd) and return all keys/values so far (B, n_kv, S, hd)."""
+        end = self.length + k.shape[2]
+        self.k[layer][:, :, self.length:end] = k
+        self.v[layer][:, :, self.length:end] = v
+        return self.k[layer][:, :, :end], self.v[layer][:, :, :end]
+
+    def reorder(self, rows: Tensor) -> None:
+        """Keep/duplicate batch rows (beam search): row i becomes old row rows[i]."""
+        self.k = [k.index_select(0, rows) for k in self.k]
+        self.v = [v.index_select(0, rows) for v in self.v]
+
+
+class Attention(nn.Module):
+    def __init__(self, config: Qwen2Config, layer_idx: int):
+        super().__init__()
+        self.n_heads, self.n_kv, self.head_dim = config.num_attention_heads, config.num_key_value_heads, config.head_dim
+        self.layer_idx = layer_idx
+        h = config.hidden_size
+        self.q_proj = nn.Linear(h, self.n_heads * self.head_dim, bias=True)
+        self.k_proj = nn.Linear(h, self.n_kv * self.head_dim, bias=True)
+        self.v_proj = nn.Linear(h, self.n_kv * self.head_dim, bias=True)
+        self.o_proj = nn.Linear(self.n_heads * self.head_dim, h, bias=False)
+
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor | None, cache: KVCache | None) -> Tensor:
+        B, T, _ = x.shape
+        q = self.q_proj(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # (B, nh, T, hd)
+        k = self.k_proj(x).view(B, T, self.n_kv, self.head_dim).transpose(1, 2)  # (B, n_kv, T, hd)
+        v = self.v_proj(x).view(B, T, self.n_kv, self.head_dim).transpose(1, 2)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if cache is not None:
+            k, v = cache.update(self.layer_idx, k, v)  # (B, n_kv, S, hd), S = past + T
+        # mask None means plain causal (or a single query that sees everything). enable_gqa lets the
+        # kernel share each kv head among nh/n_kv query heads without materialising copies.
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None and T > 1,
+                                           enable_gqa=self.n_kv != self.n_heads)  # (B, nh, T, hd)
+        return self.o_proj(y.transpose(1, 2).reshape(B, T, -1))
+
+
+class MLP(nn.Module):
+    """SwiGLU: down(silu(gate(x)) * up(x))."""
+
+    def __init__(self, config: Qwen2Config):
+        super().__init__()
+        self.gate_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
+        self.up_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
+        self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class Block(nn.Module):
+    def __init__(self, config: Qwen2Config, layer_idx: int):
+        super().__init__()
+        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.self_attn = Attention(config, layer_idx)
+        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.mlp = MLP(config)
+
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor | None, cache: KVCache | None) -> Tensor:
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask, cache)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+def mask_and_positions(attention_mask: Tensor | None, past: int, T: int, device) -> tuple[Tensor | None, Tensor]:
+    """The boolean attention mask (B, 1, T, past+T) or None for plain causal, and position_ids (B|1, T).
+
+    attention_mask (B, past+T) marks real tokens with 1 (HF convention: it covers the cache too).
+    Positions count real tokens only, so a left-padded prompt gets the same positions as unpadded."""
+    if attention_mask is None:
+        positions = torch.arange(past, past + T, device=device)[None]
+        if past == 0 or T == 1:
+            return None, positions
+        keep = torch.ones(1, past + T, dtype=torch.bool, device=device)
+    else:
+        keep = attention_mask.bool()  # (B, S)
+        positions = (keep.cumsum(-1) - 1).clamp(min=0)[:, -T:]
+        # Right padding without a cache: causality already hides the trailing pads from every real
+        # token, so drop the mask and let SDPA use its fast causal kernel (pad rows are never read).
+        if past == 0 and bool((keep[:, 1:] <= keep[:, :-1]).all()):
+            return None, positions
+    q_idx = torch.arange(past, past + T, device=device)[:, None]  # (T, 1)
+    k_idx = torch.arange(past + T, device=device)[None]  # (1, S)
+    return (k_idx <= q_idx) & keep[:, None, None, :], positions  # (B, 1, T, S)
+
+
+class Qwen2(nn.Module):
+    """Qwen2ForCausalLM with the same module tree, so state_dict names are the Hugging Face names."""
+
+    def __init__(self, config: Qwen2Config):
+        super().__init__()
+        self.config = config
+        self.model = nn.ModuleDict(dict(
+            embed_tokens=nn.Embedding(config.vocab_size, config.hidden_size),
+            layers=nn.ModuleList(Block(config, i) for i in range(config.num_hidden_layers)),
+            norm=RMSNorm(config.hidden_size, config.rms_norm_eps),
+        ))
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.gradient_checkpointing = False
+        self.tie_weights()
+
+    def tie_weights(self) -> None:
+        if self.config.tie_word_embeddings:
+            self.lm_head.weight = self.model.embed_tokens.weight
+
+    def forward(self, input_ids: Tensor | None = None, inputs_embeds: Tensor | None = None,
+                attention_mask: Tensor | None = None, position_ids: Tensor | None = None,
+                kv_cache: KVCache | None = None, return_hidden: bool = False) -> Tensor:
+        """Logits (B, T, V), or the final-normed hidden states (B, T, H) when return_hidden."""
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("pass exactly one of input_ids and inputs_embeds")
+        x = self.model.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds  # (B, T, H)
+        T = x.shape[1]
+        past = kv_cache.length if kv_cache is not None else 0
+        mask, positions = mask_and_positions(attention_mask, past, T, x.device)
+        if position_ids is not None:
+            positions = position_ids
+        cos, sin = rope_cos_sin(positions, self.config.head_dim, self.config.rope_theta, x.dtype)
+        recompute = self.gradient_checkpointing and self.training and torch.is_grad_enabled()
+        for layer in self.model.layers:
+            if recompute:  # keep only each layer's input; recompute its activations in backward
+                x = checkpoint(layer, x, cos, sin, mask, kv_cache, use_reentrant=False)
+            else:
+                x = layer(x, cos, sin, mask, kv_cache)
+        if kv_cache is not None:
+            kv_cache.length += T
+        x = self.model.norm(x)
+        return x if return_hidden else self.lm_head(x)
+
+    # ------------------------------------------------------------------------- generation
+
+    def _next_logits(self, mask: Tensor, cache: KVCache, **inputs) -> Tensor:
+        """fp32 logits (B, V) of the last position; the vocab projection runs on that position only."""
+        hidden = self(**inputs, attention_mask=mask, kv_cache=cache, return_hidden=True)
+        return self.lm_head(hidden[:, -1]).float()
+
+    @torch.no_grad()
+    def generate(self, input_ids: Tensor | None = None, inputs_embeds: Tensor | None = None,
+                 attention_mask: Tensor | None = None, max_new_tokens: int = 64,
+                 eos_token_id: int | list[int] | None = None, pad_token_id: int = 0,
+                 num_beams: int = 1, length_penalty: float = 1.0) -> Tensor:
+        """New tokens only, (B, n_new), pad_token_id after a row's stop token. Prompts are LEFT-padded.
+
+        Greedy equals transformers' generate(do_sample=False); beam search equals its
+        num_beams / length_penalty search with the default early_stopping=False."""
+        prompt = input_ids if input_ids is not None else inputs_embeds
+        B, T = prompt.shape[:2]
+        mask = attention_mask if attention_mask is not None else torch.ones(B, T, dtype=torch.long, device=prompt.device)
+        eos = self.config.eos_token_id if eos_token_id is None else eos_token_id
+        stop = torch.tensor([eos] if isinstance(eos, int) else list(eos or []), device=prompt.device)
+        if num_beams > 1:
+            return self._beam_search(prompt, mask, max_new_tokens, stop, pad_token_id, num_beams, length_penalty)
+        cache = KVCache(self.config, B, T + max_new_tokens, self.model.embed_tokens.weight.dtype, prompt.device)
+        inputs = {"input_ids": prompt} if input_ids is not None else {"inputs_embeds": prompt}
+        logits = self._next_logits(mask, cache, **inputs)
+        done = torch.zeros(B, dtype=torch.bool, device=prompt.device)
+        out = []
+        for _ in range(max_new_tokens):
+            token = logits.argmax(-1).masked_fill(done, pad_token_id)  # (B,)
+            out.append(token)
+            done |= torch.isin(token, stop)
+            if done.all() or len(out) == max_new_tokens:
+                break
+            mask = torch.cat((mask, mask.new_ones(B, 1)), dim=1)
+            logits = self._next_logits(mask, cache, input_ids=token[:, None])
+        return torch.stack(out, dim=1)
+
+    def _beam_search(self, prompt: Tensor, mask: Tensor, max_new_tokens: int, stop: Tensor,
+                     pad_token_id: int, K: int, length_penalty: float) -> Tensor:
+        """Beam search as transformers does it (early_stopping=False).
+
+        Each step takes the best 2K (more with several stop tokens) continuations of the K live
+        beams. Those among the top K that end in a stop token (or reach max_new_tokens) become
+        finished hypotheses scored sum(logprob) / n_tokens**length_penalty, and a row keeps its K
+        best; the K best continuations that did not stop stay live. A row is done when it holds K
+        hypotheses and its best live beam, scored at its current length, cannot beat the worst."""
+        B, T = prompt.shape[:2]
+        rows = torch.arange(B, device=prompt.device).repeat_interleave(K)  # row b*K+j is beam j of b
+        prompt, mask = prompt[rows], mask[rows]
+        cache = KVCache(self.config, B * K, T + max_new_tokens, self.model.embed_tokens.weight.dtype, prompt.device)
+        key = "input_ids" if prompt.dtype == torch.long else "inputs_embeds"
+        logits = self._next_logits(mask, cache, **{key: prompt})  # (B*K, V)
+        V = logits.shape[-1]
+        scores = torch.zeros(B, K, device=prompt.device)
+        scores[:, 1:] = -1e9  # all beams start identical: let only the first one expand
+        tokens = torch.zeros(B, K, 0, dtype=torch.long, device=prompt.device)
+        finished: list[list[tuple[float, list[int]]]] = [[] for _ in range(B)]
+        done = [False] * B
+        n_keep = max(2, 1 + len(stop)) * K
+        for step in range(max_new_tokens):
+            n_tokens = step + 1
+            logp = F.log_softmax(logits, dim=-1).view(B, K, V) + scores[..., None]
+            top, idx = logp.view(B, K * V).topk(n_keep)  # (B, n_keep), best first
+            beam, token = idx // V, idx % V
+            seqs = torch.cat((tokens.gather(1, beam[..., None].expand(-1, -1, step)), token[..., None]), dim=2)
+            stops = torch.isin(token, stop) | (n_tokens == max_new_tokens)
+            for b, (row_top, row_stops) in enumerate(zip(top[:, :K].tolist(), stops[:, :K].tolist())):
+                for r in (r for r in range(K) if row_stops[r] and not done[b]):
+                    finished[b].append((row_top[r] / n_tokens**length_penalty, seqs[b, r].tolist()))
+                finished[b] = sorted(finished[b], key=lambda h: -h[0])[:K]
+            live = top.masked_fill(stops, -1e9).topk(K)[1]  # (B, K) best continuations that go on
+            scores, beam = top.gather(1, live), beam.gather(1, live)
+            tokens = seqs.gather(1, live[..., None].expand(-1, -1, n_tokens))  # (B, K, n_tokens)
+            for b in range(B):
+                best_live = scores[b, 0].item() / n_tokens**length_penalty
+                done[b] = done[b] or (len(finished[b]) == K and best_live <= finished[b][-1][0])
+            if all(done) or n_tokens == max_new_tokens:
+                break
+            rows = (beam + torch.arange(B, device=beam.device)[:, None] * K).flatten()  # source row of each new beam
+            cache.reorder(rows)
+            mask = torch.cat((mask[rows], mask.new_ones(B * K, 1)), dim=1)
+            logits = self._next_logits(mask, cache, input_ids=tokens[:, :, -1].reshape(B * K, 1))
+        best = [max(hyps, key=lambda h: h[0])[1] for hyps in finished]
+        out = torch.full((B, max(map(len, best))), pad_token_id, dtype=torch.long, device=prompt.device)
+        for b, seq in enumerate(best):
+            out[b, :len(seq)] = torch.tensor(seq)
+        return out
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def _checkpoint_index(path: Path) -> dict[str, Path]:
+    """Tensor name -> the safetensors file that holds it, for a single-file or sharded checkpoint."""
+    index, single = path / "model.safetensors.index.json", path / "model.safetensors"
+    if index.exists():
+        where = {name: path / file for name, file in json.loads(index.read_text())["weight_map"].items()}
+        for file in sorted(set(where.values())):
+            if not file.exists():
+                raise FileNotFoundError(f"{index} lists shard {file.name}, which is missing from {path}")
+        return where
+    if single.exists():
+        return _names_in(single)
+    raise FileNotFoundError(f"{path}: neither model.safetensors nor model.safetensors.index.json found")
+
+
+def _names_in(file: Path) -> dict[str, Path]:
+    with safe_open(file, framework="pt") as f:
+        return {name: file for name in f.keys()}
+
+
+def _expected_shapes(model: nn.Module) -> dict[str, tuple[int, ...]]:
+    """Every tensor a checkpoint must hold for this model (a tied lm_head is not stored)."""
+    shapes = {name: tuple(t.shape) for name, t in model.state_dict().items()}
+    if model.config.tie_word_embeddings:
+        del shapes["lm_head.weight"]
+    return shapes
+
+
+def _set_tensor(model: nn.Module, name: str, t: Tensor) -> None:
+    """Put a loaded tensor in place of the meta one. A float weight arriving at a 4-bit module is
+    quantized (module.quantize_); anything else (e.g. cached packed weights) is assigned as is."""
+    module_name, attr = name.rsplit(".", 1)
+    module = model.get_submodule(module_name)
+    if attr == "weight" and hasattr(module, "quantize_") and t.is_floating_point():
+        module.quantize_(t)
+    elif attr in module._parameters:
+        module._parameters[attr] = nn.Parameter(t, requires_grad=module._parameters[attr].requires_grad)
+    else:
+        module._buffers[attr] = t
+
+
+def _stream_into(model: nn.Module, where: dict[str, Path], expected: dict[str, tuple[int, ...]],
+                 dtype: torch.dtype | None, device) -> None:
+    """Check names and shapes against `expected` strictly, then load tensors one at a time (peak
+    memory ~ one copy). dtype=None keeps the stored dtypes (the nf4 cache: uint8 + fp32 absmax)."""
+    unexpected = sorted(set(where) - set(expected))
+    if unexpected:
+        raise ValueError(f"unexpected tensor {unexpected[0]} in {where[unexpected[0]]} "
+                         f"({len(unexpected)} unexpected in all: {unexpected[:5]})")
+    missing = sorted(set(expected) - set(where))
+    if missing:
+        files = sorted({p.name for p in where.values()})
+        raise ValueError(f"missing tensor {missing[0]} ({len(missing)} missing in all: {missing[:5]}) in {files}")
+    by_file = defaultdict(list)
+    for name, file in where.items():
+        by_file[file].append(name)
+    for file, names in by_file.items():
+        with safe_open(file, framework="pt", device="cpu") as f:
+            present = set(f.keys())
+            for name in names:
+                if name not in present:
+                    raise ValueError(f"tensor {name} is not in {file}, although the index says so")
+                shape = tuple(f.get_slice(name).get_shape())
+                if shape != expected[name]:
+                    raise ValueError(f"tensor {name} in {file} has shape {shape}, expected {expected[name]}")
+                t = f.get_tensor(name)
+                t = t.to(device, dtype) if dtype is not None and t.is_floating_point() else t.to(device)
+                _set_tensor(model, name, t)
+    model.tie_weights()
+
+
+def _swap_in_nf4(model: Qwen2, dtype: torch.dtype) -> None:
+    """Replace the seven projections of every layer by (meta) 4-bit linears, as gpt-fast does
+    before loading: the full-precision weights never exist for the whole model at once."""
+    import quant  # imported here so that the full-precision path never needs it
+
+    for layer in model.model.layers:
+        for parent in (layer.self_attn, layer.mlp):
+            for name, lin in list(parent.named_children()):
+                setattr(parent, name, quant.Linear4bit(lin.in_features, lin.out_features, bias=lin.bias is not None,
+                                                       compute_dtype=dtype, device="meta"))
+
+
+def _quant_cache_file(path: Path, where: dict[str, Path], dtype: torch.dtype, cache_dir: Path) -> Path:
+    """The cache file name: a hash of the checkpoint's path, files (size, mtime) and dtype."""
+    stats = [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(set(where.values()))]
+    key = json.dumps([str(path.resolve()), stats, str(dtype), "nf4"])
+    return cache_dir / f"nf4-{hashlib.sha256(key.encode()).hexdigest()[:16]}.safetensors"
+
+
+def load_model(path: str | Path, dtype: torch.dtype = torch.float32, device="cpu", quantize: str | None = None,
+               quant_cache: str | Path | None = None) -> Qwen2:
+    """Load a Hugging Face Qwen2 directory (config.json + safetensors) into an eval-mode Qwen2.
+
+    quantize="nf4" stores the seven projections of every layer in 4 bits; lm_head, embeddings
+    and norms stay in `dtype`. quant_cache=DIR saves the quantized tensors there on the first
+    load and reads them back on later loads of the same (unchanged) checkpoint."""
+    if quantize not in (None, "nf4"):
+        raise ValueError(f"quantize={quantize!r}: only None and 'nf4' are supported")
+    path = Path(path)
+    config = Qwen2Config.from_json(path / "config.json")
+    where = _checkpoint_index(path)
+    with torch.device("meta"):
+        model = Qwen2(config)
+    hf_shapes = _expected_shapes(model)  # before any swap: the checkpoint holds full weights
+    cached = None
+    if quantize == "nf4":
+        _swap_in_nf4(model, dtype)
+        if quant_cache is not None:
+            cached = _quant_cache_file(path, where, dtype, Path(quant_cache))
+    if cached is not None and cached.exists():
+        _stream_into(model, _names_in(cached), _expected_shapes(model), None, device)
+    else:
+        _stream_into(model, where, hf_shapes, dtype, device)
+        if cached is not None:
+            _save_state(model, cached)
+    return model.eval()
+
+
+def _save_state(model: Qwen2, file: Path) -> None:
+    """model.state_dict() (without a tied lm_head) as one safetensors file, written atomically."""
+    state = {k: v.contiguous() for k, v in model.state_dict().items()
+             if not (k == "lm_head.weight" and model.config.tie_word_embeddings)}
+    file.parent.mkdir(parents=True, exist_ok=True)
+    tmp = file.with_name(f"{file.name}.tmp{os.getpid()}")
+    save_file(state, str(tmp), metadata={"format": "pt"})
+    os.replace(tmp, file)  # readers never see a half-written file
+
+
+def save_model(model: Qwen2, out_dir: str | Path) -> None:
+    """Write config.json + model.safetensors in the Hugging Face layout (full-precision models only)."""
+    with torch.device("meta"):
+        names = set(_expected_shapes(Qwen2(model.config)))
+    extra = sorted(set(_expected_shapes(model)) ^ names)
+    if extra:
+        raise ValueError(f"save_model writes plain Qwen2 checkpoints, but this model has other tensors ({extra[:3]}, "
+                         "4-bit or LoRA modules?); use lora.export_merged for those")
+    out_dir = Path(out_dir)
+    _save_state(model, out_dir / "model.safetensors")
+    dtype = str(model.model.embed_tokens.weight.dtype).removeprefix("torch.")
+    (out_dir / "config.json").write_text(json.dumps({**model.config.to_dict(), "dtype": dtype}, indent=2))
+
+
+# ----------------------------------------------------------------------------- pose encoder
+
+
+class PoseEncoder(nn.Module):
+    """(B, frames, F) pose features -> (B, T', hidden) soft tokens in the LLM's embedding space.
+
+    per-frame Linear(F -> width) + GELU + LayerNorm
+    -> 2 x [Conv1d(width, width, kernel 5, stride 2, padding 2) + GELU]: T' = ceil(ceil(T/2)/2)
+    -> projector Linear(width -> hidden) + GELU + Linear(hidden -> hidden)
+    -> RMS-normalised and multiplied by `embed_scale`, the typical RMS of the LLM's embedding
+       rows, so soft tokens have the magnitude the frozen LLM expects of an input embedding.
+    Padded frames are zeroed before each convolution, so a padded sample yields exactly the
+    tokens of the same sample unpadded (a conv window past the end sees zeros either way)."""
+
+    def __init__(self, in_features: int, hidden_size: int, width: int = 256, dropout: float = 0.1):
+        super().__init__()
+        self.frame = nn.Sequential(nn.Linear(in_features, width), nn.GELU(), nn.LayerNorm(width), nn.Dropout(dropout))
+        self.convs = nn.ModuleList(nn.Conv1d(width, width, kernel_size=5, stride=2, padding=2) for _ in range(2))
+        self.proj = nn.Sequential(nn.Dropout(dropout), nn.Linear(width, hidden_size), nn.GELU(),
+                                  nn.Linear(hidden_size, hidden_size))
+        self.register_buffer("embed_scale", torch.tensor(1.0))
+
+    @torch.no_grad()
+    def set_embed_scale(self, embedding_weight: Tensor) -> None:
+        """embed_scale = median RMS of the embedding rows (median: unused vocab rows can be ~0)."""
+        rms = embedding_weight.float().pow(2).mean(-1).sqrt()
+        self.embed_scale.copy_(rms.median())
+
+    @staticmethod
+    def output_lengths(frames: Tensor | int) -> Tensor | int:
+        """Soft tokens for `frames` frames: each stride-2 conv maps n -> ceil(n / 2)."""
+        for _ in range(2):
+            frames = (frames + 1) // 2
+        return frames
+
+    def forward(self, poses: Tensor, pose_mask: Tensor) -> tuple[Tensor, Tensor]:
+        """poses (B, T, F), pose_mask (B, T) True on real frames (right padding) ->
+        tokens (B, T', hidden) and token_mask (B, T') bool."""
+        lengths = pose_mask.sum(1)  # (B,)
+        x = self.frame(poses)  # (B, T, W)
+        for conv in self.convs:
+            keep = torch.arange(x.shape[1], device=x.device) < lengths[:, None]  # (B, T_i)
+            x = x * keep[..., None]
+            x = F.gelu(conv(x.transpose(1, 2)).transpose(1, 2))  # (B, ceil(T_i/2), W)
+            lengths = (lengths + 1) // 2
+        x = self.proj(x)  # (B, T', hidden)
+        x = F.rms_norm(x, (x.shape[-1],)) * self.embed_scale
+        token_mask = torch.arange(x.shape[1], device=x.device) < lengths[:, None]
+        return x * token_mask[..., None], token_mask
+
+
+def splice_pose_tokens(inputs_embeds: Tensor, input_ids: Tensor, pose_token_id: int, tokens: Tensor,
+                       token_mask: Tensor) -> Tensor:
+    """Put sample i's soft tokens (tokens[i][token_mask[i]], in order) at the pose_token_id
+    positions of its prompt. inputs_embeds (B, T, H), input_ids (B, T), tokens (B, T', H)."""
+    is_pose = input_ids == pose_token_id  # (B, T)
+    wanted, have = is_pose.sum(1), token_mask.sum(1)
+    if not torch.equal(wanted, have):
+        i = int((wanted != have).nonzero()[0])
+        raise ValueError(f"sample {i}: its prompt has {int(wanted[i])} pose placeholders (id {pose_token_id}) "
+                         f"but its poses give {int(have[i])} soft tokens")
+    # masked_scatter fills the True positions in row-major order: sample 0's placeholders first
+    return inputs_embeds.masked_scatter(is_pose[..., None], tokens[token_mask].to(inputs_embeds.dtype))

@@ -1,0 +1,267 @@
+"""model.py against transformers' Qwen2ForCausalLM (the reference), on tiny random checkpoints
+written by transformers itself (conftest.make_hf_checkpoint), in float32 on the CPU."""
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+import model as M
+from conftest import make_hf_checkpoint
+
+TOL = 1e-5
+PAD = 127  # the tiny checkpoints' pad id (vocab 128); non-zero, as transformers' beam search wants
+
+
+def _ids(batch, length, seed=0, vocab=120):
+    return torch.randint(0, vocab, (batch, length), generator=torch.Generator().manual_seed(seed))
+
+
+def _left_mask(lengths, T):
+    return (torch.arange(T)[None] >= T - torch.tensor(lengths)[:, None]).long()
+
+
+@pytest.mark.parametrize("kwargs", [
+    dict(),                                                                   # GQA 2:1, untied, rope_parameters
+    dict(tie_word_embeddings=True, legacy_config=True, rope_theta=1e6),      # Qwen2.5 Hub style config.json
+    dict(num_key_value_heads=4, max_shard_size="20KB"),                      # MHA 1:1, sharded
+    dict(hidden_size=112, num_attention_heads=7, num_key_value_heads=1,      # GQA 7:1, sharded and tied
+         tie_word_embeddings=True, max_shard_size="30KB"),
+    dict(hidden_size=112, num_attention_heads=14, num_key_value_heads=2, legacy_config=True),  # 7:1, head_dim 8
+], ids=["gqa2-untied", "tied-legacy", "mha-sharded", "gqa7-sharded-tied", "gqa7-14:2"])
+def test_logits_match_transformers(tmp_path, kwargs):
+    path, hf = make_hf_checkpoint(tmp_path / "ckpt", **kwargs)
+    ours = M.load_model(path)
+    ids = _ids(2, 13)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(ids), hf(ids).logits, rtol=0, atol=TOL)
+        hidden = hf.model(ids).last_hidden_state
+        torch.testing.assert_close(ours(ids, return_hidden=True), hidden, rtol=0, atol=TOL)
+    if kwargs.get("tie_word_embeddings"):
+        assert ours.lm_head.weight is ours.model.embed_tokens.weight
+
+
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_padded_batch_matches_unpadded(tiny_checkpoint, side):
+    path, hf = tiny_checkpoint
+    ours = M.load_model(path)
+    lengths, T = [5, 9, 12], 12
+    mask = _left_mask(lengths, T) if side == "left" else _left_mask(lengths, T).flip(1)
+    ids = _ids(3, T).masked_fill(mask == 0, PAD)
+    with torch.no_grad():
+        padded = ours(ids, attention_mask=mask)
+        for i in range(3):
+            real = mask[i].bool()
+            alone = hf(ids[i, real][None]).logits[0]  # the reference, one unpadded sample
+            torch.testing.assert_close(padded[i, real], alone, rtol=0, atol=TOL)
+
+
+def test_cached_decoding_equals_full_recompute(tiny_checkpoint):
+    path, _ = tiny_checkpoint
+    ours = M.load_model(path)
+    ids, mask = _ids(2, 14), _left_mask([14, 9], 14)
+    with torch.no_grad():
+        full = ours(ids, attention_mask=mask)
+        cache = M.KVCache(ours.config, 2, 14, torch.float32, "cpu")
+        parts = [ours(ids[:, :8], attention_mask=mask[:, :8], kv_cache=cache)]  # prefill 8, then 2, 1, 1, ...
+        for start, end in [(8, 10)] + [(t, t + 1) for t in range(10, 14)]:
+            parts.append(ours(ids[:, start:end], attention_mask=mask[:, :end], kv_cache=cache))
+    real = mask.bool()
+    torch.testing.assert_close(torch.cat(parts, 1)[real], full[real], rtol=0, atol=TOL)
+
+
+def _stopping_prompt():
+    """A left-padded batch and stop tokens that end some rows early (so stopping is exercised)."""
+    ids, mask = _ids(3, 7, seed=1, vocab=60), _left_mask([4, 7, 6], 7)
+    return ids.masked_fill(mask == 0, PAD), mask
+
+
+def test_greedy_generate_matches_transformers(tmp_path):
+    path, hf = make_hf_checkpoint(tmp_path / "ckpt", vocab_size=128)
+    ours = M.load_model(path)
+    ids, mask = _stopping_prompt()
+    free = ours.generate(ids, attention_mask=mask, max_new_tokens=10, eos_token_id=[], pad_token_id=PAD)
+    eos = [int(free[0, 3]), int(free[2, 5])]  # tokens the greedy rows do emit
+    got = ours.generate(ids, attention_mask=mask, max_new_tokens=10, eos_token_id=eos, pad_token_id=PAD)
+    want = hf.generate(ids, attention_mask=mask, max_new_tokens=10, eos_token_id=eos, pad_token_id=PAD,
+                       do_sample=False)[:, ids.shape[1]:]
+    assert torch.equal(got, want), (got, want)
+    assert (got == PAD).any(), "the case should stop some rows early"
+
+
+@pytest.mark.parametrize("sharpen, n_stop, length_penalty", [(3.0, 15, 1.0), (3.0, 15, 1.5), (1.0, 8, 0.5),
+                                                              (1.0, 8, -0.5)])
+def test_beam_search_matches_transformers(tmp_path, sharpen, n_stop, length_penalty):
+    """Cases where beam search's stopping rule matters: confident predictions (lm_head x3) make
+    some longer hypotheses score better than shorter finished ones, and many stop tokens end
+    beams often. (Dropping the early-stop test of the running beams changes the output here.)"""
+    path, hf = make_hf_checkpoint(tmp_path / "ckpt", vocab_size=64, seed=2)
+    with torch.no_grad():
+        hf.lm_head.weight.mul_(sharpen)
+    hf.save_pretrained(path)
+    ours = M.load_model(path)
+    ids, mask = _ids(3, 7, seed=2, vocab=60), _left_mask([4, 7, 6], 7)
+    ids = ids.masked_fill(mask == 0, 63)
+    kw = dict(attention_mask=mask, max_new_tokens=14, eos_token_id=list(range(0, 4 * n_stop, 4)), pad_token_id=63,
+              num_beams=3, length_penalty=length_penalty)
+    got = ours.generate(ids, **kw)
+    want = hf.generate(ids, do_sample=False, **kw)[:, ids.shape[1]:]
+    assert torch.equal(got, want), (got, want)
+    assert (got[:, 1:] == 63).any(), "the case should finish some rows, not all, before max_new_tokens"
+
+
+@pytest.mark.parametrize("num_beams", [1, 3])
+def test_generate_from_embeds_equals_from_ids(tiny_checkpoint, num_beams):
+    path, _ = tiny_checkpoint
+    ours = M.load_model(path)
+    ids, mask = _stopping_prompt()
+    kw = dict(attention_mask=mask, max_new_tokens=6, eos_token_id=[5], pad_token_id=PAD, num_beams=num_beams)
+    from_ids = ours.generate(ids, **kw)
+    from_embeds = ours.generate(inputs_embeds=ours.model.embed_tokens(ids), **kw)
+    assert torch.equal(from_ids, from_embeds)
+
+
+def test_gradient_checkpointing_same_grads(tiny_checkpoint):
+    path, _ = tiny_checkpoint
+    ours = M.load_model(path).train()
+    ids, mask = _ids(2, 10), _left_mask([10, 6], 10).flip(1)
+
+    def grads(checkpointing):
+        ours.gradient_checkpointing = checkpointing
+        ours.zero_grad()
+        ours(ids, attention_mask=mask).logsumexp(-1).mean().backward()
+        return {n: p.grad.clone() for n, p in ours.named_parameters()}
+
+    plain, recomputed = grads(False), grads(True)
+    for name in plain:
+        torch.testing.assert_close(recomputed[name], plain[name], rtol=0, atol=1e-6, msg=name)
+
+
+def test_save_model_loads_in_transformers(tiny_checkpoint, tmp_path):
+    from transformers import Qwen2ForCausalLM
+
+    path, hf = tiny_checkpoint
+    M.save_model(M.load_model(path), tmp_path / "out")
+    again = Qwen2ForCausalLM.from_pretrained(tmp_path / "out", dtype=torch.float32)
+    ids = _ids(1, 9)
+    with torch.no_grad():
+        torch.testing.assert_close(again(ids).logits, hf(ids).logits, rtol=0, atol=0)
+    assert M.Qwen2Config.from_json(tmp_path / "out" / "config.json") == M.Qwen2Config.from_json(path / "config.json")
+
+
+# ----------------------------------------------------------------------------- broken inputs
+
+
+def _rewrite_single_file(path, edit):
+    file = path / "model.safetensors"
+    tensors = load_file(file)
+    edit(tensors)
+    save_file(tensors, file, metadata={"format": "pt"})
+
+
+def test_missing_shard(tmp_path):
+    path, _ = make_hf_checkpoint(tmp_path / "ckpt", max_shard_size="20KB")
+    (path / "model-00003-of-00014.safetensors").unlink()
+    with pytest.raises(FileNotFoundError, match="model-00003-of-00014.safetensors"):
+        M.load_model(path)
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda t: t.update({"model.layers.1.mlp.up_proj.weight": torch.zeros(3, 64)}),
+     r"model.layers.1.mlp.up_proj.weight in .*model.safetensors has shape \(3, 64\), expected \(160, 64\)"),
+    (lambda t: t.update({"model.layers.0.self_attn.rotary.weight": torch.zeros(2)}),
+     "unexpected tensor model.layers.0.self_attn.rotary.weight in .*model.safetensors"),
+    (lambda t: t.pop("model.layers.1.self_attn.k_proj.bias"), "missing tensor model.layers.1.self_attn.k_proj.bias"),
+    (lambda t: t.pop("lm_head.weight"), "missing tensor lm_head.weight"),  # untied: the head must be stored
+], ids=["wrong-shape", "unexpected", "missing", "missing-head"])
+def test_broken_checkpoint_names_the_tensor(tiny_checkpoint, edit, message):
+    path, _ = tiny_checkpoint
+    _rewrite_single_file(path, edit)
+    with pytest.raises(ValueError, match=message):
+        M.load_model(path)
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"model_type": "llama"}, "model_type is 'llama'"),
+    ({"use_sliding_window": True}, "use_sliding_window"),
+    ({"rope_parameters": {"rope_type": "yarn", "rope_theta": 1e6, "factor": 4.0}}, "rope_type 'yarn'"),
+    ({"hidden_act": "gelu"}, "hidden_act 'gelu'"),
+])
+def test_unsupported_config(tiny_checkpoint, change, message):
+    path, _ = tiny_checkpoint
+    cfg = json.loads((path / "config.json").read_text())
+    (path / "config.json").write_text(json.dumps({**cfg, **change}))
+    with pytest.raises(ValueError, match=f"config.json: {message}"):
+        M.load_model(path)
+
+
+# ----------------------------------------------------------------------------- 4-bit loading
+
+
+def test_nf4_load_matches_bitsandbytes_dequantized_reference(tiny_checkpoint, tmp_path, monkeypatch):
+    import bitsandbytes.functional as bnbf
+    import quant
+
+    path, hf = tiny_checkpoint
+    ours = M.load_model(path, quantize="nf4", quant_cache=tmp_path / "qcache")
+    names = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+    assert sum(isinstance(m, quant.Linear4bit) for m in ours.modules()) == 7 * ours.config.num_hidden_layers
+    assert not any(isinstance(m, torch.nn.Linear) and n.endswith(names) for n, m in ours.named_modules())
+    with torch.no_grad():  # the reference: transformers with each projection NF4-rounded by bitsandbytes
+        for name, p in hf.named_parameters():
+            if name.endswith(tuple(f"{n}.weight" for n in names)):
+                q, state = bnbf.quantize_4bit(p.data, blocksize=64, quant_type="nf4")
+                p.copy_(bnbf.dequantize_4bit(q, state))
+        ids = _ids(2, 11)
+        want = hf(ids).logits
+        torch.testing.assert_close(ours(ids), want, rtol=0, atol=1e-4)
+
+        # a second load reads the cache: quantizing again would fail here
+        assert len(list((tmp_path / "qcache").glob("nf4-*.safetensors"))) == 1
+        monkeypatch.setattr(quant.Linear4bit, "quantize_", lambda *a: pytest.fail("cache not used"))
+        cached = M.load_model(path, quantize="nf4", quant_cache=tmp_path / "qcache")
+        torch.testing.assert_close(cached(ids), want, rtol=0, atol=1e-4)
+    with pytest.raises(ValueError, match="export_merged"):
+        M.save_model(cached, tmp_path / "nope")
+
+
+# ----------------------------------------------------------------------------- pose encoder
+
+
+def test_pose_encoder_lengths_and_padding():
+    torch.manual_seed(0)
+    enc = M.PoseEncoder(in_features=12, hidden_size=32, width=16).eval()
+    # each stride-2 stage maps n -> ceil(n / 2), computed by hand
+    assert [enc.output_lengths(n) for n in (1, 2, 4, 5, 8, 9, 300)] == [1, 1, 1, 2, 2, 3, 75]
+    assert enc.output_lengths(torch.tensor([9, 300])).tolist() == [3, 75]
+    frames = [9, 23, 16]
+    poses = torch.randn(3, 23, 12)
+    pose_mask = torch.arange(23)[None] < torch.tensor(frames)[:, None]
+    poses[~pose_mask] = 1e3  # garbage in the padding must not leak into real tokens
+    with torch.no_grad():
+        tokens, token_mask = enc(poses, pose_mask)
+        assert tokens.shape == (3, 6, 32) and token_mask.sum(1).tolist() == [3, 6, 4]
+        for i, n in enumerate(frames):
+            alone, alone_mask = enc(poses[i:i + 1, :n], pose_mask[i:i + 1, :n])
+            assert alone_mask.all()
+            torch.testing.assert_close(tokens[i, token_mask[i]], alone[0], rtol=0, atol=1e-5)
+
+
+def test_pose_tokens_have_embedding_norm_and_splice_at_placeholders():
+    torch.manual_seed(0)
+    enc = M.PoseEncoder(in_features=12, hidden_size=32, width=16).eval()
+    embedding = 0.02 * torch.randn(100, 32)
+    enc.set_embed_scale(embedding)
+    tokens, token_mask = enc(torch.randn(2, 8, 12), torch.tensor([[True] * 8, [True] * 4 + [False] * 4]))
+    rms = tokens[token_mask].pow(2).mean(-1).sqrt()
+    torch.testing.assert_close(rms, torch.full_like(rms, embedding.pow(2).mean(-1).sqrt().median().item()))
+
+    P = 99  # pose placeholder id; sample 0 has 2 soft tokens, sample 1 has 1
+    input_ids = torch.tensor([[5, P, P, 7, 8], [5, 6, P, 7, 8]])
+    embeds = torch.randn(2, 5, 32)
+    out = M.splice_pose_tokens(embeds, input_ids, P, tokens, token_mask)
+    assert torch.equal(out[0, 1:3], tokens[0, :2]) and torch.equal(out[1, 2], tokens[1, 0])
+    keep = input_ids != P
+    assert torch.equal(out[keep], embeds[keep])
+    with pytest.raises(ValueError, match="sample 1: its prompt has 2 pose placeholders"):
+        M.splice_pose_tokens(embeds, torch.tensor([[5, P, P, 7, 8], [5, P, P, 7, 8]]), P, tokens, token_mask)
