@@ -43,6 +43,7 @@ from __future__ import annotations
 import argparse
 import csv
 import hashlib
+import io
 import json
 import time
 from dataclasses import dataclass
@@ -50,9 +51,8 @@ from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
-from pose_format import Pose
 from pose_format.numpy.pose_body import NumPyPoseBody
-from pose_format.pose_header import PoseHeader, PoseHeaderComponent, PoseHeaderDimensions
+from pose_format.pose_header import VERSION, PoseHeader, PoseHeaderComponent, PoseHeaderDimensions
 from pose_format.utils.openpose import hand_colors
 
 FPS, WIDTH, HEIGHT = 25, 1280, 720
@@ -228,7 +228,8 @@ ANCHORS = {  # where the palm centre of the dominant (right) hand starts a sign
     "neutral_side": (-.2, .15, -.3), "neutral_high": (-.1, -.05, -.35), "neutral_low": (-.05, .32, -.28),
     "side": (-.32, .05, -.18)}
 DIRECTIONS = {"up": (0, -1, 0), "down": (0, 1, 0), "out": (-1, 0, 0), "across": (1, 0, 0),
-              "forward": (0, 0, -1), "back": (0, 0, 1), "out_down": (-.71, .71, 0), "across_up": (.71, -.71, 0)}
+              "forward": (0, 0, -1), "back": (0, 0, 1), "out_down": (-.71, .71, 0),
+              "across_up": (.71, -.71, 0)}
 MOVES = ["line", "arc", "circle", "shake", "tap", "wave", "twist", "hold"]
 PALMS = {  # (finger direction, palm normal) before a sign's own small tilt
     "palm_fwd": ((0, -1, 0), (0, 0, -1)), "palm_back": ((0, -1, 0), (0, 0, 1)),
@@ -336,7 +337,8 @@ def _orientation(sign: Sign, t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     turn = _rotation(np.array(sign.tilt))
     fingers, normal = (turn @ np.array(v, float) for v in PALMS[sign.palm])
     angle = (np.pi / 2 * np.sign(sign.tilt[0]) * _smooth(t) if sign.movement == "twist" else 0 * t)[:, None]
-    return np.broadcast_to(fingers, (len(t), 3)), np.cos(angle) * normal + np.sin(angle) * np.cross(fingers, normal)
+    normal = np.cos(angle) * normal + np.sin(angle) * np.cross(fingers, normal)   # about the finger axis
+    return np.broadcast_to(fingers, (len(t), 3)), normal
 
 
 # ----------------------------------------------------------------------------- signers
@@ -384,8 +386,8 @@ def _perform(sign: Sign, signer: Signer, rng: np.random.Generator) -> tuple[np.n
     if sign.hands in ("sym", "alt"):   # two hands cannot share a place: move each to its side
         anchor[0] = min(anchor[0], 0) - .07
     anchor += signer.bias + rng.normal(0, .006, 3)
-    shape = _shape(SHAPES[sign.shape]) + _smooth(t)[:, None] * (_shape(SHAPES[sign.end_shape]) - _shape(SHAPES[sign.shape]))
-    shape = np.clip(shape + rng.uniform(-.04, .04, 11), 0, 1)
+    start, end = _shape(SHAPES[sign.shape]), _shape(SHAPES[sign.end_shape])
+    shape = np.clip(start + _smooth(t)[:, None] * (end - start) + rng.uniform(-.04, .04, 11), 0, 1)
     fingers, normal = _orientation(sign, t)
     place = lambda progress: signer.k * (anchor + signer.amp * _movement(sign, progress))  # noqa: E731
     dom = _hand(n, place(t), fingers, normal, shape)
@@ -504,6 +506,7 @@ FACE_ARCS = [
 FACE_OVAL = [10, 338, 297, 332, 284, 251, 389, 356, 454, 323, 361, 288, 397, 365, 379, 378, 400, 377,
              152, 148, 176, 149, 150, 136, 172, 58, 132, 93, 234, 127, 162, 21, 54, 103, 67, 109]
 NOSE_LINE = [168, 6, 197, 195, 5, 4, 1, 19, 94, 2]    # bridge to tip (1) to below the tip
+NOSTRILS = [98, 327]
 BROWS = [i for arc in FACE_ARCS[8:] for i in arc[0]]
 LIDS = [i for arc in (FACE_ARCS[5], FACE_ARCS[7]) for i in arc[0][1:-1]]   # upper eyelids
 RIGHT_EYE, LEFT_EYE = FACE_ARCS[4][0] + FACE_ARCS[5][0], FACE_ARCS[6][0] + FACE_ARCS[7][0]
@@ -520,6 +523,7 @@ def _face_template() -> np.ndarray:
     a = np.linspace(0, 2 * np.pi, len(FACE_OVAL), endpoint=False)
     pts[FACE_OVAL, 0], pts[FACE_OVAL, 1] = .5 * np.sin(a), -.065 - .635 * np.cos(a)
     pts[NOSE_LINE, 0], pts[NOSE_LINE, 1] = 0, [-.32, -.27, -.22, -.17, -.12, -.05, 0, .03, .04, .05]
+    pts[NOSTRILS, 0], pts[NOSTRILS, 1] = [-.12, .12], .04
     pts[:, 2] = .4 * ((pts[:, 0] / .5) ** 2 + ((pts[:, 1] + .065) / .635) ** 2)   # a rounded face
     pts[NOSE_LINE, 2] -= .18 * np.clip(1 - np.abs(pts[NOSE_LINE, 1]) / .35, 0, 1)  # and a nose
     return pts - pts[1]
@@ -535,16 +539,14 @@ def _face(T: int, signer: Signer, marker: str, span: tuple[int, int], rng) -> np
     on = np.zeros(T)
     on[span[0]:span[1]] = 1
     on = np.convolve(on, np.ones(5) / 5, "same")[:, None]   # markers fade in and out
-    if marker == "yes_no":
-        pts[:, BROWS, 1] -= .07 * on
-    if marker == "wh":
-        pts[:, BROWS, 1] += .04 * on
-        pts[:, BROWS, 0] *= 1 - .12 * on
+    nod, frown = on * (marker == "yes_no"), on * (marker == "wh")
+    pts[:, BROWS, 1] += .04 * frown - .07 * nod     # face widths
+    pts[:, BROWS, 0] *= 1 - .12 * frown
     for start in rng.integers(0, T, rng.integers(0, 3)):
-        pts[start:start + 3, LIDS, 1] = -.275
-    angles = _drift(rng, T, 3, .03)
-    angles[:, 1] += .12 * on[:, 0] * (marker == "yes_no")
-    nose = signer.k * np.array([0, -.22, -.1]) + np.array([0, .012, -.01]) * on * (marker == "yes_no")
+        pts[start:start + 3, LIDS, 1] = -.275        # a blink: upper lids down for 3 frames
+    angles = _drift(rng, T, 3, .03)                  # head yaw, pitch, roll (radians)
+    angles[:, 1] += .12 * nod[:, 0]
+    nose = signer.k * (np.array([0, -.22, -.1]) + nod * [0, .012, -.01])
     return .165 * signer.k * pts @ _rotation(angles).transpose(0, 2, 1) + nose[:, None]
 
 
@@ -561,8 +563,8 @@ BODY_LIMBS = [(15, 21), (16, 20), (18, 20), (3, 7), (14, 16), (23, 25), (28, 30)
 HAND_POINTS = ["WRIST", "THUMB_CMC", "THUMB_MCP", "THUMB_IP", "THUMB_TIP"] + [
     f"{finger}_{joint}" for finger in ("INDEX_FINGER", "MIDDLE_FINGER", "RING_FINGER", "PINKY")
     for joint in ("MCP", "PIP", "DIP", "TIP")]
-HAND_LIMBS = [(3, 4), (0, 5), (17, 18), (0, 17), (13, 14), (13, 17), (18, 19), (5, 6), (5, 9), (14, 15),
-              (0, 1), (9, 10), (1, 2), (9, 13), (10, 11), (19, 20), (6, 7), (15, 16), (2, 3), (11, 12), (7, 8)]
+HAND_LIMBS = [(3, 4), (0, 5), (17, 18), (0, 17), (13, 14), (13, 17), (18, 19), (5, 6), (5, 9), (14, 15), (0, 1),
+              (9, 10), (1, 2), (9, 13), (10, 11), (19, 20), (6, 7), (15, 16), (2, 3), (11, 12), (7, 8)]
 FACE_LIMBS = [(a, b) for ids in [arc[0] for arc in FACE_ARCS] + [FACE_OVAL + FACE_OVAL[:1], NOSE_LINE]
               for a, b in zip(ids, ids[1:])]
 # the still parts of a reference body (metres): shoulders 11, 12 and hips to feet 23..32
@@ -575,7 +577,7 @@ def holistic_header(width: int = WIDTH, height: int = HEIGHT) -> PoseHeader:
     """The header of a MediaPipe Holistic .pose file as pose-format writes it (576 points)."""
     def part(name, points, limbs, colors):
         return PoseHeaderComponent(name, points, limbs, colors, "XYZC")
-    return PoseHeader(0.2, PoseHeaderDimensions(width, height, 0), [
+    return PoseHeader(VERSION, PoseHeaderDimensions(width, height, 0), [
         part("POSE_LANDMARKS", BODY_POINTS, BODY_LIMBS, [(255, 0, 0)]),
         part("FACE_LANDMARKS", [str(i) for i in range(468)], FACE_LIMBS, [(128, 0, 0)]),
         part("LEFT_HAND_LANDMARKS", HAND_POINTS, HAND_LIMBS, hand_colors),
@@ -596,9 +598,13 @@ def _skeleton(sentence: Sentence, signer: Signer, rng: np.random.Generator) -> n
     body[:, :11] = np.stack([face[:, 1], face[:, 362], eyes[0], face[:, 263], face[:, 133], eyes[1],
                              face[:, 33], ears[:, 0], ears[:, 1], face[:, 291], face[:, 61]], 1)
     body[:, 13], body[:, 14] = _elbow(body[:, 11], left[:, 0], k, 1), _elbow(body[:, 12], right[:, 0], k, -1)
-    body[:, 15:23] = np.stack([h[:, j] for j in (0, 17, 5, 3) for h in (left, right)], 1)  # wrist, pinky, index, thumb
+    # wrists, pinkies, index fingers and thumbs of the body model, from the hands
+    body[:, 15:23] = np.stack([hand[:, j] for j in (0, 17, 5, 3) for hand in (left, right)], 1)
     sway = _drift(rng, T, 3, .006 * k)[:, None]
     return np.concatenate([body, face, left, right], 1) + sway
+
+
+NOISE = np.r_[np.full(33, .0025), np.full(468, .001), np.full(42, .002)][:, None]  # metres: body, face, hands
 
 
 def _camera(pts: np.ndarray, signer: Signer, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -607,22 +613,23 @@ def _camera(pts: np.ndarray, signer: Signer, rng: np.random.Generator) -> tuple[
     wrist); world landmarks in metres from the hip centre (x, y times width, height, see top)."""
     T = len(pts)
     pts = pts @ _rotation(np.array([signer.yaw, 0, 0])).T      # the signer stands a little turned
+    pts += signer.noise * NOISE * rng.standard_normal(pts.shape)   # tracking noise; and each
+    jitter = rng.standard_normal((T, 2, 1, 3)).repeat(21, 2).reshape(T, 42, 3)   # hand shakes whole
+    pts[:, 501:] += signer.noise * .003 * jitter
     hips = pts[:, [23, 24]].mean(1, keepdims=True)
-    world = pts[:, :33] - hips + rng.normal(0, .004, (T, 33, 3))
-    origin = np.concatenate([hips[..., 2].repeat(33, 1), pts[:, 33:501, 2].mean(1, keepdims=True).repeat(468, 1),
-                             pts[:, 501:502, 2].repeat(21, 1), pts[:, 522:523, 2].repeat(21, 1)], 1)
+    world = pts[:, :33] - hips
+    depth = pts[..., 2].copy()
+    for lo, hi, origin in ((0, 33, hips[..., 2]), (33, 501, depth[:, 33:501].mean(1, keepdims=True)),
+                           (501, 522, depth[:, 501:502]), (522, 543, depth[:, 522:523])):
+        pts[:, lo:hi, 2] = depth[:, lo:hi] - origin
     c, s = np.cos(signer.roll), np.sin(signer.roll)
-    image = np.stack([signer.cx + signer.ppm * (c * pts[..., 0] - s * pts[..., 1]),
-                      signer.cy + signer.ppm * (s * pts[..., 0] + c * pts[..., 1]),
-                      (pts[..., 2] - origin) * signer.ppm / WIDTH], -1)
-    # tracking noise: per point, plus a shared jitter of each whole hand
-    sigma = signer.noise * signer.ppm * np.r_[np.full(33, .0025), np.full(468, .001), np.full(42, .002)]
-    image[..., :2] += rng.standard_normal((T, 543, 2)) * sigma[:, None]
-    image[:, 501:, :2] += (rng.standard_normal((T, 2, 1, 2)) * .003 * signer.noise * signer.ppm).repeat(21, 2).reshape(T, 42, 2)
+    camera = signer.ppm * np.array([[c, -s, 0], [s, c, 0], [0, 0, 1 / WIDTH]])   # roll and scale
+    image = pts @ camera.T + [signer.cx, signer.cy, 0]
     conf = np.ones((T, 576))
     x, y = image[..., 0], image[..., 1]
     inside = (x > 0) & (x < WIDTH) & (y > 0) & (y < HEIGHT)
-    conf[:, :33] = conf[:, 543:] = np.where(inside[:, :33], rng.uniform(.95, 1, (T, 33)), rng.uniform(0, .1, (T, 33)))
+    visible = np.where(inside[:, :33], rng.uniform(.95, 1, (T, 33)), rng.uniform(0, .1, (T, 33)))
+    conf[:, :33] = conf[:, 543:] = visible   # MediaPipe's visibility: low outside the frame
     for wrist in (501, 522):   # a hand MediaPipe did not find: zeros, zero confidence
         seen = inside[:, wrist] & (y[:, wrist] < .97 * HEIGHT)
         for start in np.flatnonzero(rng.random(T) < signer.drop / 2.5):
@@ -638,18 +645,25 @@ def render(sentence: Sentence, signer: Signer, rng: np.random.Generator) -> tupl
     return _camera(_skeleton(sentence, signer, rng), signer, rng)
 
 
-def write_pose(path: Path, data: np.ndarray, conf: np.ndarray, header: PoseHeader) -> None:
+def write_pose(path: Path, data: np.ndarray, conf: np.ndarray, header: bytes) -> None:
+    """One .pose file as pose-format's Pose.write writes it: the header, serialised once per
+    corpus because writing its 576 point names is a good part of the cost, then the body."""
     mask = np.repeat((conf == 0)[:, None, :, None], 3, axis=3)
     body = NumPyPoseBody(fps=FPS, data=np.ma.masked_array(data[:, None], mask=mask), confidence=conf[:, None])
     with open(path, "wb") as f:
-        Pose(header, body).write(f)
+        f.write(header)
+        body.write(VERSION, f)
 
 
 def generate_corpus(out_dir, n: int = 600, seed: int = 0) -> dict:
     """Write n clips (several per video, one signer per video) and the CSV; returns a summary."""
+    if n < 1:
+        raise ValueError(f"synth: --n must be at least 1, got {n}")
     out = Path(out_dir)
     (out / "poses").mkdir(parents=True, exist_ok=True)
-    header, rows, frames, video, t0 = holistic_header(), [], [], 0, time.time()
+    header = io.BytesIO()
+    holistic_header().write(header)
+    rows, frames, video, t0 = [], [], 0, time.time()
     while len(rows) < n:
         rng = np.random.default_rng([seed, video])
         signer = make_signer(rng)
@@ -657,14 +671,15 @@ def generate_corpus(out_dir, n: int = 600, seed: int = 0) -> dict:
             sentence = random_sentence(rng)
             data, conf = render(sentence, signer, rng)
             uid = f"synv{video:04d}--{segment}"
-            write_pose(out / "poses" / f"{uid}.pose", data, conf, header)
+            write_pose(out / "poses" / f"{uid}.pose", data, conf, header.getvalue())
             rows.append((uid, sentence.text))
             frames.append(len(data))
         video += 1
     with open(out / "iSign_v1.1.csv", "w", newline="") as f:
         csv.writer(f).writerows([("uid", "text"), *rows])
-    return {"samples": len(rows), "videos": video, "signs": len(LEXICON), "mean_frames": round(float(np.mean(frames)), 1),
-            "seconds": round(time.time() - t0, 2), "csv": str(out / "iSign_v1.1.csv")}
+    return {"samples": len(rows), "videos": video, "signs": len(LEXICON),
+            "mean_frames": round(float(np.mean(frames)), 1), "seconds": round(time.time() - t0, 2),
+            "csv": str(out / "iSign_v1.1.csv")}
 
 
 if __name__ == "__main__":
