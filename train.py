@@ -273,7 +273,7 @@ def check_run_dir(cfg: TrainConfig, out_dir: Path) -> None:
     """An out_dir that holds another run is an error, not something to overwrite or mix with."""
     saved = out_dir / "config.json"
     if saved.is_file():
-        old, new = json.loads(saved.read_text()), asdict(cfg)
+        old, new = json.loads(saved.read_text()), json.loads(json.dumps(asdict(cfg)))  # tuples -> lists
         diff = sorted(k for k in new.keys() | old.keys() if k not in RUNTIME_FIELDS and old.get(k) != new.get(k))
         if diff:
             detail = "; ".join(f"{k}: {old.get(k)!r} there, {new.get(k)!r} now" for k in diff[:5])
