@@ -24,7 +24,7 @@ import hashlib
 import json
 import re
 import sys
-from contextlib import nullcontext
+from contextlib import nullcontext, redirect_stdout
 from dataclasses import fields
 from pathlib import Path
 from types import SimpleNamespace
@@ -299,7 +299,8 @@ def main(argv: list[str] | None = None) -> None:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dcfg = data_config(cfg)
     tok = Tokenizer.from_dir(cfg.model_dir)
-    model = build_model(cfg, tok, device)
+    with redirect_stdout(sys.stderr):  # stdout carries the results only
+        model = build_model(cfg, tok, device)
     load_trained(model, ckpt)
     print(f"checkpoint: {ckpt}", file=sys.stderr)
     if args.pose:

@@ -316,10 +316,15 @@ def create_first_use_assets(cfg: TrainConfig) -> None:
         prompt = [dcfg.system_prompt, dcfg.user_prompt.format(pose="", language=dcfg.source_language),
                   "system user assistant"]
         tok = tokenizer.train_bpe(texts + prompt * len(texts), cfg.init_model.get("vocab_size", 1024), cfg.model_dir)
-        spec = {k: v for k, v in cfg.init_model.items() if k != "vocab_size"}
+        spec = {k: v for k, v in cfg.init_model.items() if k not in ("vocab_size", "initializer_range")}
         config = qwen.Qwen2Config(vocab_size=tok.vocab_size, eos_token_id=tok.eos_ids[0], **spec)
         torch.manual_seed(cfg.seed)
-        qwen.save_model(qwen.Qwen2(config), cfg.model_dir)  # PyTorch's default init: random, untrained
+        llm = qwen.Qwen2(config)
+        with torch.no_grad():  # as transformers initialises a Qwen2: N(0, initializer_range), zero biases
+            for name, p in llm.named_parameters():
+                if not name.endswith("norm.weight"):
+                    p.normal_(0, cfg.init_model.get("initializer_range", 0.02)) if p.dim() > 1 else p.zero_()
+        qwen.save_model(llm, cfg.model_dir)
         log.info(f"created a random Qwen2 {spec} with a {tok.vocab_size}-token BPE in {cfg.model_dir}")
 
 

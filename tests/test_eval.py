@@ -1,10 +1,18 @@
 """eval.py: metrics against the reference implementations (sacrebleu, rouge-score), and the
 command line on a tiny trained run (predictions.jsonl, the JSON line, one-file translation)."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
+import torch
 from rouge_score import rouge_scorer
 from sacrebleu.metrics import BLEU, CHRF
 
 import eval as ev
+
+ROOT = Path(__file__).resolve().parents[1]
 
 # Strings that trip tokenizers: punctuation, case, apostrophes, digits, non-ASCII, empties,
 # repeated words (LCS vs n-gram counting), one-word sentences (no 4-grams).
@@ -59,3 +67,68 @@ def test_perfect_output_scores_100():
 def test_length_mismatch_is_an_error():
     with pytest.raises(ValueError, match="2 hypotheses but 1 references"):
         ev.compute_metrics(["a", "b"], ["a"])
+
+
+# ----------------------------------------------------------------------------- the command line
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    """A tiny run of 4 steps (checkpoints at 2 and 4; best by val BLEU)."""
+    import train
+    from train_helpers import assets, tiny_args
+
+    out = tmp_path_factory.mktemp("evalrun") / "run"
+    assert train.main(tiny_args(assets(tmp_path_factory), out, max_steps=4, grad_accum=1,
+                                eval_every=2, save_every=2)) == 0
+    return out
+
+
+def eval_cli(*args):
+    res = subprocess.run([sys.executable, str(ROOT / "eval.py"), *map(str, args)], cwd=ROOT,
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    return res
+
+
+def test_eval_writes_predictions_and_json_line(run_dir, tmp_path):
+    out = tmp_path / "pred.jsonl"
+    res = eval_cli(run_dir / "ckpt-000004", "--split", "test", "--batch_size", 3, "--out", out)
+    metrics = json.loads(res.stdout.strip().splitlines()[-1])
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert metrics["n"] == len(rows) > 0 and {"uid", "reference", "hypothesis"} <= rows[0].keys()
+    hyps, refs = [r["hypothesis"] for r in rows], [r["reference"] for r in rows]
+    assert metrics["bleu4"] == BLEU().corpus_score(hyps, [refs]).score
+    assert metrics["chrf"] == CHRF().corpus_score(hyps, [refs]).score
+    assert set(metrics) == {"bleu1", "bleu2", "bleu3", "bleu4", "rougeL", "chrf", "n", "signature"}
+    # the hypotheses are what the model decodes: greedy in batches of 3 == one at a time in-process
+    assert hyps == decode_one_by_one(run_dir / "ckpt-000004", [r["uid"] for r in rows])
+
+
+def decode_one_by_one(ckpt, uids):
+    import data
+    from tokenizer import Tokenizer
+
+    cfg = ev.run_config(ckpt)
+    tok = Tokenizer.from_dir(cfg.model_dir)
+    model = ev.build_model(cfg, tok, torch.device("cpu"))
+    ev.load_trained(model, ckpt)
+    ds = data.SignDataset(ev.data_config(cfg), "test", tok)
+    index = {u: i for i, u in enumerate(ds.uids)}
+    return [ev.decode(model, tok, ds, [index[u]], 1, cfg.max_new_tokens, 1, torch.device("cpu"))[0]["hypothesis"]
+            for u in uids]
+
+
+def test_run_dir_means_best_checkpoint(run_dir):
+    best = (run_dir / "best").resolve()
+    assert ev.pick_checkpoint(run_dir) == best
+    (run_dir / "best").unlink()  # no best: the newest good checkpoint
+    try:
+        assert ev.pick_checkpoint(run_dir) == run_dir / "ckpt-000004"
+    finally:
+        (run_dir / "best").symlink_to(best.name)
+
+
+def test_translate_real_pose_fixture(run_dir, fixtures_dir):
+    res = eval_cli(run_dir, "--pose", fixtures_dir / "holistic_576.pose")
+    assert "checkpoint:" in res.stderr
+    assert len(res.stdout.splitlines()) == 1  # exactly one line: the translation (maybe short, the model is tiny)

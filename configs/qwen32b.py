@@ -1,0 +1,27 @@
+# Qwen2.5-32B-Instruct, QLoRA on iSign, LoRA r64 on all seven projections.
+#   torchrun --nproc_per_node 4 train.py configs/qwen32b.py
+# Weights: hf download Qwen/Qwen2.5-32B-Instruct --local-dir checkpoints/Qwen2.5-32B-Instruct
+# Samples per optimizer step: batch_size 1 x grad_accum 32 x 4 GPUs = 128 (~740 steps per epoch).
+# Memory per GPU, PLANNED (not measured): NF4 projections 31B x 0.56 byte ~ 17.5 GB; embeddings
+# + lm_head bf16 2 x 152064 x 5120 x 2 bytes ~ 3.1 GB; LoRA r64 on 7 projections x 64 layers
+# = 537M params x 16 bytes (fp32 weight, grad, 2 AdamW moments) ~ 8.6 GB; encoder (~32M) ~0.5 GB;
+# activations (1 clip, checkpointed) ~ 1-2 GB. About 31-33 GB: use 40 GB or larger GPUs.
+model_dir = "checkpoints/Qwen2.5-32B-Instruct"
+model_repo = "Qwen/Qwen2.5-32B-Instruct"
+data_dir = "data/isign"
+out_dir = "runs/qwen32b-instruct"
+quantize = "nf4"
+lora_r = 64
+lora_alpha = 128
+lora_targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+lr = 5e-5
+encoder_lr = 2e-4
+batch_size = 1
+grad_accum = 32
+max_steps = 4000
+warmup_steps = 200
+gradient_checkpointing = True
+eval_every = 500
+eval_batch_size = 8
+save_every = 250
+num_workers = 4

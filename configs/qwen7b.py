@@ -1,0 +1,24 @@
+# Qwen2.5-7B (base, not instruct), QLoRA on iSign. The base model has seen no ChatML turns, so
+# it is given twice the LoRA learning rate of the instruct model.
+#   torchrun --nproc_per_node 4 train.py configs/qwen7b.py
+# Weights: hf download Qwen/Qwen2.5-7B --local-dir checkpoints/Qwen2.5-7B
+# Samples per optimizer step: batch_size 4 x grad_accum 8 x 4 GPUs = 128 (~740 steps per epoch).
+# Memory per GPU, PLANNED (not measured): as qwen7b_instruct.py, about 8-10 GB.
+model_dir = "checkpoints/Qwen2.5-7B"
+model_repo = "Qwen/Qwen2.5-7B"
+data_dir = "data/isign"
+out_dir = "runs/qwen7b"
+quantize = "nf4"
+lora_r = 16
+lora_alpha = 32
+lora_targets = ["q_proj", "k_proj", "v_proj", "o_proj"]
+lr = 2e-4
+encoder_lr = 3e-4
+batch_size = 4
+grad_accum = 8
+max_steps = 4000
+warmup_steps = 200
+gradient_checkpointing = True
+eval_every = 500
+save_every = 250
+num_workers = 4

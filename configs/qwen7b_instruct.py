@@ -1,0 +1,27 @@
+# Qwen2.5-7B-Instruct, QLoRA: the recommended configuration for iSign.
+#   torchrun --nproc_per_node 4 train.py configs/qwen7b_instruct.py
+# Weights: hf download Qwen/Qwen2.5-7B-Instruct --local-dir checkpoints/Qwen2.5-7B-Instruct
+# Samples per optimizer step: batch_size 4 x grad_accum 8 x 4 GPUs = 128; iSign's ~95k training
+# clips (80% of ~118k) are then ~740 steps per epoch, so max_steps 4000 is ~5.4 epochs.
+# Memory per GPU, PLANNED (arithmetic, not measured): NF4 projections 6.5B params x 0.56 byte
+# ~ 3.7 GB; embeddings + lm_head bf16 2 x 152064 x 3584 x 2 bytes ~ 2.2 GB; LoRA (10M) and
+# encoder (~18M), fp32 weight + grad + 2 AdamW moments (16 bytes each) ~ 0.45 GB; activations
+# with gradient checkpointing (4 clips x ~150 tokens) ~ 1-3 GB. About 8-10 GB: fits a 24 GB GPU.
+model_dir = "checkpoints/Qwen2.5-7B-Instruct"
+model_repo = "Qwen/Qwen2.5-7B-Instruct"
+data_dir = "data/isign"
+out_dir = "runs/qwen7b-instruct"
+quantize = "nf4"
+lora_r = 16
+lora_alpha = 32
+lora_targets = ["q_proj", "k_proj", "v_proj", "o_proj"]
+lr = 1e-4
+encoder_lr = 3e-4
+batch_size = 4
+grad_accum = 8
+max_steps = 4000
+warmup_steps = 200
+gradient_checkpointing = True
+eval_every = 500
+save_every = 250
+num_workers = 4
