@@ -84,9 +84,13 @@ def _blockwise_codes(a: Tensor, levels: Tensor, blocksize: int) -> tuple[Tensor,
 
 
 def _scale_blocks(values: Tensor, absmax: Tensor, blocksize: int) -> Tensor:
-    """values (n,) float32 * the absmax of each one's block -> (n,) float32 (the last block may be partial)."""
+    """values (n,) float32 * the absmax of each one's block -> (n,) float32 (the last block may be partial).
+    Whole blocks (every weight matrix of a real model) are scaled in place: `values` must be a
+    fresh tensor the caller owns; that saves a padded copy and a product the size of W."""
     n = values.numel()
     pad = -n % blocksize
+    if pad == 0:
+        return values.view(-1, blocksize).mul_(absmax[:, None]).view(-1)
     return (F.pad(values, (0, pad)).view(-1, blocksize) * absmax[:, None]).view(-1)[:n]
 
 
@@ -108,7 +112,9 @@ def dequantize_nf4(packed: Tensor, absmax: Tensor, shape, blocksize: int = 64,
                    dtype: torch.dtype = torch.float32) -> Tensor:
     """Inverse of quantize_nf4: level * absmax in float32, then rounded once to `dtype` (as bnb)."""
     n = math.prod(shape)
-    values = _BYTE_TO_LEVELS.to(packed.device)[packed.long()].view(-1)[:n]            # (n,) high nibble first
+    # index_select with int32 indices: on the CPU ~2x faster than indexing with packed.long(),
+    # whose int64 copy alone is 8 bytes per byte read. A fresh (n/2, 2) tensor, scaled in place.
+    values = _BYTE_TO_LEVELS.to(packed.device).index_select(0, packed.int()).view(-1)[:n]  # (n,) high nibble first
     return _scale_blocks(values, absmax.float(), blocksize).view(shape).to(dtype)
 
 
