@@ -305,16 +305,17 @@ class Qwen2(nn.Module):
 
         Greedy equals transformers' generate(do_sample=False); beam search equals its
         num_beams / length_penalty search with the default early_stopping=False."""
-        prompt = input_ids if input_ids is not None else inputs_embeds
+        if max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
+        kind, prompt = ("input_ids", input_ids) if input_ids is not None else ("inputs_embeds", inputs_embeds)
         B, T = prompt.shape[:2]
         mask = attention_mask if attention_mask is not None else torch.ones(B, T, dtype=torch.long, device=prompt.device)
         eos = self.config.eos_token_id if eos_token_id is None else eos_token_id
         stop = torch.tensor([eos] if isinstance(eos, int) else list(eos or []), device=prompt.device)
         if num_beams > 1:
-            return self._beam_search(prompt, mask, max_new_tokens, stop, pad_token_id, num_beams, length_penalty)
+            return self._beam_search(kind, prompt, mask, max_new_tokens, stop, pad_token_id, num_beams, length_penalty)
         cache = KVCache(self.config, B, T + max_new_tokens, self.model.embed_tokens.weight.dtype, prompt.device)
-        inputs = {"input_ids": prompt} if input_ids is not None else {"inputs_embeds": prompt}
-        logits = self._next_logits(mask, cache, **inputs)
+        logits = self._next_logits(mask, cache, **{kind: prompt})
         done = torch.zeros(B, dtype=torch.bool, device=prompt.device)
         out = []
         for _ in range(max_new_tokens):
@@ -327,7 +328,7 @@ class Qwen2(nn.Module):
             logits = self._next_logits(mask, cache, input_ids=token[:, None])
         return torch.stack(out, dim=1)
 
-    def _beam_search(self, prompt: Tensor, mask: Tensor, max_new_tokens: int, stop: Tensor,
+    def _beam_search(self, kind: str, prompt: Tensor, mask: Tensor, max_new_tokens: int, stop: Tensor,
                      pad_token_id: int, K: int, length_penalty: float) -> Tensor:
         """Beam search as transformers does it (early_stopping=False).
 
@@ -340,8 +341,7 @@ class Qwen2(nn.Module):
         rows = torch.arange(B, device=prompt.device).repeat_interleave(K)  # row b*K+j is beam j of b
         prompt, mask = prompt[rows], mask[rows]
         cache = KVCache(self.config, B * K, T + max_new_tokens, self.model.embed_tokens.weight.dtype, prompt.device)
-        key = "input_ids" if prompt.dtype == torch.long else "inputs_embeds"
-        logits = self._next_logits(mask, cache, **{key: prompt})  # (B*K, V)
+        logits = self._next_logits(mask, cache, **{kind: prompt})  # (B*K, V)
         V = logits.shape[-1]
         scores = torch.zeros(B, K, device=prompt.device)
         scores[:, 1:] = -1e9  # all beams start identical: let only the first one expand
@@ -356,10 +356,11 @@ class Qwen2(nn.Module):
             beam, token = idx // V, idx % V
             seqs = torch.cat((tokens.gather(1, beam[..., None].expand(-1, -1, step)), token[..., None]), dim=2)
             stops = torch.isin(token, stop) | (n_tokens == max_new_tokens)
-            for b, (row_top, row_stops) in enumerate(zip(top[:, :K].tolist(), stops[:, :K].tolist())):
-                for r in (r for r in range(K) if row_stops[r] and not done[b]):
-                    finished[b].append((row_top[r] / n_tokens**length_penalty, seqs[b, r].tolist()))
-                finished[b] = sorted(finished[b], key=lambda h: -h[0])[:K]
+            top_k, stops_k = top[:, :K].tolist(), stops[:, :K].tolist()  # only the top K may finish
+            for b in (b for b in range(B) if not done[b]):
+                finished[b] += [(top_k[b][r] / n_tokens**length_penalty, seqs[b, r].tolist())
+                                for r in range(K) if stops_k[b][r]]
+                finished[b] = sorted(finished[b], key=lambda h: -h[0])[:K]  # best first
             live = top.masked_fill(stops, -1e9).topk(K)[1]  # (B, K) best continuations that go on
             scores, beam = top.gather(1, live), beam.gather(1, live)
             tokens = seqs.gather(1, live[..., None].expand(-1, -1, n_tokens))  # (B, K, n_tokens)
