@@ -100,7 +100,73 @@ def bench_kernels(args):
 
 
 def bench_model(args):
-    raise NotImplementedError("bench.py model: not written yet")
+    """Hand-written Qwen2 (model.py) vs transformers' Qwen2ForCausalLM (attn_implementation="sdpa"),
+    same weights, float32 on the CPU: a forward, and a training step (forward + cross-entropy +
+    backward) without and with a right-padded attention_mask (what training batches carry).
+    Default shape (issue 2): 4 layers, hidden 512, 8 heads / 2 kv heads, intermediate 1376, vocab
+    32000, batch 4 x 256, 2 threads. Times are medians over --reps, the two models interleaved so
+    that load from other processes on the machine hits both alike."""
+    import statistics
+    import time
+
+    import torch
+    import torch.nn.functional as F
+    from transformers import AutoModelForCausalLM
+    from transformers import Qwen2Config as HFConfig
+
+    import model as M
+
+    p = argparse.ArgumentParser(prog="bench.py model")
+    for flag, default in [("layers", 4), ("hidden", 512), ("heads", 8), ("kv_heads", 2), ("intermediate", 1376),
+                          ("vocab", 32000), ("batch", 4), ("seq", 256), ("threads", 2), ("reps", 10)]:
+        p.add_argument(f"--{flag}", type=int, default=default)
+    a = p.parse_args(args)
+    torch.set_num_threads(a.threads)
+    torch.manual_seed(0)
+    shape = dict(vocab_size=a.vocab, hidden_size=a.hidden, intermediate_size=a.intermediate,
+                 num_hidden_layers=a.layers, num_attention_heads=a.heads, num_key_value_heads=a.kv_heads,
+                 max_position_embeddings=4096, rms_norm_eps=1e-6, tie_word_embeddings=False)
+    hf_cfg = HFConfig(**shape, rope_parameters={"rope_type": "default", "rope_theta": 1e6})
+    theirs = AutoModelForCausalLM.from_config(hf_cfg, attn_implementation="sdpa", dtype=torch.float32).train()
+    assert theirs.config._attn_implementation == "sdpa"
+    ours = M.Qwen2(M.Qwen2Config(**shape, rope_theta=1e6)).train()
+    ours.load_state_dict(theirs.state_dict())  # strict: same names, same weights
+
+    ids = torch.randint(0, a.vocab, (a.batch, a.seq))
+    labels = torch.randint(0, a.vocab, (a.batch, a.seq))
+    padded = (torch.arange(a.seq)[None] < torch.linspace(a.seq // 2, a.seq, a.batch).long()[:, None]).long()
+    runs = {"ours": lambda mask: ours(ids, attention_mask=mask),
+            "transformers": lambda mask: theirs(ids, attention_mask=mask).logits}
+    with torch.no_grad():
+        diff = (runs["ours"](padded) - runs["transformers"](padded))[padded.bool()].abs().max().item()
+
+    def forward(name, mask):
+        with torch.no_grad():
+            runs[name](mask)
+
+    def train_step(name, mask):
+        targets = labels if mask is None else labels.masked_fill(mask == 0, -100)  # no loss on pads
+        F.cross_entropy(runs[name](mask).view(-1, a.vocab), targets.view(-1)).backward()
+        (ours if name == "ours" else theirs).zero_grad(set_to_none=True)
+
+    cases = [("forward", forward, None), ("train step", train_step, None),
+             ("train step, right-padded mask", train_step, padded)]
+    times = {(case, name): [] for case, _, _ in cases for name in runs}
+    for rep in range(a.reps + 1):  # rep 0 warms up
+        for case, fn, mask in cases:
+            for name in runs:
+                t0 = time.perf_counter()
+                fn(name, mask)
+                if rep:
+                    times[case, name].append(time.perf_counter() - t0)
+
+    print(f"Qwen2 {a.layers} layers, hidden {a.hidden}, heads {a.heads}/{a.kv_heads} kv, intermediate "
+          f"{a.intermediate}, vocab {a.vocab}; batch {a.batch} x {a.seq}; float32, {a.threads} threads, "
+          f"torch {torch.__version__}; max |logits diff| {diff:.1e}; median of {a.reps}")
+    print(f"{'case':<32}{'ours ms':>10}{'transformers ms':>17}{'ours/theirs':>13}")
+    for case, _, _ in cases:
+        mine, ref = (statistics.median(times[case, n]) * 1e3 for n in runs)
+        print(f"{case:<32}{mine:>10.1f}{ref:>17.1f}{mine / ref:>13.2f}")
 
 
 def bench_data(args):
