@@ -484,6 +484,8 @@ def load_model(path: str | Path, dtype: torch.dtype = torch.float32, device="cpu
     path = Path(path)
     config = Qwen2Config.from_json(path / "config.json")
     where = _checkpoint_index(path)
+    if config.tie_word_embeddings:
+        where.pop("lm_head.weight", None)  # some tied checkpoints store the shared matrix twice
     with torch.device("meta"):
         model = Qwen2(config)
     hf_shapes = _expected_shapes(model)  # before any swap: the checkpoint holds full weights

@@ -181,6 +181,13 @@ def test_broken_checkpoint_names_the_tensor(tiny_checkpoint, edit, message):
         M.load_model(path)
 
 
+def test_tied_checkpoint_that_stores_the_head_too(tmp_path):
+    path, hf = make_hf_checkpoint(tmp_path / "ckpt", tie_word_embeddings=True)
+    _rewrite_single_file(path, lambda t: t.update({"lm_head.weight": t["model.embed_tokens.weight"].clone()}))
+    ids = torch.randint(0, 128, (1, 9))
+    torch.testing.assert_close(M.load_model(path)(ids), hf(ids).logits, atol=1e-5, rtol=0)
+
+
 @pytest.mark.parametrize("change, message", [
     ({"model_type": "llama"}, "model_type is 'llama'"),
     ({"use_sliding_window": True}, "use_sliding_window"),
