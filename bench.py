@@ -234,8 +234,497 @@ def bench_data(args):
                   f"(batch {a.batch_size}, poses {tuple(batch['poses'].shape)}, {n} samples)")
 
 
+# Qwen2.5 shapes (the config.json of each size on the Hugging Face hub; an -Instruct model has its
+# base's shape): hidden, intermediate, layers, heads, kv heads, vocab, tied embeddings, rms_norm_eps.
+QWEN25_SHAPES = {
+    "0.5B": (896, 4864, 24, 14, 2, 151936, True, 1e-6),
+    "1.5B": (1536, 8960, 28, 12, 2, 151936, True, 1e-6),
+    "3B": (2048, 11008, 36, 16, 2, 151936, True, 1e-6),
+    "7B": (3584, 18944, 28, 28, 4, 152064, False, 1e-6),
+    "14B": (5120, 13824, 48, 40, 8, 152064, False, 1e-5),
+    "32B": (5120, 27648, 64, 40, 8, 152064, False, 1e-5),
+}
+# Dense bf16 tensor-core FLOP/s (no sparsity) and HBM bytes/s from NVIDIA's datasheets; the first
+# name contained in torch.cuda.get_device_name() wins. Other devices: no MFU / bandwidth share.
+GPU_PEAKS = {"H100 PCIe": (756e12, 2.0e12), "H100": (989e12, 3.35e12), "H200": (989e12, 4.8e12)}
+
+
+def qwen25_config(size: str):
+    import model as qwen
+    if size not in QWEN25_SHAPES:
+        raise SystemExit(f"bench.py: no Qwen2.5 shape {size!r}; known: {', '.join(QWEN25_SHAPES)}")
+    h, i, n, nh, nkv, v, tied, eps = QWEN25_SHAPES[size]
+    return qwen.Qwen2Config(vocab_size=v, hidden_size=h, intermediate_size=i, num_hidden_layers=n,
+                            num_attention_heads=nh, num_key_value_heads=nkv, max_position_embeddings=32768,
+                            rope_theta=1e6, rms_norm_eps=eps, tie_word_embeddings=tied)
+
+
+def bench_shape(cfg, size: str | None, random_weights: bool):
+    """(Qwen2Config, where it came from): --shape, else model_dir/config.json, else the config's
+    init_model (tiny CPU configs), else the size named in model_repo ("Qwen/Qwen2.5-7B-Instruct")."""
+    import re
+    from pathlib import Path
+
+    import model as qwen
+    ckpt = Path(cfg.model_dir) / "config.json"
+    if not random_weights:
+        if size or not ckpt.is_file():
+            raise SystemExit(f"bench.py train: {ckpt} not found (or --shape given): pass --random-weights "
+                             "to measure a random model of that shape")
+        return qwen.Qwen2Config.from_json(ckpt), str(ckpt)
+    if size:
+        return qwen25_config(size), f"Qwen2.5-{size} shape (--shape)"
+    if ckpt.is_file():
+        return qwen.Qwen2Config.from_json(ckpt), str(ckpt)
+    if cfg.init_model:
+        spec = {k: v for k, v in cfg.init_model.items() if k != "initializer_range"}
+        return qwen.Qwen2Config(**spec), "the config's init_model"
+    found = re.search(r"-(\d+(?:\.\d+)?B)\b", cfg.model_repo)
+    if not found:
+        raise SystemExit(f"bench.py train: no checkpoint in {cfg.model_dir} and no size in model_repo "
+                         f"{cfg.model_repo!r}: pass --shape ({', '.join(QWEN25_SHAPES)})")
+    return qwen25_config(found.group(1)), f"Qwen2.5-{found.group(1)} shape (from model_repo)"
+
+
+def hf_init_(name: str, t):
+    """Fill t as transformers initialises a Qwen2: matrices N(0, 0.02), RMSNorm weights 1, biases 0."""
+    if t.dim() > 1:
+        return t.normal_(0, 0.02)
+    return t.fill_(1.0 if name.endswith("weight") else 0.0)
+
+
+def random_qwen2(config, dtype, device, quantize: str | None):
+    """A Qwen2 of `config` with random weights, made by model.load_model's own steps: built on the
+    meta device, projections swapped for 4-bit linears (quantize="nf4"), then each tensor created
+    on `device` and handed to the loader's setter, which quantizes a projection at once. The 16-bit
+    model never exists whole: the peak is one weight matrix (in float32 while it is quantized)."""
+    import torch
+
+    import model as qwen
+    if quantize not in (None, "nf4"):
+        raise ValueError(f"quantize={quantize!r}: only None and 'nf4'")
+    with torch.device("meta"):
+        llm = qwen.Qwen2(config)
+    shapes = qwen._expected_shapes(llm)  # the 16-bit shapes, taken before the 4-bit swap
+    if quantize == "nf4":
+        qwen._swap_in_nf4(llm, dtype)
+    for name, shape in shapes.items():
+        qwen._set_tensor(llm, name, hf_init_(name, torch.empty(shape, dtype=dtype, device=device)))
+    llm.tie_weights()
+    return llm.eval()
+
+
+def ours_qlora(cfg, config, random_weights: bool, device):
+    """(SignTranslator, tokenizer) from eval.build_model, the product's one assembly (base -> LoRA ->
+    pose encoder). With random weights only its base loader is replaced: model.load_model is patched
+    to return random_qwen2 with the dtype / device / quantization that build_model asks for."""
+    from types import SimpleNamespace
+    from unittest import mock
+
+    import eval as ev
+    import model as qwen
+    from tokenizer import Tokenizer
+
+    if not random_weights:
+        tok = Tokenizer.from_dir(cfg.model_dir)
+        return ev.build_model(cfg, tok, device), tok
+    tok = SimpleNamespace(pose_token_id=config.vocab_size - 1, pad_id=0)  # all data.collate reads
+    fake_load = lambda path, dtype, device, quantize=None, **_: random_qwen2(config, dtype, device, quantize)  # noqa: E731
+    with mock.patch.object(qwen, "load_model", fake_load):
+        return ev.build_model(cfg, tok, device), tok
+
+
+def hf_qlora(cfg, config, pose_token_id: int, feature_dim: int, device):
+    """The usual recipe on the same shape: transformers' Qwen2ForCausalLM (sdpa) with its linears in
+    bitsandbytes 4-bit NF4 (blocksize 64, no double quantization, as ours; compute bf16 on GPUs,
+    fp32 on the CPU), peft.prepare_model_for_kbit_training (which upcasts every non-4-bit weight,
+    embeddings and lm_head included, to fp32), a PEFT LoRA of the same r / alpha / dropout /
+    targets, and a linear pose projector. from_pretrained(quantization_config=...) needs a file
+    of 16-bit weights, so the model is built as it builds one: on meta, linears replaced by
+    transformers' replace_with_bnb_linear, then each weight created on the device and quantized
+    by Params4bit(...).to(device), as transformers' Bnb4bitQuantize does while loading."""
+    import bitsandbytes as bnb
+    import torch
+    import torch.nn.functional as F
+    import transformers
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+    from torch import nn
+    from transformers.integrations.bitsandbytes import replace_with_bnb_linear
+    from transformers.models.qwen2.modeling_qwen2 import Qwen2RotaryEmbedding
+
+    import model as qwen
+
+    class LinearPoseProjector(nn.Module):
+        """The simple baseline encoder: 4 consecutive frames concatenated -> one linear -> a soft
+        token; a clip gives ceil(T/4) tokens, as many as model.PoseEncoder (same sequence lengths)."""
+
+        def __init__(self, in_features: int, hidden_size: int):
+            super().__init__()
+            self.proj = nn.Linear(4 * in_features, hidden_size)
+
+        def forward(self, poses, pose_mask):
+            B, T, Fd = poses.shape
+            tokens = self.proj(F.pad(poses, (0, 0, 0, -T % 4)).reshape(B, -1, 4 * Fd))  # (B, ceil(T/4), H)
+            mask = torch.arange(tokens.shape[1], device=poses.device) < (pose_mask.sum(1)[:, None] + 3) // 4
+            return tokens * mask[..., None], mask
+
+    class HFSignTranslator(nn.Module):
+        """eval.SignTranslator's interface (forward(batch) -> (loss sum, label count); .llm, .encoder)
+        over the PEFT model, so train.make_optimizer and train.train_step run both stacks alike.
+        The loss is transformers' own: logits at every position, mean cross-entropy over labels."""
+
+        def __init__(self, llm, encoder, pose_token_id: int):
+            super().__init__()
+            self.llm, self.encoder, self.pose_token_id = llm, encoder, pose_token_id
+
+        def forward(self, batch):
+            tokens, mask = self.encoder(batch["poses"], batch["pose_mask"])
+            embeds = self.llm.get_input_embeddings()(batch["input_ids"])  # (B, T, H)
+            embeds = qwen.splice_pose_tokens(embeds, batch["input_ids"], self.pose_token_id, tokens, mask)
+            out = self.llm(inputs_embeds=embeds, attention_mask=batch["attention_mask"], labels=batch["labels"],
+                           use_cache=False)
+            n = (batch["labels"][:, 1:] != -100).sum()
+            return out.loss * n, n
+
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    quant = transformers.BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
+                                            bnb_4bit_compute_dtype=dtype, bnb_4bit_use_double_quant=False)
+    hf_config = transformers.Qwen2Config.from_dict(config.to_dict())
+    with torch.device("meta"):
+        llm = transformers.AutoModelForCausalLM.from_config(hf_config, attn_implementation="sdpa", dtype=dtype)
+    replace_with_bnb_linear(llm, modules_to_not_convert=["lm_head"], quantization_config=quant)
+    for module in llm.modules():
+        for name, p in list(module.named_parameters(recurse=False)):
+            t = hf_init_(name, torch.empty(p.shape, dtype=dtype, device=device))
+            module._parameters[name] = (bnb.nn.Params4bit(t, requires_grad=False, **p.__dict__).to(device)
+                                        if isinstance(p, bnb.nn.Params4bit) else nn.Parameter(t, requires_grad=False))
+    if config.tie_word_embeddings:
+        llm.lm_head.weight = llm.model.embed_tokens.weight
+    llm.model.rotary_emb = Qwen2RotaryEmbedding(hf_config).to(device)  # its buffers were on meta
+    llm.is_loaded_in_4bit = True  # what transformers' bnb quantizer sets; PEFT reads it
+    llm = prepare_model_for_kbit_training(llm, use_gradient_checkpointing=cfg.gradient_checkpointing,
+                                          gradient_checkpointing_kwargs={"use_reentrant": False})
+    llm = get_peft_model(llm, LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                                         target_modules=list(cfg.lora_targets), task_type="CAUSAL_LM",
+                                         modules_to_save=list(cfg.modules_to_save) or None))
+    encoder = LinearPoseProjector(feature_dim, config.hidden_size).to(device)
+    return HFSignTranslator(llm, encoder, pose_token_id)
+
+
+def synthetic_batch(tok, prompt_ids: list[int], feature_dim: int, batch_size: int, frames: int,
+                    text_tokens: tuple[int, int], vocab_size: int) -> dict:
+    """A training batch as data.collate makes it: clip lengths spread over frames +-10% and answers over
+    text_tokens (+ an end token) across the batch (a bucketed batch: similar lengths), random poses
+    and token ids. The prompt holds one pose placeholder, expanded to the encoder's token count."""
+    import torch
+
+    import data
+    import model as qwen
+    g = torch.Generator().manual_seed(0)
+    items = []
+    for i in range(batch_size):
+        s = i / (batch_size - 1) if batch_size > 1 else 0.5
+        n_frames, n_text = round(frames * (0.9 + 0.2 * s)), round(text_tokens[0] + s * (text_tokens[1] - text_tokens[0]))
+        answer = torch.randint(1, vocab_size - 1, (n_text + 1,), generator=g).tolist()
+        items.append(dict(uid=str(i), text="", poses=torch.randn(n_frames, feature_dim, generator=g),
+                          prompt_ids=prompt_ids, answer_ids=answer))
+    return data.collate(items, tok, qwen.PoseEncoder.output_lengths)
+
+
+def projection_shapes(config) -> dict[str, tuple[int, int]]:
+    """(in, out) of the seven projections of one Qwen2 layer."""
+    h, q, kv, i = config.hidden_size, config.num_attention_heads * config.head_dim, \
+        config.num_key_value_heads * config.head_dim, config.intermediate_size
+    return {"q_proj": (h, q), "k_proj": (h, kv), "v_proj": (h, kv), "o_proj": (q, h),
+            "gate_proj": (h, i), "up_proj": (h, i), "down_proj": (i, h)}
+
+
+def train_flops(config, cfg, tokens: int, label_tokens: int) -> float:
+    """Model FLOPs of one training step. A weight matrix of N entries applied to a token costs 2N
+    in the forward, 2N for the input's gradient, and 2N more for its own gradient when it is
+    trained: 4N per token for the frozen base's projections (4-bit or not), 6N for LoRA's A and B
+    (r x (in + out) per wrapped projection), and lm_head (H x V, 4 or 6 if trained) at the label
+    positions only. Not counted: attention scores (~4 T H per token per layer, < 1% at T ~ 130),
+    the pose encoder (< 1%), embeddings (a lookup), and gradient checkpointing's recomputed forward
+    (MFU counts the work the step needs, not the work done). Both stacks use this same count."""
+    shapes = projection_shapes(config)
+    frozen = sum(i * o for i, o in shapes.values()) * config.num_hidden_layers
+    lora = sum(cfg.lora_r * (i + o) for n, (i, o) in shapes.items() if n in cfg.lora_targets) * config.num_hidden_layers
+    head = config.hidden_size * config.vocab_size * (6 if "lm_head" in cfg.modules_to_save else 4)
+    return tokens * (4 * frozen + 6 * lora) + label_tokens * head
+
+
+def reset_peak_memory(device) -> bool:
+    """Start a new peak: CUDA's allocator counter, or on Linux the peak RSS that getrusage reports
+    (writing 5 to /proc/self/clear_refs resets it). False when the CPU peak cannot be reset."""
+    import torch
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        return True
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def free_memory(device) -> None:
+    """Between stacks: collect garbage, then give freed memory back (CUDA's cache; on the CPU glibc's
+    malloc_trim, else RSS would still hold the previous stack's freed heap and count it again)."""
+    import ctypes
+    import gc
+
+    import torch
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        return
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
+
+
+def memory_gib(device, peak: bool) -> float:
+    """GPU: allocated (peak) bytes. CPU: resident set (peak via getrusage), the interpreter included."""
+    import resource
+
+    import torch
+    if device.type == "cuda":
+        return (torch.cuda.max_memory_allocated(device) if peak else torch.cuda.memory_allocated(device)) / 2**30
+    if peak:
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # Linux: KiB
+    with open("/proc/self/statm") as f:
+        import os
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**30
+
+
+def time_steps(model, cfg, batch: dict, steps: int, warmup: int, device) -> dict:
+    """train.train_step (forward + backward + clip + AdamW) on the same micro-batch: median seconds
+    of `steps` steps after `warmup` untimed ones (Triton autotuning, allocator warm-up), and the
+    peak memory of the timed steps (AdamW's moments, made by the first step, are in it; one-off
+    warm-up buffers such as the autotuner's are not)."""
+    import statistics
+    import time
+
+    import torch
+
+    import train
+    d = train.Dist(0, 1, 0, device)
+    opt = train.make_optimizer(model, cfg)
+    model.train()
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    times, exact_peak = [], False
+    for step in range(warmup + steps):
+        if step == warmup:
+            exact_peak = reset_peak_memory(device)
+        sync()
+        t0 = time.perf_counter()
+        out = train.train_step(model, model, [batch], opt, cfg, step, d)
+        sync()
+        if step >= warmup:
+            times.append(time.perf_counter() - t0)
+    return {"step_s": statistics.median(times), "loss": out["loss"], "tokens": int(out["tokens"]),
+            "peak_gib": memory_gib(device, peak=True), "exact_peak": exact_peak}
+
+
 def bench_train(args):
-    raise NotImplementedError("bench.py train: not written yet")
+    """QLoRA training steps at a config's real shape, ours vs transformers + PEFT + bitsandbytes.
+
+        python bench.py train --config configs/qwen7b_instruct.py --random-weights --batch 4 \\
+            --gradient_checkpointing=True          # any --key=value overrides a config field
+        python bench.py train --config configs/tiny.py --random-weights --steps 2   # CPU smoke run
+
+    The model is the config's (LoRA r / alpha / targets, encoder, gradient checkpointing), its
+    shape from model_dir/config.json, else (--random-weights) init_model or the Qwen2.5 size in
+    model_repo or --shape; --layers N keeps the first N layers. Weights are the checkpoint's, or
+    random ones quantized one matrix at a time on the device (speed and memory do not depend on
+    the values). Batches: --frames pose frames (+-10%, iSign's mean is ~215), 20..40 answer
+    tokens, a --prompt_tokens ChatML prompt (with a tokenizer in model_dir: the real prompt).
+    A step is train.train_step on one micro-batch (bf16 autocast on GPUs, float32 on the CPU).
+    Reported: median step time, tokens/s (all sequence positions, as train.py logs), samples/s,
+    peak memory during the steps (GPU: max_memory_allocated; CPU: peak RSS, interpreter and
+    libraries included), the model's own memory, and MFU = train_flops / step time / peak."""
+    import os
+    from types import SimpleNamespace
+
+    import torch
+
+    import data
+    import eval as ev
+    import train
+
+    p = argparse.ArgumentParser(prog="bench.py train", allow_abbrev=False)
+    p.add_argument("--config", help="a configs/*.py file (default: train.TrainConfig's defaults)")
+    p.add_argument("--random-weights", action="store_true", help="random weights of the config's shape")
+    p.add_argument("--shape", help=f"force a Qwen2.5 shape: {', '.join(QWEN25_SHAPES)}")
+    p.add_argument("--layers", type=int, help="keep only the first N layers (profiling on the CPU)")
+    p.add_argument("--batch", type=int, help="clips per step (default: the config's batch_size)")
+    p.add_argument("--steps", type=int, default=None, help="timed steps (default 10 on GPU, 3 on CPU)")
+    p.add_argument("--warmup", type=int, default=None, help="untimed steps first (default 3 on GPU, 1 on CPU)")
+    p.add_argument("--frames", type=int, default=215, help="mean pose frames per clip")
+    p.add_argument("--prompt_tokens", type=int, default=38, help="synthetic prompt length (no tokenizer)")
+    p.add_argument("--stacks", default="ours,hf", help="ours, hf (transformers + PEFT + bitsandbytes)")
+    p.add_argument("--threads", type=int, default=2, help="CPU threads")
+    a, overrides = p.parse_known_args(args)
+    cfg = train.load_config(([a.config] if a.config else []) + overrides)
+    if a.batch:
+        cfg.batch_size = a.batch
+    cuda = torch.cuda.is_available()
+    device = torch.device("cuda" if cuda else "cpu")
+    steps, warmup = a.steps or (10 if cuda else 3), a.warmup if a.warmup is not None else (3 if cuda else 1)
+    if not cuda:
+        torch.set_num_threads(a.threads)
+    config, source = bench_shape(cfg, a.shape, a.random_weights)
+    if a.layers:
+        config.num_hidden_layers = a.layers
+    dcfg = ev.data_config(cfg)
+    feature_dim = data.feature_dim(dcfg)
+
+    name = torch.cuda.get_device_name() if cuda else f"CPU ({os.cpu_count()} cores, {a.threads} threads)"
+    peak_flops = next((v[0] for k, v in GPU_PEAKS.items() if k in name), None) if cuda else None
+    print(f"device: {name}, torch {torch.__version__}, {'bf16 autocast' if cuda else 'float32'}; "
+          f"peak assumed: {f'{peak_flops / 1e12:.0f} dense bf16 TFLOP/s' if peak_flops else 'unknown (no MFU)'}")
+    print(f"model: {source}: {config.num_hidden_layers} layers, hidden {config.hidden_size}, intermediate "
+          f"{config.intermediate_size}, heads {config.num_attention_heads}/{config.num_key_value_heads} kv, "
+          f"vocab {config.vocab_size}, {'random' if a.random_weights else 'checkpoint'} weights, "
+          f"base {cfg.quantize}; LoRA r={cfg.lora_r} alpha={cfg.lora_alpha} on {','.join(cfg.lora_targets)}"
+          f"{'; modules_to_save ' + ','.join(cfg.modules_to_save) if cfg.modules_to_save else ''}; "
+          f"gradient checkpointing {'on' if cfg.gradient_checkpointing else 'off'}")
+
+    results = {}
+    rows = []
+    for stack in a.stacks.split(","):
+        free_memory(device)
+        before = memory_gib(device, peak=False)
+        torch.manual_seed(0)
+        if stack == "ours":
+            model, tok = ours_qlora(cfg, config, a.random_weights, device)
+            label = f"ours ({'NF4' if cfg.quantize == 'nf4' else '16-bit'} + LoRA)"
+        elif stack == "hf":
+            try:
+                model = hf_qlora(cfg, config, config.vocab_size - 1, feature_dim, device)
+            except ImportError as e:
+                print(f"transformers + PEFT + bitsandbytes: skipped: {e}")
+                continue
+            tok = SimpleNamespace(pose_token_id=config.vocab_size - 1, pad_id=0)
+            label = "transformers+PEFT+bnb NF4"
+        else:
+            raise SystemExit(f"bench.py train: unknown stack {stack!r} (ours, hf)")
+        prompt = (data.build_prompt(tok, dcfg) if hasattr(tok, "chat") else
+                  [1 + k % (config.vocab_size - 2) for k in range(a.prompt_tokens)])
+        if not hasattr(tok, "chat"):
+            prompt[a.prompt_tokens // 2] = tok.pose_token_id  # where the pose sits in the ChatML prompt
+        batch = synthetic_batch(tok, prompt, feature_dim, cfg.batch_size, a.frames, (20, 40), config.vocab_size)
+        model_gib = memory_gib(device, peak=False) - before
+        r = time_steps(model, cfg, batch, steps, warmup, device)
+        r.update(model_gib=model_gib, label_tokens=int((batch["labels"][:, 1:] != -100).sum()),
+                 batch=tuple(batch["input_ids"].shape))
+        r["flops"] = train_flops(config, cfg, r["tokens"], r["label_tokens"])
+        r["mfu"] = r["flops"] / r["step_s"] / peak_flops if peak_flops else None
+        results[stack] = r
+        rows.append((label, r))
+        del model
+    if not rows:
+        return results
+    r0 = rows[0][1]
+    print(f"batch: {cfg.batch_size} clips, input_ids {r0['batch']}, {r0['tokens']} tokens ({r0['label_tokens']} "
+          f"labels) per step; {r0['flops'] / 1e12:.3f} TFLOP per step (train_flops); median of {steps} steps "
+          f"after {warmup} warm-up")
+    mem = "peak GiB" if cuda else "peak RSS GiB"
+    print(f"{'stack':<28}{'step ms':>10}{'tokens/s':>10}{'samples/s':>11}{mem:>14}{'model GiB':>11}{'MFU':>7}"
+          f"{'loss':>8}")
+    for label, r in rows:
+        mfu = f"{100 * r['mfu']:6.1f}%" if r["mfu"] is not None else f"{'-':>7}"
+        print(f"{label:<28}{r['step_s'] * 1e3:10.1f}{r['tokens'] / r['step_s']:10.0f}"
+              f"{cfg.batch_size / r['step_s']:11.2f}{r['peak_gib']:13.2f}{' ' if r['exact_peak'] else '*'}"
+              f"{r['model_gib']:11.2f}{mfu}{r['loss']:8.3f}")
+    if not all(r["exact_peak"] for _, r in rows):
+        print("* peak RSS since the process started (could not reset it)")
+    if len(rows) == 2:
+        print(f"ours / theirs: {rows[1][1]['step_s'] / rows[0][1]['step_s']:.2f}x tokens/s, "
+              f"{rows[0][1]['peak_gib'] / rows[1][1]['peak_gib']:.2f}x peak memory")
+    return results
+
+
+def weight_bytes_per_token(llm) -> int:
+    """Bytes of weights one decoding step reads: every tensor once (a tied lm_head once), except the
+    embedding matrix of an untied model, of which it reads one row per token."""
+    tensors = list(llm.named_parameters()) + list(llm.named_buffers())  # a tied weight is listed once
+    return sum(t.numel() * t.element_size() for name, t in tensors
+               if name != "model.embed_tokens.weight" or llm.config.tie_word_embeddings)
+
+
+def bench_decode(args):
+    """Batch-1 greedy decoding with the KV cache (model.Qwen2.generate) at a config's shape (as
+    bench.py train finds it; --shape 7B by default) with random weights: NF4 projections vs 16-bit.
+
+        python -c 'import bench, sys; bench.bench_decode(sys.argv[1:])' --shape 7B
+
+    ms per new token = (time(prompt + N new) - time(prompt + 1 new)) / (N - 1): the prefill is left
+    out. Bytes per token: weight_bytes_per_token (KV cache reads, < 1% at these lengths, not
+    counted); bytes / time is the bandwidth achieved, shown as a share of the GPU's (GPU_PEAKS).
+    bf16 on a GPU (medians of 3 runs), float32 on the CPU (tests only that the script works)."""
+    import statistics
+    import time
+
+    import torch
+
+    import train
+
+    p = argparse.ArgumentParser(prog="bench.py decode", allow_abbrev=False)
+    p.add_argument("--config", help="a configs/*.py file (its model_dir / init_model / model_repo shape)")
+    p.add_argument("--shape", help=f"a Qwen2.5 shape: {', '.join(QWEN25_SHAPES)} (default 7B without --config)")
+    p.add_argument("--layers", type=int, help="keep only the first N layers")
+    p.add_argument("--prompt", type=int, default=128, help="prompt tokens")
+    p.add_argument("--new", type=int, default=128, help="new tokens")
+    p.add_argument("--quantize", default="none,nf4", help="comma-separated: none (16-bit), nf4; the first is the baseline")
+    p.add_argument("--threads", type=int, default=2, help="CPU threads")
+    a, overrides = p.parse_known_args(args)
+    cfg = train.load_config(([a.config] if a.config else []) + overrides)
+    config, source = bench_shape(cfg, a.shape or (None if a.config else "7B"), random_weights=True)
+    if a.layers:
+        config.num_hidden_layers = a.layers
+    cuda = torch.cuda.is_available()
+    device, dtype = (torch.device("cuda"), torch.bfloat16) if cuda else (torch.device("cpu"), torch.float32)
+    if not cuda:
+        torch.set_num_threads(a.threads)
+    name = torch.cuda.get_device_name() if cuda else f"CPU ({a.threads} threads)"
+    bandwidth = next((v[1] for k, v in GPU_PEAKS.items() if k in name), None) if cuda else None
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    print(f"device: {name}, {dtype}, torch {torch.__version__}; peak bandwidth assumed: "
+          f"{f'{bandwidth / 1e12:.2f} TB/s' if bandwidth else 'unknown'}")
+    print(f"model: {source}, {config.num_hidden_layers} layers, random weights; batch 1, greedy, prompt "
+          f"{a.prompt} tokens, {a.new} new tokens")
+    print(f"{'weights':<10}{'ms/token':>10}{'tokens/s':>10}{'GB/token':>10}{'GB/s':>8}{'%BW':>6}{'speedup':>9}"
+          "  (vs the first row)")
+    first = None
+    for q in a.quantize.split(","):
+        torch.manual_seed(0)
+        llm = random_qwen2(config, dtype, device, None if q == "none" else q)
+        ids = torch.randint(0, config.vocab_size, (1, a.prompt), device=device)
+
+        def seconds(n: int) -> float:
+            times = []
+            for _ in range(3 if cuda else 1):
+                sync()
+                t0 = time.perf_counter()
+                llm.generate(ids, max_new_tokens=n, eos_token_id=-1)  # -1: never stops early
+                sync()
+                times.append(time.perf_counter() - t0)
+            return statistics.median(times)
+
+        seconds(2)  # warm-up: kernel autotuning, allocator
+        per_token = (seconds(a.new) - seconds(1)) / (a.new - 1)
+        nbytes = weight_bytes_per_token(llm)
+        first = first or per_token
+        share = f"{100 * nbytes / per_token / bandwidth:6.0f}" if bandwidth else f"{'-':>6}"
+        print(f"{'NF4' if q == 'nf4' else '16-bit':<10}{per_token * 1e3:10.2f}{1 / per_token:10.1f}{nbytes / 1e9:10.2f}"
+              f"{nbytes / per_token / 1e9:8.0f}{share}{first / per_token:8.2f}x")
+        del llm
+        if cuda:
+            torch.cuda.empty_cache()
 
 
 def main(argv=None):
