@@ -308,24 +308,32 @@ def create_first_use_assets(cfg: TrainConfig) -> None:
         synth.generate_corpus(tmp, n=cfg.synth_n, seed=cfg.synth_seed)
         os.rename(tmp, cfg.data_dir)
     if cfg.init_model and not (Path(cfg.model_dir) / "config.json").exists():
-        import model as qwen
-        import tokenizer
-        dcfg = ev.data_config(cfg)
-        texts = [r.text for r in data.read_rows(dcfg) if r.split == "train"]
-        # Every training sequence also holds the prompt: its words get merges as often as they occur.
-        prompt = [dcfg.system_prompt, dcfg.user_prompt.format(pose="", language=dcfg.source_language),
-                  "system user assistant"]
-        tok = tokenizer.train_bpe(texts + prompt * len(texts), cfg.init_model.get("vocab_size", 1024), cfg.model_dir)
-        spec = {k: v for k, v in cfg.init_model.items() if k not in ("vocab_size", "initializer_range")}
-        config = qwen.Qwen2Config(vocab_size=tok.vocab_size, eos_token_id=tok.eos_ids[0], **spec)
-        torch.manual_seed(cfg.seed)
-        llm = qwen.Qwen2(config)
-        with torch.no_grad():  # as transformers initialises a Qwen2: N(0, initializer_range), zero biases
-            for name, p in llm.named_parameters():
-                if not name.endswith("norm.weight"):
-                    p.normal_(0, cfg.init_model.get("initializer_range", 0.02)) if p.dim() > 1 else p.zero_()
-        qwen.save_model(llm, cfg.model_dir)
-        log.info(f"created a random Qwen2 {spec} with a {tok.vocab_size}-token BPE in {cfg.model_dir}")
+        create_random_model(cfg)
+
+
+def create_random_model(cfg: TrainConfig) -> None:
+    """A BPE tokenizer trained on the training texts, and a Qwen2 of init_model's sizes
+    initialised as transformers does (N(0, initializer_range), zero biases, unit norms)."""
+    import model as qwen
+    import tokenizer
+    dcfg = ev.data_config(cfg)
+    texts = [r.text for r in data.read_rows(dcfg) if r.split == "train"]
+    # Every training sequence also holds the prompt: its words get merges as often as they occur.
+    prompt = [dcfg.system_prompt, dcfg.user_prompt.format(pose="", language=dcfg.source_language),
+              "system user assistant"]
+    spec = dict(cfg.init_model)
+    vocab, std = spec.pop("vocab_size", 1024), spec.pop("initializer_range", 0.02)
+    tok = tokenizer.train_bpe(texts + prompt * len(texts), vocab, cfg.model_dir)
+    torch.manual_seed(cfg.seed)
+    llm = qwen.Qwen2(qwen.Qwen2Config(vocab_size=tok.vocab_size, eos_token_id=tok.eos_ids[0], **spec))
+    with torch.no_grad():
+        for name, p in llm.named_parameters():
+            if p.dim() > 1:
+                p.normal_(0, std)
+            elif not name.endswith("norm.weight"):
+                p.zero_()
+    qwen.save_model(llm, cfg.model_dir)
+    log.info(f"created a random Qwen2 {spec} with a {tok.vocab_size}-token BPE in {cfg.model_dir}")
 
 
 # ----------------------------------------------------------------------------- RNG, schedule

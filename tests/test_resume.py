@@ -1,7 +1,8 @@
-"""Issue 7: training that survives. Under `torchrun --standalone --nproc_per_node 2` (gloo):
-exact resume from a copied checkpoint (a damaged newer one skipped), SIGTERM mid-run (exit 0,
-a usable checkpoint, then resuming matches the uninterrupted run), and a NaN loss on one rank
-skipped by both."""
+"""Two-process training under `torchrun --standalone --nproc_per_node 2` (gloo): DDP replicas
+stay identical; and training that survives (issue 7): exact resume from a copied checkpoint (a
+damaged newer one skipped), SIGTERM mid-run (exit 0, a usable checkpoint, then resuming matches
+the uninterrupted run), and a NaN loss on one rank skipped by both."""
+import re
 import shutil
 
 import pytest
@@ -35,6 +36,12 @@ def copy_run(src, dst, ckpts):
     shutil.copy(src / "config.json", dst / "config.json")
     for name in ckpts:
         shutil.copytree(src / name, dst / name)
+
+
+def test_ddp_ranks_end_with_identical_weights(straight):
+    digests = [re.search(r"weights digest (\w+)", (straight / "logs" / f"rank{r}.log").read_text()).group(1)
+               for r in (0, 1)]
+    assert digests[0] == digests[1]  # each rank saw other clips: equal only through DDP's all-reduce
 
 
 def test_checkpoints_every_save_every_steps(straight):
