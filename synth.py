@@ -370,9 +370,9 @@ def make_signer(rng: np.random.Generator) -> Signer:
     k = rng.uniform(.88, 1.12)
     shoulders_px = rng.uniform(.16, .23) * WIDTH
     return Signer(k=k, ppm=shoulders_px / (.38 * k), cx=rng.uniform(.42, .58) * WIDTH,
-                  cy=rng.uniform(.44, .54) * HEIGHT, roll=rng.uniform(-.07, .07), yaw=rng.uniform(-.14, .14),
+                  cy=rng.uniform(.44, .54) * HEIGHT, roll=rng.uniform(-.05, .05), yaw=rng.uniform(-.09, .09),
                   speed=rng.uniform(.85, 1.2), noise=rng.uniform(.6, 1.4), drop=rng.uniform(0, .06),
-                  amp=rng.uniform(.85, 1.15), bias=rng.normal(0, .012, 3))
+                  amp=rng.uniform(.9, 1.1), bias=rng.normal(0, .008, 3))
 
 
 def _perform(sign: Sign, signer: Signer, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
