@@ -90,6 +90,10 @@ def test_pose_data_is_sane(corpus):
         assert np.isfinite(data).all() and np.isfinite(conf).all() and conf.min() >= 0 and conf.max() <= 1
         shoulders = data[:, 11:13, :2]
         assert (shoulders > 0).all() and (shoulders[..., 0] < 1280).all() and (shoulders[..., 1] < 720).all()
+        assert (shoulders[:, 0, 0] > shoulders[:, 1, 0]).all()   # LEFT is the image's right, as in MediaPipe
+        for hand, wrist in ((501, 15), (522, 16)):                # the hand's wrist is the body's wrist
+            seen = conf[:, hand] > 0
+            assert np.abs(data[seen, hand, :2] - data[seen, wrist, :2]).max() < 30
         width = np.linalg.norm(shoulders[:, 0] - shoulders[:, 1], axis=1)
         assert 0.12 * 1280 < width.mean() < 0.26 * 1280
         # world landmarks: metres x (width, height) for x, y (pose-format's reader); a rigid
