@@ -246,7 +246,8 @@ QWEN25_SHAPES = {
 }
 # Dense bf16 tensor-core FLOP/s (no sparsity) and HBM bytes/s from NVIDIA's datasheets; the first
 # name contained in torch.cuda.get_device_name() wins. Other devices: no MFU / bandwidth share.
-GPU_PEAKS = {"H100 PCIe": (756e12, 2.0e12), "H100": (989e12, 3.35e12), "H200": (989e12, 4.8e12)}
+GPU_PEAKS = {"H100 PCIe": (756e12, 2.0e12), "H100 NVL": (835e12, 3.9e12), "H100": (989e12, 3.35e12),
+             "H200": (989e12, 4.8e12)}
 
 
 def qwen25_config(size: str):
