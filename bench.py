@@ -4,6 +4,7 @@
     python bench.py model     # hand-written Qwen2 vs transformers' Qwen2, same weights
     python bench.py data      # pose cache -> padded batches, and `prepare` files/s
     python bench.py train     # full QLoRA training steps at a config's shape
+    python bench.py decode    # batch-1 greedy decoding, 16-bit vs NF4, share of memory bandwidth
 
 Figures worth keeping go to BENCHMARKS.md with the machine, the date and the command.
 This file measures; it holds no logic the product needs.
@@ -661,7 +662,7 @@ def bench_decode(args):
     """Batch-1 greedy decoding with the KV cache (model.Qwen2.generate) at a config's shape (as
     bench.py train finds it; --shape 7B by default) with random weights: NF4 projections vs 16-bit.
 
-        python -c 'import bench, sys; bench.bench_decode(sys.argv[1:])' --shape 7B
+        python bench.py decode --shape 7B
 
     ms per new token = (time(prompt + N new) - time(prompt + 1 new)) / (N - 1): the prefill is left
     out. Bytes per token: weight_bytes_per_token (KV cache reads, < 1% at these lengths, not
@@ -730,9 +731,11 @@ def bench_decode(args):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("what", choices=["kernels", "model", "data", "train"])
+    benches = {"kernels": bench_kernels, "model": bench_model, "data": bench_data, "train": bench_train,
+               "decode": bench_decode}
+    parser.add_argument("what", choices=list(benches))
     args, rest = parser.parse_known_args(argv)
-    {"kernels": bench_kernels, "model": bench_model, "data": bench_data, "train": bench_train}[args.what](rest)
+    benches[args.what](rest)
 
 
 if __name__ == "__main__":

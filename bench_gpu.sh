@@ -24,5 +24,5 @@ log() { if [ -n "${OUT:-}" ]; then tee "$OUT/bench_gpu.log"; else cat; fi; }
   run python bench.py kernels
   run python bench.py train --config configs/qwen7b_instruct.py --random-weights --batch 4 --gradient_checkpointing=True
   run python bench.py train --config configs/qwen14b.py --random-weights --batch 2 --gradient_checkpointing=True
-  run python -c 'import bench, sys; bench.bench_decode(sys.argv[1:])' --shape 7B --prompt 128 --new 128
+  run python bench.py decode --shape 7B --prompt 128 --new 128
 } 2>&1 | log
