@@ -540,13 +540,13 @@ def _face(T: int, signer: Signer, marker: str, span: tuple[int, int], rng) -> np
     on[span[0]:span[1]] = 1
     on = np.convolve(on, np.ones(5) / 5, "same")[:, None]   # markers fade in and out
     nod, frown = on * (marker == "yes_no"), on * (marker == "wh")
-    pts[:, BROWS, 1] += .04 * frown - .07 * nod     # face widths
+    pts[:, BROWS, 1] += .04 * frown - .1 * nod      # face widths
     pts[:, BROWS, 0] *= 1 - .12 * frown
     for start in rng.integers(0, T, rng.integers(0, 3)):
         pts[start:start + 3, LIDS, 1] = -.275        # a blink: upper lids down for 3 frames
     angles = _drift(rng, T, 3, .03)                  # head yaw, pitch, roll (radians)
-    angles[:, 1] += .12 * nod[:, 0]
-    nose = signer.k * (np.array([0, -.22, -.1]) + nod * [0, .012, -.01])
+    angles[:, 1] += .2 * nod[:, 0]
+    nose = signer.k * (np.array([0, -.22, -.1]) + nod * [0, .02, -.02])   # the head leans forward
     return .165 * signer.k * pts @ _rotation(angles).transpose(0, 2, 1) + nose[:, None]
 
 
