@@ -3,6 +3,8 @@
     python eval.py runs/tiny                      # best checkpoint of a run (else the newest)
     python eval.py runs/tiny/ckpt-000600 --split test --num_beams 4 --batch_size 16
     python eval.py runs/tiny --pose clip.pose     # print the English translation of one file
+    python eval.py runs/tiny --export_adapter DIR # the LoRA adapter in PEFT's format
+    python eval.py runs/tiny --export_merged DIR  # base + LoRA merged, a 16-bit HF checkpoint
 
 The run's saved config.json says how to rebuild the model: the frozen base checkpoint (4-bit
 NF4 by default), LoRA adapters on it, and the pose encoder whose soft tokens replace the pose
@@ -289,6 +291,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max_new_tokens", type=int, help="default: the run's")
     parser.add_argument("--out", help="predictions file (default: RUN/predictions.jsonl, or CKPT/../)")
     parser.add_argument("--pose", help="translate this one .pose file and print the English")
+    parser.add_argument("--export_adapter", metavar="DIR", help="write the LoRA adapter in PEFT's format and exit")
+    parser.add_argument("--export_merged", metavar="DIR",
+                        help="write base + LoRA merged as a 16-bit Hugging Face checkpoint and exit")
     args = parser.parse_args(argv)
 
     ckpt = pick_checkpoint(Path(args.run))
@@ -303,6 +308,12 @@ def main(argv: list[str] | None = None) -> None:
         model = build_model(cfg, tok, device)
     load_trained(model, ckpt)
     print(f"checkpoint: {ckpt}", file=sys.stderr)
+    if args.export_adapter or args.export_merged:  # the LLM side only: the pose encoder stays in ckpt
+        if args.export_adapter:
+            print(lora.save_peft_adapter(model.llm, args.export_adapter, base_model_name_or_path=cfg.model_dir))
+        if args.export_merged:
+            print(lora.export_merged(model.llm, args.export_merged, dtype=torch.bfloat16))
+        return
     if args.pose:
         print(translate_file(model, tok, dcfg, args.pose, max_new, args.num_beams, device))
         return

@@ -132,3 +132,30 @@ def test_translate_real_pose_fixture(run_dir, fixtures_dir):
     res = eval_cli(run_dir, "--pose", fixtures_dir / "holistic_576.pose")
     assert "checkpoint:" in res.stderr
     assert len(res.stdout.splitlines()) == 1  # exactly one line: the translation (maybe short, the model is tiny)
+
+
+def test_export_adapter_and_merged_load_in_peft_and_transformers(run_dir, tmp_path):
+    from peft import PeftModel
+    from transformers import Qwen2ForCausalLM
+    from tokenizer import Tokenizer
+
+    eval_cli(run_dir, "--export_adapter", tmp_path / "adapter", "--export_merged", tmp_path / "merged")
+    ckpt = ev.pick_checkpoint(run_dir)
+    cfg = ev.run_config(ckpt)
+    ours = ev.build_model(cfg, Tokenizer.from_dir(cfg.model_dir), torch.device("cpu"))
+    ev.load_trained(ours, ckpt)
+    ours.eval()
+    # PEFT reads the adapter onto the transformers base: the same LoRA tensors as the checkpoint
+    peft = PeftModel.from_pretrained(Qwen2ForCausalLM.from_pretrained(ROOT / cfg.model_dir), tmp_path / "adapter")
+    theirs = {n: p for n, p in peft.named_parameters() if "lora_" in n}
+    mine = {n: p for n, p in ours.llm.named_parameters() if "lora_" in n}
+    assert len(theirs) == len(mine) > 0
+    for name, p in mine.items():
+        torch.testing.assert_close(theirs[f"base_model.model.{name}".replace("lora_A.", "lora_A.default.")
+                                          .replace("lora_B.", "lora_B.default.")], p, rtol=0, atol=0)
+    # the merged bf16 checkpoint: dequantized NF4 + (alpha/r) BA, trained embeddings / lm_head;
+    # it reproduces our 4-bit + LoRA model up to bf16 rounding of the weights
+    merged = Qwen2ForCausalLM.from_pretrained(tmp_path / "merged", dtype=torch.float32).eval()
+    ids = torch.randint(0, merged.config.vocab_size, (2, 12))
+    with torch.no_grad():
+        torch.testing.assert_close(merged(ids).logits, ours.llm(ids), rtol=0.05, atol=0.05)
