@@ -246,6 +246,15 @@ def all_sum(values: list[float], d: Dist) -> list[float]:
     return t.tolist()
 
 
+def gather(rows: list, d: Dist) -> list:
+    """Every rank's list, concatenated (rank 0's first), on every rank."""
+    if d.world == 1:
+        return rows
+    parts = [None] * d.world
+    dist.all_gather_object(parts, rows)
+    return [r for p in parts for r in p]
+
+
 def broadcast(obj, d: Dist):
     if d.world == 1:
         return obj
@@ -423,11 +432,7 @@ def fsync_dir(path: Path) -> None:
 
 def save_checkpoint(out_dir: Path, step: int, model, opt, state: dict, d: Dist) -> Path:
     """All ranks call this (the RNG states are gathered); rank 0 writes ckpt-STEP atomically."""
-    rngs = [None] * d.world
-    if d.world > 1:
-        dist.all_gather_object(rngs, rng_state())
-    else:
-        rngs = [rng_state()]
+    rngs = gather([rng_state()], d)
     final = out_dir / f"ckpt-{step:06d}"
     if d.main:
         tmp = out_dir / f".tmp-{final.name}"  # never matched by ckpt-* while incomplete
@@ -581,7 +586,7 @@ def stop_on_signals():
             signal.signal(s, handler)
 
 
-def test_hook(name: str, step: int, rank: int) -> bool:
+def fault_injected(name: str, step: int, rank: int) -> bool:
     """Fault injection for the tests only: TRAIN_TEST_NAN / TRAIN_TEST_SIGTERM = "STEP:RANK"
     make that rank's loss NaN, or send it SIGTERM, at that step. Unset in real runs."""
     return os.environ.get(f"TRAIN_TEST_{name}") == f"{step}:{rank}"
@@ -597,7 +602,7 @@ def train_step(ddp, model, micro: list[dict], opt, cfg: TrainConfig, step: int, 
         last = i == len(micro) - 1
         with (ddp.no_sync() if d.world > 1 and not last else nullcontext()), ev.autocast(d.device):
             loss_sum, _ = ddp(ev.to_device(batch, d.device))
-            if test_hook("NAN", step, d.rank):
+            if fault_injected("NAN", step, d.rank):
                 loss_sum = loss_sum * float("nan")
             # Each rank scales by world/N: DDP's average over ranks then yields sum / N_global,
             # the mean over every answer token of the step, however tokens fall on micro-batches.
@@ -632,10 +637,7 @@ def validate(model, val_ds, indices: list[int], tok, cfg: TrainConfig, d: Dist) 
         loss, n = loss + s.item(), n + int(c)
     rows = ev.decode(model, tok, val_ds, mine, cfg.eval_batch_size, cfg.max_new_tokens, 1, d.device)
     loss, n = all_sum([loss, n], d)
-    if d.world > 1:
-        parts = [None] * d.world
-        dist.all_gather_object(parts, rows)
-        rows = [r for p in parts for r in p]
+    rows = gather(rows, d)
     model.train()
     m = ev.compute_metrics([r["hypothesis"] for r in rows], [r["reference"] for r in rows])
     return {"val_loss": loss / max(n, 1), **{f"val_{k}": v for k, v in m.items() if k != "signature"},
@@ -671,7 +673,8 @@ def seed_everything(seed: int) -> None:
 
 
 def prepare_run(cfg: TrainConfig, d: Dist) -> tuple[Path, int, DataConfig]:
-    """Everything that can fail without loading the model: config, out_dir, data, checkpoint."""
+    """Everything that can fail before the model is loaded: batch arithmetic, out_dir, first-use
+    assets, data and base checkpoint present, the pose cache. Saves the resolved config."""
     out_dir = Path(cfg.out_dir)
     accum = accumulation(cfg, d.world)
     check_run_dir(cfg, out_dir)
@@ -702,12 +705,8 @@ def evaluate_test(model, tok, dcfg, cfg: TrainConfig, out_dir: Path, d: Dist) ->
         ev.load_trained(model, best.resolve())
     test_ds = data.SignDataset(dcfg, "test", tok)
     model.eval()
-    rows = ev.decode(model, tok, test_ds, list(range(len(test_ds)))[d.rank::d.world], cfg.eval_batch_size,
-                     cfg.max_new_tokens, 1, d.device)
-    if d.world > 1:
-        parts = [None] * d.world
-        dist.all_gather_object(parts, rows)
-        rows = [r for p in parts for r in p]
+    rows = gather(ev.decode(model, tok, test_ds, list(range(len(test_ds)))[d.rank::d.world],
+                            cfg.eval_batch_size, cfg.max_new_tokens, 1, d.device), d)
     if not d.main:
         return None
     ev.write_predictions(rows, out_dir / "predictions.jsonl")
@@ -794,7 +793,7 @@ def train_loop(run: Run) -> int:
         step = state["step"]
         for g in opt.param_groups:
             g["lr"] = g["base_lr"] * lr_factor(step, cfg)
-        if test_hook("SIGTERM", step, d.rank):
+        if fault_injected("SIGTERM", step, d.rank):
             os.kill(os.getpid(), signal.SIGTERM)
         t0 = time.time()
         out = train_step(run.ddp, run.model, [next(run.batches) for _ in range(run.accum)], opt, cfg, step, d)

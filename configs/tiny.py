@@ -1,11 +1,17 @@
 # The CPU demo: `python train.py configs/tiny.py` (no download, no GPU).
-# A synthetic corpus (synth.py) and a tiny random-initialised Qwen2 with a BPE tokenizer trained
-# on the corpus's training texts are created on first use; then the same path as the real
-# configs: 4-bit NF4 base, LoRA adapters, pose encoder. The base model knows no English, so
-# LoRA goes on all seven projections and the embeddings and lm_head are trained too.
+# On first use: a synthetic corpus in the iSign layout (synth.py, 1500 clips), its pose cache,
+# a BPE tokenizer trained on its training texts and a random-initialised 2-layer Qwen2. Then the
+# same path as the real configs: frozen 4-bit NF4 base, LoRA adapters, pose encoder. The random
+# base knows no language, so LoRA goes on all seven projections and the embeddings and lm_head
+# are trained too (modules_to_save); a short prompt keeps the sequences short.
+# Measured on the 2-core CPU of the project machine (2026-11-27), on a fresh corpus with other
+# seeds (--data_dir=data/synth-s7 --synth_seed=7 --seed=7 ...): 3000 steps in 8.1 min of
+# training, test BLEU-4 85.4 (153 clips). Validation BLEU-4 passes 50 between steps 1500 and 2000.
 data_dir = "data/synth"
-synth_n = 600
+synth_n = 1500
 synth_seed = 0
+data_options = dict(system_prompt="Translate the signs.", user_prompt="{pose}")
+augment = True
 model_dir = "runs/tiny-base"
 init_model = dict(hidden_size=128, intermediate_size=384, num_hidden_layers=2, num_attention_heads=4,
                   num_key_value_heads=2, max_position_embeddings=1024, vocab_size=1024)
@@ -15,21 +21,21 @@ lora_alpha = 32
 lora_dropout = 0.0
 lora_targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 modules_to_save = ["embed_tokens", "lm_head"]
-encoder_width = 128
+encoder_width = 192
 encoder_dropout = 0.1
 # 16 clips per step on one process: batch_size 16 x grad_accum 1 x world_size 1
 batch_size = 16
 grad_accum = 1
-max_steps = 600
-lr = 3e-3
-encoder_lr = 3e-3
-warmup_steps = 30
-eval_every = 100
+max_steps = 3000
+lr = 2e-3
+encoder_lr = 1e-3
+warmup_steps = 50
+eval_every = 500
 eval_samples = 60
 eval_batch_size = 32
 max_new_tokens = 32
-save_every = 100
+save_every = 500
 keep_last = 2
 test_at_end = True
 out_dir = "runs/tiny"
-num_workers = 0
+num_workers = 1     # augmentation runs in a second process, beside the training step
