@@ -850,6 +850,8 @@ def train(cfg: TrainConfig, d: Dist) -> int:
             log.info(f"test split, best checkpoint {(run.out_dir / 'best').resolve().name}; "
                      f"predictions in {run.out_dir / 'predictions.jsonl'}")
             print(json.dumps(metrics), flush=True)
+    if d.world > 1:  # leave together: a rank tearing down gloo while rank 0 still saves can abort
+        dist.barrier()
     return exit_code
 
 
