@@ -461,8 +461,9 @@ def load_checkpoint(ckpt: Path, model, opt, d: Dist) -> dict:
     ev.load_trained(model, ckpt)
     load_optimizer(model, opt, load_file(str(ckpt / "optimizer.safetensors")))
     state = json.loads((ckpt / "state.json").read_text())
+    rngs = state.pop("rng")
     if state["world_size"] == d.world:
-        set_rng_state(state["rng"][d.rank])
+        set_rng_state(rngs[d.rank])
     else:  # data order and dropout then differ from the uninterrupted run
         log.warning(f"{ckpt} was saved by {state['world_size']} ranks, now {d.world}: "
                     "training continues, but not bit-exactly")
