@@ -120,12 +120,13 @@ class TrainConfig:
     resume: str = ""                 # "auto": newest good checkpoint in out_dir; or a ckpt path
     seed: int = 0
     num_workers: int = 2             # data loader processes per rank (0: in the main process)
+    cpu_threads: int = 0             # > 0: torch threads of a CPU run (0: torch's default)
 
 
 # Fields that may change between a run and its resumption without changing the result.
 RUNTIME_FIELDS = {"resume", "save_every", "keep_last", "log_every", "eval_every", "eval_samples",
                   "eval_batch_size", "max_new_tokens", "test_at_end", "num_workers", "data_dir", "cache_dir",
-                  "model_dir", "out_dir", "max_bad_steps"}
+                  "model_dir", "out_dir", "max_bad_steps", "cpu_threads"}
 
 
 class ConfigError(ValueError):
@@ -861,6 +862,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = load_config(sys.argv[1:] if argv is None else argv)
         d = setup_distributed()
+        if cfg.cpu_threads and d.device.type == "cpu":
+            torch.set_num_threads(cfg.cpu_threads)
         try:
             return train(cfg, d)
         finally:

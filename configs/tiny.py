@@ -38,4 +38,7 @@ save_every = 500
 keep_last = 2
 test_at_end = True
 out_dir = "runs/tiny"
-num_workers = 1     # augmentation runs in a second process, beside the training step
+# Two cores: one computes the steps, the other augments the next batches (a loader process).
+# More compute threads than free cores makes every step wait for the slowest thread.
+cpu_threads = 1
+num_workers = 1

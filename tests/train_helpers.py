@@ -37,7 +37,7 @@ def tiny_args(shared: Path, out_dir: Path, **overrides) -> list[str]:
                   data_options={"split_ratios": (0.6, 0.2, 0.2)}, lora_r=4, lora_dropout=0.1,
                   encoder_width=32, batch_size=4, grad_accum=2, max_steps=12, warmup_steps=2, lr=3e-3,
                   encoder_lr=3e-3, eval_every=6, eval_samples=4, eval_batch_size=4, max_new_tokens=6,
-                  save_every=6, keep_last=0, log_every=1, test_at_end=False, num_workers=0)
+                  save_every=6, keep_last=0, log_every=1, test_at_end=False, num_workers=0, cpu_threads=0)
     values.update(overrides)
     return [str(ROOT / "configs" / "tiny.py")] + [f"--{k}={v}" for k, v in values.items()]
 
