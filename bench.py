@@ -18,7 +18,9 @@ def bench_kernels(args):
     the NF4 forward (Triton on a GPU; M <= 16 takes the split-K decode kernel) and backward dx,
     against the 16-bit matmul on the dequantized weight (cuBLAS on a GPU) and bitsandbytes'
     matmul_4bit when installed. GPU times: medians of triton.testing.do_bench (L2 flushed between
-    runs). Bytes: packed weight + absmax (NF4) or the 16-bit weight, plus x and y. Peaks assumed:
+    runs). err: |out - ref| / |ref| against the same product in float64 on the dequantized weight
+    (the correctness check on the device; 16-bit operands land near 1e-3). Bytes: packed weight +
+    absmax (NF4) or the 16-bit weight, plus x and y. Peaks assumed:
     H100 SXM 3.35 TB/s and 989 dense bf16 TFLOP/s, H200 4.8 TB/s and 989 TFLOP/s. On a CPU only the
     torch path runs, on one shape: that tests this script; its times say nothing about a GPU."""
     import os
@@ -35,11 +37,12 @@ def bench_kernels(args):
     p.add_argument("--shapes", default="3584x3584,18944x3584,3584x18944,13824x5120" if cuda else "3584x3584",
                    help="comma-separated NxK (out x in)")
     p.add_argument("--m", default="1,16,512,4096" if cuda else "1,16", help="comma-separated row counts M")
+    p.add_argument("--dtype", default="bfloat16" if cuda else "float32", choices=["bfloat16", "float16", "float32"])
     p.add_argument("--quick", action="store_true", help="smoke run: 256x512, M=1,16")
     a = p.parse_args(args)
     if a.quick:
         a.shapes, a.m = "256x512", "1,16"
-    device, dtype = ("cuda", torch.bfloat16) if cuda else ("cpu", torch.float32)
+    device, dtype = ("cuda" if cuda else "cpu"), getattr(torch, a.dtype)
     name = torch.cuda.get_device_name() if cuda else f"CPU ({os.cpu_count()} cores, 1 thread)"
     if not cuda:
         torch.set_num_threads(1)  # other jobs on a small machine make multi-threaded timings erratic
@@ -67,7 +70,8 @@ def bench_kernels(args):
 
     print(f"device: {name}, {dtype}, torch {torch.__version__}, peak assumed: "
           + (f"{peak[0] / 1e12:.2f} TB/s, {peak[1] / 1e12:.0f} TFLOP/s" if peak else "unknown (no % columns)"))
-    print(f"{'kernel':<20}{'N x K':>12}{'M':>6}{'ms':>10}{'TFLOP/s':>9}{'GB/s':>8}{'%BW':>6}{'%FLOP':>7}{'speedup':>9}")
+    print(f"{'kernel':<20}{'N x K':>12}{'M':>6}{'ms':>10}{'TFLOP/s':>9}{'GB/s':>8}{'%BW':>6}{'%FLOP':>7}{'err':>9}"
+          f"{'speedup':>9}")
     for n, k in [tuple(int(v) for v in s.split("x")) for s in a.shapes.split(",")]:
         torch.manual_seed(0)
         w = torch.randn(n, k, device=device, dtype=dtype) * 0.02
@@ -83,21 +87,27 @@ def bench_kernels(args):
             x = torch.randn(m, k, device=device, dtype=dtype)
             dy = torch.randn(m, n, device=device, dtype=dtype)
             act = dtype.itemsize * m * (n + k)
-            # (label, call, bytes moved, the 16-bit run it is compared with)
-            runs = [("16-bit fwd", lambda: F.linear(x, w16), dense + act, None),
-                    ("16-bit dx", lambda: dy @ w16, dense + act, None),
-                    (f"{backend} nf4 fwd", lambda: matmul(x, packed, absmax, None, (n, k), 64), nf4 + act, "16-bit fwd"),
-                    (f"{backend} nf4 dx", lambda: matmul_dx(dy, packed, absmax, (n, k), 64), nf4 + act, "16-bit dx")]
+            ref = {"fwd": x.double() @ w16.double().T, "dx": dy.double() @ w16.double()}
+            # (label, call, bytes moved, which product it computes, the 16-bit run it is compared with)
+            runs = [("16-bit fwd", lambda: F.linear(x, w16), dense + act, "fwd", None),
+                    ("16-bit dx", lambda: dy @ w16, dense + act, "dx", None),
+                    (f"{backend} nf4 fwd", lambda: matmul(x, packed, absmax, None, (n, k), 64), nf4 + act, "fwd",
+                     "16-bit fwd"),
+                    (f"{backend} nf4 dx", lambda: matmul_dx(dy, packed, absmax, (n, k), 64), nf4 + act, "dx",
+                     "16-bit dx")]
             if bnb is not None:
                 runs.append(("bnb matmul_4bit fwd", lambda: bnb.matmul_4bit(x, bnb_packed.t(), bnb_state),
-                             nf4 + act, "16-bit fwd"))
+                             nf4 + act, "fwd", "16-bit fwd"))
             seconds = {}
-            for label, call, nbytes, baseline in runs:
+            for label, call, nbytes, product, baseline in runs:
+                out = call()
+                err = ((out.double() - ref[product]).norm() / ref[product].norm()).item()
                 t = seconds[label] = timed(call)
                 flops, bw = 2 * m * n * k / t, nbytes / t
                 pct = f"{100 * bw / peak[0]:6.0f}{100 * flops / peak[1]:7.1f}" if peak else f"{'-':>6}{'-':>7}"
                 speedup = f"{seconds[baseline] / t:8.2f}x" if baseline else ""
-                print(f"{label:<20}{f'{n}x{k}':>12}{m:>6}{t * 1e3:10.3f}{flops / 1e12:9.3f}{bw / 1e9:8.1f}{pct}{speedup}")
+                print(f"{label:<20}{f'{n}x{k}':>12}{m:>6}{t * 1e3:10.3f}{flops / 1e12:9.3f}{bw / 1e9:8.1f}{pct}"
+                      f"{err:9.1e}{speedup}")
 
 
 def bench_model(args):
@@ -502,7 +512,7 @@ def memory_gib(device, peak: bool) -> float:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**30
 
 
-def time_steps(model, cfg, batch: dict, steps: int, warmup: int, device) -> dict:
+def time_steps(model, cfg, batch: dict, steps: int, warmup: int, device, profile: int = 0) -> dict:
     """train.train_step (forward + backward + clip + AdamW) on the same micro-batch: median seconds
     of `steps` steps after `warmup` untimed ones (Triton autotuning, allocator warm-up), and the
     peak memory of the timed steps (AdamW's moments, made by the first step, are in it; one-off
@@ -527,6 +537,12 @@ def time_steps(model, cfg, batch: dict, steps: int, warmup: int, device) -> dict
         sync()
         if step >= warmup:
             times.append(time.perf_counter() - t0)
+    if profile:  # one more step under the profiler: where the time goes, by kernel
+        with torch.profiler.profile() as prof:
+            train.train_step(model, model, [batch], opt, cfg, warmup + steps, d)
+            sync()
+        sort = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+        print(prof.key_averages().table(sort_by=sort, row_limit=profile, max_name_column_width=60))
     return {"step_s": statistics.median(times), "loss": out["loss"], "tokens": int(out["tokens"]),
             "peak_gib": memory_gib(device, peak=True), "exact_peak": exact_peak}
 
@@ -569,6 +585,7 @@ def bench_train(args):
     p.add_argument("--prompt_tokens", type=int, default=38, help="synthetic prompt length (no tokenizer)")
     p.add_argument("--stacks", default="ours,hf", help="ours, hf (transformers + PEFT + bitsandbytes)")
     p.add_argument("--threads", type=int, default=2, help="CPU threads")
+    p.add_argument("--profile", type=int, default=0, help="after timing, profile one step and print the N costliest ops")
     a, overrides = p.parse_known_args(args)
     cfg = train.load_config(([a.config] if a.config else []) + overrides)
     if a.batch:
@@ -620,7 +637,7 @@ def bench_train(args):
             prompt[a.prompt_tokens // 2] = tok.pose_token_id  # where the pose sits in the ChatML prompt
         batch = synthetic_batch(tok, prompt, feature_dim, cfg.batch_size, a.frames, (20, 40), config.vocab_size)
         model_gib = memory_gib(device, peak=False) - before
-        r = time_steps(model, cfg, batch, steps, warmup, device)
+        r = time_steps(model, cfg, batch, steps, warmup, device, a.profile)
         r.update(model_gib=model_gib, label_tokens=int((batch["labels"][:, 1:] != -100).sum()),
                  batch=tuple(batch["input_ids"].shape))
         r["flops"] = train_flops(config, cfg, r["tokens"], r["label_tokens"])

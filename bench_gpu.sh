@@ -1,28 +1,48 @@
 #!/usr/bin/env bash
-# Issue 8's GPU measurements in one run (~10 min on one H100 or H200), random weights (speed and
-# memory do not depend on their values: no download). Paste what it prints into BENCHMARKS.md.
-#   1. correctness on the GPU: NF4 Triton kernels vs the torch reference, LoRA, the bench itself
-#   2. bench.py kernels: NF4 forward / dx vs bf16 cuBLAS and bitsandbytes at 7B/14B layer shapes
-#   3. bench.py train: QLoRA steps, ours vs transformers + PEFT + bitsandbytes, at the shapes of
-#      configs/qwen7b_instruct.py (batch 4) and configs/qwen14b.py (batch 2), checkpointing on
-#   4. batch-1 greedy decoding of the 7B shape, bf16 vs NF4 (share of the memory bandwidth)
-# Needs the CUDA build of torch and requirements-test.txt. With $OUT set, also writes $OUT/bench_gpu.log.
+# The GPU measurements of issues 3 and 8 in one run (~10 min on one H100 or H200), random weights
+# (speed and memory do not depend on their values: nothing to download). Each step has its own
+# time limit, so one that fails or hangs does not cost the others. Paste what it prints into
+# BENCHMARKS.md. Needs the CUDA build of torch and requirements-test.txt (transformers, peft,
+# bitsandbytes for the comparison rows). With $OUT set, the log also goes to $OUT/bench_gpu.log.
 #   bash bench_gpu.sh
+#   0. the device, and its measured copy bandwidth and bf16 matmul rate (the two ceilings)
+#   1. bench.py kernels: NF4 Triton forward / dx vs bf16 cuBLAS and bitsandbytes at 7B/14B layer
+#      shapes, each output checked against a float64 product (err column)
+#   2. bench.py train: QLoRA steps, ours vs transformers + PEFT + bitsandbytes, at the shape of
+#      configs/qwen7b_instruct.py (batch 4), gradient checkpointing on; a profile of our step
+#   3. bench.py decode: batch-1 greedy decoding of the 7B shape, bf16 vs NF4
+#   4. the same as 2 at the shape of configs/qwen14b.py (batch 2)
+#   5. tests/test_quant.py's kernel tests, compiled for the GPU (bf16, fp16, fp32; odd shapes;
+#      slow: every case compiles its own kernels, so it runs last)
 set -u
 export PYTHONUNBUFFERED=1
 cd "$(dirname "$0")"
 [ -f .venv/bin/activate ] && . .venv/bin/activate
-run() { echo; echo "\$ $*"; timeout 240 "$@" || echo "exit code $?"; }
-log() { if [ -n "${OUT:-}" ]; then tee "$OUT/bench_gpu.log"; else cat; fi; }
+step() { local limit=$1; shift; echo; echo "\$ $*  (limit ${limit}s)"; SECONDS=0
+         timeout "$limit" "$@"; echo "exit code $?, ${SECONDS}s"; }
 {
   date -u
-  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
   git log --oneline -1
-  python -c "import torch, triton, transformers, peft, bitsandbytes as b; print('torch', torch.__version__, \
-'triton', triton.__version__, 'transformers', transformers.__version__, 'peft', peft.__version__, 'bnb', b.__version__)"
-  run python -m pytest -q tests/test_quant.py tests/test_lora.py tests/test_bench.py
-  run python bench.py kernels
-  run python bench.py train --config configs/qwen7b_instruct.py --random-weights --batch 4 --gradient_checkpointing=True
-  run python bench.py train --config configs/qwen14b.py --random-weights --batch 2 --gradient_checkpointing=True
-  run python bench.py decode --shape 7B --prompt 128 --new 128
-} 2>&1 | log
+  nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv,noheader
+  step 60 python3 - <<'EOF'
+import torch, triton, triton.testing as tt
+print("torch", torch.__version__, "triton", triton.__version__, torch.cuda.get_device_name())
+for name in ("transformers", "peft", "bitsandbytes"):
+    try:
+        print(name, __import__(name).__version__)
+    except Exception as e:
+        print(name, "not importable:", e)
+a = torch.empty(2**30, dtype=torch.uint8, device="cuda"); b = torch.empty_like(a)  # 1 GiB copy
+ms = tt.do_bench(lambda: b.copy_(a), return_mode="median")
+print(f"device-to-device copy: {2 * a.numel() / ms / 1e9:.2f} TB/s (bytes read + written)")
+x, y = (torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16) for _ in range(2))
+ms = tt.do_bench(lambda: x @ y, return_mode="median")
+print(f"bf16 matmul 8192^3: {2 * 8192**3 / ms / 1e9:.0f} TFLOP/s")
+EOF
+  step 120 python3 bench.py kernels
+  step 120 python3 bench.py train --config configs/qwen7b_instruct.py --random-weights --batch 4 \
+      --gradient_checkpointing=True --profile 25
+  step 80 python3 bench.py decode --shape 7B --prompt 128 --new 128
+  step 120 python3 bench.py train --config configs/qwen14b.py --random-weights --batch 2 --gradient_checkpointing=True
+  step 240 python3 -m pytest -q -x -p no:cacheprovider tests/test_quant.py -k "triton or linear4bit"
+} 2>&1 | if [ -n "${OUT:-}" ]; then tee "$OUT/bench_gpu.log"; else cat; fi

@@ -165,54 +165,63 @@ if triton is not None:
 
     def _configs(interpreted: dict, gpu: list[tuple]) -> list:
         """One small config under the interpreter (autotuning there would run every config on the
-        CPU), else the GPU list: (BLOCK_M, BLOCK_N, BLOCK_K, SPLIT_K, num_warps, num_stages)."""
+        CPU), else the GPU list: (BLOCK_M, BLOCK_N, SPLIT_K, SWAP, num_warps, num_stages). The k-step
+        is always one quantization block (BS = 64 weights), so that a row of a W tile has one absmax."""
         if INTERPRET:
             return [triton.Config(interpreted)]
-        return [triton.Config(dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, SPLIT_K=sk, GROUP_M=8), num_warps=w,
-                              num_stages=s) for bm, bn, bk, sk, w, s in gpu]
+        return [triton.Config(dict(BLOCK_M=bm, BLOCK_N=bn, SPLIT_K=sk, SWAP=sw, GROUP_M=8), num_warps=w,
+                              num_stages=s) for bm, bn, sk, sw, w, s in gpu]
 
-    # H100/H200 choices, all compiled for sm_90 (shared memory <= 205 KB of the 227 KB). Large M:
-    # 128-256 x 128 output tiles amortise the dequantization of a weight tile over many rows of
-    # x (it is ALU and L1 work that the tensor cores do not share).
-    GEMM_CONFIGS = [(128, 128, 64, 1, 8, 3), (128, 256, 64, 1, 8, 3), (256, 128, 64, 1, 8, 3),
-                    (128, 128, 128, 1, 8, 3), (64, 128, 64, 1, 4, 4), (128, 64, 64, 1, 4, 4),
-                    (64, 64, 128, 1, 4, 4), (64, 256, 64, 1, 8, 3)]
-    # dx: the output tile is BLOCK_M x BLOCK_K, the sum runs over BLOCK_N.
-    DX_CONFIGS = [(128, 64, 128, 1, 8, 3), (128, 64, 256, 1, 8, 3), (256, 64, 128, 1, 8, 3),
-                  (128, 128, 128, 1, 8, 3), (64, 64, 128, 1, 4, 4), (128, 64, 64, 1, 4, 4),
-                  (64, 128, 64, 1, 4, 4), (64, 64, 256, 1, 8, 3)]
-    # Few rows (decode): memory bound; tl.dot needs 16 rows, so x is padded to 16 by the mask.
-    # Narrow column tiles and split-K give every SM several CTAs streaming long runs of bytes.
-    DECODE_CONFIGS = [(16, 32, 256, 1, 4, 3), (16, 16, 256, 1, 4, 4), (16, 64, 128, 1, 4, 4),
-                      (16, 32, 256, 4, 4, 3), (16, 64, 256, 4, 4, 3), (16, 16, 512, 2, 4, 3),
-                      (16, 32, 512, 8, 4, 3), (16, 32, 128, 2, 4, 4)]
-    _TINY = dict(BLOCK_M=16, BLOCK_N=32, BLOCK_K=64, SPLIT_K=1, GROUP_M=2)
+    # H100/H200 choices. Large M: 128-256 x 128 output tiles amortise the dequantization of a W
+    # tile (ALU and L1 work the tensor cores do not share) over many rows of x.
+    GEMM_CONFIGS = [(128, 128, 1, False, 8, 3), (128, 256, 1, False, 8, 3), (256, 128, 1, False, 8, 3),
+                    (128, 128, 1, True, 8, 3), (128, 128, 1, True, 4, 4), (256, 128, 1, True, 8, 3),
+                    (64, 128, 1, True, 4, 4), (128, 64, 1, False, 4, 4)]
+    # dx: the output tile is BLOCK_M x BS (one block of K), the sum runs over N in BLOCK_N steps.
+    DX_CONFIGS = [(128, 64, 1, False, 4, 4), (128, 128, 1, False, 8, 3), (256, 64, 1, False, 8, 3),
+                  (256, 128, 1, False, 8, 3), (64, 128, 1, False, 4, 4), (128, 64, 1, True, 4, 4),
+                  (128, 128, 1, True, 8, 3), (256, 64, 1, True, 8, 3)]
+    # Few rows (decode): memory bound. BLOCK_M = 16 (x padded by the mask); with SWAP the W tile
+    # is wgmma's 64- or 128-row side. Split-K gives every SM several CTAs streaming packed bytes.
+    DECODE_CONFIGS = [(16, 64, 1, True, 4, 4), (16, 64, 2, True, 4, 4), (16, 64, 4, True, 4, 4),
+                      (16, 128, 2, True, 4, 4), (16, 64, 8, True, 4, 5), (16, 32, 1, False, 4, 4),
+                      (16, 32, 4, False, 4, 4), (16, 64, 4, False, 4, 4)]
+    _TINY = dict(BLOCK_M=16, BLOCK_N=32, SPLIT_K=1, SWAP=False, GROUP_M=2)
 
     @triton.jit
-    def _nf4_tile(w_ptr, absmax_ptr, levels_ptr, offs_n, offs_b, N, K, BS: tl.constexpr):
-        """W[offs_n, 2*offs_b + (0, 1)] dequantized -> (len(offs_n), 2 len(offs_b)) float32, where
-        offs_b are byte columns of the packed row (K even, so each row starts on a byte)."""
-        mask = (offs_n[:, None] < N) & (offs_b[None, :] < K // 2)
-        byte = tl.load(w_ptr + offs_n[:, None] * (K // 2) + offs_b[None, :], mask=mask, other=0)  # (BN, BK/2) u8
-        # Both weights of a byte share a block (BS even); a block may run across rows when K % BS != 0.
-        blk = (offs_n[:, None] * K + 2 * offs_b[None, :]) // BS
-        scale = tl.load(absmax_ptr + blk, mask=mask, other=0.0)                  # 0 on masked -> w = 0
-        # The levels come from a 16-entry table in L1: one load per weight, where a 15-way select
-        # tree would cost ~20 ALU ops. (On sm_90 the pipeliner stages these gathers and the absmax
-        # through shared memory, per the TTGIR; a tuning lever once a GPU can measure it.)
-        hi = tl.load(levels_ptr + (byte >> 4)) * scale                           # W[n, 2j]
-        lo = tl.load(levels_ptr + (byte & 15)) * scale                           # W[n, 2j+1]
-        return tl.reshape(tl.join(hi, lo), (hi.shape[0], 2 * hi.shape[1]))      # (BN, BK): hi0 lo0 hi1 lo1 ...
+    def _nf4_level(codes, levels_ptr, ASM: tl.constexpr):
+        """The NF4 level (float32) of each 4-bit code, from the 16-entry table: 64 bytes, one L1 line,
+        so a warp's 32 lookups are served at once. On a GPU the load is written in PTX because
+        inside a tl.dot loop Triton's sm_90 pipeliner turns a tl.load gather into one 4-byte async
+        copy per element through shared memory (seen in the TTGIR of the first version, which ran
+        20-30x slower than cuBLAS on an H200). The interpreter cannot run PTX: it takes tl.load."""
+        if ASM:
+            return tl.inline_asm_elementwise("ld.global.nc.f32 $0, [$1];", "=f,l", [levels_ptr + codes],
+                                             dtype=tl.float32, is_pure=True, pack=1)
+        return tl.load(levels_ptr + codes)
+
+    @triton.jit
+    def _nf4_tile(w_ptr, absmax_ptr, levels_ptr, offs_n, k0, N, K, BS: tl.constexpr, ASM: tl.constexpr):
+        """W[offs_n, k0 : k0 + BS] dequantized -> (len(offs_n), BS) float32. K % BS == 0 and k0 % BS
+        == 0, so the tile is one quantization block per row: one absmax per row, loaded as a
+        (BN,) vector (a per-weight absmax gather would be pipelined like the levels, see above)."""
+        row_ok = offs_n < N
+        byte = tl.load(w_ptr + offs_n[:, None] * (K // 2) + (k0 // 2 + tl.arange(0, BS // 2))[None, :],
+                       mask=row_ok[:, None], other=0)                                 # (BN, BS/2) uint8
+        scale = tl.load(absmax_ptr + offs_n * (K // BS) + k0 // BS, mask=row_ok, other=0.0)[:, None]  # (BN, 1)
+        hi = _nf4_level(byte >> 4, levels_ptr, ASM) * scale                        # W[n, k0 + 2j]
+        lo = _nf4_level(byte & 15, levels_ptr, ASM) * scale                        # W[n, k0 + 2j + 1]
+        return tl.reshape(tl.join(hi, lo), (hi.shape[0], 2 * hi.shape[1]))      # (BN, BS): hi0 lo0 hi1 lo1 ...
 
     @triton.autotune(configs=_configs(_TINY, GEMM_CONFIGS), key=["M_BUCKET", "N", "K"])
     @triton.jit
     def _nf4_matmul_kernel(x_ptr, w_ptr, absmax_ptr, levels_ptr, bias_ptr, y_ptr, M, N, K, M_BUCKET,
-                         stride_xm, stride_ym, BS: tl.constexpr, HAS_BIAS: tl.constexpr, ATOMIC: tl.constexpr,
-                         PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                         BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr, GROUP_M: tl.constexpr):
+                           stride_xm, stride_ym, BS: tl.constexpr, HAS_BIAS: tl.constexpr, ATOMIC: tl.constexpr,
+                           PRECISION: tl.constexpr, ASM: tl.constexpr, BLOCK_M: tl.constexpr,
+                           BLOCK_N: tl.constexpr, SPLIT_K: tl.constexpr, SWAP: tl.constexpr, GROUP_M: tl.constexpr):
         """y (M, N) = x (M, K) @ W (N, K)^T (+ bias). Program (tile, split): one BLOCK_M x BLOCK_N
-        tile of y over the k-steps split, split + SPLIT_K, ... With ATOMIC the fp32 y is added
-        into (split-K: y zeroed by the caller), else stored in y's dtype. M_BUCKET: autotune key."""
+        tile of y over the quantization blocks split, split + SPLIT_K, ... of K. With ATOMIC the
+        fp32 y is added into (split-K: y zeroed by the caller), else stored in y's dtype."""
         pid, split = tl.program_id(0), tl.program_id(1)
         # Grouped ordering: GROUP_M row-tiles run side by side, so the W tiles they share stay in L2.
         tiles_m, tiles_n = (M + BLOCK_M - 1) // BLOCK_M, (N + BLOCK_N - 1) // BLOCK_N
@@ -223,13 +232,20 @@ if triton is not None:
         pid_n = (pid % (GROUP_M * tiles_n)) // size_m
         offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
         offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-        acc = tl.full((BLOCK_M, BLOCK_N), 0.0, tl.float32)
-        for k0 in range(split * BLOCK_K, K, BLOCK_K * SPLIT_K):
-            offs_k = k0 + tl.arange(0, BLOCK_K)
-            x = tl.load(x_ptr + offs_m[:, None] * stride_xm + offs_k[None, :],
-                        mask=(offs_m[:, None] < M) & (offs_k[None, :] < K), other=0.0)  # (BM, BK)
-            w = _nf4_tile(w_ptr, absmax_ptr, levels_ptr, offs_n, k0 // 2 + tl.arange(0, BLOCK_K // 2), N, K, BS)
-            acc = tl.dot(x, tl.trans(w.to(x.dtype)), acc, input_precision=PRECISION)  # (BM, BK) @ (BK, BN)
+        # SWAP computes the transposed tile y^T = W x^T: the dequantized W is then the MMA's first
+        # operand, which Hopper's wgmma reads from registers (the second is staged in shared memory),
+        # and a few rows of x (decode) become the MMA's narrow N side instead of a padded M side.
+        acc = tl.full((BLOCK_N, BLOCK_M) if SWAP else (BLOCK_M, BLOCK_N), 0.0, tl.float32)
+        for k0 in range(split * BS, K, BS * SPLIT_K):
+            x = tl.load(x_ptr + offs_m[:, None] * stride_xm + (k0 + tl.arange(0, BS))[None, :],
+                        mask=offs_m[:, None] < M, other=0.0)                           # (BM, BS)
+            w = _nf4_tile(w_ptr, absmax_ptr, levels_ptr, offs_n, k0, N, K, BS, ASM).to(x.dtype)  # (BN, BS)
+            if SWAP:
+                acc = tl.dot(w, tl.trans(x), acc, input_precision=PRECISION)          # (BN, BS) @ (BS, BM)
+            else:
+                acc = tl.dot(x, tl.trans(w), acc, input_precision=PRECISION)          # (BM, BS) @ (BS, BN)
+        if SWAP:
+            acc = tl.trans(acc)                                                       # (BM, BN)
         if HAS_BIAS:
             if split == 0:
                 acc += tl.load(bias_ptr + offs_n, mask=offs_n < N, other=0.0).to(tl.float32)[None, :]
@@ -248,35 +264,39 @@ if triton is not None:
     @triton.jit
     def _nf4_matmul_dx_kernel(dy_ptr, w_ptr, absmax_ptr, levels_ptr, dx_ptr, M, N, K, M_BUCKET,
                               stride_dym, stride_dxm, BS: tl.constexpr, PRECISION: tl.constexpr,
-                              BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                              SPLIT_K: tl.constexpr, GROUP_M: tl.constexpr):
-        """dx (M, K) = dy (M, N) @ W (N, K). Program: one BLOCK_M x BLOCK_K tile of dx, summing over
-        N in BLOCK_N steps; W tiles are read in their natural (n, k) order, no transpose."""
+                              ASM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                              SPLIT_K: tl.constexpr, SWAP: tl.constexpr, GROUP_M: tl.constexpr):
+        """dx (M, K) = dy (M, N) @ W (N, K). Program: one BLOCK_M x BS tile of dx (one block of K),
+        summing over N in BLOCK_N steps; W tiles are read in their natural (n, k) order."""
         pid = tl.program_id(0)
-        tiles_m, tiles_k = (M + BLOCK_M - 1) // BLOCK_M, (K + BLOCK_K - 1) // BLOCK_K
+        tiles_m, tiles_k = (M + BLOCK_M - 1) // BLOCK_M, K // BS
         group = pid // (GROUP_M * tiles_k)
         first_m = group * GROUP_M
         size_m = tl.minimum(tiles_m - first_m, GROUP_M)
         pid_m = first_m + (pid % (GROUP_M * tiles_k)) % size_m
-        pid_k = (pid % (GROUP_M * tiles_k)) // size_m
+        k0 = (pid % (GROUP_M * tiles_k)) // size_m * BS
         offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-        offs_k = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
-        offs_b = pid_k * (BLOCK_K // 2) + tl.arange(0, BLOCK_K // 2)
-        acc = tl.full((BLOCK_M, BLOCK_K), 0.0, tl.float32)
+        acc = tl.full((BS, BLOCK_M) if SWAP else (BLOCK_M, BS), 0.0, tl.float32)     # SWAP: as in the forward
         for n0 in range(0, N, BLOCK_N):
             offs_n = n0 + tl.arange(0, BLOCK_N)
             dy = tl.load(dy_ptr + offs_m[:, None] * stride_dym + offs_n[None, :],
                          mask=(offs_m[:, None] < M) & (offs_n[None, :] < N), other=0.0)  # (BM, BN)
-            w = _nf4_tile(w_ptr, absmax_ptr, levels_ptr, offs_n, offs_b, N, K, BS)     # (BN, BK)
-            acc = tl.dot(dy, w.to(dy.dtype), acc, input_precision=PRECISION)
-        mask = (offs_m[:, None] < M) & (offs_k[None, :] < K)
-        tl.store(dx_ptr + offs_m[:, None] * stride_dxm + offs_k[None, :], acc.to(dx_ptr.dtype.element_ty), mask=mask)
+            w = _nf4_tile(w_ptr, absmax_ptr, levels_ptr, offs_n, k0, N, K, BS, ASM).to(dy.dtype)  # (BN, BS)
+            if SWAP:
+                acc = tl.dot(tl.trans(w), tl.trans(dy), acc, input_precision=PRECISION)  # (BS, BN) @ (BN, BM)
+            else:
+                acc = tl.dot(dy, w, acc, input_precision=PRECISION)                    # (BM, BN) @ (BN, BS)
+        if SWAP:
+            acc = tl.trans(acc)                                                       # (BM, BS)
+        offs_k = k0 + tl.arange(0, BS)
+        tl.store(dx_ptr + offs_m[:, None] * stride_dxm + offs_k[None, :], acc.to(dx_ptr.dtype.element_ty),
+                 mask=offs_m[:, None] < M)
 
 
 _LEVELS_ON: dict[torch.device, Tensor] = {}
 
 
-def _launch_args(a: Tensor, shape: tuple[int, int]) -> tuple:
+def _launch_args(a: Tensor, shape: tuple[int, int], blocksize: int) -> tuple:
     """Checks shared by both launchers; returns the NF4 table on a's device and the dot precision."""
     if triton is None:
         raise RuntimeError("quant.py: QUANT_BACKEND=triton but triton is not installed")
@@ -284,6 +304,9 @@ def _launch_args(a: Tensor, shape: tuple[int, int]) -> tuple:
         raise RuntimeError("quant.py: Triton on CPU tensors needs TRITON_INTERPRET=1 (set before importing quant)")
     if math.prod(shape) >= 2**31:
         raise ValueError(f"quant.py: weight {shape} too large for the kernels' int32 offsets")
+    if not _kernel_shape_ok(shape[1], blocksize):
+        raise ValueError(f"quant.py: the Triton kernels need in_features ({shape[1]}) to be a multiple of "
+                         f"the blocksize ({blocksize}, a power of two >= 16); use the torch path")
     levels = _LEVELS_ON.setdefault(a.device, NF4_LEVELS.to(a.device))
     # float32 inputs: exact float32 products (tf32 would lose 13 mantissa bits); ignored for 16-bit.
     return levels, ("ieee" if a.dtype == torch.float32 else "tf32")
@@ -294,14 +317,14 @@ def nf4_matmul_triton(x: Tensor, packed: Tensor, absmax: Tensor, bias: Tensor | 
     """Triton version of nf4_matmul_torch: x (M, K) -> y (M, N) in x.dtype. M <= 16 takes the decode
     configs, whose split-K partial sums meet in a float32 y by atomic adds."""
     (N, K), M = shape, x.shape[0]
-    levels, precision = _launch_args(x, shape)
+    levels, precision = _launch_args(x, shape, blocksize)
     decode = M <= 16
     y = torch.zeros(M, N, device=x.device, dtype=torch.float32) if decode else x.new_empty(M, N)
     kernel = _nf4_matmul_decode if decode else _nf4_matmul_kernel
     grid = lambda meta: (triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(N, meta["BLOCK_N"]), meta["SPLIT_K"])
     kernel[grid](x, packed, absmax, levels, bias if bias is not None else x, y, M, N, K,
                  max(16, triton.next_power_of_2(M)), x.stride(0), y.stride(0), BS=blocksize,
-                 HAS_BIAS=bias is not None, ATOMIC=decode, PRECISION=precision)
+                 HAS_BIAS=bias is not None, ATOMIC=decode, PRECISION=precision, ASM=not INTERPRET)
     return y.to(x.dtype)
 
 
@@ -309,24 +332,30 @@ def nf4_matmul_dx_triton(dy: Tensor, packed: Tensor, absmax: Tensor, shape: tupl
                          blocksize: int) -> Tensor:
     """Triton version of nf4_matmul_dx_torch: dy (M, N) -> dx (M, K) in dy.dtype."""
     (N, K), M = shape, dy.shape[0]
-    levels, precision = _launch_args(dy, shape)
+    levels, precision = _launch_args(dy, shape, blocksize)
     dx = dy.new_empty(M, K)
-    grid = lambda meta: (triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(K, meta["BLOCK_K"]),)
+    grid = lambda meta: (triton.cdiv(M, meta["BLOCK_M"]) * (K // blocksize),)
     _nf4_matmul_dx_kernel[grid](dy, packed, absmax, levels, dx, M, N, K, max(16, triton.next_power_of_2(M)),
-                                dy.stride(0), dx.stride(0), BS=blocksize, PRECISION=precision)
+                                dy.stride(0), dx.stride(0), BS=blocksize, PRECISION=precision, ASM=not INTERPRET)
     return dx
 
 
 # ----------------------------------------------------------------------------- module
 
 
-def _use_triton(x: Tensor, in_features: int) -> bool:
-    """QUANT_BACKEND=triton|torch; unset: triton for CUDA tensors when importable. The kernels read
-    whole bytes per row, so an odd in_features always takes the torch path."""
+def _kernel_shape_ok(in_features: int, blocksize: int) -> bool:
+    """The kernels step through K one quantization block at a time (a tl.dot of >= 16, a power of
+    two), so each row must hold whole blocks: true of every Qwen2 projection (K is a multiple of 64)."""
+    return blocksize >= 16 and blocksize & (blocksize - 1) == 0 and in_features % blocksize == 0
+
+
+def _use_triton(x: Tensor, in_features: int, blocksize: int) -> bool:
+    """QUANT_BACKEND=triton|torch; unset: triton for CUDA tensors when importable. Shapes the
+    kernels do not take (_kernel_shape_ok) always run the torch path."""
     backend = os.environ.get("QUANT_BACKEND", "")
     if backend not in ("", "triton", "torch"):
         raise ValueError(f"QUANT_BACKEND={backend!r}: expected 'triton' or 'torch'")
-    if backend == "torch" or in_features % 2:
+    if backend == "torch" or not _kernel_shape_ok(in_features, blocksize):
         return False
     return backend == "triton" or (triton is not None and x.is_cuda)
 
@@ -417,7 +446,7 @@ class Linear4bit(nn.Module):
         if x2.stride(-1) != 1:
             x2 = x2.contiguous()
         y = _NF4Linear.apply(x2, self.weight, self._absmax_f32(), self.bias, (self.out_features, self.in_features),
-                             self.blocksize, _use_triton(x2, self.in_features))
+                             self.blocksize, _use_triton(x2, self.in_features, self.blocksize))
         return y.view(*x.shape[:-1], self.out_features).to(x.dtype)
 
     def extra_repr(self) -> str:

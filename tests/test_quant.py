@@ -103,12 +103,24 @@ def _close(out, ref):
     torch.testing.assert_close(out.float(), ref, rtol=tol, atol=tol)
 
 
+@pytest.fixture(params=[False, True], ids=["direct", "swap"])
+def one_config(request, monkeypatch):
+    """Each kernel runs one config (its first), with SWAP as given: both code paths get tested,
+    where the GPU autotuner would pick one of them per shape."""
+    for tuner in (quant._nf4_matmul_kernel, quant._nf4_matmul_decode, quant._nf4_matmul_dx_kernel):
+        c = tuner.configs[0]
+        config = quant.triton.Config({**c.kwargs, "SWAP": request.param}, num_warps=c.num_warps,
+                                     num_stages=c.num_stages)
+        monkeypatch.setattr(tuner, "configs", [config])
+        monkeypatch.setattr(tuner, "cache", {})
+
+
 @needs_triton
 @pytest.mark.parametrize("dtype", KERNEL_DTYPES)
-@pytest.mark.parametrize("M,N,K", [(1, 37, 128), (5, 40, 96), (33, 37, 128), (19, 64, 160)])
-def test_triton_forward_and_dx_match_reference(M, N, K, dtype):
+@pytest.mark.parametrize("M,N,K", [(1, 37, 128), (5, 40, 192), (33, 37, 128), (19, 64, 64)])
+def test_triton_forward_and_dx_match_reference(M, N, K, dtype, one_config):
     # M=1 and 5 take the split-K decode kernel; 33 and 19 are not multiples of the 16-row tile;
-    # K=96 and 160 make blocks of 64 run across rows and leave a partial k-tile; N=37 is odd.
+    # N=37 is odd and 40 not a multiple of the column tile; K runs over 1 to 3 blocks of 64.
     packed, absmax = _weights(N, K, DEVICE)
     x = torch.randn(M, K, device=DEVICE).to(dtype)
     dy = torch.randn(M, N, device=DEVICE).to(dtype)
@@ -117,6 +129,19 @@ def test_triton_forward_and_dx_match_reference(M, N, K, dtype):
     _close(quant.nf4_matmul_triton(x, packed, absmax, bias, (N, K), 64), F.linear(x.float(), w, bias.float()))
     _close(quant.nf4_matmul_triton(x, packed, absmax, None, (N, K), 64), F.linear(x.float(), w))
     _close(quant.nf4_matmul_dx_triton(dy, packed, absmax, (N, K), 64), dy.float() @ w)
+
+
+@needs_triton
+def test_triton_needs_whole_blocks_per_row(monkeypatch):
+    """K = 96 is 1.5 blocks of 64: the kernels refuse it clearly, and Linear4bit takes the torch path."""
+    packed, absmax = _weights(8, 96, DEVICE)
+    with pytest.raises(ValueError, match="multiple of the blocksize"):
+        quant.nf4_matmul_triton(torch.randn(2, 96, device=DEVICE), packed, absmax, None, (8, 96), 64)
+    monkeypatch.setenv("QUANT_BACKEND", "triton")
+    lin = torch.nn.Linear(96, 8).to(DEVICE)
+    x = torch.randn(3, 96, device=DEVICE)
+    q = quant.Linear4bit.from_linear(lin)
+    torch.testing.assert_close(q(x), F.linear(x, q.dequantize(), q.bias), rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("backend", ["torch", pytest.param("triton", marks=needs_triton)])
