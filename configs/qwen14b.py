@@ -6,6 +6,8 @@
 # + lm_head bf16 2 x 152064 x 5120 x 2 bytes ~ 3.1 GB; LoRA r32 on 7 projections x 48 layers
 # = 138M params, fp32 weight + grad + 2 AdamW moments (16 bytes each) ~ 2.2 GB; encoder (~32M) ~0.5 GB;
 # activations (2 clips, checkpointed) ~ 1-3 GB. About 14-16 GB: a 24 GB GPU is tight, 40 GB is safe.
+# MEASURED (BENCHMARKS.md, H200, 2026-11-27, bench.py train --random-weights --batch 2): peak
+# 12.99 GiB allocated for 2 iSign-like clips (138 positions).
 model_dir = "checkpoints/Qwen2.5-14B-Instruct"
 model_repo = "Qwen/Qwen2.5-14B-Instruct"
 data_dir = "data/isign"

@@ -7,6 +7,8 @@
 # ~ 3.7 GB; embeddings + lm_head bf16 2 x 152064 x 3584 x 2 bytes ~ 2.2 GB; LoRA (10M) and
 # encoder (~18M), fp32 weight + grad + 2 AdamW moments (16 bytes each) ~ 0.45 GB; activations
 # with gradient checkpointing (4 clips x ~150 tokens) ~ 1-3 GB. About 8-10 GB: fits a 24 GB GPU.
+# MEASURED (BENCHMARKS.md, H200, 2026-11-27, bench.py train --random-weights --batch 4): peak
+# 6.22 GiB allocated for 4 iSign-like clips (215 +-10% frames, 20-40 answer tokens, 138 positions).
 model_dir = "checkpoints/Qwen2.5-7B-Instruct"
 model_repo = "Qwen/Qwen2.5-7B-Instruct"
 data_dir = "data/isign"
