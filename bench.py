@@ -298,38 +298,10 @@ def bench_shape(cfg, size: str | None, random_weights: bool):
     return qwen25_config(found.group(1)), f"Qwen2.5-{found.group(1)} shape (from model_repo)"
 
 
-def hf_init_(name: str, t):
-    """Fill t as transformers initialises a Qwen2: matrices N(0, 0.02), RMSNorm weights 1, biases 0."""
-    if t.dim() > 1:
-        return t.normal_(0, 0.02)
-    return t.fill_(1.0 if name.endswith("weight") else 0.0)
-
-
-def random_qwen2(config, dtype, device, quantize: str | None):
-    """A Qwen2 of `config` with random weights, made by model.load_model's own steps: built on the
-    meta device, projections swapped for 4-bit linears (quantize="nf4"), then each tensor created
-    on `device` and handed to the loader's setter, which quantizes a projection at once. The 16-bit
-    model never exists whole: the peak is one weight matrix (in float32 while it is quantized)."""
-    import torch
-
-    import model as qwen
-    if quantize not in (None, "nf4"):
-        raise ValueError(f"quantize={quantize!r}: only None and 'nf4'")
-    with torch.device("meta"):
-        llm = qwen.Qwen2(config)
-    shapes = qwen._expected_shapes(llm)  # the 16-bit shapes, taken before the 4-bit swap
-    if quantize == "nf4":
-        qwen._swap_in_nf4(llm, dtype)
-    for name, shape in shapes.items():
-        qwen._set_tensor(llm, name, hf_init_(name, torch.empty(shape, dtype=dtype, device=device)))
-    llm.tie_weights()
-    return llm.eval()
-
-
 def ours_qlora(cfg, config, random_weights: bool, device):
     """(SignTranslator, tokenizer) from eval.build_model, the product's one assembly (base -> LoRA ->
     pose encoder). With random weights only its base loader is replaced: model.load_model is patched
-    to return random_qwen2 with the dtype / device / quantization that build_model asks for."""
+    to return model.random_model with the dtype / device / quantization that build_model asks for."""
     from types import SimpleNamespace
     from unittest import mock
 
@@ -341,7 +313,7 @@ def ours_qlora(cfg, config, random_weights: bool, device):
         tok = Tokenizer.from_dir(cfg.model_dir)
         return ev.build_model(cfg, tok, device), tok
     tok = SimpleNamespace(pose_token_id=config.vocab_size - 1, pad_id=0)  # all data.collate reads
-    fake_load = lambda path, dtype, device, quantize=None, **_: random_qwen2(config, dtype, device, quantize)  # noqa: E731
+    fake_load = lambda path, dtype, device, quantize=None, **_: qwen.random_model(config, dtype, device, quantize)  # noqa: E731
     with mock.patch.object(qwen, "load_model", fake_load):
         return ev.build_model(cfg, tok, device), tok
 
@@ -407,7 +379,7 @@ def hf_qlora(cfg, config, pose_token_id: int, feature_dim: int, device):
     replace_with_bnb_linear(llm, modules_to_not_convert=["lm_head"], quantization_config=quant)
     for module in llm.modules():
         for name, p in list(module.named_parameters(recurse=False)):
-            t = hf_init_(name, torch.empty(p.shape, dtype=dtype, device=device))
+            t = qwen.init_weight_(name, torch.empty(p.shape, dtype=dtype, device=device))
             module._parameters[name] = (bnb.nn.Params4bit(t, requires_grad=False, **p.__dict__).to(device)
                                         if isinstance(p, bnb.nn.Params4bit) else nn.Parameter(t, requires_grad=False))
     if config.tie_word_embeddings:
@@ -690,6 +662,7 @@ def bench_decode(args):
 
     import torch
 
+    import model as qwen
     import train
 
     p = argparse.ArgumentParser(prog="bench.py decode", allow_abbrev=False)
@@ -721,7 +694,7 @@ def bench_decode(args):
     first = None
     for q in a.quantize.split(","):
         torch.manual_seed(0)
-        llm = random_qwen2(config, dtype, device, None if q == "none" else q)
+        llm = qwen.random_model(config, dtype, device, None if q == "none" else q)
         ids = torch.randint(0, config.vocab_size, (1, a.prompt), device=device)
 
         def seconds(n: int) -> float:

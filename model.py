@@ -503,6 +503,35 @@ def load_model(path: str | Path, dtype: torch.dtype = torch.float32, device="cpu
     return model.eval()
 
 
+def init_weight_(name: str, t: Tensor, std: float = 0.02) -> Tensor:
+    """Fill t in place as transformers initialises a Qwen2 tensor: matrices N(0, std), RMSNorm
+    weights 1, biases 0 (name tells the last two apart)."""
+    if t.dim() > 1:
+        return t.normal_(0, std)
+    return t.fill_(1.0 if name.endswith("norm.weight") else 0.0)
+
+
+@torch.no_grad()
+def random_model(config: Qwen2Config, dtype: torch.dtype = torch.float32, device="cpu", quantize: str | None = None,
+                 std: float = 0.02) -> Qwen2:
+    """An eval-mode Qwen2 with random weights (init_weight_), built by load_model's own steps: on
+    the meta device, projections swapped for 4-bit linears (quantize="nf4"), then each tensor made
+    on `device` and quantized as soon as it exists, so a large model never exists whole in 16 bits.
+    The values drawn depend only on the seed, not on quantize: the NF4 model is the 16-bit one,
+    quantized. For benchmarks (speed and memory do not depend on the values) and the tiny demo."""
+    if quantize not in (None, "nf4"):
+        raise ValueError(f"quantize={quantize!r}: only None and 'nf4' are supported")
+    with torch.device("meta"):
+        model = Qwen2(config)
+    shapes = _expected_shapes(model)  # the 16-bit shapes, taken before the 4-bit swap
+    if quantize == "nf4":
+        _swap_in_nf4(model, dtype)
+    for name, shape in shapes.items():
+        _set_tensor(model, name, init_weight_(name, torch.empty(shape, dtype=dtype, device=device), std))
+    model.tie_weights()
+    return model.eval()
+
+
 def _save_state(model: Qwen2, file: Path) -> None:
     """model.state_dict() (without a tied lm_head) as one safetensors file, written atomically."""
     state = {k: v.contiguous() for k, v in model.state_dict().items()

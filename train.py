@@ -335,13 +335,7 @@ def create_random_model(cfg: TrainConfig) -> None:
     vocab, std = spec.pop("vocab_size", 1024), spec.pop("initializer_range", 0.02)
     tok = tokenizer.train_bpe(texts + prompt * len(texts), vocab, cfg.model_dir)
     torch.manual_seed(cfg.seed)
-    llm = qwen.Qwen2(qwen.Qwen2Config(vocab_size=tok.vocab_size, eos_token_id=tok.eos_ids[0], **spec))
-    with torch.no_grad():
-        for name, p in llm.named_parameters():
-            if p.dim() > 1:
-                p.normal_(0, std)
-            elif not name.endswith("norm.weight"):
-                p.zero_()
+    llm = qwen.random_model(qwen.Qwen2Config(vocab_size=tok.vocab_size, eos_token_id=tok.eos_ids[0], **spec), std=std)
     qwen.save_model(llm, cfg.model_dir)
     log.info(f"created a random Qwen2 {spec} with a {tok.vocab_size}-token BPE in {cfg.model_dir}")
 

@@ -272,3 +272,29 @@ def test_pose_tokens_have_embedding_norm_and_splice_at_placeholders():
     assert torch.equal(out[keep], embeds[keep])
     with pytest.raises(ValueError, match="sample 1: its prompt has 2 pose placeholders"):
         M.splice_pose_tokens(embeds, torch.tensor([[5, P, P, 7, 8], [5, P, P, 7, 8]]), P, tokens, token_mask)
+
+
+@pytest.mark.parametrize("tied", [False, True])
+def test_random_model_init_and_nf4_is_the_same_draws_quantized(tied):
+    """transformers' Qwen2 init rule (matrices N(0, initializer_range), biases 0, norms 1), and the
+    NF4 model of one seed is the 16-bit model of that seed, quantized."""
+    import quant
+
+    config = M.Qwen2Config(vocab_size=96, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                           num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=tied)
+    torch.manual_seed(0)
+    full = M.random_model(config, std=0.05)
+    torch.manual_seed(0)
+    nf4 = M.random_model(config, quantize="nf4", std=0.05)
+    for name, t in full.state_dict().items():
+        if t.dim() > 1:
+            assert abs(t.std().item() - 0.05) < 0.005 and abs(t.mean().item()) < 0.005, name
+        else:
+            assert (t == (1.0 if name.endswith("norm.weight") else 0.0)).all(), name
+    assert (full.lm_head.weight is full.model.embed_tokens.weight) == tied
+    for layer in (0, 1):
+        w = full.model.layers[layer].mlp.down_proj.weight
+        packed, absmax = quant.quantize_nf4(w)
+        q = nf4.model.layers[layer].mlp.down_proj
+        assert isinstance(q, quant.Linear4bit) and torch.equal(q.weight, packed) and torch.equal(q.absmax, absmax)
+    assert torch.equal(nf4.lm_head.weight, full.lm_head.weight)  # lm_head and embeddings stay 16-bit
