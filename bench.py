@@ -714,7 +714,7 @@ def bench_decode(args):
         share = f"{100 * nbytes / per_token / bandwidth:6.0f}" if bandwidth else f"{'-':>6}"
         print(f"{'NF4' if q == 'nf4' else '16-bit':<10}{per_token * 1e3:10.2f}{1 / per_token:10.1f}{nbytes / 1e9:10.2f}"
               f"{nbytes / per_token / 1e9:8.0f}{share}{first / per_token:8.2f}x")
-        del llm
+        llm = None  # free the weights before the next model is built
         if cuda:
             torch.cuda.empty_cache()
 

@@ -22,22 +22,20 @@ References: QLoRA (Dettmers et al. 2023), SpaMo (Hwang et al. 2024), Sign2GPT (W
 sacrebleu (Post 2018), ROUGE (Lin 2004).
 """
 import argparse
-import hashlib
 import json
 import re
 import sys
 from contextlib import nullcontext, redirect_stdout
 from dataclasses import fields
 from pathlib import Path
-from types import SimpleNamespace
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file
 from sacrebleu.metrics import BLEU, CHRF
 from torch import nn
 from tqdm import tqdm
 
+import checkpoints
 import data
 import lora
 import model as qwen
@@ -172,79 +170,6 @@ def autocast(device: torch.device):
     return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
 
 
-# ----------------------------------------------------------------------------- checkpoints (reading)
-
-TRAINED, META = "trained.safetensors", "meta.json"  # train.py writes them
-
-
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def checkpoint_problem(ckpt: Path) -> str | None:
-    """Why a checkpoint directory cannot be used (None if it can): meta.json is written last,
-    and lists every file with its size and sha256, so half-written or damaged files show."""
-    try:
-        meta = json.loads((ckpt / META).read_text())
-    except (OSError, ValueError) as e:
-        return f"unreadable {META} ({e.__class__.__name__}: {e})"
-    for name, want in meta.get("files", {}).items():
-        path = ckpt / name
-        if not path.is_file():
-            return f"{name} is missing"
-        if path.stat().st_size != want["bytes"]:
-            return f"{name} has {path.stat().st_size} bytes, {META} says {want['bytes']} (truncated?)"
-        if sha256(path) != want["sha256"]:
-            return f"{name} does not match its sha256 in {META} (corrupt)"
-    return None
-
-
-def list_checkpoints(run_dir: Path) -> list[Path]:
-    """ckpt-NNNNNN directories, oldest first (six-digit steps sort as text)."""
-    return sorted(p for p in Path(run_dir).glob("ckpt-[0-9]*") if p.is_dir())
-
-
-def pick_checkpoint(path: Path) -> Path:
-    """A checkpoint directory as given, else a run's best checkpoint, else its newest good one."""
-    path = Path(path)
-    if (path / META).exists() or path.name.startswith("ckpt-"):
-        candidates = [path]
-    else:
-        best = path / "best"
-        candidates = ([best.resolve()] if best.exists() else []) + list_checkpoints(path)[::-1]
-    for ckpt in candidates:
-        problem = checkpoint_problem(ckpt)
-        if problem is None:
-            return ckpt
-        print(f"warning: skipping {ckpt}: {problem}", file=sys.stderr)
-    raise FileNotFoundError(f"{path}: no usable checkpoint (expected ckpt-NNNNNN/ with {META})")
-
-
-def load_trained(model: nn.Module, ckpt: Path) -> None:
-    """Copy a checkpoint's trained tensors into the model; every trained tensor must be there."""
-    tensors = load_file(str(ckpt / TRAINED))
-    own = {n: p for n, p in model.named_parameters() if p.requires_grad}
-    if set(tensors) != set(own):
-        diff = sorted(set(tensors) ^ set(own))
-        raise ValueError(f"{ckpt / TRAINED}: tensors do not match the model built from the run's "
-                         f"config ({len(diff)} differ, e.g. {diff[:3]})")
-    with torch.no_grad():
-        for name, p in own.items():
-            p.copy_(tensors[name])
-
-
-def run_config(ckpt: Path) -> SimpleNamespace:
-    """The training config saved beside a checkpoint (OUT_DIR/config.json)."""
-    path = ckpt.resolve().parent / "config.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: eval.py needs the run directory's saved config")
-    return SimpleNamespace(**json.loads(path.read_text()))
-
-
 # ----------------------------------------------------------------------------- decoding
 
 @torch.no_grad()
@@ -296,8 +221,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="write base + LoRA merged as a 16-bit Hugging Face checkpoint and exit")
     args = parser.parse_args(argv)
 
-    ckpt = pick_checkpoint(Path(args.run))
-    cfg = run_config(ckpt)
+    ckpt = checkpoints.pick(Path(args.run))
+    cfg = checkpoints.run_config(ckpt)
     if args.data_dir:
         cfg.data_dir = args.data_dir
     max_new = args.max_new_tokens or cfg.max_new_tokens
@@ -306,7 +231,7 @@ def main(argv: list[str] | None = None) -> None:
     tok = Tokenizer.from_dir(cfg.model_dir)
     with redirect_stdout(sys.stderr):  # stdout carries the results only
         model = build_model(cfg, tok, device)
-    load_trained(model, ckpt)
+    checkpoints.load_trained(model, ckpt)
     print(f"checkpoint: {ckpt}", file=sys.stderr)
     if args.export_adapter or args.export_merged:  # the LLM side only: the pose encoder stays in ckpt
         if args.export_adapter:

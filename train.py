@@ -18,9 +18,9 @@ then cosine decay, gradient clipping; bf16 autocast on GPUs, float32 on the CPU.
 
 Surviving long runs (OUT_DIR/ckpt-000600/ every save_every steps, and best -> the best val BLEU):
 - a checkpoint holds the trained tensors only, optimizer state, step, data position and the RNG
-  state of every rank; rank 0 writes it to a temporary directory, fsyncs and renames it, so a
-  half-written one is never seen; files carry sizes and sha256 in meta.json, and a damaged one
-  is skipped with a warning by --resume=auto. keep_last bounds disk use (best is always kept).
+  state of every rank; rank 0 writes it atomically, with every file's size and sha256 in
+  meta.json (checkpoints.py), and a damaged one is skipped with a warning by --resume=auto.
+  keep_last bounds disk use (best is always kept).
 - --resume=auto continues from the newest good checkpoint; on the CPU with the same world size
   the result is bit for bit that of a run that never stopped.
 - SIGTERM / SIGINT: every rank stops at the next step boundary, rank 0 saves, exit code 0.
@@ -51,10 +51,10 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
-from safetensors.torch import load_file, save_file
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
+import checkpoints
 import data
 import eval as ev
 from data import DataConfig
@@ -289,7 +289,7 @@ def check_run_dir(cfg: TrainConfig, out_dir: Path) -> None:
             detail = "; ".join(f"{k}: {old.get(k)!r} there, {new.get(k)!r} now" for k in diff[:5])
             raise ConfigError(f"{out_dir} holds a run with a different config ({detail}); "
                               "use another --out_dir, or the same config to resume")
-    if not cfg.resume and ev.list_checkpoints(out_dir):
+    if not cfg.resume and checkpoints.listed(out_dir):
         raise ConfigError(f"{out_dir} already holds checkpoints; pass --resume=auto to continue that "
                           "run, or choose another --out_dir")
 
@@ -379,83 +379,29 @@ def make_optimizer(model: ev.SignTranslator, cfg: TrainConfig) -> torch.optim.Ad
     return torch.optim.AdamW(groups, weight_decay=cfg.weight_decay, betas=(0.9, 0.999))
 
 
-# ----------------------------------------------------------------------------- checkpoints (writing)
-
-def trained_tensors(model: ev.SignTranslator) -> dict[str, torch.Tensor]:
-    return {n: p for n, p in model.named_parameters() if p.requires_grad}
-
+# ----------------------------------------------------------------------------- checkpoints (format: checkpoints.py)
 
 def weights_digest(model: ev.SignTranslator) -> str:
     """sha256 of the trained tensors: every rank logs it at the end, and DDP replicas must agree."""
     h = hashlib.sha256()
-    for name, p in sorted(trained_tensors(model).items()):
+    for name, p in sorted(checkpoints.trained_tensors(model).items()):
         h.update(name.encode())
         h.update(p.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
     return h.hexdigest()[:16]
 
 
-def optimizer_tensors(model: ev.SignTranslator, opt: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
-    """AdamW state keyed by parameter name: 'llm....lora_A.weight:exp_avg', ...:exp_avg_sq, ...:step."""
-    out = {}
-    for name, p in trained_tensors(model).items():
-        for key, value in opt.state.get(p, {}).items():
-            out[f"{name}:{key}"] = value
-    return out
-
-
-def load_optimizer(model: ev.SignTranslator, opt: torch.optim.Optimizer, tensors: dict) -> None:
-    for name, p in trained_tensors(model).items():
-        state = {k.split(":", 1)[1]: v for k, v in tensors.items() if k.split(":", 1)[0] == name}
-        if state:
-            opt.state[p] = {k: v.to(p.device) if k != "step" else v for k, v in state.items()}
-
-
-def write_file(path: Path, write) -> None:
-    """Write one file through `write(path)` and fsync it: after the rename it must be on disk."""
-    write(path)
-    with open(path, "rb+") as f:
-        os.fsync(f.fileno())
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def save_checkpoint(out_dir: Path, step: int, model, opt, state: dict, d: Dist) -> Path:
-    """All ranks call this (the RNG states are gathered); rank 0 writes ckpt-STEP atomically."""
+    """All ranks call this (every rank's RNG state is gathered); rank 0 writes ckpt-STEP."""
     rngs = gather([rng_state()], d)
-    final = out_dir / f"ckpt-{step:06d}"
     if d.main:
-        tmp = out_dir / f".tmp-{final.name}"  # never matched by ckpt-* while incomplete
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        tensors = {k: v.detach().cpu().contiguous() for k, v in trained_tensors(model).items()}
-        write_file(tmp / ev.TRAINED, lambda p: save_file(tensors, str(p)))
-        moments = {k: v.detach().cpu().contiguous() for k, v in optimizer_tensors(model, opt).items()}
-        write_file(tmp / "optimizer.safetensors", lambda p: save_file(moments, str(p)))
-        full = {**state, "step": step, "world_size": d.world, "rng": rngs}
-        write_file(tmp / "state.json", lambda p: p.write_text(json.dumps(full)))
-        files = {f.name: {"bytes": f.stat().st_size, "sha256": ev.sha256(f)} for f in sorted(tmp.iterdir())}
-        meta = {"step": step, "time": time.strftime("%Y-%m-%d %H:%M:%S"), "files": files}
-        write_file(tmp / ev.META, lambda p: p.write_text(json.dumps(meta, indent=1)))
-        fsync_dir(tmp)
-        if final.exists():  # a re-save of the same step (e.g. after a resume): replace it whole
-            shutil.rmtree(final)
-        os.rename(tmp, final)
-        fsync_dir(out_dir)
-        log.info(f"saved {final}")
-    return final
+        checkpoints.save(out_dir, step, model, opt, {**state, "step": step, "world_size": d.world, "rng": rngs})
+        log.info(f"saved {checkpoints.step_dir(out_dir, step)}")
+    return checkpoints.step_dir(out_dir, step)
 
 
 def load_checkpoint(ckpt: Path, model, opt, d: Dist) -> dict:
-    """Trained tensors, optimizer moments and this rank's RNG; returns the loop state."""
-    ev.load_trained(model, ckpt)
-    load_optimizer(model, opt, load_file(str(ckpt / "optimizer.safetensors")))
-    state = json.loads((ckpt / "state.json").read_text())
+    """Trained tensors, optimizer state and this rank's RNG; returns the loop state."""
+    state = checkpoints.load(ckpt, model, opt)
     rngs = state.pop("rng")
     if state["world_size"] == d.world:
         set_rng_state(rngs[d.rank])
@@ -470,34 +416,16 @@ def find_resume(cfg: TrainConfig, out_dir: Path) -> Path | None:
     if not cfg.resume:
         return None
     if cfg.resume != "auto":
-        problem = ev.checkpoint_problem(Path(cfg.resume))
+        problem = checkpoints.problem(Path(cfg.resume))
         if problem:
             raise ConfigError(f"cannot resume from {cfg.resume}: {problem}")
         return Path(cfg.resume)
-    for ckpt in reversed(ev.list_checkpoints(out_dir)):
-        problem = ev.checkpoint_problem(ckpt)
+    for ckpt in reversed(checkpoints.listed(out_dir)):
+        problem = checkpoints.problem(ckpt)
         if problem is None:
             return ckpt
         log.warning(f"skipping checkpoint {ckpt}: {problem}")
     return None
-
-
-def prune_checkpoints(out_dir: Path, keep_last: int) -> None:
-    """Bound disk use: keep the newest keep_last checkpoints and the best one."""
-    if keep_last <= 0:  # keep everything
-        return
-    best = (out_dir / "best").resolve() if (out_dir / "best").exists() else None
-    for ckpt in ev.list_checkpoints(out_dir)[:-keep_last]:
-        if ckpt.resolve() != best:
-            shutil.rmtree(ckpt)
-
-
-def point_best(out_dir: Path, ckpt: Path) -> None:
-    """OUT_DIR/best -> ckpt-STEP, replaced atomically (relative, so the run dir can move)."""
-    tmp = out_dir / ".best.tmp"
-    tmp.unlink(missing_ok=True)
-    os.symlink(ckpt.name, tmp)
-    os.replace(tmp, out_dir / "best")
 
 
 # ----------------------------------------------------------------------------- data
@@ -698,7 +626,7 @@ def evaluate_test(model, tok, dcfg, cfg: TrainConfig, out_dir: Path, d: Dist) ->
     """test_at_end: the best checkpoint's weights on the test split, as eval.py reports them."""
     best = out_dir / "best"
     if best.exists():
-        ev.load_trained(model, best.resolve())
+        checkpoints.load_trained(model, best.resolve())
     test_ds = data.SignDataset(dcfg, "test", tok)
     model.eval()
     rows = gather(ev.decode(model, tok, test_ds, list(range(len(test_ds)))[d.rank::d.world],
@@ -814,8 +742,8 @@ def train_loop(run: Run) -> int:
             ckpt = save_checkpoint(run.out_dir, step, run.model, opt, {**state, "sampler": run.batches.state_dict()}, d)
             if d.main:
                 if new_best:
-                    point_best(run.out_dir, ckpt)
-                prune_checkpoints(run.out_dir, cfg.keep_last)
+                    checkpoints.point_best(run.out_dir, ckpt)
+                checkpoints.prune(run.out_dir, cfg.keep_last)
         if out["stop"]:
             bar.close()
             log.info(f"stopped by a signal at step {step}; continue with --resume=auto")

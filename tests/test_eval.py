@@ -10,6 +10,7 @@ import torch
 from rouge_score import rouge_scorer
 from sacrebleu.metrics import BLEU, CHRF
 
+import checkpoints
 import eval as ev
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -108,10 +109,10 @@ def decode_one_by_one(ckpt, uids):
     import data
     from tokenizer import Tokenizer
 
-    cfg = ev.run_config(ckpt)
+    cfg = checkpoints.run_config(ckpt)
     tok = Tokenizer.from_dir(cfg.model_dir)
     model = ev.build_model(cfg, tok, torch.device("cpu"))
-    ev.load_trained(model, ckpt)
+    checkpoints.load_trained(model, ckpt)
     ds = data.SignDataset(ev.data_config(cfg), "test", tok)
     index = {u: i for i, u in enumerate(ds.uids)}
     return [ev.decode(model, tok, ds, [index[u]], 1, cfg.max_new_tokens, 1, torch.device("cpu"))[0]["hypothesis"]
@@ -120,10 +121,10 @@ def decode_one_by_one(ckpt, uids):
 
 def test_run_dir_means_best_checkpoint(run_dir):
     best = (run_dir / "best").resolve()
-    assert ev.pick_checkpoint(run_dir) == best
+    assert checkpoints.pick(run_dir) == best
     (run_dir / "best").unlink()  # no best: the newest good checkpoint
     try:
-        assert ev.pick_checkpoint(run_dir) == run_dir / "ckpt-000004"
+        assert checkpoints.pick(run_dir) == run_dir / "ckpt-000004"
     finally:
         (run_dir / "best").symlink_to(best.name)
 
@@ -140,10 +141,10 @@ def test_export_adapter_and_merged_load_in_peft_and_transformers(run_dir, tmp_pa
     from tokenizer import Tokenizer
 
     eval_cli(run_dir, "--export_adapter", tmp_path / "adapter", "--export_merged", tmp_path / "merged")
-    ckpt = ev.pick_checkpoint(run_dir)
-    cfg = ev.run_config(ckpt)
+    ckpt = checkpoints.pick(run_dir)
+    cfg = checkpoints.run_config(ckpt)
     ours = ev.build_model(cfg, Tokenizer.from_dir(cfg.model_dir), torch.device("cpu"))
-    ev.load_trained(ours, ckpt)
+    checkpoints.load_trained(ours, ckpt)
     ours.eval()
     # PEFT reads the adapter onto the transformers base: the same LoRA tensors as the checkpoint
     peft = PeftModel.from_pretrained(Qwen2ForCausalLM.from_pretrained(ROOT / cfg.model_dir), tmp_path / "adapter")

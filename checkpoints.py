@@ -1,0 +1,178 @@
+"""Checkpoints on disk: what train.py writes and eval.py / train.py --resume read.
+
+    OUT_DIR/config.json           the run's resolved config (train.py writes it at the start)
+    OUT_DIR/ckpt-000600/
+        trained.safetensors       the trained tensors only (LoRA, pose encoder), by parameter name
+        optimizer.safetensors     AdamW's state by parameter name: 'NAME:exp_avg', ':exp_avg_sq', ':step'
+        state.json                step, world size, data position, every rank's RNG state, ...
+        meta.json                 written last: step, time, and every file's size and sha256
+    OUT_DIR/best -> ckpt-000600   relative link to the best checkpoint by validation BLEU
+
+A checkpoint is written into a hidden temporary directory, every file fsynced, then renamed: a
+half-written one is never seen under its name. meta.json lets a reader check each file, so a
+truncated or corrupt checkpoint is recognised (problem) and skipped. The frozen base is never
+saved: a checkpoint is a few MB to a few hundred MB whatever the base model's size.
+"""
+import hashlib
+import json
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+TRAINED, OPTIMIZER, STATE, META = "trained.safetensors", "optimizer.safetensors", "state.json", "meta.json"
+
+
+# ----------------------------------------------------------------------------- reading
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def problem(ckpt: Path) -> str | None:
+    """Why a checkpoint directory cannot be used (None if it can): meta.json is written last,
+    and lists every file with its size and sha256, so half-written or damaged files show."""
+    try:
+        meta = json.loads((ckpt / META).read_text())
+    except (OSError, ValueError) as e:
+        return f"unreadable {META} ({e.__class__.__name__}: {e})"
+    for name, want in meta.get("files", {}).items():
+        path = ckpt / name
+        if not path.is_file():
+            return f"{name} is missing"
+        if path.stat().st_size != want["bytes"]:
+            return f"{name} has {path.stat().st_size} bytes, {META} says {want['bytes']} (truncated?)"
+        if sha256(path) != want["sha256"]:
+            return f"{name} does not match its sha256 in {META} (corrupt)"
+    return None
+
+
+def listed(run_dir: Path) -> list[Path]:
+    """ckpt-NNNNNN directories, oldest first (six-digit steps sort as text)."""
+    return sorted(p for p in Path(run_dir).glob("ckpt-[0-9]*") if p.is_dir())
+
+
+def pick(path: Path) -> Path:
+    """A checkpoint directory as given, else a run's best checkpoint, else its newest good one."""
+    path = Path(path)
+    if (path / META).exists() or path.name.startswith("ckpt-"):
+        candidates = [path]
+    else:
+        best = path / "best"
+        candidates = ([best.resolve()] if best.exists() else []) + listed(path)[::-1]
+    for ckpt in candidates:
+        why = problem(ckpt)
+        if why is None:
+            return ckpt
+        print(f"warning: skipping {ckpt}: {why}", file=sys.stderr)
+    raise FileNotFoundError(f"{path}: no usable checkpoint (expected ckpt-NNNNNN/ with {META})")
+
+
+def run_config(ckpt: Path) -> SimpleNamespace:
+    """The training config saved beside a checkpoint (OUT_DIR/config.json)."""
+    path = ckpt.resolve().parent / "config.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: the run directory's saved config is needed")
+    return SimpleNamespace(**json.loads(path.read_text()))
+
+
+def trained_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
+    """What a checkpoint stores of a model: its parameters that require grad, by name."""
+    return {n: p for n, p in model.named_parameters() if p.requires_grad}
+
+
+def load_trained(model: nn.Module, ckpt: Path) -> None:
+    """Copy a checkpoint's trained tensors into the model; every trained tensor must be there."""
+    tensors = load_file(str(ckpt / TRAINED))
+    own = trained_tensors(model)
+    if set(tensors) != set(own):
+        diff = sorted(set(tensors) ^ set(own))
+        raise ValueError(f"{ckpt / TRAINED}: tensors do not match the model built from the run's "
+                         f"config ({len(diff)} differ, e.g. {diff[:3]})")
+    with torch.no_grad():
+        for name, p in own.items():
+            p.copy_(tensors[name])
+
+
+def load(ckpt: Path, model: nn.Module, opt: torch.optim.Optimizer) -> dict:
+    """Trained tensors and optimizer state into model and opt; returns state.json's contents."""
+    load_trained(model, ckpt)
+    moments = load_file(str(ckpt / OPTIMIZER))
+    for name, p in trained_tensors(model).items():
+        state = {k.split(":", 1)[1]: v for k, v in moments.items() if k.split(":", 1)[0] == name}
+        if state:
+            opt.state[p] = {k: v.to(p.device) if k != "step" else v for k, v in state.items()}
+    return json.loads((ckpt / STATE).read_text())
+
+
+# ----------------------------------------------------------------------------- writing (rank 0)
+
+def _write(path: Path, write) -> None:
+    """Write one file through `write(path)` and fsync it: after the rename it must be on disk."""
+    write(path)
+    with open(path, "rb+") as f:
+        os.fsync(f.fileno())
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def step_dir(out_dir: Path, step: int) -> Path:
+    return out_dir / f"ckpt-{step:06d}"
+
+
+def save(out_dir: Path, step: int, model: nn.Module, opt: torch.optim.Optimizer, state: dict) -> Path:
+    """Write OUT_DIR/ckpt-STEP atomically: trained tensors, AdamW state, `state` (JSON), meta.json."""
+    final = step_dir(out_dir, step)
+    tmp = out_dir / f".tmp-{final.name}"  # never matched by ckpt-* while incomplete
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    trained = trained_tensors(model)
+    tensors = {k: v.detach().cpu().contiguous() for k, v in trained.items()}
+    _write(tmp / TRAINED, lambda p: save_file(tensors, str(p)))
+    moments = {f"{name}:{key}": value.detach().cpu().contiguous()
+               for name, p in trained.items() for key, value in opt.state.get(p, {}).items()}
+    _write(tmp / OPTIMIZER, lambda p: save_file(moments, str(p)))
+    _write(tmp / STATE, lambda p: p.write_text(json.dumps(state)))
+    files = {f.name: {"bytes": f.stat().st_size, "sha256": sha256(f)} for f in sorted(tmp.iterdir())}
+    meta = {"step": step, "time": time.strftime("%Y-%m-%d %H:%M:%S"), "files": files}
+    _write(tmp / META, lambda p: p.write_text(json.dumps(meta, indent=1)))
+    _fsync_dir(tmp)
+    if final.exists():  # a re-save of the same step (e.g. after a resume): replace it whole
+        shutil.rmtree(final)
+    os.rename(tmp, final)
+    _fsync_dir(out_dir)
+    return final
+
+
+def prune(out_dir: Path, keep_last: int) -> None:
+    """Bound disk use: keep the newest keep_last checkpoints and the best one (keep_last <= 0: all)."""
+    if keep_last <= 0:
+        return
+    best = (out_dir / "best").resolve() if (out_dir / "best").exists() else None
+    for ckpt in listed(out_dir)[:-keep_last]:
+        if ckpt.resolve() != best:
+            shutil.rmtree(ckpt)
+
+
+def point_best(out_dir: Path, ckpt: Path) -> None:
+    """OUT_DIR/best -> ckpt-STEP, replaced atomically (relative, so the run dir can move)."""
+    tmp = out_dir / ".best.tmp"
+    tmp.unlink(missing_ok=True)
+    os.symlink(ckpt.name, tmp)
+    os.replace(tmp, out_dir / "best")
