@@ -60,6 +60,20 @@ def dynamic_map_8bit() -> Tensor:
     return torch.tensor(sorted(data + [0.0, 1.0]), dtype=torch.float32)
 
 
+DYNAMIC_MAP_8BIT = dynamic_map_8bit()
+_ON_DEVICE: dict[tuple[int, torch.device], Tensor] = {}
+
+
+def _on(device: torch.device, table: Tensor) -> Tensor:
+    """One of this file's constant tables on `device`, copied there once per process. A copy per
+    call would cost more than its bytes: a host-to-device copy from pageable memory first waits
+    for the CUDA stream to drain, so the CPU could never run ahead of the GPU."""
+    key = (id(table), torch.device(device))
+    if key not in _ON_DEVICE:
+        _ON_DEVICE[key] = table.to(device)
+    return _ON_DEVICE[key]
+
+
 # ----------------------------------------------------------------------------- format (pure torch)
 
 
@@ -114,7 +128,7 @@ def dequantize_nf4(packed: Tensor, absmax: Tensor, shape, blocksize: int = 64,
     n = math.prod(shape)
     # index_select with int32 indices: on the CPU ~2x faster than indexing with packed.long(),
     # whose int64 copy alone is 8 bytes per byte read. A fresh (n/2, 2) tensor, scaled in place.
-    values = _BYTE_TO_LEVELS.to(packed.device).index_select(0, packed.int()).view(-1)[:n]  # (n,) high nibble first
+    values = _on(packed.device, _BYTE_TO_LEVELS).index_select(0, packed.int()).view(-1)[:n]  # (n,) high nibble first
     return _scale_blocks(values, absmax.float(), blocksize).view(shape).to(dtype)
 
 
@@ -126,13 +140,13 @@ def quantize_absmax(absmax: Tensor, blocksize: int = 256) -> tuple[Tensor, Tenso
     Same rule as bitsandbytes' reference `quantize_blockwise`; bnb's C kernel on the CPU agrees on
     all but a few codes, where it picks a level that is not the nearest (see tests)."""
     offset = absmax.float().mean()
-    codes, scale = _blockwise_codes(absmax.float() - offset, dynamic_map_8bit(), blocksize)
+    codes, scale = _blockwise_codes(absmax.float() - offset, DYNAMIC_MAP_8BIT, blocksize)
     return codes.to(torch.uint8), scale, offset
 
 
 def dequantize_absmax(codes: Tensor, scale: Tensor, offset: Tensor, blocksize: int = 256) -> Tensor:
     """Inverse of quantize_absmax -> absmax float32 (b,)."""
-    values = dynamic_map_8bit().to(codes.device)[codes.long()]
+    values = _on(codes.device, DYNAMIC_MAP_8BIT)[codes.long()]
     return _scale_blocks(values, scale, blocksize) + offset
 
 
@@ -293,9 +307,6 @@ if triton is not None:
                  mask=offs_m[:, None] < M)
 
 
-_LEVELS_ON: dict[torch.device, Tensor] = {}
-
-
 def _launch_args(a: Tensor, shape: tuple[int, int], blocksize: int) -> tuple:
     """Checks shared by both launchers; returns the NF4 table on a's device and the dot precision."""
     if triton is None:
@@ -307,7 +318,7 @@ def _launch_args(a: Tensor, shape: tuple[int, int], blocksize: int) -> tuple:
     if not _kernel_shape_ok(shape[1], blocksize):
         raise ValueError(f"quant.py: the Triton kernels need in_features ({shape[1]}) to be a multiple of "
                          f"the blocksize ({blocksize}, a power of two >= 16); use the torch path")
-    levels = _LEVELS_ON.setdefault(a.device, NF4_LEVELS.to(a.device))
+    levels = _on(a.device, NF4_LEVELS)
     # float32 inputs: exact float32 products (tf32 would lose 13 mantissa bits); ignored for 16-bit.
     return levels, ("ieee" if a.dtype == torch.float32 else "tf32")
 

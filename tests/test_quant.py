@@ -247,3 +247,24 @@ def test_bench_kernels_runs(capsys):
         torch.set_num_threads(threads)  # the CPU bench times one thread
     out = capsys.readouterr().out
     assert "nf4 fwd" in out and "nf4 dx" in out and out.count("256x512") >= 8   # 4 rows x 2 M, + bnb on a GPU
+
+
+def test_constant_tables_reach_a_device_once(monkeypatch):
+    """The NF4 and 8-bit tables are copied to a device once, not per call: a CPU -> GPU copy from
+    pageable memory also waits for the CUDA stream to drain, which per linear layer would keep the
+    CPU from ever running ahead of the GPU. Counted on the meta device (no GPU needed)."""
+    tables = (quant.NF4_LEVELS, quant._BYTE_TO_LEVELS, quant.DYNAMIC_MAP_8BIT)
+    copies, to = [], torch.Tensor.to
+
+    def counting_to(self, *args, **kwargs):
+        copies.extend(t for t in tables if self is t)
+        return to(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.Tensor, "to", counting_to)
+    monkeypatch.setattr(quant, "_ON_DEVICE", {})
+    meta = torch.device("meta")
+    for _ in range(3):
+        quant.dequantize_nf4(torch.zeros(32, dtype=torch.uint8, device=meta), torch.ones(1, device=meta), (8, 8))
+        quant.dequantize_absmax(torch.zeros(4, dtype=torch.uint8, device=meta), torch.ones(1, device=meta),
+                                torch.zeros((), device=meta))
+    assert len(copies) == 2
