@@ -313,7 +313,8 @@ def ours_qlora(cfg, config, random_weights: bool, device):
         tok = Tokenizer.from_dir(cfg.model_dir)
         return ev.build_model(cfg, tok, device), tok
     tok = SimpleNamespace(pose_token_id=config.vocab_size - 1, pad_id=0)  # all data.collate reads
-    fake_load = lambda path, dtype, device, quantize=None, **_: qwen.random_model(config, dtype, device, quantize)  # noqa: E731
+    def fake_load(path, dtype, device, quantize=None, double_quant=False, **_):
+        return qwen.random_model(config, dtype, device, quantize, double_quant)
     with mock.patch.object(qwen, "load_model", fake_load):
         return ev.build_model(cfg, tok, device), tok
 

@@ -142,7 +142,9 @@ def build_model(cfg, tok: Tokenizer, device: torch.device) -> SignTranslator:
     -> LoRA -> pose encoder sized to the data's features and scaled to the embeddings."""
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     llm = qwen.load_model(cfg.model_dir, dtype=dtype, device=device,
-                          quantize=None if cfg.quantize == "none" else cfg.quantize)
+                          quantize=None if cfg.quantize == "none" else cfg.quantize,
+                          double_quant=getattr(cfg, "double_quant", False),       # runs saved before
+                          quant_cache=getattr(cfg, "quant_cache", "") or None)     # these fields existed
     lora.apply_lora(llm, r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout,
                     targets=cfg.lora_targets, modules_to_save=cfg.modules_to_save)
     llm.gradient_checkpointing = cfg.gradient_checkpointing

@@ -452,7 +452,7 @@ def _stream_into(model: nn.Module, where: dict[str, Path], expected: dict[str, t
     model.tie_weights()
 
 
-def _swap_in_nf4(model: Qwen2, dtype: torch.dtype) -> None:
+def _swap_in_nf4(model: Qwen2, dtype: torch.dtype, double_quant: bool = False) -> None:
     """Replace the seven projections of every layer by (meta) 4-bit linears, as gpt-fast does
     before loading: the full-precision weights never exist for the whole model at once."""
     import quant  # imported here so that the full-precision path never needs it
@@ -461,25 +461,34 @@ def _swap_in_nf4(model: Qwen2, dtype: torch.dtype) -> None:
         for parent in (layer.self_attn, layer.mlp):
             for name, lin in list(parent.named_children()):
                 setattr(parent, name, quant.Linear4bit(lin.in_features, lin.out_features, bias=lin.bias is not None,
-                                                       compute_dtype=dtype, device="meta"))
+                                                       compute_dtype=dtype, device="meta", double_quant=double_quant))
 
 
-def _quant_cache_file(path: Path, where: dict[str, Path], dtype: torch.dtype, cache_dir: Path) -> Path:
-    """The cache file name: a hash of the checkpoint's path, files (size, mtime) and dtype."""
+def _quant_cache_file(path: Path, where: dict[str, Path], dtype: torch.dtype, double_quant: bool,
+                      cache_dir: Path) -> Path:
+    """The cache file name: a hash of the checkpoint's path, files (size, mtime), dtype and format."""
     stats = [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(set(where.values()))]
-    key = json.dumps([str(path.resolve()), stats, str(dtype), "nf4"])
-    return cache_dir / f"nf4-{hashlib.sha256(key.encode()).hexdigest()[:16]}.safetensors"
+    fmt = "nf4-bs64" + ("-dq" if double_quant else "")
+    key = json.dumps([str(path.resolve()), stats, str(dtype), fmt])
+    return cache_dir / f"{fmt}-{hashlib.sha256(key.encode()).hexdigest()[:16]}.safetensors"
+
+
+def _check_quantize(quantize: str | None, double_quant: bool) -> None:
+    if quantize not in (None, "nf4"):
+        raise ValueError(f"quantize={quantize!r}: only None and 'nf4' are supported")
+    if double_quant and quantize is None:
+        raise ValueError("double_quant=True needs quantize='nf4'")
 
 
 def load_model(path: str | Path, dtype: torch.dtype = torch.float32, device="cpu", quantize: str | None = None,
-               quant_cache: str | Path | None = None) -> Qwen2:
+               double_quant: bool = False, quant_cache: str | Path | None = None) -> Qwen2:
     """Load a Hugging Face Qwen2 directory (config.json + safetensors) into an eval-mode Qwen2.
 
-    quantize="nf4" stores the seven projections of every layer in 4 bits; lm_head, embeddings
-    and norms stay in `dtype`. quant_cache=DIR saves the quantized tensors there on the first
-    load and reads them back on later loads of the same (unchanged) checkpoint."""
-    if quantize not in (None, "nf4"):
-        raise ValueError(f"quantize={quantize!r}: only None and 'nf4' are supported")
+    quantize="nf4" stores the seven projections of every layer in 4 bits (blocks of 64; with
+    double_quant their absmax in 8 bits too, QLoRA's "DQ": 4.127 instead of 4.5 bits per weight);
+    lm_head, embeddings and norms stay in `dtype`. quant_cache=DIR saves the quantized tensors
+    there on the first load and reads them back on later loads of the same (unchanged) checkpoint."""
+    _check_quantize(quantize, double_quant)
     path = Path(path)
     config = Qwen2Config.from_json(path / "config.json")
     where = _checkpoint_index(path)
@@ -490,9 +499,9 @@ def load_model(path: str | Path, dtype: torch.dtype = torch.float32, device="cpu
     hf_shapes = _expected_shapes(model)  # before any swap: the checkpoint holds full weights
     cached = None
     if quantize == "nf4":
-        _swap_in_nf4(model, dtype)
+        _swap_in_nf4(model, dtype, double_quant)
         if quant_cache is not None:
-            cached = _quant_cache_file(path, where, dtype, Path(quant_cache))
+            cached = _quant_cache_file(path, where, dtype, double_quant, Path(quant_cache))
     if cached is not None and cached.exists():
         _stream_into(model, _names_in(cached), _expected_shapes(model), None, device)
     else:
@@ -512,19 +521,18 @@ def init_weight_(name: str, t: Tensor, std: float = 0.02) -> Tensor:
 
 @torch.no_grad()
 def random_model(config: Qwen2Config, dtype: torch.dtype = torch.float32, device="cpu", quantize: str | None = None,
-                 std: float = 0.02) -> Qwen2:
+                 double_quant: bool = False, std: float = 0.02) -> Qwen2:
     """An eval-mode Qwen2 with random weights (init_weight_), built by load_model's own steps: on
     the meta device, projections swapped for 4-bit linears (quantize="nf4"), then each tensor made
     on `device` and quantized as soon as it exists, so a large model never exists whole in 16 bits.
     The values drawn depend only on the seed, not on quantize: the NF4 model is the 16-bit one,
     quantized. For benchmarks (speed and memory do not depend on the values) and the tiny demo."""
-    if quantize not in (None, "nf4"):
-        raise ValueError(f"quantize={quantize!r}: only None and 'nf4' are supported")
+    _check_quantize(quantize, double_quant)
     with torch.device("meta"):
         model = Qwen2(config)
     shapes = _expected_shapes(model)  # the 16-bit shapes, taken before the 4-bit swap
     if quantize == "nf4":
-        _swap_in_nf4(model, dtype)
+        _swap_in_nf4(model, dtype, double_quant)
     for name, shape in shapes.items():
         _set_tensor(model, name, init_weight_(name, torch.empty(shape, dtype=dtype, device=device), std))
     model.tie_weights()

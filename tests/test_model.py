@@ -232,6 +232,43 @@ def test_nf4_load_matches_bitsandbytes_dequantized_reference(tiny_checkpoint, tm
         M.save_model(cached, tmp_path / "nope")
 
 
+def test_nf4_double_quant_load_matches_bitsandbytes_nested_quantization(tiny_checkpoint, tmp_path, monkeypatch):
+    """double_quant=True stores each absmax in 8 bits (bnb's compress_statistics=True) and keeps
+    the two formats apart in the cache. Reference: transformers with every projection rounded by
+    bnb's nested quantization. bnb's CPU kernel picks a non-nearest 8-bit level for a few absmax
+    (test_quant); those blocks' weights then differ by one 8-bit step of their absmax, so the codes
+    must agree on >= 99% of blocks and the logits to 3e-3 (they are of order 1)."""
+    import bitsandbytes.functional as bnbf
+    import quant
+
+    path, hf = tiny_checkpoint
+    plain = M.load_model(path, quantize="nf4", quant_cache=tmp_path / "qcache")
+    dq = M.load_model(path, quantize="nf4", double_quant=True, quant_cache=tmp_path / "qcache")
+    assert sorted(p.name.rsplit("-", 1)[0] for p in (tmp_path / "qcache").iterdir()) == ["nf4-bs64", "nf4-bs64-dq"]
+    params, same, blocks = dict(hf.named_parameters()), 0, 0
+    with torch.no_grad():
+        for name, m in dq.named_modules():
+            if isinstance(m, quant.Linear4bit):
+                q, state = bnbf.quantize_4bit(params[f"{name}.weight"].data, blocksize=64, quant_type="nf4",
+                                              compress_statistics=True)
+                assert m.double_quant and m.absmax.dtype == torch.uint8
+                same, blocks = same + (m.absmax == state.absmax).sum().item(), blocks + m.absmax.numel()
+                params[f"{name}.weight"].copy_(bnbf.dequantize_4bit(q, state))
+        ids = _ids(2, 11)
+        torch.testing.assert_close(dq(ids), hf(ids).logits, rtol=0, atol=3e-3)
+        assert same >= 0.99 * blocks
+        # 8-bit absmax + a float32 scale per 256 blocks, instead of a float32 absmax per block
+        nbytes = lambda model: sum(b.numel() * b.element_size() for n, b in model.named_buffers() if "layers." in n)
+        n_blocks = sum(m.absmax.numel() for m in dq.modules() if isinstance(m, quant.Linear4bit))
+        n_linears = sum(isinstance(m, quant.Linear4bit) for m in dq.modules())
+        assert nbytes(plain) - nbytes(dq) == 3 * n_blocks - n_linears * (4 + 4)  # one scale + offset each here
+        monkeypatch.setattr(quant.Linear4bit, "quantize_", lambda *a: pytest.fail("cache not used"))
+        cached = M.load_model(path, quantize="nf4", double_quant=True, quant_cache=tmp_path / "qcache")
+        torch.testing.assert_close(cached(ids), dq(ids), rtol=0, atol=0)
+    with pytest.raises(ValueError, match="double_quant=True needs quantize='nf4'"):
+        M.load_model(path, double_quant=True)
+
+
 # ----------------------------------------------------------------------------- pose encoder
 
 

@@ -72,6 +72,30 @@ def test_tiny_run_learns(shared, tmp_path):
     assert not any(".base." in n for n in names)
 
 
+def test_double_quant_and_quant_cache_from_train_to_eval(shared, tmp_path, monkeypatch):
+    """A run with double_quant and quant_cache writes the quantized base once; eval.py's rebuild of
+    the run then reads it (quantizing again would fail) and gets the same 8-bit-absmax layers."""
+    import torch
+
+    import checkpoints
+    import eval as ev
+    import quant
+    from tokenizer import Tokenizer
+
+    out, cache = tmp_path / "run", tmp_path / "qcache"
+    with pytest.raises(train.ConfigError, match="double_quant=True needs quantize='nf4'"):
+        train.check_inputs(train.load_config(tiny_args(shared, out, quantize="none", double_quant=True)))
+    args = tiny_args(shared, out, max_steps=2, eval_every=2, save_every=2, grad_accum=1, double_quant=True,
+                     quant_cache=str(cache))
+    assert train.main(args) == 0
+    assert [p.name.rsplit("-", 1)[0] for p in cache.iterdir()] == ["nf4-bs64-dq"]
+    monkeypatch.setattr(quant.Linear4bit, "quantize_", lambda *a: pytest.fail("quant_cache not used"))
+    cfg = checkpoints.run_config(checkpoints.pick(out))
+    model = ev.build_model(cfg, Tokenizer.from_dir(cfg.model_dir), torch.device("cpu"))
+    layers = [m for m in model.modules() if isinstance(m, quant.Linear4bit)]
+    assert layers and all(m.double_quant and m.absmax.dtype == torch.uint8 for m in layers)
+
+
 @pytest.mark.parametrize("path", sorted((train_helpers.ROOT / "configs").glob("*.py")), ids=lambda p: p.name)
 def test_every_config_file_loads(path):
     cfg = train.load_config([str(path)])
