@@ -13,6 +13,7 @@ model_repo = "Qwen/Qwen2.5-14B-Instruct"
 data_dir = "data/isign"
 out_dir = "runs/qwen14b-instruct"
 quantize = "nf4"
+quant_cache = "checkpoints/nf4-cache"  # the quantized base, saved on first load, read back by later runs
 lora_r = 32
 lora_alpha = 64
 lora_targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]

@@ -10,6 +10,7 @@ model_repo = "Qwen/Qwen2.5-1.5B-Instruct"
 data_dir = "data/isign"
 out_dir = "runs/qwen1_5b-instruct"
 quantize = "nf4"
+quant_cache = "checkpoints/nf4-cache"  # the quantized base, saved on first load, read back by later runs
 lora_r = 16
 lora_alpha = 32
 lora_targets = ["q_proj", "k_proj", "v_proj", "o_proj"]

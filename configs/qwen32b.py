@@ -11,6 +11,7 @@ model_repo = "Qwen/Qwen2.5-32B-Instruct"
 data_dir = "data/isign"
 out_dir = "runs/qwen32b-instruct"
 quantize = "nf4"
+quant_cache = "checkpoints/nf4-cache"  # the quantized base, saved on first load, read back by later runs
 lora_r = 64
 lora_alpha = 128
 lora_targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]

@@ -14,6 +14,7 @@ model_repo = "Qwen/Qwen2.5-7B-Instruct"
 data_dir = "data/isign"
 out_dir = "runs/qwen7b-instruct"
 quantize = "nf4"
+quant_cache = "checkpoints/nf4-cache"  # the quantized base, saved on first load, read back by later runs
 lora_r = 16
 lora_alpha = 32
 lora_targets = ["q_proj", "k_proj", "v_proj", "o_proj"]
