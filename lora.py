@@ -138,12 +138,29 @@ def _saved_module_names(model: nn.Module, modules_to_save) -> list[str]:
     return names
 
 
+def _untie(model: nn.Module, saved: list[str]) -> None:
+    """Give each module in `saved` its own copy of any parameter it shares with another module (a
+    tied lm_head and embed_tokens). PEFT trains a copy of every module in modules_to_save, so a
+    tie comes apart there too (its default, ensure_weight_tying=False): only the listed module
+    learns, its former partner stays frozen."""
+    owners: dict[int, set[str]] = {}
+    for name, module in model.named_modules(remove_duplicate=False):
+        for p in module.parameters(recurse=False):
+            owners.setdefault(id(p), set()).add(name)
+    for name in saved:
+        module = model.get_submodule(name)
+        for attr, p in list(module.named_parameters(recurse=False)):
+            if len(owners[id(p)]) > 1:
+                setattr(module, attr, nn.Parameter(p.detach().clone(), requires_grad=p.requires_grad))
+
+
 def apply_lora(model: nn.Module, r: int = 16, alpha: float = 32, dropout: float = 0.05,
                targets=("q_proj", "k_proj", "v_proj", "o_proj"), modules_to_save=()) -> int:
     """Wrap, in place, every linear whose last name component is in `targets` (q_proj, k_proj,
     v_proj, o_proj, gate_proj, up_proj, down_proj for Qwen2), then freeze the rest of `model`
     except `modules_to_save` (e.g. "lm_head", "embed_tokens") and submodules named pose_encoder*.
-    Returns and prints the number of trainable parameters."""
+    A module in modules_to_save that shares its weight (tied embeddings) gets its own copy, as in
+    PEFT. Returns and prints the number of trainable parameters."""
     _check_hparams(r, alpha, dropout)
     targets = (targets,) if isinstance(targets, str) else tuple(targets)
     modules_to_save = (modules_to_save,) if isinstance(modules_to_save, str) else tuple(modules_to_save)
@@ -158,6 +175,7 @@ def apply_lora(model: nn.Module, r: int = 16, alpha: float = 32, dropout: float 
         raise ValueError(f"LoRA targets {unmatched or list(targets)} match no linear layer of "
                          f"{type(model).__name__}; its linears are named {available}")
     saved = _saved_module_names(model, modules_to_save)
+    _untie(model, saved)
     for name, linear in chosen.items():
         parent, _, child = name.rpartition(".")
         setattr(model.get_submodule(parent), child, LoRALinear(linear, r, alpha, dropout))
@@ -315,8 +333,11 @@ def export_merged(model: nn.Module, out_dir, dtype: torch.dtype | None = None) -
             seen.add(v.data_ptr())
             tensors[k] = v
     tensors = {k: v.to(dtype) if v.is_floating_point() else v for k, v in tensors.items()}
+    config = model.config.to_dict()
+    if config.get("tie_word_embeddings") and "lm_head.weight" in tensors:
+        config["tie_word_embeddings"] = False  # modules_to_save untied lm_head (see _untie)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "config.json").write_text(json.dumps(model.config.to_dict(), indent=2) + "\n")
+    (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     _to_file(tensors, out / "model.safetensors")
     return out

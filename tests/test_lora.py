@@ -196,6 +196,35 @@ def test_export_merged(ckpt, tmp_path, quantize, tied):
     assert tensors.keys() == load_file(ckpt / "model.safetensors").keys()  # HF names, nothing else
 
 
+def test_tied_lm_head_in_modules_to_save_comes_apart_as_in_peft(tmp_path):
+    """PEFT trains a copy of each module in modules_to_save: with tied embeddings, lm_head then
+    learns alone and embed_tokens stays the base's. Same outputs as PEFT, an adapter file PEFT
+    reads back, frozen embeddings after a training step, a merged export transformers loads untied."""
+    path = make_hf_checkpoint(tmp_path / "tied", tie_word_embeddings=True)[0]
+    pm = peft_model(path, targets=("q_proj",), modules_to_save=["lm_head"])
+    m = ours(path)
+    lora.apply_lora(m, r=R, alpha=ALPHA, dropout=0.0, targets=("q_proj",), modules_to_save=("lm_head",))
+    own = dict(m.named_parameters())
+    with torch.no_grad():
+        for name, p in pm.named_parameters():
+            if p.requires_grad:
+                own[peft_to_our_name(name)].copy_(p)
+    torch.testing.assert_close(our_logits(m), hf_logits(pm), **TOL)
+    lora.save_peft_adapter(m, tmp_path / "adapter", base_model_name_or_path=str(path))
+    loaded = PeftModel.from_pretrained(hf_model(path), tmp_path / "adapter").eval()
+    torch.testing.assert_close(hf_logits(loaded), our_logits(m), **TOL)
+    embed = m.model.embed_tokens.weight.detach().clone()
+    assert not m.model.embed_tokens.weight.requires_grad and m.lm_head.weight.requires_grad
+    opt = torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=1e-2)
+    m(IDS).square().mean().backward()
+    opt.step()
+    assert torch.equal(m.model.embed_tokens.weight, embed)
+    expected = our_logits(m)
+    lora.export_merged(m, tmp_path / "merged")
+    assert json.loads((tmp_path / "merged" / "config.json").read_text())["tie_word_embeddings"] is False
+    torch.testing.assert_close(hf_logits(hf_model(tmp_path / "merged")), expected, **TOL)
+
+
 def test_errors(ckpt, tmp_path):
     m = ours(ckpt)
     with pytest.raises(ValueError, match=r"q_projj.*match no linear.*'q_proj'"):
