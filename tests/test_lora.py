@@ -196,6 +196,7 @@ def test_export_merged(ckpt, tmp_path, quantize, tied):
     assert tensors.keys() == load_file(ckpt / "model.safetensors").keys()  # HF names, nothing else
 
 
+@pytest.mark.filterwarnings("ignore:Model has `tie_word_embeddings=True`")  # PEFT: the default we match
 def test_tied_lm_head_in_modules_to_save_comes_apart_as_in_peft(tmp_path):
     """PEFT trains a copy of each module in modules_to_save: with tied embeddings, lm_head then
     learns alone and embed_tokens stays the base's. Same outputs as PEFT, an adapter file PEFT
