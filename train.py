@@ -87,7 +87,8 @@ class TrainConfig:
     init_model: dict = field(default_factory=dict)  # non-empty and model_dir missing: create a random
                                                     # Qwen2 of these sizes + a BPE tokenizer there
     quantize: str = "nf4"            # "nf4" (QLoRA) or "none" (LoRA on a 16-bit base)
-    double_quant: bool = False       # NF4 absmax in 8 bits too (QLoRA's DQ): -0.37 bit per weight
+    double_quant: bool = False       # NF4 absmax in 8 bits too (QLoRA's DQ): -0.37 bit per weight; costs a
+                                     # float32 expansion of the absmax in every 4-bit call
     quant_cache: str = ""            # directory: the quantized base is saved there on first load
                                      # and read back by later runs and eval.py ("" = quantize each time)
     lora_r: int = 16
