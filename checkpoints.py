@@ -111,7 +111,7 @@ def load(ckpt: Path, model: nn.Module, opt: torch.optim.Optimizer) -> dict:
     for name, p in trained_tensors(model).items():
         state = {k.split(":", 1)[1]: v for k, v in moments.items() if k.split(":", 1)[0] == name}
         if state:
-            opt.state[p] = {k: v.to(p.device) if k != "step" else v for k, v in state.items()}
+            opt.state[p] = {k: v.to(p.device) for k, v in state.items()}  # fused AdamW: step too
     return json.loads((ckpt / STATE).read_text())
 
 

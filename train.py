@@ -377,12 +377,17 @@ def lr_factor(step: int, cfg: TrainConfig) -> float:
 
 
 def make_optimizer(model: ev.SignTranslator, cfg: TrainConfig) -> torch.optim.AdamW:
-    """Two parameter groups: the encoder learns from scratch and takes a larger rate than LoRA."""
+    """Two parameter groups: the encoder learns from scratch and takes a larger rate than LoRA.
+
+    fused=True: one kernel updates every tensor in place. The default (foreach) implementation
+    makes a temporary the size of all trained weights (sqrt of the second moments), and on the
+    GPU that was the step's memory peak: 14B measured 12.99 GiB = model 10.50 + 4 x 0.63 GiB of
+    float32 trained tensors (gradients, two moments, that temporary)."""
     enc = [p for p in model.encoder.parameters() if p.requires_grad]
     llm = [p for p in model.llm.parameters() if p.requires_grad]
     groups = [{"params": llm, "lr": cfg.lr, "base_lr": cfg.lr},
               {"params": enc, "lr": cfg.encoder_lr, "base_lr": cfg.encoder_lr}]
-    return torch.optim.AdamW(groups, weight_decay=cfg.weight_decay, betas=(0.9, 0.999))
+    return torch.optim.AdamW(groups, weight_decay=cfg.weight_decay, betas=(0.9, 0.999), fused=True)
 
 
 # ----------------------------------------------------------------------------- checkpoints (format: checkpoints.py)

@@ -96,6 +96,36 @@ def test_double_quant_and_quant_cache_from_train_to_eval(shared, tmp_path, monke
     assert layers and all(m.double_quant and m.absmax.dtype == torch.uint8 for m in layers)
 
 
+def test_optimizer_is_adamw_with_two_learning_rates():
+    """Two steps of make_optimizer (fused AdamW) against the AdamW update written out by hand
+    (Loshchilov & Hutter: decoupled decay, bias-corrected moments), per group learning rate."""
+    import torch
+    from types import SimpleNamespace
+
+    torch.manual_seed(0)
+    lora_w, enc_w = torch.nn.Parameter(torch.randn(3, 4)), torch.nn.Parameter(torch.randn(5))
+    frozen = torch.nn.Parameter(torch.randn(2), requires_grad=False)
+    model = SimpleNamespace(llm=torch.nn.ParameterList([lora_w, frozen]), encoder=torch.nn.ParameterList([enc_w]))
+    cfg = train.TrainConfig(lr=1e-2, encoder_lr=3e-2, weight_decay=0.1)
+    opt = train.make_optimizer(model, cfg)
+    expected = {}
+    for p, lr in ((lora_w, 1e-2), (enc_w, 3e-2)):
+        w, m, v = p.detach().double().clone(), 0, 0
+        for t, g in enumerate((torch.randn(p.shape).double(), torch.randn(p.shape).double()), start=1):
+            w = w * (1 - lr * 0.1)
+            m, v = 0.9 * m + 0.1 * g, 0.999 * v + 0.001 * g * g
+            w = w - lr * (m / (1 - 0.9**t)) / ((v / (1 - 0.999**t)).sqrt() + 1e-8)
+            expected.setdefault(p, []).append(g.float())
+        expected[p] = (expected[p], w)
+    for step in range(2):
+        for p in (lora_w, enc_w):
+            p.grad = expected[p][0][step].clone()
+        opt.step()
+    for p in (lora_w, enc_w):
+        torch.testing.assert_close(p.detach().double(), expected[p][1], rtol=1e-5, atol=1e-6)
+    assert all(len(g["params"]) == 1 for g in opt.param_groups)  # the frozen tensor is left out
+
+
 @pytest.mark.parametrize("path", sorted((train_helpers.ROOT / "configs").glob("*.py")), ids=lambda p: p.name)
 def test_every_config_file_loads(path):
     cfg = train.load_config([str(path)])
