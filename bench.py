@@ -313,8 +313,8 @@ def ours_qlora(cfg, config, random_weights: bool, device):
         tok = Tokenizer.from_dir(cfg.model_dir)
         return ev.build_model(cfg, tok, device), tok
     tok = SimpleNamespace(pose_token_id=config.vocab_size - 1, pad_id=0)  # all data.collate reads
-    def fake_load(path, dtype, device, quantize=None, double_quant=False, **_):
-        return qwen.random_model(config, dtype, device, quantize, double_quant)
+    def fake_load(path, dtype, device, quantize=None, double_quant=False, offload_embeddings=False, **_):
+        return qwen.random_model(config, dtype, device, quantize, double_quant, offload_embeddings=offload_embeddings)
     with mock.patch.object(qwen, "load_model", fake_load):
         return ev.build_model(cfg, tok, device), tok
 

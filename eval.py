@@ -144,7 +144,8 @@ def build_model(cfg, tok: Tokenizer, device: torch.device) -> SignTranslator:
     llm = qwen.load_model(cfg.model_dir, dtype=dtype, device=device,
                           quantize=None if cfg.quantize == "none" else cfg.quantize,
                           double_quant=getattr(cfg, "double_quant", False),       # runs saved before
-                          quant_cache=getattr(cfg, "quant_cache", "") or None)     # these fields existed
+                          quant_cache=getattr(cfg, "quant_cache", "") or None,     # these fields existed
+                          offload_embeddings=getattr(cfg, "offload_embeddings", False))
     lora.apply_lora(llm, r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout,
                     targets=cfg.lora_targets, modules_to_save=cfg.modules_to_save)
     llm.gradient_checkpointing = cfg.gradient_checkpointing

@@ -134,6 +134,10 @@ def _saved_module_names(model: nn.Module, modules_to_save) -> list[str]:
         found = [n for n, _ in model.named_modules() if n == key or n.endswith("." + key)]
         if not found:
             raise ValueError(f"modules_to_save entry {key!r} matches no module of {type(model).__name__}")
+        frozen = [n for n in found if next(model.get_submodule(n).parameters(), None) is None]
+        if frozen:  # e.g. model.HostEmbedding, whose table is a buffer in host memory
+            raise ValueError(f"modules_to_save entry {key!r}: {frozen[0]} has no parameters to train "
+                             f"({type(model.get_submodule(frozen[0])).__name__})")
         names += found
     return names
 

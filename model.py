@@ -223,6 +223,23 @@ class Block(nn.Module):
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
+class HostEmbedding(nn.Module):
+    """A frozen token-embedding table kept in host (CPU) memory while the model runs on a GPU.
+
+    An untied LLM reads only the B x T rows of its input table that a step needs, so the table
+    (vocab x hidden: 1.02 GiB for Qwen2.5-7B, 1.45 GiB for 14B in bf16) need not take GPU memory:
+    the rows are gathered where the table is and only they (B, T, H) are copied to the device of
+    the ids. The table is a buffer named "weight": frozen, left alone by DDP (which would refuse
+    parameters on two kinds of device), and the state_dict name stays model.embed_tokens.weight."""
+
+    def __init__(self, weight: Tensor):
+        super().__init__()
+        self.register_buffer("weight", weight)
+
+    def forward(self, ids: Tensor) -> Tensor:
+        return F.embedding(ids.to(self.weight.device), self.weight).to(ids.device)  # (B, T, H)
+
+
 def mask_and_positions(attention_mask: Tensor | None, past: int, T: int, device) -> tuple[Tensor | None, Tensor]:
     """The boolean attention mask (B, 1, T, past+T) or None for plain causal, and position_ids (B|1, T).
 
@@ -446,10 +463,23 @@ def _stream_into(model: nn.Module, where: dict[str, Path], expected: dict[str, t
                 shape = tuple(f.get_slice(name).get_shape())
                 if shape != expected[name]:
                     raise ValueError(f"tensor {name} in {file} has shape {shape}, expected {expected[name]}")
-                t = f.get_tensor(name)
-                t = t.to(device, dtype) if dtype is not None and t.is_floating_point() else t.to(device)
+                t, home = f.get_tensor(name), _home(model, name, device)
+                t = t.to(home, dtype) if dtype is not None and t.is_floating_point() else t.to(home)
                 _set_tensor(model, name, t)
     model.tie_weights()
+
+
+def _home(model: nn.Module, name: str, device) -> torch.device | str:
+    """Where tensor `name` is loaded: host memory for a HostEmbedding's table, else `device`."""
+    return "cpu" if isinstance(model.get_submodule(name.rsplit(".", 1)[0]), HostEmbedding) else device
+
+
+def _swap_in_host_embedding(model: Qwen2, source: str) -> None:
+    """Replace the (meta) input embedding by a HostEmbedding before loading (offload_embeddings)."""
+    if model.config.tie_word_embeddings:
+        raise ValueError(f"{source}: offload_embeddings needs untied embeddings, but tie_word_embeddings is "
+                         "true: lm_head shares the table and reads all of it every step, so it stays on the device")
+    model.model.embed_tokens = HostEmbedding(torch.empty_like(model.model.embed_tokens.weight))
 
 
 def _swap_in_nf4(model: Qwen2, dtype: torch.dtype, double_quant: bool = False) -> None:
@@ -481,13 +511,16 @@ def _check_quantize(quantize: str | None, double_quant: bool) -> None:
 
 
 def load_model(path: str | Path, dtype: torch.dtype = torch.float32, device="cpu", quantize: str | None = None,
-               double_quant: bool = False, quant_cache: str | Path | None = None) -> Qwen2:
+               double_quant: bool = False, quant_cache: str | Path | None = None,
+               offload_embeddings: bool = False) -> Qwen2:
     """Load a Hugging Face Qwen2 directory (config.json + safetensors) into an eval-mode Qwen2.
 
     quantize="nf4" stores the seven projections of every layer in 4 bits (blocks of 64; with
     double_quant their absmax in 8 bits too, QLoRA's "DQ": 4.127 instead of 4.5 bits per weight);
     lm_head, embeddings and norms stay in `dtype`. quant_cache=DIR saves the quantized tensors
-    there on the first load and reads them back on later loads of the same (unchanged) checkpoint."""
+    there on the first load and reads them back on later loads of the same (unchanged) checkpoint.
+    offload_embeddings=True keeps the (frozen) input embedding table in host memory (HostEmbedding;
+    untied models only)."""
     _check_quantize(quantize, double_quant)
     path = Path(path)
     config = Qwen2Config.from_json(path / "config.json")
@@ -497,6 +530,8 @@ def load_model(path: str | Path, dtype: torch.dtype = torch.float32, device="cpu
     with torch.device("meta"):
         model = Qwen2(config)
     hf_shapes = _expected_shapes(model)  # before any swap: the checkpoint holds full weights
+    if offload_embeddings:
+        _swap_in_host_embedding(model, str(path / "config.json"))
     cached = None
     if quantize == "nf4":
         _swap_in_nf4(model, dtype, double_quant)
@@ -521,7 +556,7 @@ def init_weight_(name: str, t: Tensor, std: float = 0.02) -> Tensor:
 
 @torch.no_grad()
 def random_model(config: Qwen2Config, dtype: torch.dtype = torch.float32, device="cpu", quantize: str | None = None,
-                 double_quant: bool = False, std: float = 0.02) -> Qwen2:
+                 double_quant: bool = False, std: float = 0.02, offload_embeddings: bool = False) -> Qwen2:
     """An eval-mode Qwen2 with random weights (init_weight_), built by load_model's own steps: on
     the meta device, projections swapped for 4-bit linears (quantize="nf4"), then each tensor made
     on `device` and quantized as soon as it exists, so a large model never exists whole in 16 bits.
@@ -531,10 +566,13 @@ def random_model(config: Qwen2Config, dtype: torch.dtype = torch.float32, device
     with torch.device("meta"):
         model = Qwen2(config)
     shapes = _expected_shapes(model)  # the 16-bit shapes, taken before the 4-bit swap
+    if offload_embeddings:
+        _swap_in_host_embedding(model, "random_model")
     if quantize == "nf4":
         _swap_in_nf4(model, dtype, double_quant)
     for name, shape in shapes.items():
-        _set_tensor(model, name, init_weight_(name, torch.empty(shape, dtype=dtype, device=device), std))
+        t = torch.empty(shape, dtype=dtype, device=_home(model, name, device))
+        _set_tensor(model, name, init_weight_(name, t, std))
     model.tie_weights()
     return model.eval()
 

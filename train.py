@@ -91,6 +91,8 @@ class TrainConfig:
                                      # float32 expansion of the absmax in every 4-bit call
     quant_cache: str = ""            # directory: the quantized base is saved there on first load
                                      # and read back by later runs and eval.py ("" = quantize each time)
+    offload_embeddings: bool = False # keep the frozen input embedding table in host memory (untied
+                                     # models, 7B and up): vocab x hidden x 2 bytes less GPU memory
     lora_r: int = 16
     lora_alpha: float = 32.0
     lora_dropout: float = 0.05
@@ -130,7 +132,8 @@ class TrainConfig:
 # Fields that may change between a run and its resumption without changing the result.
 RUNTIME_FIELDS = {"resume", "save_every", "keep_last", "log_every", "eval_every", "eval_samples",
                   "eval_batch_size", "max_new_tokens", "test_at_end", "num_workers", "data_dir", "cache_dir",
-                  "model_dir", "out_dir", "max_bad_steps", "cpu_threads"}
+                  "model_dir", "out_dir", "max_bad_steps", "cpu_threads", "quant_cache",
+                  "offload_embeddings"}
 
 
 class ConfigError(ValueError):
@@ -311,6 +314,9 @@ def check_inputs(cfg: TrainConfig) -> None:
         raise ConfigError(f"quantize must be 'nf4' or 'none', got {cfg.quantize!r}")
     if cfg.double_quant and cfg.quantize != "nf4":
         raise ConfigError("double_quant=True needs quantize='nf4'")
+    if cfg.offload_embeddings and "embed_tokens" in cfg.modules_to_save:
+        raise ConfigError("offload_embeddings=True keeps embed_tokens frozen in host memory; it cannot "
+                          "also be in modules_to_save (trained)")
 
 
 def create_first_use_assets(cfg: TrainConfig) -> None:

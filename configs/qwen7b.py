@@ -3,13 +3,14 @@
 #   torchrun --nproc_per_node 4 train.py configs/qwen7b.py
 # Weights: hf download Qwen/Qwen2.5-7B --local-dir checkpoints/Qwen2.5-7B
 # Samples per optimizer step: batch_size 4 x grad_accum 8 x 4 GPUs = 128 (~740 steps per epoch).
-# Memory per GPU, PLANNED (not measured): as qwen7b_instruct.py, about 8-10 GB.
+# Memory per GPU: as qwen7b_instruct.py.
 model_dir = "checkpoints/Qwen2.5-7B"
 model_repo = "Qwen/Qwen2.5-7B"
 data_dir = "data/isign"
 out_dir = "runs/qwen7b"
 quantize = "nf4"
 quant_cache = "checkpoints/nf4-cache"  # the quantized base, saved on first load, read back by later runs
+offload_embeddings = True  # the frozen input table (152064 x hidden, bf16: 1.02 GiB) stays in host memory
 lora_r = 16
 lora_alpha = 32
 lora_targets = ["q_proj", "k_proj", "v_proj", "o_proj"]

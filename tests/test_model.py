@@ -335,3 +335,51 @@ def test_random_model_init_and_nf4_is_the_same_draws_quantized(tied):
         q = nf4.model.layers[layer].mlp.down_proj
         assert isinstance(q, quant.Linear4bit) and torch.equal(q.weight, packed) and torch.equal(q.absmax, absmax)
     assert torch.equal(nf4.lm_head.weight, full.lm_head.weight)  # lm_head and embeddings stay 16-bit
+
+
+def test_offloaded_embeddings_stay_on_the_host_and_change_nothing(tiny_checkpoint, tmp_path, monkeypatch):
+    """offload_embeddings: the input table is a buffer in host memory (no parameter, so DDP and the
+    optimizer never see it) under its usual name; logits still match transformers, decoding is
+    unchanged, and a quant cache written without offloading is read by an offloaded load."""
+    import lora
+    import quant
+
+    path, hf = tiny_checkpoint
+    ours = M.load_model(path, offload_embeddings=True)
+    assert isinstance(ours.model.embed_tokens, M.HostEmbedding)
+    assert "model.embed_tokens.weight" in ours.state_dict()
+    assert "model.embed_tokens.weight" not in dict(ours.named_parameters())
+    ids, mask = _ids(2, 11), _left_mask([11, 6], 11)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(ids), hf(ids).logits, rtol=0, atol=TOL)
+    plain = M.load_model(path, quantize="nf4", quant_cache=tmp_path / "qc")
+    monkeypatch.setattr(quant.Linear4bit, "quantize_", lambda *a: pytest.fail("quant cache not used"))
+    offloaded = M.load_model(path, quantize="nf4", quant_cache=tmp_path / "qc", offload_embeddings=True)
+    assert torch.equal(offloaded.model.embed_tokens.weight, plain.model.embed_tokens.weight)
+    assert torch.equal(offloaded.generate(ids, attention_mask=mask, max_new_tokens=5),
+                       plain.generate(ids, attention_mask=mask, max_new_tokens=5))
+    with pytest.raises(ValueError, match="embed_tokens has no parameters to train"):
+        lora.apply_lora(offloaded, modules_to_save=["embed_tokens"])
+
+
+def test_offloaded_embeddings_placement_and_refusal_when_tied():
+    """Built for a device (meta stands in for the GPU here), every tensor goes there except the
+    embedding table, which stays on the CPU. A tied model cannot offload: lm_head reads it all."""
+    config = M.Qwen2Config(vocab_size=96, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                           num_attention_heads=4, num_key_value_heads=2)
+    model = M.random_model(config, device="meta", quantize="nf4", offload_embeddings=True)
+    where = {name: t.device.type for name, t in model.state_dict().items()}
+    assert where.pop("model.embed_tokens.weight") == "cpu" and set(where.values()) == {"meta"}
+    config.tie_word_embeddings = True
+    with pytest.raises(ValueError, match="offload_embeddings needs untied embeddings"):
+        M.random_model(config, offload_embeddings=True)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU: the table on the host, the model on it")
+def test_offloaded_embeddings_on_a_gpu(tiny_checkpoint):
+    path, hf = tiny_checkpoint
+    ours = M.load_model(path, device="cuda", offload_embeddings=True)
+    assert ours.model.embed_tokens.weight.device.type == "cpu" and ours.lm_head.weight.is_cuda
+    ids = _ids(2, 11)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(ids.cuda()).cpu(), hf(ids).logits, rtol=0, atol=1e-4)

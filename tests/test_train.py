@@ -72,9 +72,10 @@ def test_tiny_run_learns(shared, tmp_path):
     assert not any(".base." in n for n in names)
 
 
-def test_double_quant_and_quant_cache_from_train_to_eval(shared, tmp_path, monkeypatch):
-    """A run with double_quant and quant_cache writes the quantized base once; eval.py's rebuild of
-    the run then reads it (quantizing again would fail) and gets the same 8-bit-absmax layers."""
+def test_double_quant_quant_cache_and_offload_from_train_to_eval(shared, tmp_path, monkeypatch):
+    """A run with double_quant, quant_cache and offload_embeddings writes the quantized base once;
+    eval.py's rebuild of the run then reads it (quantizing again would fail) and gets the same
+    8-bit-absmax layers and the embedding table in host memory."""
     import torch
 
     import checkpoints
@@ -85,8 +86,11 @@ def test_double_quant_and_quant_cache_from_train_to_eval(shared, tmp_path, monke
     out, cache = tmp_path / "run", tmp_path / "qcache"
     with pytest.raises(train.ConfigError, match="double_quant=True needs quantize='nf4'"):
         train.check_inputs(train.load_config(tiny_args(shared, out, quantize="none", double_quant=True)))
+    with pytest.raises(train.ConfigError, match="cannot also be in modules_to_save"):
+        train.check_inputs(train.load_config(tiny_args(shared, out, offload_embeddings=True,
+                                                       modules_to_save=["embed_tokens"])))
     args = tiny_args(shared, out, max_steps=2, eval_every=2, save_every=2, grad_accum=1, double_quant=True,
-                     quant_cache=str(cache))
+                     quant_cache=str(cache), offload_embeddings=True, modules_to_save=["lm_head"])
     assert train.main(args) == 0
     assert [p.name.rsplit("-", 1)[0] for p in cache.iterdir()] == ["nf4-bs64-dq"]
     monkeypatch.setattr(quant.Linear4bit, "quantize_", lambda *a: pytest.fail("quant_cache not used"))
@@ -94,6 +98,7 @@ def test_double_quant_and_quant_cache_from_train_to_eval(shared, tmp_path, monke
     model = ev.build_model(cfg, Tokenizer.from_dir(cfg.model_dir), torch.device("cpu"))
     layers = [m for m in model.modules() if isinstance(m, quant.Linear4bit)]
     assert layers and all(m.double_quant and m.absmax.dtype == torch.uint8 for m in layers)
+    assert type(model.llm.model.embed_tokens).__name__ == "HostEmbedding"
 
 
 def test_optimizer_is_adamw_with_two_learning_rates():
