@@ -19,6 +19,7 @@ of packed bytes, one quantization block of K at a time, turn it into 16-bit valu
 pure-torch reference it is tested against:
     _nf4_tile                  <-> dequantize_nf4
     _nf4_matmul_kernel         <-> nf4_matmul_torch      (forward, and split-K decode for M <= 16)
+    _nf4_gemv_kernel           <-> nf4_matmul_torch      (forward for one row: batch-1 decoding)
     _nf4_matmul_dx_kernel      <-> nf4_matmul_dx_torch   (backward for the input: dx = dy @ W)
 QUANT_BACKEND=triton|torch picks the path (default: triton for CUDA tensors, torch elsewhere).
 Without a CUDA device the kernels are built for Triton's interpreter, so QUANT_BACKEND=triton
@@ -174,23 +175,25 @@ if triton is not None:
     # Triton 3.x reads TRITON_INTERPRET when a function is decorated, i.e. at import. Without a
     # CUDA device the interpreter is the only way the kernels can run, so build them for it; the
     # test suite can then import this file in any order and still run the kernels on the CPU.
-    # triton.language's own @jit helpers (tl.cdiv, tl.zeros, tl.interleave) may have been
-    # decorated for the GPU before this line, so the kernels below use only builtins.
+    # triton.language's own @jit helpers (tl.cdiv, tl.zeros, tl.sum, tl.interleave) may have been
+    # decorated for the GPU before this line, so the kernels below use only builtins (tl.reduce with
+    # their own _add for a sum).
     INTERPRET = os.environ.get("TRITON_INTERPRET") == "1" or not torch.cuda.is_available()
     if INTERPRET:
         triton.knobs.runtime.interpret = True
 
-    def _configs(interpreted: dict, gpu: list[tuple]) -> list:
+    def _configs(interpreted: dict, gpu: list[tuple], keys=("BLOCK_M", "BLOCK_N", "SPLIT_K", "SWAP"),
+                 **fixed) -> list:
         """One small config under the interpreter (autotuning there would run every config on the
-        CPU), else the GPU list: (BLOCK_M, BLOCK_N, SPLIT_K, SWAP, num_warps, num_stages). The k-step
-        is always one quantization block (BS = 64 weights), so that a row of a W tile has one absmax."""
+        CPU), else the GPU list: tuples of the `keys` values, then num_warps and num_stages."""
         if INTERPRET:
             return [triton.Config(interpreted)]
-        return [triton.Config(dict(BLOCK_M=bm, BLOCK_N=bn, SPLIT_K=sk, SWAP=sw, GROUP_M=8), num_warps=w,
-                              num_stages=s) for bm, bn, sk, sw, w, s in gpu]
+        return [triton.Config({**dict(zip(keys, c[:-2])), **fixed}, num_warps=c[-2], num_stages=c[-1]) for c in gpu]
 
-    # H100/H200 choices. Large M: 128-256 x 128 output tiles amortise the dequantization of a W
-    # tile (ALU and L1 work the tensor cores do not share) over many rows of x.
+    # H100/H200 choices, (BLOCK_M, BLOCK_N, SPLIT_K, SWAP, num_warps, num_stages). The k-step is
+    # always one quantization block (BS = 64 weights), so that a row of a W tile has one absmax.
+    # Large M: 128-256 x 128 output tiles amortise the dequantization of a W tile (ALU and L1 work
+    # the tensor cores do not share) over many rows of x.
     GEMM_CONFIGS = [(128, 128, 1, False, 8, 3), (128, 256, 1, False, 8, 3), (256, 128, 1, False, 8, 3),
                     (128, 128, 1, True, 8, 3), (128, 128, 1, True, 4, 4), (256, 128, 1, True, 8, 3),
                     (64, 128, 1, True, 4, 4), (128, 64, 1, False, 4, 4)]
@@ -230,7 +233,7 @@ if triton is not None:
         lo = _nf4_level(byte & 15, levels_ptr, ASM) * scale                        # W[n, k0 + 2j + 1]
         return tl.reshape(tl.join(hi, lo), (hi.shape[0], 2 * hi.shape[1]))      # (BN, BS): hi0 lo0 hi1 lo1 ...
 
-    @triton.autotune(configs=_configs(_TINY, GEMM_CONFIGS), key=["M_BUCKET", "N", "K"])
+    @triton.autotune(configs=_configs(_TINY, GEMM_CONFIGS, GROUP_M=8), key=["M_BUCKET", "N", "K"])
     @triton.jit
     def _nf4_matmul_kernel(x_ptr, w_ptr, absmax_ptr, levels_ptr, bias_ptr, y_ptr, M, N, K, M_BUCKET,
                            stride_xm, stride_ym, BS: tl.constexpr, HAS_BIAS: tl.constexpr, ATOMIC: tl.constexpr,
@@ -274,10 +277,68 @@ if triton is not None:
             tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=mask)
 
     # The same kernel with the decode configs: a second autotuner over the same jit function.
-    _nf4_matmul_decode = triton.autotune(configs=_configs({**_TINY, "BLOCK_N": 16, "SPLIT_K": 2}, DECODE_CONFIGS),
+    _nf4_matmul_decode = triton.autotune(configs=_configs({**_TINY, "BLOCK_N": 16, "SPLIT_K": 2}, DECODE_CONFIGS,
+                                                          GROUP_M=8),
                                          key=["M_BUCKET", "N", "K"], reset_to_zero=["y_ptr"])(_nf4_matmul_kernel.fn)
 
-    @triton.autotune(configs=_configs(_TINY, DX_CONFIGS), key=["M_BUCKET", "N", "K"])
+    @triton.jit
+    def _add(a, b):
+        return a + b
+
+    @triton.jit
+    def _nf4_pair(byte, pairs_ptr, ASM: tl.constexpr):
+        """(level of byte >> 4, level of byte & 15), float32, from the 256 x 2 table _BYTE_TO_LEVELS
+        (2 KiB, L1-resident): one 8-byte lookup per byte instead of one 4-byte lookup per nibble,
+        which halves the load instructions of the M = 1 kernel, whose L1 traffic would otherwise
+        be the limit (~36 weights per clock per SM at the H200's bandwidth). PTX as in _nf4_level."""
+        pair = pairs_ptr + 2 * byte.to(tl.int32)
+        if ASM:
+            return tl.inline_asm_elementwise("ld.global.nc.v2.f32 {$0, $1}, [$2];", "=f,=f,l", [pair],
+                                             dtype=(tl.float32, tl.float32), is_pure=True, pack=1)
+        return tl.load(pair), tl.load(pair + 1)
+
+    # M = 1 (batch-1 decoding): (BLOCK_N rows, NB quantization blocks per step, SPLIT_K, warps,
+    # stages). Each row's step is NB x 32 contiguous bytes; enough CTAs in flight to cover the
+    # HBM latency matter more than the tile shape. Never tuned on a GPU yet (BENCHMARKS.md).
+    GEMV_CONFIGS = [(64, 2, 1, 4, 3), (32, 4, 1, 4, 3), (16, 8, 1, 4, 3), (64, 2, 4, 4, 3),
+                    (32, 4, 2, 4, 3), (128, 1, 2, 4, 3), (64, 4, 2, 8, 3), (16, 4, 8, 4, 4)]
+
+    @triton.autotune(configs=_configs(dict(BLOCK_N=16, NB=2, SPLIT_K=2), GEMV_CONFIGS, ("BLOCK_N", "NB", "SPLIT_K")),
+                     key=["N", "KB"], reset_to_zero=["y_ptr"])
+    @triton.jit
+    def _nf4_gemv_kernel(x_ptr, w_ptr, absmax_ptr, pairs_ptr, bias_ptr, y_ptr, N, KB, BS: tl.constexpr,
+                         HAS_BIAS: tl.constexpr, ASM: tl.constexpr, BLOCK_N: tl.constexpr, NB: tl.constexpr,
+                         SPLIT_K: tl.constexpr):
+        """y (N,) += W (N, K) @ x (K,) (+ bias), for one row x: no tensor cores, no padding of x to
+        an MMA tile. K = KB blocks of BS. Program (rows, split): BLOCK_N rows over the block steps
+        split, split + SPLIT_K, ... of NB blocks each. Per byte: one pair lookup, two FMAs with x;
+        the absmax multiplies each block's sum (once per BS weights, not per weight). y is float32,
+        zeroed by the caller; the splits meet in it by atomic adds."""
+        pid_n, split = tl.program_id(0), tl.program_id(1)
+        offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+        nb, jb = tl.arange(0, NB), tl.arange(0, BS // 2)   # block within the step, byte within the block
+        row_ok = offs_n < N
+        acc = tl.full((BLOCK_N, NB), 0.0, tl.float32)  # summed over NB after the loop: no shuffles inside
+        for b0 in range(split * NB, KB, NB * SPLIT_K):
+            blk = b0 + nb                                                              # (NB,) block index in the row
+            ok = row_ok[:, None] & (blk < KB)[None, :]                                 # (BN, NB)
+            # a row is KB * BS / 2 bytes: written so that the compiler sees 32-byte aligned blocks
+            byte = tl.load(w_ptr + offs_n[:, None, None] * (KB * (BS // 2)) + blk[None, :, None] * (BS // 2)
+                           + jb[None, None, :], mask=ok[:, :, None], other=0)          # (BN, NB, BS/2) uint8
+            xs = tl.load(x_ptr + blk[:, None] * BS + tl.arange(0, BS)[None, :], mask=(blk < KB)[:, None],
+                         other=0.0).to(tl.float32)                                     # (NB, BS), contiguous
+            x_even, x_odd = tl.split(tl.reshape(xs, (NB, BS // 2, 2)))                 # (NB, BS/2) each
+            hi, lo = _nf4_pair(byte, pairs_ptr, ASM)                                   # W[n, 2j], W[n, 2j+1] / absmax
+            block_sum = tl.reduce(hi * x_even[None, :, :] + lo * x_odd[None, :, :], 2, _add)  # (BN, NB)
+            scale = tl.load(absmax_ptr + offs_n[:, None] * KB + blk[None, :], mask=ok, other=0.0)  # (BN, NB)
+            acc += block_sum * scale
+        y = tl.reduce(acc, 1, _add)                                                    # (BN,)
+        if HAS_BIAS:
+            if split == 0:
+                y += tl.load(bias_ptr + offs_n, mask=row_ok, other=0.0).to(tl.float32)
+        tl.atomic_add(y_ptr + offs_n, y, mask=row_ok)
+
+    @triton.autotune(configs=_configs(_TINY, DX_CONFIGS, GROUP_M=8), key=["M_BUCKET", "N", "K"])
     @triton.jit
     def _nf4_matmul_dx_kernel(dy_ptr, w_ptr, absmax_ptr, levels_ptr, dx_ptr, M, N, K, M_BUCKET,
                               stride_dym, stride_dxm, BS: tl.constexpr, PRECISION: tl.constexpr,
@@ -328,12 +389,18 @@ def _launch_args(a: Tensor, shape: tuple[int, int], blocksize: int) -> tuple:
 
 def nf4_matmul_triton(x: Tensor, packed: Tensor, absmax: Tensor, bias: Tensor | None, shape: tuple[int, int],
                       blocksize: int) -> Tensor:
-    """Triton version of nf4_matmul_torch: x (M, K) -> y (M, N) in x.dtype. M <= 16 takes the decode
-    configs, whose split-K partial sums meet in a float32 y by atomic adds."""
+    """Triton version of nf4_matmul_torch: x (M, K) -> y (M, N) in x.dtype. M = 1 takes the GEMV
+    kernel, 2 <= M <= 16 the decode configs of the matmul; both meet their split-K partial sums in
+    a float32 y by atomic adds."""
     (N, K), M = shape, x.shape[0]
     levels, precision = _launch_args(x, shape, blocksize)
     decode = M <= 16
     y = torch.zeros(M, N, device=x.device, dtype=torch.float32) if decode else x.new_empty(M, N)
+    if M == 1:
+        grid = lambda meta: (triton.cdiv(N, meta["BLOCK_N"]), meta["SPLIT_K"])
+        _nf4_gemv_kernel[grid](x, packed, absmax, _on(x.device, _BYTE_TO_LEVELS), bias if bias is not None else x,
+                               y, N, K // blocksize, BS=blocksize, HAS_BIAS=bias is not None, ASM=not INTERPRET)
+        return y.to(x.dtype)
     kernel = _nf4_matmul_decode if decode else _nf4_matmul_kernel
     grid = lambda meta: (triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(N, meta["BLOCK_N"]), meta["SPLIT_K"])
     kernel[grid](x, packed, absmax, levels, bias if bias is not None else x, y, M, N, K,

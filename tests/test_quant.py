@@ -117,10 +117,11 @@ def one_config(request, monkeypatch):
 
 @needs_triton
 @pytest.mark.parametrize("dtype", KERNEL_DTYPES)
-@pytest.mark.parametrize("M,N,K", [(1, 37, 128), (5, 40, 192), (33, 37, 128), (19, 64, 64)])
+@pytest.mark.parametrize("M,N,K", [(1, 37, 128), (1, 40, 192), (5, 40, 192), (33, 37, 128), (19, 64, 64)])
 def test_triton_forward_and_dx_match_reference(M, N, K, dtype, one_config):
-    # M=1 and 5 take the split-K decode kernel; 33 and 19 are not multiples of the 16-row tile;
-    # N=37 is odd and 40 not a multiple of the column tile; K runs over 1 to 3 blocks of 64.
+    # M=1 takes the GEMV kernel (2 blocks per step, split-K 2: K=192 ends in a half step), M=5 the
+    # split-K decode matmul; 33 and 19 are not multiples of the 16-row tile; N=37 is odd and 40
+    # not a multiple of the column tile; K runs over 1 to 3 blocks of 64.
     packed, absmax = _weights(N, K, DEVICE)
     x = torch.randn(M, K, device=DEVICE).to(dtype)
     dy = torch.randn(M, N, device=DEVICE).to(dtype)
