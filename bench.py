@@ -654,8 +654,9 @@ def bench_decode(args):
 
         python bench.py decode --shape 7B
 
-    ms per new token = (time(prompt + N new) - time(prompt + 1 new)) / (N - 1): the prefill is left
-    out. Bytes per token: weight_bytes_per_token (KV cache reads, < 1% at these lengths, not
+    --modes loop,static: the Python decoding loop, and generate(static=True) (StaticDecoder: one
+    CUDA graph per call, replayed per token; eager on the CPU). ms per new token = (time(prompt +
+    N new) - time(prompt + 2 new)) / (N - 2): the prefill and the graph's capture are left out. Bytes per token: weight_bytes_per_token (KV cache reads, < 1% at these lengths, not
     counted); bytes / time is the bandwidth achieved, shown as a share of the GPU's (GPU_PEAKS).
     bf16 on a GPU (medians of 3 runs), float32 on the CPU (tests only that the script works)."""
     import statistics
@@ -673,8 +674,11 @@ def bench_decode(args):
     p.add_argument("--prompt", type=int, default=128, help="prompt tokens")
     p.add_argument("--new", type=int, default=128, help="new tokens")
     p.add_argument("--quantize", default="none,nf4", help="comma-separated: none (16-bit), nf4; the first is the baseline")
+    p.add_argument("--modes", default="loop,static", help="comma-separated: loop (Python loop), static (CUDA graph)")
     p.add_argument("--threads", type=int, default=2, help="CPU threads")
     a, overrides = p.parse_known_args(args)
+    if a.new < 3:
+        raise SystemExit("bench.py decode: --new must be at least 3 (the time per token is a difference)")
     cfg = train.load_config(([a.config] if a.config else []) + overrides)
     config, source = bench_shape(cfg, a.shape or (None if a.config else "7B"), random_weights=True)
     if a.layers:
@@ -690,31 +694,31 @@ def bench_decode(args):
           f"{f'{bandwidth / 1e12:.2f} TB/s' if bandwidth else 'unknown'}")
     print(f"model: {source}, {config.num_hidden_layers} layers, random weights; batch 1, greedy, prompt "
           f"{a.prompt} tokens, {a.new} new tokens")
-    print(f"{'weights':<10}{'ms/token':>10}{'tokens/s':>10}{'GB/token':>10}{'GB/s':>8}{'%BW':>6}{'speedup':>9}"
-          "  (vs the first row)")
+    print(f"{'weights':<10}{'mode':<8}{'ms/token':>10}{'tokens/s':>10}{'GB/token':>10}{'GB/s':>8}{'%BW':>6}"
+          f"{'speedup':>9}  (vs the first row)")
     first = None
     for q in a.quantize.split(","):
         torch.manual_seed(0)
         llm = qwen.random_model(config, dtype, device, None if q == "none" else q)
         ids = torch.randint(0, config.vocab_size, (1, a.prompt), device=device)
+        for mode in a.modes.split(","):
+            def seconds(n: int) -> float:
+                times = []
+                for _ in range(3 if cuda else 1):
+                    sync()
+                    t0 = time.perf_counter()
+                    llm.generate(ids, max_new_tokens=n, eos_token_id=-1, static=mode == "static")  # -1: never stops
+                    sync()
+                    times.append(time.perf_counter() - t0)
+                return statistics.median(times)
 
-        def seconds(n: int) -> float:
-            times = []
-            for _ in range(3 if cuda else 1):
-                sync()
-                t0 = time.perf_counter()
-                llm.generate(ids, max_new_tokens=n, eos_token_id=-1)  # -1: never stops early
-                sync()
-                times.append(time.perf_counter() - t0)
-            return statistics.median(times)
-
-        seconds(2)  # warm-up: kernel autotuning, allocator
-        per_token = (seconds(a.new) - seconds(1)) / (a.new - 1)
-        nbytes = weight_bytes_per_token(llm)
-        first = first or per_token
-        share = f"{100 * nbytes / per_token / bandwidth:6.0f}" if bandwidth else f"{'-':>6}"
-        print(f"{'NF4' if q == 'nf4' else '16-bit':<10}{per_token * 1e3:10.2f}{1 / per_token:10.1f}{nbytes / 1e9:10.2f}"
-              f"{nbytes / per_token / 1e9:8.0f}{share}{first / per_token:8.2f}x")
+            seconds(3)  # warm-up: kernel autotuning, allocator
+            per_token = (seconds(a.new) - seconds(2)) / (a.new - 2)
+            nbytes = weight_bytes_per_token(llm)
+            first = first or per_token
+            share = f"{100 * nbytes / per_token / bandwidth:6.0f}" if bandwidth else f"{'-':>6}"
+            print(f"{'NF4' if q == 'nf4' else '16-bit':<10}{mode:<8}{per_token * 1e3:10.2f}{1 / per_token:10.1f}"
+                  f"{nbytes / 1e9:10.2f}{nbytes / per_token / 1e9:8.0f}{share}{first / per_token:8.2f}x")
         llm = None  # free the weights before the next model is built
         if cuda:
             torch.cuda.empty_cache()

@@ -10,10 +10,10 @@
 #      shapes, each output checked against a float64 product (err column)
 #   2. bench.py train: QLoRA steps, ours vs transformers + PEFT + bitsandbytes, at the shape of
 #      configs/qwen7b_instruct.py (batch 4), gradient checkpointing on; a profile of our step
-#   3. bench.py decode: batch-1 greedy decoding of the 7B shape, bf16 vs NF4
+#   3. bench.py decode: batch-1 greedy decoding of the 7B shape, bf16 vs NF4, Python loop vs CUDA graph
 #   4. the same as 2 at the shape of configs/qwen14b.py (batch 2)
-#   5. tests/test_quant.py's kernel tests, compiled for the GPU (bf16, fp16, fp32; odd shapes;
-#      slow: every case compiles its own kernels, so it runs last)
+#   5. the tests that need a GPU: the kernels compiled for it (bf16, fp16, fp32; odd shapes; slow:
+#      every case compiles its own kernels, so it runs last), CUDA graph decoding, host embeddings
 set -u
 export PYTHONUNBUFFERED=1
 cd "$(dirname "$0")"
@@ -42,7 +42,8 @@ EOF
   step 120 python3 bench.py kernels
   step 120 python3 bench.py train --config configs/qwen7b_instruct.py --random-weights --batch 4 \
       --gradient_checkpointing=True --profile 25
-  step 80 python3 bench.py decode --shape 7B --prompt 128 --new 128
+  step 120 python3 bench.py decode --shape 7B --prompt 128 --new 64
   step 120 python3 bench.py train --config configs/qwen14b.py --random-weights --batch 2 --gradient_checkpointing=True
-  step 240 python3 -m pytest -q -x -p no:cacheprovider tests/test_quant.py -k "triton or linear4bit"
+  step 180 python3 -m pytest -q -x -p no:cacheprovider tests/test_model.py tests/test_quant.py \
+      -k "on_a_gpu or triton or linear4bit"
 } 2>&1 | if [ -n "${OUT:-}" ]; then tee "$OUT/bench_gpu.log"; else cat; fi

@@ -5,8 +5,10 @@ What is here
     Qwen2Config      the Hugging Face config.json keys we support (both rope_theta styles)
     Qwen2            RMSNorm -> GQA attention with RoPE -> RMSNorm -> SwiGLU, x N layers;
                      state_dict names are exactly the Hugging Face names
+    HostEmbedding    a frozen input-embedding table kept in host memory (offload_embeddings)
     KVCache          preallocated keys/values for incremental decoding
     Qwen2.generate   batched greedy decoding (left padding, stop tokens) and beam search
+    StaticDecoder    greedy steps on fixed shapes, one CUDA graph per call (generate(static=True))
     load_model       streams a Hugging Face safetensors checkpoint into a meta-built model,
                      optionally quantizing the seven projections of every layer to NF4
     save_model       writes config.json + model.safetensors in the Hugging Face layout
@@ -157,9 +159,16 @@ class KVCache:
         self.k = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(config.num_hidden_layers)]
         self.v = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(config.num_hidden_layers)]
         self.length = 0  # filled slots; Qwen2.forward advances it after the last layer
+        self.slot: Tensor | None = None  # (1,) on the device: set for StaticDecoder's fixed-shape steps
 
     def update(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
-        """Write this step's k, v (B, n_kv, T, hd) and return all keys/values so far (B, n_kv, S, hd)."""
+        """Write this step's k, v (B, n_kv, T, hd) and return all keys/values so far (B, n_kv, S, hd).
+        With `slot` set (one token at a slot held on the device), return all max_len slots: the
+        shapes never change, and the attention mask hides the slots not written yet."""
+        if self.slot is not None:
+            self.k[layer].index_copy_(2, self.slot, k)
+            self.v[layer].index_copy_(2, self.slot, v)
+            return self.k[layer], self.v[layer]
         end = self.length + k.shape[2]
         self.k[layer][:, :, self.length:end] = k
         self.v[layer][:, :, self.length:end] = v
@@ -289,10 +298,13 @@ class Qwen2(nn.Module):
             raise ValueError("pass exactly one of input_ids and inputs_embeds")
         x = self.model.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds  # (B, T, H)
         T = x.shape[1]
-        past = kv_cache.length if kv_cache is not None else 0
-        mask, positions = mask_and_positions(attention_mask, past, T, x.device)
-        if position_ids is not None:
-            positions = position_ids
+        if kv_cache is not None and kv_cache.slot is not None:  # StaticDecoder: attention_mask covers the cache
+            mask, positions = attention_mask[:, None, None, :], position_ids  # (B, 1, 1, max_len), (B, 1)
+        else:
+            past = kv_cache.length if kv_cache is not None else 0
+            mask, positions = mask_and_positions(attention_mask, past, T, x.device)
+            if position_ids is not None:
+                positions = position_ids
         cos, sin = rope_cos_sin(positions, self.config.head_dim, self.config.rope_theta, x.dtype)
         recompute = self.gradient_checkpointing and self.training and torch.is_grad_enabled()
         for layer in self.model.layers:
@@ -316,13 +328,17 @@ class Qwen2(nn.Module):
     def generate(self, input_ids: Tensor | None = None, inputs_embeds: Tensor | None = None,
                  attention_mask: Tensor | None = None, max_new_tokens: int = 64,
                  eos_token_id: int | list[int] | None = None, pad_token_id: int = 0,
-                 num_beams: int = 1, length_penalty: float = 1.0) -> Tensor:
+                 num_beams: int = 1, length_penalty: float = 1.0, static: bool = False) -> Tensor:
         """New tokens only, (B, n_new), pad_token_id after a row's stop token. Prompts are LEFT-padded.
 
         Greedy equals transformers' generate(do_sample=False); beam search equals its
-        num_beams / length_penalty search with the default early_stopping=False."""
+        num_beams / length_penalty search with the default early_stopping=False. static=True
+        (greedy only) runs the steps after the prompt through StaticDecoder: fixed shapes, and on
+        a GPU one CUDA graph replayed per token instead of a few thousand kernel launches."""
         if max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
+        if static and num_beams > 1:
+            raise ValueError("static=True decodes greedily; beam search (num_beams > 1) reorders the cache")
         kind, prompt = ("input_ids", input_ids) if input_ids is not None else ("inputs_embeds", inputs_embeds)
         B, T = prompt.shape[:2]
         mask = attention_mask if attention_mask is not None else torch.ones(B, T, dtype=torch.long, device=prompt.device)
@@ -332,6 +348,7 @@ class Qwen2(nn.Module):
             return self._beam_search(kind, prompt, mask, max_new_tokens, stop, pad_token_id, num_beams, length_penalty)
         cache = KVCache(self.config, B, T + max_new_tokens, self.model.embed_tokens.weight.dtype, prompt.device)
         logits = self._next_logits(mask, cache, **{kind: prompt})
+        step = StaticDecoder(self, cache, mask) if static and max_new_tokens > 1 else None
         done = torch.zeros(B, dtype=torch.bool, device=prompt.device)
         out = []
         for _ in range(max_new_tokens):
@@ -340,8 +357,11 @@ class Qwen2(nn.Module):
             done |= torch.isin(token, stop)
             if done.all() or len(out) == max_new_tokens:
                 break
-            mask = torch.cat((mask, mask.new_ones(B, 1)), dim=1)
-            logits = self._next_logits(mask, cache, input_ids=token[:, None])
+            if step is not None:
+                logits = step(token)
+            else:
+                mask = torch.cat((mask, mask.new_ones(B, 1)), dim=1)
+                logits = self._next_logits(mask, cache, input_ids=token[:, None])
         return torch.stack(out, dim=1)
 
     def _beam_search(self, kind: str, prompt: Tensor, mask: Tensor, max_new_tokens: int, stop: Tensor,
@@ -394,6 +414,66 @@ class Qwen2(nn.Module):
         for b, seq in enumerate(best):
             out[b, :len(seq)] = torch.tensor(seq)
         return out
+
+
+class StaticDecoder:
+    """Greedy decoding steps on fixed-shape tensors, captured once as a CUDA graph on a GPU.
+
+    Decoding one token launches a few kernels per layer (norms, RoPE, attention, each projection),
+    thousands per token for a 7B model; each costs microseconds of Python and driver time, far
+    more than its GPU time at batch 1, so a Python decoding loop is bound by the CPU. Here every
+    tensor a step touches has a fixed shape and address: the token's embedding (B, 1, H, looked
+    up before the graph, as the table may be in host memory: HostEmbedding), its RoPE position
+    (B, 1), the cache slot it goes to (1,), the mask of visible slots (B, max_len), and the step
+    attends over all max_len slots of the cache (the mask hides the ones not written yet). The
+    step advances slot and position itself, so on a GPU it is recorded once (torch.cuda.graph,
+    after one warm-up run that also lets Triton pick its kernels) and each token is one replay.
+    Elsewhere the same step runs eagerly: that is what the CPU tests check against generate."""
+
+    def __init__(self, model: Qwen2, cache: KVCache, mask: Tensor):
+        B, S = mask.shape  # the prompt's mask (B, S): its tokens are in cache slots 0..S-1
+        max_len, device = cache.k[0].shape[2], mask.device
+        self.model, self.cache = model, cache
+        table = model.model.embed_tokens.weight  # looked up outside the graph: it may be in host memory
+        self.embeds = torch.zeros(B, 1, table.shape[1], dtype=table.dtype, device=device)
+        self.keep = torch.zeros(B, max_len, dtype=torch.bool, device=device)
+        self.keep[:, :S] = mask.bool()
+        self.position = mask.sum(-1, keepdim=True)  # (B, 1): real tokens so far = the next position
+        self.slot = torch.full((1,), S, dtype=torch.long, device=device)
+        self.graph = None
+        if device.type == "cuda":
+            state = [t.clone() for t in (self.keep, self.position, self.slot)]
+            side = torch.cuda.Stream()  # warm-up off the capturing stream, as torch.cuda.graph asks
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                self._step()  # compiles and autotunes every kernel; writes a slot that is rewritten later
+            torch.cuda.current_stream().wait_stream(side)
+            for t, saved in zip((self.keep, self.position, self.slot), state):
+                t.copy_(saved)
+            self.graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self.graph):
+                self.logits = self._step()
+
+    def _step(self) -> Tensor:
+        """Token -> fp32 logits (B, V), then slot and position move on: device work only."""
+        self.keep.index_fill_(1, self.slot, True)
+        self.cache.slot = self.slot
+        try:
+            hidden = self.model(inputs_embeds=self.embeds, attention_mask=self.keep, position_ids=self.position,
+                                kv_cache=self.cache, return_hidden=True)
+        finally:
+            self.cache.slot = None
+        self.slot += 1
+        self.position += 1
+        return self.model.lm_head(hidden[:, -1]).float()
+
+    def __call__(self, token: Tensor) -> Tensor:
+        """token (B,) -> fp32 logits (B, V) of the next position."""
+        self.embeds.copy_(self.model.model.embed_tokens(token[:, None]))
+        if self.graph is None:
+            return self._step()
+        self.graph.replay()
+        return self.logits
 
 
 # ----------------------------------------------------------------------------- loading

@@ -76,13 +76,15 @@ def _stopping_prompt():
     return ids.masked_fill(mask == 0, PAD), mask
 
 
-def test_greedy_generate_matches_transformers(tmp_path):
+@pytest.mark.parametrize("static", [False, True], ids=["loop", "static"])
+def test_greedy_generate_matches_transformers(tmp_path, static):
     path, hf = make_hf_checkpoint(tmp_path / "ckpt", vocab_size=128)
     ours = M.load_model(path)
     ids, mask = _stopping_prompt()
     free = ours.generate(ids, attention_mask=mask, max_new_tokens=10, eos_token_id=[], pad_token_id=PAD)
     eos = [int(free[0, 3]), int(free[2, 5])]  # tokens the greedy rows do emit
-    got = ours.generate(ids, attention_mask=mask, max_new_tokens=10, eos_token_id=eos, pad_token_id=PAD)
+    got = ours.generate(ids, attention_mask=mask, max_new_tokens=10, eos_token_id=eos, pad_token_id=PAD,
+                        static=static)
     want = hf.generate(ids, attention_mask=mask, max_new_tokens=10, eos_token_id=eos, pad_token_id=PAD,
                        do_sample=False)[:, ids.shape[1]:]
     assert torch.equal(got, want), (got, want)
@@ -108,6 +110,27 @@ def test_beam_search_matches_transformers(tmp_path, sharpen, n_stop, length_pena
     want = hf.generate(ids, do_sample=False, **kw)[:, ids.shape[1]:]
     assert torch.equal(got, want), (got, want)
     assert (got[:, 1:] == 63).any(), "the case should finish some rows, not all, before max_new_tokens"
+
+
+def test_static_decoder_steps_equal_the_growing_cache(tiny_checkpoint):
+    """StaticDecoder (fixed shapes: every cache slot attended, unwritten ones masked; slot and
+    position advanced on the device) gives the logits of the ordinary step, here on an NF4 model
+    with its embedding table in host memory; beam search refuses static=True."""
+    path, _ = tiny_checkpoint
+    model = M.load_model(path, quantize="nf4", offload_embeddings=True)
+    ids, mask = _stopping_prompt()
+    with torch.no_grad():
+        caches = [M.KVCache(model.config, 3, 7 + 5, torch.float32, "cpu") for _ in range(2)]
+        first = [model._next_logits(mask, c, input_ids=ids) for c in caches]
+        step, token, grown = M.StaticDecoder(model, caches[1], mask), first[0].argmax(-1), mask
+        for _ in range(4):
+            grown = torch.cat((grown, grown.new_ones(3, 1)), dim=1)
+            want = model._next_logits(grown, caches[0], input_ids=token[:, None])
+            got = step(token)
+            torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
+            token = want.argmax(-1)
+    with pytest.raises(ValueError, match="static=True decodes greedily"):
+        model.generate(ids, attention_mask=mask, num_beams=2, static=True)
 
 
 @pytest.mark.parametrize("num_beams", [1, 3])
@@ -383,3 +406,13 @@ def test_offloaded_embeddings_on_a_gpu(tiny_checkpoint):
     ids = _ids(2, 11)
     with torch.no_grad():
         torch.testing.assert_close(ours(ids.cuda()).cpu(), hf(ids).logits, rtol=0, atol=1e-4)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU: CUDA graph capture")
+@pytest.mark.parametrize("quantize", [None, "nf4"])
+def test_cuda_graph_decoding_equals_the_loop_on_a_gpu(tiny_checkpoint, quantize):
+    path, _ = tiny_checkpoint
+    model = M.load_model(path, device="cuda", quantize=quantize)
+    ids, mask = (t.cuda() for t in _stopping_prompt())
+    kw = dict(attention_mask=mask, max_new_tokens=8, eos_token_id=[], pad_token_id=PAD)
+    assert torch.equal(model.generate(ids, static=True, **kw), model.generate(ids, **kw))
