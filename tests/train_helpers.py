@@ -31,13 +31,16 @@ def assets(tmp_path_factory) -> Path:
 
 def tiny_args(shared: Path, out_dir: Path, **overrides) -> list[str]:
     """configs/tiny.py shrunk for tests: 1-layer 64-wide model, 2 x 4-clip micro-batches, 4-clip
-    validation subset, short decoding. LoRA and encoder dropout stay on: resume must restore RNG."""
+    validation subset, short decoding. LoRA and encoder dropout stay on: resume must restore RNG.
+    Gradient checkpointing is on, as in the GPU configs: DDP and exact resumption are tested
+    through its recomputation (which must redraw the same dropout masks)."""
     values = dict(data_dir=str(shared / "corpus"), model_dir=str(shared / "base"), out_dir=str(out_dir),
                   synth_n=40, synth_seed=1, init_model=SMALL_MODEL,
                   data_options={"split_ratios": (0.6, 0.2, 0.2)}, lora_r=4, lora_dropout=0.1,
                   encoder_width=32, batch_size=4, grad_accum=2, max_steps=12, warmup_steps=2, lr=3e-3,
                   encoder_lr=3e-3, eval_every=6, eval_samples=4, eval_batch_size=4, max_new_tokens=6,
-                  save_every=6, keep_last=0, log_every=1, test_at_end=False, num_workers=0, cpu_threads=0)
+                  save_every=6, keep_last=0, log_every=1, test_at_end=False, num_workers=0, cpu_threads=0,
+                  gradient_checkpointing=True)
     values.update(overrides)
     return [str(ROOT / "configs" / "tiny.py")] + [f"--{k}={v}" for k, v in values.items()]
 
