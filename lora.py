@@ -70,7 +70,9 @@ class LoRALinear(nn.Module):
         y = self.base(x)
         if self.merged:  # the update is already inside base.weight
             return y
-        delta = self.lora_B(self.lora_A(self.dropout(x.to(self.lora_A.weight.dtype))))
+        if not torch.is_autocast_enabled(x.device.type):  # else autocast sets the matmuls' dtype: an
+            x = x.to(self.lora_A.weight.dtype)           # upcast here would be cast straight back
+        delta = self.lora_B(self.lora_A(self.dropout(x)))
         return y + (delta * self.scaling).to(y.dtype)
 
     def delta_weight(self) -> torch.Tensor:

@@ -94,6 +94,25 @@ def test_outputs_match_peft(ckpt):
     torch.testing.assert_close(our_logits(m), ref, **TOL)
 
 
+def test_autocast_computes_the_update_in_bf16_and_trains_float32():
+    """Under bf16 autocast the update runs in bf16 with no float32 round trip of x (PEFT upcasts x,
+    autocast casts it straight back); A and B stay float32 and get float32 gradients."""
+    torch.manual_seed(0)
+    base = nn.Linear(32, 16).to(torch.bfloat16)
+    m = lora.LoRALinear(base, r=4, alpha=8)
+    nn.init.normal_(m.lora_B.weight)
+    x = torch.randn(5, 32, dtype=torch.bfloat16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = m(x)
+    a, b = m.lora_A.weight.detach().bfloat16(), m.lora_B.weight.detach().bfloat16()
+    with torch.no_grad():
+        want = base(x) + (x @ a.T) @ b.T * 2.0
+    assert y.dtype == torch.bfloat16
+    torch.testing.assert_close(y, want, rtol=0, atol=0)
+    y.float().sum().backward()
+    assert m.lora_A.weight.grad.dtype == m.lora_B.weight.grad.dtype == torch.float32
+
+
 def test_merge_unmerge(ckpt):
     m = ours(ckpt)
     lora.apply_lora(m, r=R, alpha=ALPHA, targets=ALL)
