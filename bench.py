@@ -439,57 +439,59 @@ def train_flops(config, cfg, tokens: int, label_tokens: int) -> float:
     return tokens * (4 * frozen + 6 * lora) + label_tokens * head
 
 
-def reset_peak_memory(device) -> bool:
-    """Start a new peak: CUDA's allocator counter, or on Linux the peak RSS that getrusage reports
-    (writing 5 to /proc/self/clear_refs resets it). False when the CPU peak cannot be reset."""
-    import torch
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-        return True
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
+def storage_bytes(tensors) -> int:
+    """Bytes of the distinct storages behind `tensors` (views and tied weights counted once)."""
+    seen = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in tensors if t.device.type != "meta"}
+    return sum(seen.values())
 
 
-def free_memory(device) -> None:
-    """Between stacks: collect garbage, then give freed memory back (CUDA's cache; on the CPU glibc's
-    malloc_trim, else RSS would still hold the previous stack's freed heap and count it again)."""
-    import ctypes
-    import gc
+def cpu_peak(step, tensors) -> tuple[int, str]:
+    """The CPU stand-in for torch.cuda.max_memory_allocated: run step() under a TorchDispatchMode
+    that counts each tensor storage when an op first returns it and uncounts it when it is freed
+    (weakref on the storage), starting from the storages of `tensors` (model, optimizer state).
+    Returns (peak bytes, the op that reached the peak). Python per op: for one step, not timing."""
+    import weakref
 
     import torch
-    gc.collect()
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-        return
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc
-        pass
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from torch.utils._pytree import tree_leaves
 
+    class Live(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.live = self.peak = storage_bytes(tensors)
+            self.seen = {t.untyped_storage().data_ptr() for t in tensors}
+            self.at = "before the step"
 
-def memory_gib(device, peak: bool) -> float:
-    """GPU: allocated (peak) bytes. CPU: resident set (peak via getrusage), the interpreter included."""
-    import resource
+        def _free(self, ptr: int, n: int) -> None:
+            self.seen.discard(ptr)
+            self.live -= n
 
-    import torch
-    if device.type == "cuda":
-        return (torch.cuda.max_memory_allocated(device) if peak else torch.cuda.memory_allocated(device)) / 2**30
-    if peak:
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # Linux: KiB
-    with open("/proc/self/statm") as f:
-        import os
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**30
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            for t in tree_leaves(out):
+                if isinstance(t, torch.Tensor) and t.device.type == "cpu":
+                    storage = t.untyped_storage()
+                    ptr, n = storage.data_ptr(), storage.nbytes()
+                    if n and ptr not in self.seen:
+                        self.seen.add(ptr)
+                        self.live += n
+                        weakref.finalize(storage, self._free, ptr, n)
+                        if self.live > self.peak:
+                            self.peak, self.at = self.live, str(func)
+            return out
+
+    with Live() as live:
+        step()
+    return live.peak, live.at
 
 
 def time_steps(model, cfg, batch: dict, steps: int, warmup: int, device, profile: int = 0) -> dict:
     """train.train_step (forward + backward + clip + AdamW) on the same micro-batch: median seconds
     of `steps` steps after `warmup` untimed ones (Triton autotuning, allocator warm-up), and the
-    peak memory of the timed steps (AdamW's moments, made by the first step, are in it; one-off
-    warm-up buffers such as the autotuner's are not)."""
+    peak memory: on a GPU max_memory_allocated over the timed steps (AdamW's moments, made by the
+    first step, are in it; one-off warm-up buffers such as the autotuner's are not), on the CPU
+    the tensor bytes of one more step counted by cpu_peak."""
     import statistics
     import time
 
@@ -499,25 +501,32 @@ def time_steps(model, cfg, batch: dict, steps: int, warmup: int, device, profile
     d = train.Dist(0, 1, 0, device)
     opt = train.make_optimizer(model, cfg)
     model.train()
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    times, exact_peak = [], False
+    cuda = device.type == "cuda"
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    times = []
     for step in range(warmup + steps):
-        if step == warmup:
-            exact_peak = reset_peak_memory(device)
+        if step == warmup and cuda:
+            torch.cuda.reset_peak_memory_stats(device)
         sync()
         t0 = time.perf_counter()
         out = train.train_step(model, model, [batch], opt, cfg, step, d)
         sync()
         if step >= warmup:
             times.append(time.perf_counter() - t0)
+    if cuda:
+        peak, at = torch.cuda.max_memory_allocated(device), ""
+    else:
+        state = [t for s in opt.state.values() for t in s.values() if torch.is_tensor(t)]
+        peak, at = cpu_peak(lambda: train.train_step(model, model, [batch], opt, cfg, warmup + steps, d),
+                            [*model.parameters(), *model.buffers(), *state])
     if profile:  # one more step under the profiler: where the time goes, by kernel
         with torch.profiler.profile() as prof:
-            train.train_step(model, model, [batch], opt, cfg, warmup + steps, d)
+            train.train_step(model, model, [batch], opt, cfg, warmup + steps + 1, d)
             sync()
-        sort = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+        sort = "self_cuda_time_total" if cuda else "self_cpu_time_total"
         print(prof.key_averages().table(sort_by=sort, row_limit=profile, max_name_column_width=60))
     return {"step_s": statistics.median(times), "loss": out["loss"], "tokens": int(out["tokens"]),
-            "peak_gib": memory_gib(device, peak=True), "exact_peak": exact_peak}
+            "peak_gib": peak / 2**30, "peak_at": at}
 
 
 def bench_train(args):
@@ -535,8 +544,8 @@ def bench_train(args):
     tokens, a --prompt_tokens ChatML prompt (with a tokenizer in model_dir: the real prompt).
     A step is train.train_step on one micro-batch (bf16 autocast on GPUs, float32 on the CPU).
     Reported: median step time, tokens/s (all sequence positions, as train.py logs), samples/s,
-    peak memory during the steps (GPU: max_memory_allocated; CPU: peak RSS, interpreter and
-    libraries included), the model's own memory, and MFU = train_flops / step time / peak."""
+    peak memory during the steps (GPU: max_memory_allocated; CPU: tensor bytes, cpu_peak), the
+    model's own memory (its tensors), and MFU = train_flops / step time / peak."""
     import os
     from types import SimpleNamespace
 
@@ -588,8 +597,9 @@ def bench_train(args):
     results = {}
     rows = []
     for stack in a.stacks.split(","):
-        free_memory(device)
-        before = memory_gib(device, peak=False)
+        if cuda:
+            torch.cuda.empty_cache()
+            before = torch.cuda.memory_allocated(device)
         torch.manual_seed(0)
         if stack == "ours":
             model, tok = ours_qlora(cfg, config, a.random_weights, device)
@@ -609,7 +619,8 @@ def bench_train(args):
         if not hasattr(tok, "chat"):
             prompt[a.prompt_tokens // 2] = tok.pose_token_id  # where the pose sits in the ChatML prompt
         batch = synthetic_batch(tok, prompt, feature_dim, cfg.batch_size, a.frames, (20, 40), config.vocab_size)
-        model_gib = memory_gib(device, peak=False) - before
+        model_gib = ((torch.cuda.memory_allocated(device) - before) if cuda else
+                     storage_bytes([*model.parameters(), *model.buffers()])) / 2**30
         r = time_steps(model, cfg, batch, steps, warmup, device, a.profile)
         r.update(model_gib=model_gib, label_tokens=int((batch["labels"][:, 1:] != -100).sum()),
                  batch=tuple(batch["input_ids"].shape))
@@ -624,16 +635,15 @@ def bench_train(args):
     print(f"batch: {cfg.batch_size} clips, input_ids {r0['batch']}, {r0['tokens']} tokens ({r0['label_tokens']} "
           f"labels) per step; {r0['flops'] / 1e12:.3f} TFLOP per step (train_flops); median of {steps} steps "
           f"after {warmup} warm-up")
-    mem = "peak GiB" if cuda else "peak RSS GiB"
-    print(f"{'stack':<28}{'step ms':>10}{'tokens/s':>10}{'samples/s':>11}{mem:>14}{'model GiB':>11}{'MFU':>7}"
-          f"{'loss':>8}")
+    print(f"{'stack':<28}{'step ms':>10}{'tokens/s':>10}{'samples/s':>11}{'peak GiB':>10}{'model GiB':>11}"
+          f"{'MFU':>7}{'loss':>8}")
     for label, r in rows:
         mfu = f"{100 * r['mfu']:6.1f}%" if r["mfu"] is not None else f"{'-':>7}"
         print(f"{label:<28}{r['step_s'] * 1e3:10.1f}{r['tokens'] / r['step_s']:10.0f}"
-              f"{cfg.batch_size / r['step_s']:11.2f}{r['peak_gib']:13.2f}{' ' if r['exact_peak'] else '*'}"
-              f"{r['model_gib']:11.2f}{mfu}{r['loss']:8.3f}")
-    if not all(r["exact_peak"] for _, r in rows):
-        print("* peak RSS since the process started (could not reset it)")
+              f"{cfg.batch_size / r['step_s']:11.2f}{r['peak_gib']:10.2f}{r['model_gib']:11.2f}{mfu}{r['loss']:8.3f}")
+    if not cuda:
+        print("CPU memory: tensor bytes (bench.cpu_peak); peak reached in " +
+              "; ".join(f"{label.split(' ')[0]}: {r['peak_at']}" for label, r in rows))
     if len(rows) == 2:
         print(f"ours / theirs: {rows[1][1]['step_s'] / rows[0][1]['step_s']:.2f}x tokens/s, "
               f"{rows[0][1]['peak_gib'] / rows[1][1]['peak_gib']:.2f}x peak memory")

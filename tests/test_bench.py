@@ -62,3 +62,20 @@ def test_weight_bytes_per_token():
         with torch.device("meta"):
             llm = model.random_model(config, torch.bfloat16, "meta", quantize)
         assert bench.weight_bytes_per_token(llm) == L * proj * per_weight + h * v * 2 + small * 2
+
+
+def test_cpu_peak_counts_live_storages():
+    """bench.cpu_peak by hand: a 1 MiB tensor, then x + 1 (another MiB, both alive), then a view
+    (no new storage) and an in-place add (none either); the model's 4 KiB and a tied copy once."""
+    weight = torch.zeros(1024)
+    tied = weight.view(32, 32)
+
+    def step():
+        x = torch.ones(1024, 256)
+        y = x + 1
+        y.view(-1).add_(1)
+        del x, y
+        torch.ones(10)  # after the peak: 40 bytes, freed at once
+
+    peak, at = bench.cpu_peak(step, [weight, tied])
+    assert peak == 4096 + 2 * 2**20 and at == "aten.add.Tensor"
