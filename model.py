@@ -309,7 +309,8 @@ class Qwen2(nn.Module):
         recompute = self.gradient_checkpointing and self.training and torch.is_grad_enabled()
         if recompute and not x.requires_grad:
             # Reentrant checkpointing computes no gradient at all for a layer none of whose inputs
-            # requires one, which is the case under LoRA with a frozen embedding and no pose encoder.
+            # requires one, which is the case under LoRA with a frozen embedding and no pose encoder
+            # (the price: the first layer's input gradient, computed for nothing).
             x = x.detach().requires_grad_()
         for layer in self.model.layers:
             if recompute:  # keep only each layer's input; recompute its activations in backward

@@ -25,7 +25,8 @@ QUANT_BACKEND=triton|torch picks the path (default: triton for CUDA tensors, tor
 Without a CUDA device the kernels are built for Triton's interpreter, so QUANT_BACKEND=triton
 runs them on CPU tensors (slowly: tests only). Run the tests: python -m pytest tests/test_quant.py
 Speed on an H200 (BENCHMARKS.md, `python bench.py kernels`): 0.27-0.39x bf16 cuBLAS at M=4096,
-0.17-0.39x at M=1; far from what the format allows, and the next thing to work on.
+0.17-0.39x at M=1 (the split-K matmul, before the GEMV kernel, which is not timed yet); far from
+what the format allows, and the next thing to work on.
 """
 import math
 import os
