@@ -388,7 +388,7 @@ def hf_qlora(cfg, config, pose_token_id: int, feature_dim: int, device):
     llm.model.rotary_emb = Qwen2RotaryEmbedding(hf_config).to(device)  # its buffers were on meta
     llm.is_loaded_in_4bit = True  # what transformers' bnb quantizer sets; PEFT reads it
     llm = prepare_model_for_kbit_training(llm, use_gradient_checkpointing=cfg.gradient_checkpointing,
-                                          gradient_checkpointing_kwargs={"use_reentrant": False})
+                                          gradient_checkpointing_kwargs={"use_reentrant": True})  # as ours
     llm = get_peft_model(llm, LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
                                          target_modules=list(cfg.lora_targets), task_type="CAUSAL_LM",
                                          modules_to_save=list(cfg.modules_to_save) or None))
