@@ -1,19 +1,21 @@
 #!/usr/bin/env bash
-# The GPU measurements of issues 3 and 8 in one run (~10 min on one H100 or H200), random weights
+# The GPU measurements of issues 3 and 8 in one run (~10 min on one H100 or H200; the step limits
+# below add up to 12.5 min, so under a 10-minute cap run it in two calls), random weights
 # (speed and memory do not depend on their values: nothing to download). Each step has its own
 # time limit, so one that fails or hangs does not cost the others. Paste what it prints into
 # BENCHMARKS.md. Needs the CUDA build of torch and requirements-test.txt (transformers, peft,
 # bitsandbytes for the comparison rows). With $OUT set, the log also goes to $OUT/bench_gpu.log.
 #   bash bench_gpu.sh
 #   0. the device, and its measured copy bandwidth and bf16 matmul rate (the two ceilings)
+#   0b. the model tests that need a GPU (CUDA graph decoding, host embeddings): quick, so first
 #   1. bench.py kernels: NF4 Triton forward / dx vs bf16 cuBLAS and bitsandbytes at 7B/14B layer
 #      shapes, each output checked against a float64 product (err column)
 #   2. bench.py train: QLoRA steps, ours vs transformers + PEFT + bitsandbytes, at the shape of
 #      configs/qwen7b_instruct.py (batch 4), gradient checkpointing on; a profile of our step
 #   3. bench.py decode: batch-1 greedy decoding of the 7B shape, bf16 vs NF4, Python loop vs CUDA graph
 #   4. the same as 2 at the shape of configs/qwen14b.py (batch 2)
-#   5. the tests that need a GPU: the kernels compiled for it (bf16, fp16, fp32; odd shapes; slow:
-#      every case compiles its own kernels, so it runs last), CUDA graph decoding, host embeddings
+#   5. the kernel tests compiled for the GPU (bf16, fp16, fp32; odd shapes; slow: every case
+#      compiles its own kernels, so it runs last)
 set -u
 export PYTHONUNBUFFERED=1
 cd "$(dirname "$0")"
@@ -39,11 +41,11 @@ x, y = (torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16) for _ in ra
 ms = tt.do_bench(lambda: x @ y, return_mode="median")
 print(f"bf16 matmul 8192^3: {2 * 8192**3 / ms / 1e9:.0f} TFLOP/s")
 EOF
+  step 90 python3 -m pytest -q -p no:cacheprovider tests/test_model.py -k on_a_gpu
   step 120 python3 bench.py kernels
   step 120 python3 bench.py train --config configs/qwen7b_instruct.py --random-weights --batch 4 \
       --gradient_checkpointing=True --profile 25
   step 120 python3 bench.py decode --shape 7B --prompt 128 --new 64
   step 120 python3 bench.py train --config configs/qwen14b.py --random-weights --batch 2 --gradient_checkpointing=True
-  step 180 python3 -m pytest -q -x -p no:cacheprovider tests/test_model.py tests/test_quant.py \
-      -k "on_a_gpu or triton or linear4bit"
+  step 120 python3 -m pytest -q -x -p no:cacheprovider tests/test_quant.py -k "triton or linear4bit"
 } 2>&1 | if [ -n "${OUT:-}" ]; then tee "$OUT/bench_gpu.log"; else cat; fi
