@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # The GPU measurements of issues 3 and 8 in one run (~10 min on one H100 or H200; the step limits
-# below add up to 12.5 min, so under a 10-minute cap run it in two calls), random weights
+# below add up to 12.5 min: under a 10-minute cap, run it in two calls, e.g. STEPS="0 0b 1 2"
+# then STEPS="3 4 5"), random weights
 # (speed and memory do not depend on their values: nothing to download). Each step has its own
 # time limit, so one that fails or hangs does not cost the others. Paste what it prints into
 # BENCHMARKS.md. Needs the CUDA build of torch and requirements-test.txt (transformers, peft,
 # bitsandbytes for the comparison rows). With $OUT set, the log also goes to $OUT/bench_gpu.log.
-#   bash bench_gpu.sh
+#   bash bench_gpu.sh                  # every step; STEPS="1 3" bash bench_gpu.sh: only those
 #   0. the device, and its measured copy bandwidth and bf16 matmul rate (the two ceilings)
 #   0b. the model tests that need a GPU (CUDA graph decoding, host embeddings): quick, so first
 #   1. bench.py kernels: NF4 Triton forward / dx vs bf16 cuBLAS and bitsandbytes at 7B/14B layer
@@ -20,13 +21,15 @@ set -u
 export PYTHONUNBUFFERED=1
 cd "$(dirname "$0")"
 [ -f .venv/bin/activate ] && . .venv/bin/activate
-step() { local limit=$1; shift; echo; echo "\$ $*  (limit ${limit}s)"; SECONDS=0
+STEPS=" ${STEPS:-0 0b 1 2 3 4 5} "
+step() { local name=$1 limit=$2; shift 2; [[ $STEPS == *" $name "* ]] || return 0
+         echo; echo "[$name] \$ $*  (limit ${limit}s)"; SECONDS=0
          timeout "$limit" "$@"; echo "exit code $?, ${SECONDS}s"; }
 {
   date -u
   git log --oneline -1
   nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv,noheader
-  step 60 python3 - <<'EOF'
+  step 0 60 python3 - <<'EOF'
 import torch, triton, triton.testing as tt
 print("torch", torch.__version__, "triton", triton.__version__, torch.cuda.get_device_name())
 for name in ("transformers", "peft", "bitsandbytes"):
@@ -41,11 +44,11 @@ x, y = (torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16) for _ in ra
 ms = tt.do_bench(lambda: x @ y, return_mode="median")
 print(f"bf16 matmul 8192^3: {2 * 8192**3 / ms / 1e9:.0f} TFLOP/s")
 EOF
-  step 90 python3 -m pytest -q -p no:cacheprovider tests/test_model.py -k on_a_gpu
-  step 120 python3 bench.py kernels
-  step 120 python3 bench.py train --config configs/qwen7b_instruct.py --random-weights --batch 4 \
+  step 0b 90 python3 -m pytest -q -p no:cacheprovider tests/test_model.py -k on_a_gpu
+  step 1 120 python3 bench.py kernels
+  step 2 120 python3 bench.py train --config configs/qwen7b_instruct.py --random-weights --batch 4 \
       --gradient_checkpointing=True --profile 25
-  step 120 python3 bench.py decode --shape 7B --prompt 128 --new 64
-  step 120 python3 bench.py train --config configs/qwen14b.py --random-weights --batch 2 --gradient_checkpointing=True
-  step 120 python3 -m pytest -q -x -p no:cacheprovider tests/test_quant.py -k "triton or linear4bit"
+  step 3 120 python3 bench.py decode --shape 7B --prompt 128 --new 64
+  step 4 120 python3 bench.py train --config configs/qwen14b.py --random-weights --batch 2 --gradient_checkpointing=True
+  step 5 120 python3 -m pytest -q -x -p no:cacheprovider tests/test_quant.py -k "triton or linear4bit"
 } 2>&1 | if [ -n "${OUT:-}" ]; then tee "$OUT/bench_gpu.log"; else cat; fi
