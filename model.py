@@ -25,6 +25,7 @@ References
 How to run
     model = load_model("Qwen2.5-0.5B-Instruct", dtype=torch.bfloat16, quantize="nf4")
     new_tokens = model.generate(input_ids, attention_mask=mask, eos_token_id=[151645])
+    new_tokens = model.generate(input_ids, attention_mask=mask, static=True)  # GPU: one CUDA graph
     python -m pytest -q tests/test_model.py     # matches transformers to 1e-5
     python bench.py model                       # speed vs transformers on this CPU
 """
