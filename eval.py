@@ -123,11 +123,12 @@ class SignTranslator(nn.Module):
         return F.cross_entropy(logits, targets[at], reduction="sum"), at.sum()
 
     @torch.no_grad()
-    def translate(self, batch: dict, tok: Tokenizer, max_new_tokens: int, num_beams: int = 1) -> list[str]:
+    def translate(self, batch: dict, tok: Tokenizer, max_new_tokens: int, num_beams: int = 1,
+                  static: bool = False) -> list[str]:
         """Decode a left-padded generation batch (data.collate(..., for_generation=True))."""
         new = self.llm.generate(inputs_embeds=self.embed(batch), attention_mask=batch["attention_mask"],
                                 max_new_tokens=max_new_tokens, eos_token_id=tok.eos_ids,
-                                pad_token_id=tok.pad_id, num_beams=num_beams)  # (B, n_new)
+                                pad_token_id=tok.pad_id, num_beams=num_beams, static=static)  # (B, n_new)
         return [tok.decode(row).strip() for row in new.tolist()]
 
 
@@ -177,7 +178,8 @@ def autocast(device: torch.device):
 
 @torch.no_grad()
 def decode(model: SignTranslator, tok: Tokenizer, dataset, indices: list[int], batch_size: int,
-           max_new_tokens: int, num_beams: int, device: torch.device, progress: bool = False) -> list[dict]:
+           max_new_tokens: int, num_beams: int, device: torch.device, progress: bool = False,
+           static: bool = False) -> list[dict]:
     """Translate dataset[i] for i in indices, batching clips of similar length (less padding);
     returns {uid, reference, hypothesis} rows in the order of `indices`."""
     model.eval()
@@ -188,7 +190,7 @@ def decode(model: SignTranslator, tok: Tokenizer, dataset, indices: list[int], b
         chunk = order[k:k + batch_size]
         batch = to_device(collate([dataset[i] for i in chunk]), device)
         with autocast(device):
-            hyps = model.translate(batch, tok, max_new_tokens, num_beams)
+            hyps = model.translate(batch, tok, max_new_tokens, num_beams, static)
         for i, uid, ref, hyp in zip(chunk, batch["uids"], batch["texts"], hyps):
             rows[i] = {"uid": uid, "reference": ref, "hypothesis": hyp}
     return [rows[i] for i in indices]
@@ -199,14 +201,14 @@ def write_predictions(rows: list[dict], path: Path) -> None:
 
 
 def translate_file(model: SignTranslator, tok: Tokenizer, dcfg: data.DataConfig, pose_path: str,
-                   max_new_tokens: int, num_beams: int, device: torch.device) -> str:
+                   max_new_tokens: int, num_beams: int, device: torch.device, static: bool = False) -> str:
     """One .pose file -> its English translation."""
     item = {"uid": Path(pose_path).stem, "poses": torch.from_numpy(data.load_pose(pose_path, dcfg)), "text": "",
             "prompt_ids": data.build_prompt(tok, dcfg), "answer_ids": []}
     batch = to_device(collate_fn(model, tok, for_generation=True)([item]), device)
     model.eval()
     with autocast(device):
-        return model.translate(batch, tok, max_new_tokens, num_beams)[0]
+        return model.translate(batch, tok, max_new_tokens, num_beams, static)[0]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -215,6 +217,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--split", default="test", choices=data.SPLITS)
     parser.add_argument("--data_dir", help="corpus to evaluate on (default: the run's)")
     parser.add_argument("--num_beams", type=int, default=1, help="1: greedy")
+    parser.add_argument("--static", action="store_true",
+                        help="greedy steps replayed from one CUDA graph per batch (model.StaticDecoder); same tokens")
     parser.add_argument("--batch_size", type=int, default=16)
     parser.add_argument("--max_new_tokens", type=int, help="default: the run's")
     parser.add_argument("--out", help="predictions file (default: RUN/predictions.jsonl, or CKPT/../)")
@@ -243,12 +247,12 @@ def main(argv: list[str] | None = None) -> None:
             print(lora.export_merged(model.llm, args.export_merged, dtype=torch.bfloat16))
         return
     if args.pose:
-        print(translate_file(model, tok, dcfg, args.pose, max_new, args.num_beams, device))
+        print(translate_file(model, tok, dcfg, args.pose, max_new, args.num_beams, device, args.static))
         return
     data.ensure_cache(dcfg)
     dataset = data.SignDataset(dcfg, args.split, tok)
     rows = decode(model, tok, dataset, list(range(len(dataset))), args.batch_size, max_new, args.num_beams,
-                  device, progress=True)
+                  device, progress=True, static=args.static)
     out = Path(args.out) if args.out else ckpt.resolve().parent / "predictions.jsonl"
     write_predictions(rows, out)
     print(f"{len(rows)} predictions in {out}", file=sys.stderr)

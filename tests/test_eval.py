@@ -101,7 +101,8 @@ def test_eval_writes_predictions_and_json_line(run_dir, tmp_path):
     assert metrics["bleu4"] == BLEU().corpus_score(hyps, [refs]).score
     assert metrics["chrf"] == CHRF().corpus_score(hyps, [refs]).score
     assert set(metrics) == {"bleu1", "bleu2", "bleu3", "bleu4", "rougeL", "chrf", "n", "signature"}
-    # the hypotheses are what the model decodes: greedy in batches of 3 == one at a time in-process
+    # the hypotheses are what the model decodes: greedy in batches of 3 == one at a time in-process,
+    # there through StaticDecoder (eval.py --static)
     assert hyps == decode_one_by_one(run_dir / "ckpt-000004", [r["uid"] for r in rows])
 
 
@@ -115,8 +116,8 @@ def decode_one_by_one(ckpt, uids):
     checkpoints.load_trained(model, ckpt)
     ds = data.SignDataset(ev.data_config(cfg), "test", tok)
     index = {u: i for i, u in enumerate(ds.uids)}
-    return [ev.decode(model, tok, ds, [index[u]], 1, cfg.max_new_tokens, 1, torch.device("cpu"))[0]["hypothesis"]
-            for u in uids]
+    return [ev.decode(model, tok, ds, [index[u]], 1, cfg.max_new_tokens, 1, torch.device("cpu"),
+                      static=True)[0]["hypothesis"] for u in uids]
 
 
 def test_run_dir_means_best_checkpoint(run_dir):
@@ -130,7 +131,7 @@ def test_run_dir_means_best_checkpoint(run_dir):
 
 
 def test_translate_real_pose_fixture(run_dir, fixtures_dir):
-    res = eval_cli(run_dir, "--pose", fixtures_dir / "holistic_576.pose")
+    res = eval_cli(run_dir, "--pose", fixtures_dir / "holistic_576.pose", "--static")
     assert "checkpoint:" in res.stderr
     assert len(res.stdout.splitlines()) == 1  # exactly one line: the translation (maybe short, the model is tiny)
 
