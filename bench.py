@@ -15,7 +15,8 @@ import sys
 
 def bench_kernels(args):
     """NF4 matmuls at Qwen2.5-7B/14B layer shapes (N = out, K = in) and M = batch x tokens rows:
-    the NF4 forward (Triton on a GPU; M <= 16 takes the split-K decode kernel) and backward dx,
+    the NF4 forward (Triton on a GPU; M = 1 takes the GEMV kernel, 2 <= M <= 16 the split-K decode
+    matmul, so the M=2 row also shows what M=1 cost before the GEMV kernel) and backward dx,
     against the 16-bit matmul on the dequantized weight (cuBLAS on a GPU) and bitsandbytes'
     matmul_4bit when installed. GPU times: medians of triton.testing.do_bench (L2 flushed between
     runs). err: |out - ref| / |ref| against the same product in float64 on the dequantized weight
@@ -36,7 +37,7 @@ def bench_kernels(args):
     p = argparse.ArgumentParser(prog="bench.py kernels")
     p.add_argument("--shapes", default="3584x3584,18944x3584,3584x18944,13824x5120" if cuda else "3584x3584",
                    help="comma-separated NxK (out x in)")
-    p.add_argument("--m", default="1,16,512,4096" if cuda else "1,16", help="comma-separated row counts M")
+    p.add_argument("--m", default="1,2,16,512,4096" if cuda else "1,16", help="comma-separated row counts M")
     p.add_argument("--dtype", default="bfloat16" if cuda else "float32", choices=["bfloat16", "float16", "float32"])
     p.add_argument("--quick", action="store_true", help="smoke run: 256x512, M=1,16")
     a = p.parse_args(args)
