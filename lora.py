@@ -73,7 +73,7 @@ class LoRALinear(nn.Module):
         if not torch.is_autocast_enabled(x.device.type):  # else autocast sets the matmuls' dtype: an
             x = x.to(self.lora_A.weight.dtype)           # upcast here would be cast straight back
         delta = self.lora_B(self.lora_A(self.dropout(x)))
-        return y + (delta * self.scaling).to(y.dtype)
+        return torch.add(y, delta.to(y.dtype), alpha=self.scaling)  # y + scaling * delta, one kernel
 
     def delta_weight(self) -> torch.Tensor:
         """(alpha / r) B A: the (out, in) float32 matrix that merging adds to W."""
