@@ -661,7 +661,8 @@ def weight_bytes_per_token(llm) -> int:
 
 def bench_decode(args):
     """Batch-1 greedy decoding with the KV cache (model.Qwen2.generate) at a config's shape (as
-    bench.py train finds it; --shape 7B by default) with random weights: NF4 projections vs 16-bit.
+    bench.py train finds it; by default 7B on a GPU, 0.5B on the CPU) with random weights: NF4
+    projections vs 16-bit.
 
         python bench.py decode --shape 7B
 
@@ -680,7 +681,8 @@ def bench_decode(args):
 
     p = argparse.ArgumentParser(prog="bench.py decode", allow_abbrev=False)
     p.add_argument("--config", help="a configs/*.py file (its model_dir / init_model / model_repo shape)")
-    p.add_argument("--shape", help=f"a Qwen2.5 shape: {', '.join(QWEN25_SHAPES)} (default 7B without --config)")
+    p.add_argument("--shape", help=f"a Qwen2.5 shape: {', '.join(QWEN25_SHAPES)} (default without --config: 7B on "
+                   "a GPU, 0.5B on the CPU)")
     p.add_argument("--layers", type=int, help="keep only the first N layers")
     p.add_argument("--prompt", type=int, default=128, help="prompt tokens")
     p.add_argument("--new", type=int, default=128, help="new tokens")
@@ -691,7 +693,8 @@ def bench_decode(args):
     if a.new < 3:
         raise SystemExit("bench.py decode: --new must be at least 3 (the time per token is a difference)")
     cfg = train.load_config(([a.config] if a.config else []) + overrides)
-    config, source = bench_shape(cfg, a.shape or (None if a.config else "7B"), random_weights=True)
+    default = "7B" if torch.cuda.is_available() else "0.5B"  # 7B in float32 would not fit a small CPU machine
+    config, source = bench_shape(cfg, a.shape or (None if a.config else default), random_weights=True)
     if a.layers:
         config.num_hidden_layers = a.layers
     cuda = torch.cuda.is_available()
