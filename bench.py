@@ -668,8 +668,9 @@ def bench_decode(args):
 
     --modes loop,static: the Python decoding loop, and generate(static=True) (StaticDecoder: one
     CUDA graph per call, replayed per token; eager on the CPU). ms per new token = (time(prompt +
-    N new) - time(prompt + 2 new)) / (N - 2): the prefill and the graph's capture are left out. Bytes per token: weight_bytes_per_token (KV cache reads, < 1% at these lengths, not
-    counted); bytes / time is the bandwidth achieved, shown as a share of the GPU's (GPU_PEAKS).
+    N new) - time(prompt + 2 new)) / (N - 2): the prefill and the graph's capture are left out.
+    Bytes per token: weight_bytes_per_token (KV cache reads, < 1% at these lengths, not counted);
+    bytes / time is the bandwidth achieved, shown as a share of the GPU's (GPU_PEAKS).
     bf16 on a GPU (medians of 3 runs), float32 on the CPU (tests only that the script works)."""
     import statistics
     import time
