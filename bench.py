@@ -547,6 +547,7 @@ def bench_train(args):
     Reported: median step time, tokens/s (all sequence positions, as train.py logs), samples/s,
     peak memory during the steps (GPU: max_memory_allocated; CPU: tensor bytes, cpu_peak), the
     model's own memory (its tensors), and MFU = train_flops / step time / peak."""
+    import gc
     import os
     from types import SimpleNamespace
 
@@ -598,6 +599,7 @@ def bench_train(args):
     results = {}
     rows = []
     for stack in a.stacks.split(","):
+        gc.collect()  # the previous stack's model, before this one is measured
         if cuda:
             torch.cuda.empty_cache()
             before = torch.cuda.memory_allocated(device)
