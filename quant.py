@@ -19,7 +19,8 @@ of packed bytes, one quantization block of K at a time, turn it into 16-bit valu
 pure-torch reference it is tested against:
     _nf4_tile                  <-> dequantize_nf4
     _nf4_matmul_kernel         <-> nf4_matmul_torch      (forward, and split-K decode for M <= 16)
-    _nf4_gemv_kernel           <-> nf4_matmul_torch      (forward for one row: batch-1 decoding)
+    _nf4_gemv_kernel           <-> nf4_matmul_torch      (forward for one row: batch-1 decoding,
+                                                          split-K or direct, whichever is faster)
     _nf4_matmul_dx_kernel      <-> nf4_matmul_dx_torch   (backward for the input: dx = dy @ W)
 QUANT_BACKEND=triton|torch picks the path (default: triton for CUDA tensors, torch elsewhere).
 Without a CUDA device the kernels are built for Triton's interpreter, so QUANT_BACKEND=triton
@@ -301,20 +302,25 @@ if triton is not None:
     # M = 1 (batch-1 decoding): (BLOCK_N rows, NB quantization blocks per step, SPLIT_K, warps,
     # stages). Each row's step is NB x 32 contiguous bytes; enough CTAs in flight to cover the
     # HBM latency matter more than the tile shape. Never tuned on a GPU yet (BENCHMARKS.md).
-    GEMV_CONFIGS = [(64, 2, 1, 4, 3), (32, 4, 1, 4, 3), (16, 8, 1, 4, 3), (64, 2, 4, 4, 3),
-                    (32, 4, 2, 4, 3), (128, 1, 2, 4, 3), (64, 4, 2, 8, 3), (16, 4, 8, 4, 4)]
+    # Split-K: more CTAs for short rows, partial sums added into a zeroed float32 y (three kernels
+    # with the zeroing and the cast). Direct: a CTA sums whole rows and writes y itself (one kernel).
+    GEMV_SPLIT_CONFIGS = [(64, 2, 1, 4, 3), (32, 4, 1, 4, 3), (16, 8, 1, 4, 3), (64, 2, 4, 4, 3),
+                          (32, 4, 2, 4, 3), (128, 1, 2, 4, 3), (64, 4, 2, 8, 3), (16, 4, 8, 4, 4)]
+    GEMV_DIRECT_CONFIGS = [(8, 16, 1, 4, 3), (4, 32, 1, 4, 3), (16, 8, 1, 4, 3), (8, 32, 1, 8, 3),
+                           (4, 16, 1, 4, 3), (16, 16, 1, 8, 3), (32, 4, 1, 4, 3), (2, 32, 1, 4, 3)]
 
-    @triton.autotune(configs=_configs(dict(BLOCK_N=16, NB=2, SPLIT_K=2), GEMV_CONFIGS, ("BLOCK_N", "NB", "SPLIT_K")),
-                     key=["N", "KB"], reset_to_zero=["y_ptr"])
+    @triton.autotune(configs=_configs(dict(BLOCK_N=16, NB=2, SPLIT_K=2), GEMV_SPLIT_CONFIGS,
+                                      ("BLOCK_N", "NB", "SPLIT_K")), key=["N", "KB"], reset_to_zero=["y_ptr"])
     @triton.jit
     def _nf4_gemv_kernel(x_ptr, w_ptr, absmax_ptr, pairs_ptr, bias_ptr, y_ptr, N, KB, BS: tl.constexpr,
-                         HAS_BIAS: tl.constexpr, ASM: tl.constexpr, BLOCK_N: tl.constexpr, NB: tl.constexpr,
-                         SPLIT_K: tl.constexpr):
-        """y (N,) += W (N, K) @ x (K,) (+ bias), for one row x: no tensor cores, no padding of x to
+                         HAS_BIAS: tl.constexpr, ATOMIC: tl.constexpr, ASM: tl.constexpr, BLOCK_N: tl.constexpr,
+                         NB: tl.constexpr, SPLIT_K: tl.constexpr):
+        """y (N,) = W (N, K) @ x (K,) (+ bias), for one row x: no tensor cores, no padding of x to
         an MMA tile. K = KB blocks of BS. Program (rows, split): BLOCK_N rows over the block steps
         split, split + SPLIT_K, ... of NB blocks each. Per byte: one pair lookup, two FMAs with x;
-        the absmax multiplies each block's sum (once per BS weights, not per weight). y is float32,
-        zeroed by the caller; the splits meet in it by atomic adds."""
+        the absmax multiplies each block's sum (once per BS weights, not per weight). ATOMIC: y is
+        float32, zeroed by the caller, and the splits meet in it by atomic adds; else (SPLIT_K = 1)
+        y is stored in its own dtype."""
         pid_n, split = tl.program_id(0), tl.program_id(1)
         offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
         nb, jb = tl.arange(0, NB), tl.arange(0, BS // 2)   # block within the step, byte within the block
@@ -337,7 +343,14 @@ if triton is not None:
         if HAS_BIAS:
             if split == 0:
                 y += tl.load(bias_ptr + offs_n, mask=row_ok, other=0.0).to(tl.float32)
-        tl.atomic_add(y_ptr + offs_n, y, mask=row_ok)
+        if ATOMIC:
+            tl.atomic_add(y_ptr + offs_n, y, mask=row_ok)
+        else:
+            tl.store(y_ptr + offs_n, y.to(y_ptr.dtype.element_ty), mask=row_ok)
+
+    # The same kernel with the direct configs: a second autotuner over the same jit function.
+    _nf4_gemv_direct = triton.autotune(configs=_configs(dict(BLOCK_N=16, NB=2, SPLIT_K=1), GEMV_DIRECT_CONFIGS,
+                                                        ("BLOCK_N", "NB", "SPLIT_K")), key=["N", "KB"])(_nf4_gemv_kernel.fn)
 
     @triton.autotune(configs=_configs(_TINY, DX_CONFIGS, GROUP_M=8), key=["M_BUCKET", "N", "K"])
     @triton.jit
@@ -395,19 +408,49 @@ def nf4_matmul_triton(x: Tensor, packed: Tensor, absmax: Tensor, bias: Tensor | 
     a float32 y by atomic adds."""
     (N, K), M = shape, x.shape[0]
     levels, precision = _launch_args(x, shape, blocksize)
+    if M == 1:
+        return _gemv(x, packed, absmax, bias, shape, blocksize)
     decode = M <= 16
     y = torch.zeros(M, N, device=x.device, dtype=torch.float32) if decode else x.new_empty(M, N)
-    if M == 1:
-        grid = lambda meta: (triton.cdiv(N, meta["BLOCK_N"]), meta["SPLIT_K"])
-        _nf4_gemv_kernel[grid](x, packed, absmax, _on(x.device, _BYTE_TO_LEVELS), bias if bias is not None else x,
-                               y, N, K // blocksize, BS=blocksize, HAS_BIAS=bias is not None, ASM=not INTERPRET)
-        return y.to(x.dtype)
     kernel = _nf4_matmul_decode if decode else _nf4_matmul_kernel
     grid = lambda meta: (triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(N, meta["BLOCK_N"]), meta["SPLIT_K"])
     kernel[grid](x, packed, absmax, levels, bias if bias is not None else x, y, M, N, K,
                  max(16, triton.next_power_of_2(M)), x.stride(0), y.stride(0), BS=blocksize,
                  HAS_BIAS=bias is not None, ATOMIC=decode, PRECISION=precision, ASM=not INTERPRET)
     return y.to(x.dtype)
+
+
+_GEMV_SPLIT: dict[tuple, bool] = {}  # (device, N, K, dtype) -> the split-K plan is the faster
+
+
+def _gemv(x: Tensor, packed: Tensor, absmax: Tensor, bias: Tensor | None, shape: tuple[int, int],
+          blocksize: int) -> Tensor:
+    """x (1, K) -> y (1, N) in x.dtype by one of two plans: split-K (more CTAs, but y is zeroed,
+    summed in float32 and cast: three kernels) or direct (one kernel writes y). Which is faster
+    depends on the shape and the GPU, so on a GPU both are timed whole on first use (each after
+    its own autotuning); the interpreter takes split-K unless _GEMV_SPLIT says otherwise."""
+    (N, K), pairs = shape, _on(x.device, _BYTE_TO_LEVELS)
+    args = (x, packed, absmax, pairs, bias if bias is not None else x)
+
+    def split() -> Tensor:
+        y = torch.zeros(1, N, device=x.device, dtype=torch.float32)
+        _nf4_gemv_kernel[lambda meta: (triton.cdiv(N, meta["BLOCK_N"]), meta["SPLIT_K"])](
+            *args, y, N, K // blocksize, BS=blocksize, HAS_BIAS=bias is not None, ATOMIC=True, ASM=not INTERPRET)
+        return y.to(x.dtype)
+
+    def direct() -> Tensor:
+        y = x.new_empty(1, N)
+        _nf4_gemv_direct[lambda meta: (triton.cdiv(N, meta["BLOCK_N"]), 1)](
+            *args, y, N, K // blocksize, BS=blocksize, HAS_BIAS=bias is not None, ATOMIC=False, ASM=not INTERPRET)
+        return y
+
+    key = (x.device, N, K, x.dtype)
+    if key not in _GEMV_SPLIT and INTERPRET:
+        _GEMV_SPLIT[key] = True
+    elif key not in _GEMV_SPLIT:
+        from triton.testing import do_bench
+        _GEMV_SPLIT[key] = do_bench(split) <= do_bench(direct)
+    return split() if _GEMV_SPLIT[key] else direct()
 
 
 def nf4_matmul_dx_triton(dy: Tensor, packed: Tensor, absmax: Tensor, shape: tuple[int, int],

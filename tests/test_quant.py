@@ -118,17 +118,20 @@ def one_config(request, monkeypatch):
 @needs_triton
 @pytest.mark.parametrize("dtype", KERNEL_DTYPES)
 @pytest.mark.parametrize("M,N,K", [(1, 37, 128), (1, 40, 192), (5, 40, 192), (33, 37, 128), (19, 64, 64)])
-def test_triton_forward_and_dx_match_reference(M, N, K, dtype, one_config):
-    # M=1 takes the GEMV kernel (2 blocks per step, split-K 2: K=192 ends in a half step), M=5 the
-    # split-K decode matmul; 33 and 19 are not multiples of the 16-row tile; N=37 is odd and 40
-    # not a multiple of the column tile; K runs over 1 to 3 blocks of 64.
+def test_triton_forward_and_dx_match_reference(M, N, K, dtype, one_config, monkeypatch):
+    # M=1 takes the GEMV kernel, both plans (split-K: 2 blocks per step, split 2, so K=192 ends in
+    # a half step; direct: one program per 16 rows), M=5 the split-K decode matmul; 33 and 19 are
+    # not multiples of the 16-row tile; N=37 is odd and 40 not a multiple of the column tile; K
+    # runs over 1 to 3 blocks of 64.
     packed, absmax = _weights(N, K, DEVICE)
     x = torch.randn(M, K, device=DEVICE).to(dtype)
     dy = torch.randn(M, N, device=DEVICE).to(dtype)
     bias = torch.randn(N, device=DEVICE).to(dtype)
     w = quant.dequantize_nf4(packed, absmax, (N, K), 64, dtype).float()     # the reference's exact weights
-    _close(quant.nf4_matmul_triton(x, packed, absmax, bias, (N, K), 64), F.linear(x.float(), w, bias.float()))
-    _close(quant.nf4_matmul_triton(x, packed, absmax, None, (N, K), 64), F.linear(x.float(), w))
+    for split in ((True, False) if M == 1 else (None,)):
+        monkeypatch.setitem(quant._GEMV_SPLIT, (x.device, N, K, dtype), split)
+        _close(quant.nf4_matmul_triton(x, packed, absmax, bias, (N, K), 64), F.linear(x.float(), w, bias.float()))
+        _close(quant.nf4_matmul_triton(x, packed, absmax, None, (N, K), 64), F.linear(x.float(), w))
     _close(quant.nf4_matmul_dx_triton(dy, packed, absmax, (N, K), 64), dy.float() @ w)
 
 
