@@ -8,7 +8,8 @@
 # bitsandbytes for the comparison rows). With $OUT set, the log also goes to $OUT/bench_gpu.log.
 #   bash bench_gpu.sh                  # every step; STEPS="1 3" bash bench_gpu.sh: only those
 #   0. the device, and its measured copy bandwidth and bf16 matmul rate (the two ceilings)
-#   0b. the model tests that need a GPU (CUDA graph decoding, host embeddings): quick, so first
+#   0b. the model tests that need a GPU (CUDA graph decoding, host embeddings) and the fused
+#       RMSNorm / RoPE kernels against their references on the GPU: quick, so first
 #   1. bench.py kernels: NF4 Triton forward / dx vs bf16 cuBLAS and bitsandbytes at 7B/14B layer
 #      shapes, each output checked against a float64 product (err column)
 #   2. bench.py train: QLoRA steps, ours vs transformers + PEFT + bitsandbytes, at the shape of
@@ -44,7 +45,8 @@ x, y = (torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16) for _ in ra
 ms = tt.do_bench(lambda: x @ y, return_mode="median")
 print(f"bf16 matmul 8192^3: {2 * 8192**3 / ms / 1e9:.0f} TFLOP/s")
 EOF
-  step 0b 90 python3 -m pytest -q -p no:cacheprovider tests/test_model.py -k on_a_gpu
+  step 0b 90 python3 -m pytest -q -p no:cacheprovider tests/test_model.py tests/test_kernels.py \
+      -k "on_a_gpu or test_kernels"
   step 1 120 python3 bench.py kernels
   step 2 120 python3 bench.py train --config configs/qwen7b_instruct.py --random-weights --batch 4 \
       --gradient_checkpointing=True --profile 25

@@ -46,6 +46,9 @@ from safetensors.torch import save_file
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+import kernels
+import quant
+
 # ----------------------------------------------------------------------------- config
 
 
@@ -121,7 +124,8 @@ class Qwen2Config:
 
 
 class RMSNorm(nn.Module):
-    """y = w * x / sqrt(mean(x^2) + eps), normalised in fp32 and cast back *before* the weight (as HF)."""
+    """y = w * x / sqrt(mean(x^2) + eps), normalised in fp32 and cast back *before* the weight (as HF).
+    One fused kernel on a GPU (kernels.rms_norm), else kernels.rms_norm_torch."""
 
     def __init__(self, dim: int, eps: float):
         super().__init__()
@@ -129,7 +133,7 @@ class RMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.weight * F.rms_norm(x.float(), (x.shape[-1],), eps=self.eps).to(x.dtype)
+        return kernels.rms_norm(x, self.weight, self.eps)
 
 
 def rope_cos_sin(position_ids: Tensor, head_dim: int, theta: float, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
@@ -142,11 +146,6 @@ def rope_cos_sin(position_ids: Tensor, head_dim: int, theta: float, dtype: torch
     angles = torch.cat((angles, angles), dim=-1)[:, None]  # (B, 1, T, hd): rotate-half layout
     return angles.cos().to(dtype), angles.sin().to(dtype)
 
-
-def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    """Rotate pairs (x[i], x[i + hd/2]) by their angle: x*cos + rotate_half(x)*sin. x: (B, n, T, hd)."""
-    x1, x2 = x.chunk(2, dim=-1)
-    return x * cos + torch.cat((-x2, x1), dim=-1) * sin
 
 
 class KVCache:
@@ -197,7 +196,7 @@ class Attention(nn.Module):
         q = self.q_proj(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # (B, nh, T, hd)
         k = self.k_proj(x).view(B, T, self.n_kv, self.head_dim).transpose(1, 2)  # (B, n_kv, T, hd)
         v = self.v_proj(x).view(B, T, self.n_kv, self.head_dim).transpose(1, 2)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        q, k = kernels.rope(q, k, cos, sin)  # rotate pairs (x[i], x[i + hd/2]) by their angle
         if cache is not None:
             k, v = cache.update(self.layer_idx, k, v)  # (B, n_kv, S, hd), S = past + T
         # mask None means plain causal (or a single query that sees everything). enable_gqa lets the
@@ -574,8 +573,6 @@ def _swap_in_host_embedding(model: Qwen2, source: str) -> None:
 def _swap_in_nf4(model: Qwen2, dtype: torch.dtype, double_quant: bool = False) -> None:
     """Replace the seven projections of every layer by (meta) 4-bit linears, as gpt-fast does
     before loading: the full-precision weights never exist for the whole model at once."""
-    import quant  # imported here so that the full-precision path never needs it
-
     for layer in model.model.layers:
         for parent in (layer.self_attn, layer.mlp):
             for name, lin in list(parent.named_children()):
