@@ -12,7 +12,7 @@ does), RoPE rounds each product and the sum; the backward kernels round where au
     rope_torch      <-> _rope_kernel                     RoPE; backward = the rotation by -angle
 
 FUSED_OPS=triton|torch picks the path (default: triton for CUDA tensors when importable, torch
-elsewhere); a trainable norm weight always takes the torch path. Tests run the kernels on the
+elsewhere); a norm weight that is being trained always takes the torch path. Tests run the kernels on the
 CPU under Triton's interpreter against the references: python -m pytest tests/test_kernels.py
 """
 import os
@@ -176,8 +176,10 @@ def _fused(x: Tensor) -> bool:
 
 
 def rms_norm(x: Tensor, weight: Tensor, eps: float) -> Tensor:
-    """RMSNorm: the fused kernel for a frozen weight of the activations' dtype, else the reference."""
-    if _fused(x) and not weight.requires_grad and weight.dtype == x.dtype:
+    """RMSNorm: the fused kernel when no gradient for the weight is wanted (frozen, or no_grad
+    inference) and it has the activations' dtype, else the reference."""
+    frozen = not (weight.requires_grad and torch.is_grad_enabled())
+    if _fused(x) and frozen and weight.dtype == x.dtype:
         return _RMSNorm.apply(x, weight, eps)
     return rms_norm_torch(x, weight, eps)
 

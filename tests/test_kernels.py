@@ -39,9 +39,16 @@ def test_rms_norm_matches_reference(shape, dtype, fused):
 
 
 @needs_triton
-def test_rms_norm_trainable_weight_takes_the_reference(fused):
+def test_rms_norm_fused_unless_its_weight_is_trained(fused, monkeypatch):
+    calls = []
+    monkeypatch.setattr(kernels._RMSNorm, "apply", lambda *a: calls.append(1) or kernels.rms_norm_torch(*a))
     x, w = torch.randn(2, 8, device=DEVICE), torch.ones(8, device=DEVICE, requires_grad=True)
-    assert "RMSNorm" not in kernels.rms_norm(x, w, 1e-6).grad_fn.name()
+    kernels.rms_norm(x, w, 1e-6)
+    assert calls == []  # w would get no gradient from the kernel
+    with torch.no_grad():  # inference: a weight that requires grad gets none anyway
+        kernels.rms_norm(x, w, 1e-6)
+    kernels.rms_norm(x, w.detach(), 1e-6)
+    assert calls == [1, 1]
 
 
 @needs_triton
