@@ -199,10 +199,17 @@ class Attention(nn.Module):
         q, k = kernels.rope(q, k, cos, sin)  # rotate pairs (x[i], x[i + hd/2]) by their angle
         if cache is not None:
             k, v = cache.update(self.layer_idx, k, v)  # (B, n_kv, S, hd), S = past + T
-        # mask None means plain causal (or a single query that sees everything). enable_gqa lets the
-        # kernel share each kv head among nh/n_kv query heads without materialising copies.
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None and T > 1,
-                                           enable_gqa=self.n_kv != self.n_heads)  # (B, nh, T, hd)
+        if T == 1:
+            # Decoding: the nh/n_kv query heads of a kv head become that head's query rows (one
+            # position, one mask row for all), so no GQA support is needed: on a GPU the masked
+            # step is then one memory-efficient attention kernel, not the math path's ~8.
+            y = F.scaled_dot_product_attention(q.reshape(B, self.n_kv, -1, self.head_dim), k, v, attn_mask=mask)
+            y = y.reshape(B, self.n_heads, 1, self.head_dim)  # (B, nh, 1, hd)
+        else:
+            # mask None means plain causal. enable_gqa lets the kernel share each kv head among
+            # nh/n_kv query heads without materialising copies.
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None,
+                                               enable_gqa=self.n_kv != self.n_heads)  # (B, nh, T, hd)
         return self.o_proj(y.transpose(1, 2).reshape(B, T, -1))
 
 
