@@ -205,11 +205,17 @@ class Attention(nn.Module):
             # step is then one memory-efficient attention kernel, not the math path's ~8.
             y = F.scaled_dot_product_attention(q.reshape(B, self.n_kv, -1, self.head_dim), k, v, attn_mask=mask)
             y = y.reshape(B, self.n_heads, 1, self.head_dim)  # (B, nh, 1, hd)
+        elif mask is None:
+            # Plain causal (training batches are right-padded). enable_gqa lets the kernel share
+            # each kv head among nh/n_kv query heads without materialising copies.
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=self.n_kv != self.n_heads)
         else:
-            # mask None means plain causal. enable_gqa lets the kernel share each kv head among
-            # nh/n_kv query heads without materialising copies.
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None,
-                                               enable_gqa=self.n_kv != self.n_heads)  # (B, nh, T, hd)
+            # A mask (a left-padded prompt): no fused GPU kernel takes a mask with unequal head
+            # counts, so give each query head its kv head's copy; the memory-efficient kernel can
+            # then run instead of the math path, which would build all (T, S) scores.
+            g = self.n_heads // self.n_kv
+            y = F.scaled_dot_product_attention(q, k.repeat_interleave(g, 1), v.repeat_interleave(g, 1),
+                                               attn_mask=mask)  # (B, nh, T, hd)
         return self.o_proj(y.transpose(1, 2).reshape(B, T, -1))
 
 
