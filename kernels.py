@@ -2,7 +2,7 @@
 
 Why. In PyTorch each of these is a handful of kernels: RMSNorm casts to float32, normalises,
 casts back and scales (4 launches forward, more backward); RoPE negates, concatenates, multiplies
-twice and adds, for q and again for k (10 launches). A QLoRA step on one GPU is bound by the CPU
+twice and adds, for q and again for k (10 launches); SwiGLU is 2 forward and 3 backward. A QLoRA step on one GPU is bound by the CPU
 issuing launches (BENCHMARKS.md), and a decoding step replayed as a CUDA graph pays for every
 node, so here each op is one kernel forward and one backward. The numerics are the reference's,
 roundings included: RMSNorm rounds to the activations' dtype before the weight (as Hugging Face
@@ -10,6 +10,7 @@ does), RoPE rounds each product and the sum; the backward kernels round where au
 
     rms_norm_torch  <-> _rms_norm_fwd, _rms_norm_bwd    RMSNorm with a frozen weight (QLoRA)
     rope_torch      <-> _rope_kernel                     RoPE; backward = the rotation by -angle
+    swiglu_torch    <-> _swiglu_fwd, _swiglu_bwd         silu(gate) * up, the MLP's gate
 
 FUSED_OPS=triton|torch picks the path (default: triton for CUDA tensors when importable, torch
 elsewhere); a norm weight that is being trained always takes the torch path. Tests run the kernels on the
@@ -39,6 +40,11 @@ def rope_torch(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     """Rotate pairs (x[i], x[i + hd/2]) by their angle: x*cos + rotate_half(x)*sin. x: (B, n, T, hd)."""
     x1, x2 = x.chunk(2, dim=-1)
     return x * cos + torch.cat((-x2, x1), dim=-1) * sin
+
+
+def swiglu_torch(gate: Tensor, up: Tensor) -> Tensor:
+    """SwiGLU's gate: silu(gate) * up (silu(g) = g * sigmoid(g))."""
+    return F.silu(gate) * up
 
 
 # ----------------------------------------------------------------------------- kernels
@@ -109,6 +115,32 @@ if triton is not None:
         _rope_heads(k_ptr, ko_ptr, c1, c2, s1, s2, b, t, T, skb, skh, skt, NK, NK_P2, HALF)
 
 
+    @triton.jit
+    def _swiglu_fwd(g_ptr, u_ptr, y_ptr, n, BLOCK: tl.constexpr):
+        """y = round(round(silu(g)) * u): silu's output is stored in the activations' dtype first."""
+        i = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+        ok = i < n
+        g = tl.load(g_ptr + i, mask=ok, other=0.0).to(tl.float32)
+        u = tl.load(u_ptr + i, mask=ok, other=0.0).to(tl.float32)
+        dtype = y_ptr.dtype.element_ty
+        tl.store(y_ptr + i, (_round(g / (1.0 + tl.exp(-g)), dtype) * u).to(dtype), mask=ok)
+
+    @triton.jit
+    def _swiglu_bwd(dy_ptr, g_ptr, u_ptr, dg_ptr, du_ptr, n, BLOCK: tl.constexpr):
+        """du = round(dy * s), ds = round(dy * u), dg = ds * sigmoid(g) * (1 + g * (1 - sigmoid(g))),
+        s = round(silu(g)): the products' gradients in the activations' dtype, as autograd's."""
+        i = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+        ok = i < n
+        dtype = dg_ptr.dtype.element_ty
+        dy = tl.load(dy_ptr + i, mask=ok, other=0.0).to(tl.float32)
+        g = tl.load(g_ptr + i, mask=ok, other=0.0).to(tl.float32)
+        u = tl.load(u_ptr + i, mask=ok, other=0.0).to(tl.float32)
+        sig = 1.0 / (1.0 + tl.exp(-g))
+        tl.store(du_ptr + i, (dy * _round(g * sig, dtype)).to(dtype), mask=ok)
+        ds = _round(dy * u, dtype)
+        tl.store(dg_ptr + i, (ds * sig * (1.0 + g * (1.0 - sig))).to(dtype), mask=ok)
+
+
 def _warps(block: int) -> int:
     return max(1, min(16, block // 512))
 
@@ -162,6 +194,27 @@ class _RoPE(torch.autograd.Function):
         return dq, dk, None, None
 
 
+_SWIGLU_BLOCK = 1024
+
+
+class _SwiGLU(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, gate, up):
+        gate, up = gate.contiguous(), up.contiguous()
+        y = torch.empty_like(gate)
+        _swiglu_fwd[(triton.cdiv(gate.numel(), _SWIGLU_BLOCK),)](gate, up, y, gate.numel(), BLOCK=_SWIGLU_BLOCK)
+        ctx.save_for_backward(gate, up)  # silu(gate) is recomputed in backward, not kept
+        return y
+
+    @staticmethod
+    def backward(ctx, dy):
+        gate, up = ctx.saved_tensors
+        dg, du = torch.empty_like(gate), torch.empty_like(up)
+        _swiglu_bwd[(triton.cdiv(gate.numel(), _SWIGLU_BLOCK),)](dy.contiguous(), gate, up, dg, du, gate.numel(),
+                                                                 BLOCK=_SWIGLU_BLOCK)
+        return dg, du
+
+
 # ----------------------------------------------------------------------------- dispatch
 
 
@@ -189,3 +242,10 @@ def rope(q: Tensor, k: Tensor, cos: Tensor, sin: Tensor) -> tuple[Tensor, Tensor
     if _fused(q) and q.dtype == k.dtype == cos.dtype == sin.dtype:
         return _RoPE.apply(q, k, cos, sin)
     return rope_torch(q, cos, sin), rope_torch(k, cos, sin)
+
+
+def swiglu(gate: Tensor, up: Tensor) -> Tensor:
+    """silu(gate) * up, one kernel each way when fused."""
+    if _fused(gate) and gate.dtype == up.dtype and gate.shape == up.shape:
+        return _SwiGLU.apply(gate, up)
+    return swiglu_torch(gate, up)

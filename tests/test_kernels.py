@@ -1,6 +1,6 @@
-"""kernels.py: the fused RMSNorm and RoPE kernels (Triton's interpreter on the CPU) against their
-references, forward and backward, bit for bit where the rounding allows; and the model's logits
-and LoRA gradients the same through either path."""
+"""kernels.py: the fused RMSNorm, RoPE and SwiGLU kernels (Triton's interpreter on the CPU)
+against their references, forward and backward, bit for bit where the rounding allows; and the
+model's logits and LoRA gradients the same through either path."""
 import pytest
 import torch
 
@@ -73,6 +73,26 @@ def test_rope_matches_reference(B, NQ, NK, T, hd, shared, dtype, fused):
 
 
 @needs_triton
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("shape", [(2, 3, 40), (1, 2500)])  # 2500: more than one block, a partial one
+def test_swiglu_matches_reference(shape, dtype, fused):
+    torch.manual_seed(2)
+    gate = (3 * torch.randn(shape, device=DEVICE)).to(dtype).requires_grad_()
+    up = torch.randn(shape, device=DEVICE).to(dtype).requires_grad_()
+    dy = torch.randn(shape, device=DEVICE).to(dtype)
+    want = kernels.swiglu_torch(gate, up)
+    want_grads = torch.autograd.grad(want, (gate, up), dy)
+    got = kernels.swiglu(gate, up)
+    got_grads = torch.autograd.grad(got, (gate, up), dy)
+    assert got.grad_fn.name().endswith("_SwiGLUBackward")
+    # the same roundings in the same places; exp may differ in float32's last bit, which can
+    # move a float16 rounding by one step
+    tol = dict(rtol=1e-6, atol=1e-6) if dtype == torch.float32 else dict(rtol=1e-3, atol=1e-3)
+    for a, b in zip((got, *got_grads), (want, *want_grads)):
+        torch.testing.assert_close(a, b, **tol)
+
+
+@needs_triton
 def test_model_logits_and_lora_grads_are_the_same_fused(monkeypatch):
     """A tiny NF4 + LoRA Qwen2 with gradient checkpointing: logits and adapter gradients through
     the fused kernels equal the reference path's (float32)."""
@@ -80,7 +100,7 @@ def test_model_logits_and_lora_grads_are_the_same_fused(monkeypatch):
                            num_attention_heads=4, num_key_value_heads=2)
     torch.manual_seed(0)
     model = M.random_model(config, quantize="nf4", std=0.1).to(DEVICE)
-    lora.apply_lora(model, r=4, alpha=8, dropout=0.0, targets=["q_proj", "k_proj", "down_proj"])
+    lora.apply_lora(model, r=4, alpha=8, dropout=0.0, targets=["q_proj", "k_proj", "gate_proj", "down_proj"])
     for m in lora.lora_modules(model).values():
         torch.nn.init.normal_(m.lora_B.weight, std=0.1)
     model.train().gradient_checkpointing = True
