@@ -314,7 +314,7 @@ def check_inputs(cfg: TrainConfig) -> None:
         raise ConfigError(f"quantize must be 'nf4' or 'none', got {cfg.quantize!r}")
     if cfg.double_quant and cfg.quantize != "nf4":
         raise ConfigError("double_quant=True needs quantize='nf4'")
-    if cfg.offload_embeddings and "embed_tokens" in cfg.modules_to_save:
+    if cfg.offload_embeddings and any(m.split(".")[-1] == "embed_tokens" for m in cfg.modules_to_save):
         raise ConfigError("offload_embeddings=True keeps embed_tokens frozen in host memory; it cannot "
                           "also be in modules_to_save (trained)")
 
@@ -538,7 +538,7 @@ def train_step(ddp, model, micro: list[dict], opt, cfg: TrainConfig, step: int, 
     gradient is non-finite anywhere (decided from all-reduced numbers: every rank agrees)."""
     n_local = sum(int((b["labels"][:, 1:] != -100).sum()) for b in micro)
     (n_global,) = all_sum([n_local], d)
-    loss_local = torch.zeros((), dtype=torch.float64, device=d.device)  # on the device: one sync a step
+    loss_sum_local = torch.zeros((), dtype=torch.float64, device=d.device)  # on the device: one sync a step
     for i, batch in enumerate(micro):
         last = i == len(micro) - 1
         with (ddp.no_sync() if d.world > 1 and not last else nullcontext()), ev.autocast(d.device):
@@ -548,8 +548,8 @@ def train_step(ddp, model, micro: list[dict], opt, cfg: TrainConfig, step: int, 
             # Each rank scales by world/N: DDP's average over ranks then yields sum / N_global,
             # the mean over every answer token of the step, however tokens fall on micro-batches.
             (loss_sum * d.world / n_global).backward()
-        loss_local += loss_sum.detach().double()
-    loss_local = loss_local.item()
+        loss_sum_local += loss_sum.detach().double()
+    loss_local = loss_sum_local.item()
     tokens = sum(int(b["attention_mask"].sum()) for b in micro)
     loss, bad, stop, tokens = all_sum([loss_local, not math.isfinite(loss_local), STOP["signal"] is not None,
                                        tokens], d)
