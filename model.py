@@ -202,7 +202,7 @@ class Attention(nn.Module):
         if T == 1:
             # Decoding: the nh/n_kv query heads of a kv head become that head's query rows (one
             # position, one mask row for all), so no GQA support is needed: on a GPU the masked
-            # step is then one memory-efficient attention kernel, not the math path's ~8.
+            # step can then take the memory-efficient kernel instead of the unfused math path.
             y = F.scaled_dot_product_attention(q.reshape(B, self.n_kv, -1, self.head_dim), k, v, attn_mask=mask)
             y = y.reshape(B, self.n_heads, 1, self.head_dim)  # (B, nh, 1, hd)
         elif mask is None:
