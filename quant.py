@@ -445,11 +445,12 @@ def _gemv(x: Tensor, packed: Tensor, absmax: Tensor, bias: Tensor | None, shape:
         return y
 
     key = (x.device, N, K, x.dtype)
-    if key not in _GEMV_SPLIT and INTERPRET:
-        _GEMV_SPLIT[key] = True
-    elif key not in _GEMV_SPLIT:
-        from triton.testing import do_bench
-        _GEMV_SPLIT[key] = do_bench(split) <= do_bench(direct)
+    if key not in _GEMV_SPLIT:
+        if INTERPRET:  # nothing to time
+            _GEMV_SPLIT[key] = True
+        else:
+            from triton.testing import do_bench
+            _GEMV_SPLIT[key] = do_bench(split) <= do_bench(direct)
     return split() if _GEMV_SPLIT[key] else direct()
 
 
