@@ -88,6 +88,23 @@ def make_hf_checkpoint(
     return out_dir, model
 
 
+def bnb_dequantize(packed, state):
+    """bitsandbytes' NF4 (and nested-absmax) dequantization through its portable torch code.
+
+    bnb 0.50's native CPU kernel, which `bnb.functional.dequantize_4bit` and `matmul_4bit` call
+    on AVX-512 machines, dequantizes row by row and returns wrong values when a row's length is
+    not a multiple of the block size (blocks run over the flattened tensor). Its default backend
+    computes the format's definition: code[nibble] * absmax[block], over the flattened tensor."""
+    import bitsandbytes.functional as bnb_f
+    from bitsandbytes.backends.default.ops import _dequantize_4bit_compute
+
+    absmax = state.absmax
+    if state.nested:
+        absmax = bnb_f.dequantize_blockwise(state.absmax, state.state2) + state.offset
+    return _dequantize_4bit_compute(packed.reshape(-1).view(torch.uint8), absmax.float(), state.code.float(),
+                                    state.blocksize, state.shape, state.dtype)
+
+
 @pytest.fixture
 def tiny_checkpoint(tmp_path):
     """A 2-layer, 64-wide random Qwen2 (GQA 2:1, untied) in the Hugging Face layout."""

@@ -7,7 +7,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import model as M
-from conftest import make_hf_checkpoint
+from conftest import bnb_dequantize, make_hf_checkpoint
 
 TOL = 1e-5
 PAD = 127  # the tiny checkpoints' pad id (vocab 128); non-zero, as transformers' beam search wants
@@ -269,7 +269,7 @@ def test_nf4_load_matches_bitsandbytes_dequantized_reference(tiny_checkpoint, tm
         for name, p in hf.named_parameters():
             if name.endswith(tuple(f"{n}.weight" for n in names)):
                 q, state = bnbf.quantize_4bit(p.data, blocksize=64, quant_type="nf4")
-                p.copy_(bnbf.dequantize_4bit(q, state))
+                p.copy_(bnb_dequantize(q, state))
         ids = _ids(2, 11)
         want = hf(ids).logits
         torch.testing.assert_close(ours(ids), want, rtol=0, atol=1e-4)
@@ -304,7 +304,7 @@ def test_nf4_double_quant_load_matches_bitsandbytes_nested_quantization(tiny_che
                                               compress_statistics=True)
                 assert m.double_quant and m.absmax.dtype == torch.uint8
                 same, blocks = same + (m.absmax == state.absmax).sum().item(), blocks + m.absmax.numel()
-                params[f"{name}.weight"].copy_(bnbf.dequantize_4bit(q, state))
+                params[f"{name}.weight"].copy_(bnb_dequantize(q, state))
         ids = _ids(2, 11)
         torch.testing.assert_close(dq(ids), hf(ids).logits, rtol=0, atol=3e-3)
         assert same >= 0.99 * blocks
