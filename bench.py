@@ -300,24 +300,25 @@ def bench_shape(cfg, size: str | None, random_weights: bool):
 
 
 def ours_qlora(cfg, config, random_weights: bool, device):
-    """(SignTranslator, tokenizer) from eval.build_model, the product's one assembly (base -> LoRA ->
-    pose encoder). With random weights only its base loader is replaced: model.load_model is patched
-    to return model.random_model with the dtype / device / quantization that build_model asks for."""
+    """(SignTranslator, tokenizer) from translator.build_model, the product's one assembly (base ->
+    LoRA -> pose encoder); with random weights its base is loader.random_model, built with the
+    dtype / quantization that build_model would load."""
     from types import SimpleNamespace
-    from unittest import mock
 
-    import eval as ev
-    import model as qwen
+    import torch
+
+    import loader
+    import translator
     from tokenizer import Tokenizer
 
     if not random_weights:
         tok = Tokenizer.from_dir(cfg.model_dir)
-        return ev.build_model(cfg, tok, device), tok
+        return translator.build_model(cfg, tok, device), tok
     tok = SimpleNamespace(pose_token_id=config.vocab_size - 1, pad_id=0)  # all data.collate reads
-    def fake_load(path, dtype, device, quantize=None, double_quant=False, offload_embeddings=False, **_):
-        return qwen.random_model(config, dtype, device, quantize, double_quant, offload_embeddings=offload_embeddings)
-    with mock.patch.object(qwen, "load_model", fake_load):
-        return ev.build_model(cfg, tok, device), tok
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    llm = loader.random_model(config, dtype, device, None if cfg.quantize == "none" else cfg.quantize,
+                              cfg.double_quant, offload_embeddings=cfg.offload_embeddings)
+    return translator.build_model(cfg, tok, device, llm=llm), tok
 
 
 def hf_qlora(cfg, config, pose_token_id: int, feature_dim: int, device):
@@ -338,7 +339,8 @@ def hf_qlora(cfg, config, pose_token_id: int, feature_dim: int, device):
     from transformers.integrations.bitsandbytes import replace_with_bnb_linear
     from transformers.models.qwen2.modeling_qwen2 import Qwen2RotaryEmbedding
 
-    import model as qwen
+    import loader
+    import translator
 
     class LinearPoseProjector(nn.Module):
         """The simple baseline encoder: 4 consecutive frames concatenated -> one linear -> a soft
@@ -366,7 +368,7 @@ def hf_qlora(cfg, config, pose_token_id: int, feature_dim: int, device):
         def forward(self, batch):
             tokens, mask = self.encoder(batch["poses"], batch["pose_mask"])
             embeds = self.llm.get_input_embeddings()(batch["input_ids"])  # (B, T, H)
-            embeds = qwen.splice_pose_tokens(embeds, batch["input_ids"], self.pose_token_id, tokens, mask)
+            embeds = translator.splice_pose_tokens(embeds, batch["input_ids"], self.pose_token_id, tokens, mask)
             out = self.llm(inputs_embeds=embeds, attention_mask=batch["attention_mask"], labels=batch["labels"],
                            use_cache=False)
             n = (batch["labels"][:, 1:] != -100).sum()
@@ -381,7 +383,7 @@ def hf_qlora(cfg, config, pose_token_id: int, feature_dim: int, device):
     replace_with_bnb_linear(llm, modules_to_not_convert=["lm_head"], quantization_config=quant)
     for module in llm.modules():
         for name, p in list(module.named_parameters(recurse=False)):
-            t = qwen.init_weight_(name, torch.empty(p.shape, dtype=dtype, device=device))
+            t = loader.init_weight_(name, torch.empty(p.shape, dtype=dtype, device=device))
             module._parameters[name] = (bnb.nn.Params4bit(t, requires_grad=False, **p.__dict__).to(device)
                                         if isinstance(p, bnb.nn.Params4bit) else nn.Parameter(t, requires_grad=False))
     if config.tie_word_embeddings:
@@ -405,7 +407,7 @@ def synthetic_batch(tok, prompt_ids: list[int], feature_dim: int, batch_size: in
     import torch
 
     import data
-    import model as qwen
+    import translator
     g = torch.Generator().manual_seed(0)
     items = []
     for i in range(batch_size):
@@ -414,7 +416,7 @@ def synthetic_batch(tok, prompt_ids: list[int], feature_dim: int, batch_size: in
         answer = torch.randint(1, vocab_size - 1, (n_text + 1,), generator=g).tolist()
         items.append(dict(uid=str(i), text="", poses=torch.randn(n_frames, feature_dim, generator=g),
                           prompt_ids=prompt_ids, answer_ids=answer))
-    return data.collate(items, tok, qwen.PoseEncoder.output_lengths)
+    return data.collate(items, tok, translator.PoseEncoder.output_lengths)
 
 
 def projection_shapes(config) -> dict[str, tuple[int, int]]:
@@ -510,7 +512,7 @@ def time_steps(model, cfg, batch: dict, steps: int, warmup: int, device, profile
             torch.cuda.reset_peak_memory_stats(device)
         sync()
         t0 = time.perf_counter()
-        out = train.train_step(model, model, [batch], opt, cfg, step, d)
+        out = train.train_step(model, [batch], opt, cfg, step, d, False)
         sync()
         if step >= warmup:
             times.append(time.perf_counter() - t0)
@@ -518,11 +520,11 @@ def time_steps(model, cfg, batch: dict, steps: int, warmup: int, device, profile
         peak, at = torch.cuda.max_memory_allocated(device), ""
     else:
         state = [t for s in opt.state.values() for t in s.values() if torch.is_tensor(t)]
-        peak, at = cpu_peak(lambda: train.train_step(model, model, [batch], opt, cfg, warmup + steps, d),
+        peak, at = cpu_peak(lambda: train.train_step(model, [batch], opt, cfg, warmup + steps, d, False),
                             [*model.parameters(), *model.buffers(), *state])
     if profile:  # one more step under the profiler: where the time goes, by kernel
         with torch.profiler.profile() as prof:
-            train.train_step(model, model, [batch], opt, cfg, warmup + steps + 1, d)
+            train.train_step(model, [batch], opt, cfg, warmup + steps + 1, d, False)
             sync()
         sort = "self_cuda_time_total" if cuda else "self_cpu_time_total"
         print(prof.key_averages().table(sort_by=sort, row_limit=profile, max_name_column_width=60))
@@ -553,12 +555,12 @@ def bench_train(args):
 
     import torch
 
+    import config as configs
     import data
-    import eval as ev
-    import train
+    import poses
 
     p = argparse.ArgumentParser(prog="bench.py train", allow_abbrev=False)
-    p.add_argument("--config", help="a configs/*.py file (default: train.TrainConfig's defaults)")
+    p.add_argument("--config", help="a configs/*.py file (default: config.TrainConfig's defaults)")
     p.add_argument("--random-weights", action="store_true", help="random weights of the config's shape")
     p.add_argument("--shape", help=f"force a Qwen2.5 shape: {', '.join(QWEN25_SHAPES)}")
     p.add_argument("--layers", type=int, help="keep only the first N layers (profiling on the CPU)")
@@ -571,7 +573,7 @@ def bench_train(args):
     p.add_argument("--threads", type=int, default=2, help="CPU threads")
     p.add_argument("--profile", type=int, default=0, help="after timing, profile one step and print the N costliest ops")
     a, overrides = p.parse_known_args(args)
-    cfg = train.load_config(([a.config] if a.config else []) + overrides)
+    cfg = configs.load_config(([a.config] if a.config else []) + overrides)
     if a.batch:
         cfg.batch_size = a.batch
     cuda = torch.cuda.is_available()
@@ -582,8 +584,7 @@ def bench_train(args):
     config, source = bench_shape(cfg, a.shape, a.random_weights)
     if a.layers:
         config.num_hidden_layers = a.layers
-    dcfg = ev.data_config(cfg)
-    feature_dim = data.feature_dim(dcfg)
+    feature_dim = poses.feature_dim(cfg.data.pose)
 
     name = torch.cuda.get_device_name() if cuda else f"CPU ({os.cpu_count()} cores, {a.threads} threads)"
     peak_flops = next((v[0] for k, v in GPU_PEAKS.items() if k in name), None) if cuda else None
@@ -617,7 +618,7 @@ def bench_train(args):
             label = "transformers+PEFT+bnb NF4"
         else:
             raise SystemExit(f"bench.py train: unknown stack {stack!r} (ours, hf)")
-        prompt = (data.build_prompt(tok, dcfg) if hasattr(tok, "chat") else
+        prompt = (data.build_prompt(tok, cfg.data) if hasattr(tok, "chat") else
                   [1 + k % (config.vocab_size - 2) for k in range(a.prompt_tokens)])
         if not hasattr(tok, "chat"):
             prompt[a.prompt_tokens // 2] = tok.pose_token_id  # where the pose sits in the ChatML prompt
@@ -679,8 +680,8 @@ def bench_decode(args):
 
     import torch
 
-    import model as qwen
-    import train
+    import config as configs
+    import loader
 
     p = argparse.ArgumentParser(prog="bench.py decode", allow_abbrev=False)
     p.add_argument("--config", help="a configs/*.py file (its model_dir / init_model / model_repo shape)")
@@ -695,7 +696,7 @@ def bench_decode(args):
     a, overrides = p.parse_known_args(args)
     if a.new < 3:
         raise SystemExit("bench.py decode: --new must be at least 3 (the time per token is a difference)")
-    cfg = train.load_config(([a.config] if a.config else []) + overrides)
+    cfg = configs.load_config(([a.config] if a.config else []) + overrides)
     default = "7B" if torch.cuda.is_available() else "0.5B"  # 7B in float32 would not fit a small CPU machine
     config, source = bench_shape(cfg, a.shape or (None if a.config else default), random_weights=True)
     if a.layers:
@@ -716,7 +717,7 @@ def bench_decode(args):
     first = None
     for q in a.quantize.split(","):
         torch.manual_seed(0)
-        llm = qwen.random_model(config, dtype, device, None if q == "none" else q)
+        llm = loader.random_model(config, dtype, device, None if q == "none" else q)
         ids = torch.randint(0, config.vocab_size, (1, a.prompt), device=device)
         for mode in a.modes.split(","):
             def seconds(n: int) -> float:

@@ -20,7 +20,6 @@ import shutil
 import sys
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -76,14 +75,6 @@ def pick(path: Path) -> Path:
             return ckpt
         print(f"warning: skipping {ckpt}: {why}", file=sys.stderr)
     raise FileNotFoundError(f"{path}: no usable checkpoint (expected ckpt-NNNNNN/ with {META})")
-
-
-def run_config(ckpt: Path) -> SimpleNamespace:
-    """The training config saved beside a checkpoint (OUT_DIR/config.json)."""
-    path = ckpt.resolve().parent / "config.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: the run directory's saved config is needed")
-    return SimpleNamespace(**json.loads(path.read_text()))
 
 
 def trained_tensors(model: nn.Module) -> dict[str, torch.Tensor]:

@@ -1,4 +1,4 @@
-"""Evaluation: metrics, batched decoding, and the one place where a trained model is assembled.
+"""Evaluation: metrics, batched decoding, one-file translation and exports of a trained run.
 
     python eval.py runs/tiny                      # best checkpoint of a run (else the newest)
     python eval.py runs/tiny/ckpt-000600 --split test --num_beams 4 --batch_size 16
@@ -17,7 +17,8 @@ Metrics (last line of stdout, one JSON object):
   tokenizer (lowercase, non-alphanumerics to spaces, no stemming), computed here by hand;
 - chrf: sacrebleu chrF; n: number of sentences; signature: sacrebleu's signatures.
 
-train.py imports this file (assembly, decoding, metrics); this file never imports train.py.
+The model is assembled by translator.build_model from the run's saved config (config.py);
+train.py imports this file (decoding, metrics); this file never imports train.py.
 References: QLoRA (Dettmers et al. 2023), SpaMo (Hwang et al. 2024), Sign2GPT (Wong et al. 2024),
 sacrebleu (Post 2018), ROUGE (Lin 2004).
 """
@@ -25,21 +26,20 @@ import argparse
 import json
 import re
 import sys
-from contextlib import nullcontext, redirect_stdout
-from dataclasses import fields
+from contextlib import redirect_stdout
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from sacrebleu.metrics import BLEU, CHRF
-from torch import nn
 from tqdm import tqdm
 
 import checkpoints
+import config
 import data
 import lora
-import model as qwen
+import poses
 from tokenizer import Tokenizer
+from translator import SignTranslator, autocast, build_model, collate_fn, to_device
 
 
 # ----------------------------------------------------------------------------- metrics
@@ -92,88 +92,6 @@ def compute_metrics(hypotheses: list[str], references: list[str]) -> dict:
     return out
 
 
-# ----------------------------------------------------------------------------- the model
-
-class SignTranslator(nn.Module):
-    """Pose encoder + Qwen2 (+ LoRA). Soft tokens replace the pose placeholders of the prompt.
-
-    Parameter names ("llm.model.layers.0.self_attn.q_proj.lora_A.weight", "encoder.frame.0.weight")
-    are the names in checkpoints."""
-
-    def __init__(self, llm: qwen.Qwen2, encoder: qwen.PoseEncoder, pose_token_id: int):
-        super().__init__()
-        self.llm, self.encoder, self.pose_token_id = llm, encoder, pose_token_id
-
-    def embed(self, batch: dict) -> torch.Tensor:
-        """Prompt (+ answer) embeddings with the soft pose tokens spliced in: (B, T, H)."""
-        tokens, token_mask = self.encoder(batch["poses"], batch["pose_mask"])  # (B, T', H), (B, T')
-        embeds = self.llm.model.embed_tokens(batch["input_ids"])  # (B, T, H)
-        return qwen.splice_pose_tokens(embeds, batch["input_ids"], self.pose_token_id, tokens, token_mask)
-
-    def forward(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
-        """(sum of the cross-entropy over answer tokens, number of answer tokens).
-
-        The vocabulary projection runs only where a label is: (N, V) logits for N answer tokens
-        instead of (B, T, V), which for Qwen's 152k vocabulary would dwarf everything else."""
-        hidden = self.llm(inputs_embeds=self.embed(batch), attention_mask=batch["attention_mask"],
-                          return_hidden=True)  # (B, T, H)
-        targets = batch["labels"][:, 1:]  # position t predicts token t + 1
-        at = targets != -100  # (B, T-1)
-        logits = self.llm.lm_head(hidden[:, :-1][at]).float()  # (N, V)
-        return F.cross_entropy(logits, targets[at], reduction="sum"), at.sum()
-
-    @torch.no_grad()
-    def translate(self, batch: dict, tok: Tokenizer, max_new_tokens: int, num_beams: int = 1,
-                  static: bool = False) -> list[str]:
-        """Decode a left-padded generation batch (data.collate(..., for_generation=True))."""
-        new = self.llm.generate(inputs_embeds=self.embed(batch), attention_mask=batch["attention_mask"],
-                                max_new_tokens=max_new_tokens, eos_token_id=tok.eos_ids,
-                                pad_token_id=tok.pad_id, num_beams=num_beams, static=static)  # (B, n_new)
-        return [tok.decode(row).strip() for row in new.tolist()]
-
-
-def data_config(cfg) -> data.DataConfig:
-    """The run config's fields that data.DataConfig has, passed by name, plus its data_options."""
-    names = {f.name for f in fields(data.DataConfig)}
-    return data.DataConfig(**{k: v for k, v in vars(cfg).items() if k in names}, **cfg.data_options)
-
-
-def build_model(cfg, tok: Tokenizer, device: torch.device) -> SignTranslator:
-    """The one place a model is assembled (train.py and eval.py): frozen base (4-bit by default)
-    -> LoRA -> pose encoder sized to the data's features and scaled to the embeddings."""
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    llm = qwen.load_model(cfg.model_dir, dtype=dtype, device=device,
-                          quantize=None if cfg.quantize == "none" else cfg.quantize,
-                          double_quant=getattr(cfg, "double_quant", False),       # runs saved before
-                          quant_cache=getattr(cfg, "quant_cache", "") or None,     # these fields existed
-                          offload_embeddings=getattr(cfg, "offload_embeddings", False))
-    lora.apply_lora(llm, r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout,
-                    targets=cfg.lora_targets, modules_to_save=cfg.modules_to_save)
-    llm.gradient_checkpointing = cfg.gradient_checkpointing
-    encoder = qwen.PoseEncoder(data.feature_dim(data_config(cfg)), llm.config.hidden_size,
-                               width=cfg.encoder_width, dropout=cfg.encoder_dropout).to(device)
-    encoder.set_embed_scale(llm.model.embed_tokens.weight)
-    model = SignTranslator(llm, encoder, tok.pose_token_id)
-    for p in model.parameters():
-        if p.requires_grad:  # AdamW updates would round away in a 16-bit trained tensor
-            p.data = p.data.float()
-    return model
-
-
-def to_device(batch: dict, device: torch.device) -> dict:
-    return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
-
-
-def collate_fn(model: SignTranslator, tok: Tokenizer, for_generation: bool = False):
-    """data.collate with one pose placeholder expanded to the encoder's number of soft tokens."""
-    return lambda items: data.collate(items, tok, model.encoder.output_lengths, for_generation=for_generation)
-
-
-def autocast(device: torch.device):
-    """bf16 autocast on GPUs; the CPU path runs in float32."""
-    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
-
-
 # ----------------------------------------------------------------------------- decoding
 
 @torch.no_grad()
@@ -203,7 +121,7 @@ def write_predictions(rows: list[dict], path: Path) -> None:
 def translate_file(model: SignTranslator, tok: Tokenizer, dcfg: data.DataConfig, pose_path: str,
                    max_new_tokens: int, num_beams: int, device: torch.device, static: bool = False) -> str:
     """One .pose file -> its English translation."""
-    item = {"uid": Path(pose_path).stem, "poses": torch.from_numpy(data.load_pose(pose_path, dcfg)), "text": "",
+    item = {"uid": Path(pose_path).stem, "poses": torch.from_numpy(poses.load_pose(pose_path, dcfg.pose)), "text": "",
             "prompt_ids": data.build_prompt(tok, dcfg), "answer_ids": []}
     batch = to_device(collate_fn(model, tok, for_generation=True)([item]), device)
     model.eval()
@@ -229,12 +147,12 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     ckpt = checkpoints.pick(Path(args.run))
-    cfg = checkpoints.run_config(ckpt)
+    cfg = config.load_run_config(ckpt)
     if args.data_dir:
-        cfg.data_dir = args.data_dir
+        cfg.data.data_dir = args.data_dir
     max_new = args.max_new_tokens or cfg.max_new_tokens
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dcfg = data_config(cfg)
+    dcfg = cfg.data
     tok = Tokenizer.from_dir(cfg.model_dir)
     with redirect_stdout(sys.stderr):  # stdout carries the results only
         model = build_model(cfg, tok, device)

@@ -1,5 +1,4 @@
-"""Qwen2 / Qwen2.5 decoder written from scratch, its checkpoint loader, KV-cache generation,
-and the pose encoder that turns sign-language pose sequences into soft prompt tokens.
+"""Qwen2 / Qwen2.5 decoder written from scratch, and its generation (KV cache, greedy, beam search).
 
 What is here
     Qwen2Config      the Hugging Face config.json keys we support (both rope_theta styles)
@@ -7,23 +6,21 @@ What is here
                      state_dict names are exactly the Hugging Face names
     HostEmbedding    a frozen input-embedding table kept in host memory (offload_embeddings)
     KVCache          preallocated keys/values for incremental decoding
+    StaticKVCache    the same, written at a slot held on the device (fixed shapes, CUDA graphs)
     Qwen2.generate   batched greedy decoding (left padding, stop tokens) and beam search
     StaticDecoder    greedy steps on fixed shapes, one CUDA graph per call (generate(static=True))
-    load_model       streams a Hugging Face safetensors checkpoint into a meta-built model,
-                     optionally quantizing the seven projections of every layer to NF4
-    save_model       writes config.json + model.safetensors in the Hugging Face layout
-    PoseEncoder      (B, frames, F) -> (B, ~frames/4, hidden) soft tokens in embedding space
-    splice_pose_tokens  puts those tokens at the pose placeholders of a prompt
+
+Reading and writing checkpoints, and the 4-bit conversion, are in loader.py; the pose encoder
+and the prompt splicing in translator.py. This file knows no files, no training, no poses.
 
 References
     Qwen2 technical report, https://arxiv.org/abs/2407.10671
     Hugging Face transformers, models/qwen2/modeling_qwen2.py (the numerics we match)
     RoFormer / RoPE, Su et al. 2021, https://arxiv.org/abs/2104.09864
     GQA, Ainslie et al. 2023, https://arxiv.org/abs/2305.13245
-    SpaMo (linear + temporal conv adapter into an LLM), Hwang et al. 2025
 
 How to run
-    model = load_model("Qwen2.5-0.5B-Instruct", dtype=torch.bfloat16, quantize="nf4")
+    model = loader.load_model("Qwen2.5-0.5B-Instruct", dtype=torch.bfloat16, quantize="nf4")
     new_tokens = model.generate(input_ids, attention_mask=mask, eos_token_id=[151645])
     new_tokens = model.generate(input_ids, attention_mask=mask, static=True)  # GPU: one CUDA graph
     python -m pytest -q tests/test_model.py     # matches transformers to 1e-5
@@ -32,22 +29,16 @@ How to run
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
-import os
-from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors import safe_open
-from safetensors.torch import save_file
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 import kernels
-import quant
 
 # ----------------------------------------------------------------------------- config
 
@@ -158,26 +149,43 @@ class KVCache:
         shape = (batch_size, config.num_key_value_heads, max_len, config.head_dim)
         self.k = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(config.num_hidden_layers)]
         self.v = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(config.num_hidden_layers)]
-        self.length = 0  # filled slots; Qwen2.forward advances it after the last layer
-        self.slot: Tensor | None = None  # (1,) on the device: set for StaticDecoder's fixed-shape steps
+        self.length = 0  # filled slots
 
     def update(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
-        """Write this step's k, v (B, n_kv, T, hd) and return all keys/values so far (B, n_kv, S, hd).
-        With `slot` set (one token at a slot held on the device), return all max_len slots: the
-        shapes never change, and the attention mask hides the slots not written yet."""
-        if self.slot is not None:
-            self.k[layer].index_copy_(2, self.slot, k)
-            self.v[layer].index_copy_(2, self.slot, v)
-            return self.k[layer], self.v[layer]
+        """Write this step's k, v (B, n_kv, T, hd); return all keys/values so far (B, n_kv, S, hd)."""
         end = self.length + k.shape[2]
         self.k[layer][:, :, self.length:end] = k
         self.v[layer][:, :, self.length:end] = v
         return self.k[layer][:, :, :end], self.v[layer][:, :, :end]
 
+    def advance(self, T: int) -> None:
+        """Called by Qwen2.forward after the last layer has written its T new positions."""
+        self.length += T
+
     def reorder(self, rows: Tensor) -> None:
         """Keep/duplicate batch rows (beam search): row i becomes old row rows[i]."""
         self.k = [k.index_select(0, rows) for k in self.k]
         self.v = [v.index_select(0, rows) for v in self.v]
+
+
+class StaticKVCache(KVCache):
+    """A KVCache whose write position is a tensor on the device (`slot`, shape (1,)), for decoding
+    one token at a time on fixed shapes: update() writes at the slot and returns all max_len
+    slots (the attention mask hides those not written yet), advance() moves the slot on the
+    device. No step changes a shape or reads a number back to the host, so the whole step can
+    be recorded once as a CUDA graph and replayed (StaticDecoder)."""
+
+    def __init__(self, cache: KVCache):
+        self.k, self.v, self.length = cache.k, cache.v, cache.length
+        self.slot = torch.full((1,), cache.length, dtype=torch.long, device=cache.k[0].device)
+
+    def update(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        self.k[layer].index_copy_(2, self.slot, k)
+        self.v[layer].index_copy_(2, self.slot, v)
+        return self.k[layer], self.v[layer]
+
+    def advance(self, T: int) -> None:
+        self.slot += T
 
 
 class Attention(nn.Module):
@@ -311,13 +319,14 @@ class Qwen2(nn.Module):
             raise ValueError("pass exactly one of input_ids and inputs_embeds")
         x = self.model.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds  # (B, T, H)
         T = x.shape[1]
-        if kv_cache is not None and kv_cache.slot is not None:  # StaticDecoder: attention_mask covers the cache
-            mask, positions = attention_mask[:, None, None, :], position_ids  # (B, 1, 1, max_len), (B, 1)
+        if attention_mask is not None and attention_mask.dim() == 4:
+            mask = attention_mask.bool()  # (B, 1, T, S), given whole (as transformers takes a 4-D mask)
+            positions = position_ids
         else:
             past = kv_cache.length if kv_cache is not None else 0
             mask, positions = mask_and_positions(attention_mask, past, T, x.device)
-            if position_ids is not None:
-                positions = position_ids
+        if position_ids is not None:
+            positions = position_ids
         cos, sin = rope_cos_sin(positions, self.config.head_dim, self.config.rope_theta, x.dtype)
         recompute = self.gradient_checkpointing and self.training and torch.is_grad_enabled()
         if recompute and not x.requires_grad:
@@ -334,7 +343,7 @@ class Qwen2(nn.Module):
             else:
                 x = layer(x, cos, sin, mask, kv_cache)
         if kv_cache is not None:
-            kv_cache.length += T
+            kv_cache.advance(T)
         x = self.model.norm(x)
         return x if return_hidden else self.lm_head(x)
 
@@ -445,46 +454,40 @@ class StaticDecoder:
     more than its GPU time at batch 1, so a Python decoding loop is bound by the CPU. Here every
     tensor a step touches has a fixed shape and address: the token's embedding (B, 1, H, looked
     up before the graph, as the table may be in host memory: HostEmbedding), its RoPE position
-    (B, 1), the cache slot it goes to (1,), the mask of visible slots (B, max_len), and the step
-    attends over all max_len slots of the cache (the mask hides the ones not written yet). The
-    step advances slot and position itself, so on a GPU it is recorded once (torch.cuda.graph,
+    (B, 1), the cache slot it goes to (a StaticKVCache), the mask of visible slots (B, 1, 1,
+    max_len), and the step attends over all max_len slots of the cache (the mask hides the ones
+    not written yet). The step advances slot and position itself, so on a GPU it is recorded once (torch.cuda.graph,
     after one warm-up run that also lets Triton pick its kernels) and each token is one replay.
     Elsewhere the same step runs eagerly: that is what the CPU tests check against generate."""
 
     def __init__(self, model: Qwen2, cache: KVCache, mask: Tensor):
         B, S = mask.shape  # the prompt's mask (B, S): its tokens are in cache slots 0..S-1
         max_len, device = cache.k[0].shape[2], mask.device
-        self.model, self.cache = model, cache
+        self.model, self.cache = model, StaticKVCache(cache)
         table = model.model.embed_tokens.weight  # looked up outside the graph: it may be in host memory
         self.embeds = torch.zeros(B, 1, table.shape[1], dtype=table.dtype, device=device)
-        self.keep = torch.zeros(B, max_len, dtype=torch.bool, device=device)
-        self.keep[:, :S] = mask.bool()
+        self.keep = torch.zeros(B, 1, 1, max_len, dtype=torch.bool, device=device)  # visible slots
+        self.keep[:, 0, 0, :S] = mask.bool()
         self.position = mask.sum(-1, keepdim=True)  # (B, 1): real tokens so far = the next position
-        self.slot = torch.full((1,), S, dtype=torch.long, device=device)
         self.graph = None
         if device.type == "cuda":
-            state = [t.clone() for t in (self.keep, self.position, self.slot)]
+            state = [t.clone() for t in (self.keep, self.position, self.cache.slot)]
             side = torch.cuda.Stream()  # warm-up off the capturing stream, as torch.cuda.graph asks
             side.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(side):
                 self._step()  # compiles and autotunes every kernel; writes a slot that is rewritten later
             torch.cuda.current_stream().wait_stream(side)
-            for t, saved in zip((self.keep, self.position, self.slot), state):
+            for t, saved in zip((self.keep, self.position, self.cache.slot), state):
                 t.copy_(saved)
             self.graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(self.graph):
                 self.logits = self._step()
 
     def _step(self) -> Tensor:
-        """Token -> fp32 logits (B, V), then slot and position move on: device work only."""
-        self.keep.index_fill_(1, self.slot, True)
-        self.cache.slot = self.slot
-        try:
-            hidden = self.model(inputs_embeds=self.embeds, attention_mask=self.keep, position_ids=self.position,
-                                kv_cache=self.cache, return_hidden=True)
-        finally:
-            self.cache.slot = None
-        self.slot += 1
+        """Token -> fp32 logits (B, V); the cache's slot and the position move on: device work only."""
+        self.keep.index_fill_(3, self.cache.slot, True)
+        hidden = self.model(inputs_embeds=self.embeds, attention_mask=self.keep, position_ids=self.position,
+                            kv_cache=self.cache, return_hidden=True)  # the cache advances its slot
         self.position += 1
         return self.model.lm_head(hidden[:, -1]).float()
 
@@ -495,273 +498,3 @@ class StaticDecoder:
             return self._step()
         self.graph.replay()
         return self.logits
-
-
-# ----------------------------------------------------------------------------- loading
-
-
-def _checkpoint_index(path: Path) -> dict[str, Path]:
-    """Tensor name -> the safetensors file that holds it, for a single-file or sharded checkpoint."""
-    index, single = path / "model.safetensors.index.json", path / "model.safetensors"
-    if index.exists():
-        where = {name: path / file for name, file in json.loads(index.read_text())["weight_map"].items()}
-        for file in sorted(set(where.values())):
-            if not file.exists():
-                raise FileNotFoundError(f"{index} lists shard {file.name}, which is missing from {path}")
-        return where
-    if single.exists():
-        return _names_in(single)
-    raise FileNotFoundError(f"{path}: neither model.safetensors nor model.safetensors.index.json found")
-
-
-def _names_in(file: Path) -> dict[str, Path]:
-    with safe_open(file, framework="pt") as f:
-        return {name: file for name in f.keys()}
-
-
-def _expected_shapes(model: nn.Module) -> dict[str, tuple[int, ...]]:
-    """Every tensor a checkpoint must hold for this model (a tied lm_head is not stored)."""
-    shapes = {name: tuple(t.shape) for name, t in model.state_dict().items()}
-    if model.config.tie_word_embeddings:
-        del shapes["lm_head.weight"]
-    return shapes
-
-
-def _set_tensor(model: nn.Module, name: str, t: Tensor) -> None:
-    """Put a loaded tensor in place of the meta one. A float weight arriving at a 4-bit module is
-    quantized (module.quantize_); anything else (e.g. cached packed weights) is assigned as is."""
-    module_name, attr = name.rsplit(".", 1)
-    module = model.get_submodule(module_name)
-    if attr == "weight" and hasattr(module, "quantize_") and t.is_floating_point():
-        module.quantize_(t)
-    elif attr in module._parameters:
-        module._parameters[attr] = nn.Parameter(t, requires_grad=module._parameters[attr].requires_grad)
-    else:
-        module._buffers[attr] = t
-
-
-def _stream_into(model: nn.Module, where: dict[str, Path], expected: dict[str, tuple[int, ...]],
-                 dtype: torch.dtype | None, device) -> None:
-    """Check names and shapes against `expected` strictly, then load tensors one at a time (peak
-    memory ~ one copy). dtype=None keeps the stored dtypes (the nf4 cache: uint8 + fp32 absmax)."""
-    unexpected = sorted(set(where) - set(expected))
-    if unexpected:
-        raise ValueError(f"unexpected tensor {unexpected[0]} in {where[unexpected[0]]} "
-                         f"({len(unexpected)} unexpected in all: {unexpected[:5]})")
-    missing = sorted(set(expected) - set(where))
-    if missing:
-        files = sorted({p.name for p in where.values()})
-        raise ValueError(f"missing tensor {missing[0]} ({len(missing)} missing in all: {missing[:5]}) in {files}")
-    by_file = defaultdict(list)
-    for name, file in where.items():
-        by_file[file].append(name)
-    for file, names in by_file.items():
-        with safe_open(file, framework="pt", device="cpu") as f:
-            present = set(f.keys())
-            for name in names:
-                if name not in present:
-                    raise ValueError(f"tensor {name} is not in {file}, although the index says so")
-                shape = tuple(f.get_slice(name).get_shape())
-                if shape != expected[name]:
-                    raise ValueError(f"tensor {name} in {file} has shape {shape}, expected {expected[name]}")
-                t, home = f.get_tensor(name), _home(model, name, device)
-                t = t.to(home, dtype) if dtype is not None and t.is_floating_point() else t.to(home)
-                _set_tensor(model, name, t)
-    model.tie_weights()
-
-
-def _home(model: nn.Module, name: str, device) -> torch.device | str:
-    """Where tensor `name` is loaded: host memory for a HostEmbedding's table, else `device`."""
-    return "cpu" if isinstance(model.get_submodule(name.rsplit(".", 1)[0]), HostEmbedding) else device
-
-
-def _swap_in_host_embedding(model: Qwen2, source: str) -> None:
-    """Replace the (meta) input embedding by a HostEmbedding before loading (offload_embeddings)."""
-    if model.config.tie_word_embeddings:
-        raise ValueError(f"{source}: offload_embeddings needs untied embeddings, but tie_word_embeddings is "
-                         "true: lm_head shares the table and reads all of it every step, so it stays on the device")
-    model.model.embed_tokens = HostEmbedding(torch.empty_like(model.model.embed_tokens.weight))
-
-
-def _swap_in_nf4(model: Qwen2, dtype: torch.dtype, double_quant: bool = False) -> None:
-    """Replace the seven projections of every layer by (meta) 4-bit linears, as gpt-fast does
-    before loading: the full-precision weights never exist for the whole model at once."""
-    for layer in model.model.layers:
-        for parent in (layer.self_attn, layer.mlp):
-            for name, lin in list(parent.named_children()):
-                setattr(parent, name, quant.Linear4bit(lin.in_features, lin.out_features, bias=lin.bias is not None,
-                                                       compute_dtype=dtype, device="meta", double_quant=double_quant))
-
-
-def _quant_cache_file(path: Path, where: dict[str, Path], dtype: torch.dtype, double_quant: bool,
-                      cache_dir: Path) -> Path:
-    """The cache file name: a hash of the checkpoint's path, files (size, mtime), dtype and format."""
-    stats = [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(set(where.values()))]
-    fmt = "nf4-bs64" + ("-dq" if double_quant else "")
-    key = json.dumps([str(path.resolve()), stats, str(dtype), fmt])
-    return cache_dir / f"{fmt}-{hashlib.sha256(key.encode()).hexdigest()[:16]}.safetensors"
-
-
-def _check_quantize(quantize: str | None, double_quant: bool) -> None:
-    if quantize not in (None, "nf4"):
-        raise ValueError(f"quantize={quantize!r}: only None and 'nf4' are supported")
-    if double_quant and quantize is None:
-        raise ValueError("double_quant=True needs quantize='nf4'")
-
-
-def load_model(path: str | Path, dtype: torch.dtype = torch.float32, device="cpu", quantize: str | None = None,
-               double_quant: bool = False, quant_cache: str | Path | None = None,
-               offload_embeddings: bool = False) -> Qwen2:
-    """Load a Hugging Face Qwen2 directory (config.json + safetensors) into an eval-mode Qwen2.
-
-    quantize="nf4" stores the seven projections of every layer in 4 bits (blocks of 64; with
-    double_quant their absmax in 8 bits too, QLoRA's "DQ": 4.127 instead of 4.5 bits per weight);
-    lm_head, embeddings and norms stay in `dtype`. quant_cache=DIR saves the quantized tensors
-    there on the first load and reads them back on later loads of the same (unchanged) checkpoint.
-    offload_embeddings=True keeps the (frozen) input embedding table in host memory (HostEmbedding;
-    untied models only)."""
-    _check_quantize(quantize, double_quant)
-    path = Path(path)
-    config = Qwen2Config.from_json(path / "config.json")
-    where = _checkpoint_index(path)
-    if config.tie_word_embeddings:
-        where.pop("lm_head.weight", None)  # some tied checkpoints store the shared matrix twice
-    with torch.device("meta"):
-        model = Qwen2(config)
-    hf_shapes = _expected_shapes(model)  # before any swap: the checkpoint holds full weights
-    if offload_embeddings:
-        _swap_in_host_embedding(model, str(path / "config.json"))
-    cached = None
-    if quantize == "nf4":
-        _swap_in_nf4(model, dtype, double_quant)
-        if quant_cache is not None:
-            cached = _quant_cache_file(path, where, dtype, double_quant, Path(quant_cache))
-    if cached is not None and cached.exists():
-        _stream_into(model, _names_in(cached), _expected_shapes(model), None, device)
-    else:
-        _stream_into(model, where, hf_shapes, dtype, device)
-        if cached is not None:
-            _save_state(model, cached)
-    return model.eval()
-
-
-def init_weight_(name: str, t: Tensor, std: float = 0.02) -> Tensor:
-    """Fill t in place as transformers initialises a Qwen2 tensor: matrices N(0, std), RMSNorm
-    weights 1, biases 0 (name tells the last two apart)."""
-    if t.dim() > 1:
-        return t.normal_(0, std)
-    return t.fill_(1.0 if name.endswith("norm.weight") else 0.0)
-
-
-@torch.no_grad()
-def random_model(config: Qwen2Config, dtype: torch.dtype = torch.float32, device="cpu", quantize: str | None = None,
-                 double_quant: bool = False, std: float = 0.02, offload_embeddings: bool = False) -> Qwen2:
-    """An eval-mode Qwen2 with random weights (init_weight_), built by load_model's own steps: on
-    the meta device, projections swapped for 4-bit linears (quantize="nf4"), then each tensor made
-    on `device` and quantized as soon as it exists, so a large model never exists whole in 16 bits.
-    The values drawn depend only on the seed, not on quantize: the NF4 model is the 16-bit one,
-    quantized. For benchmarks (speed and memory do not depend on the values) and the tiny demo."""
-    _check_quantize(quantize, double_quant)
-    with torch.device("meta"):
-        model = Qwen2(config)
-    shapes = _expected_shapes(model)  # the 16-bit shapes, taken before the 4-bit swap
-    if offload_embeddings:
-        _swap_in_host_embedding(model, "random_model")
-    if quantize == "nf4":
-        _swap_in_nf4(model, dtype, double_quant)
-    for name, shape in shapes.items():
-        t = torch.empty(shape, dtype=dtype, device=_home(model, name, device))
-        _set_tensor(model, name, init_weight_(name, t, std))
-    model.tie_weights()
-    return model.eval()
-
-
-def _save_state(model: Qwen2, file: Path) -> None:
-    """model.state_dict() (without a tied lm_head) as one safetensors file, written atomically."""
-    state = {k: v.contiguous() for k, v in model.state_dict().items()
-             if not (k == "lm_head.weight" and model.config.tie_word_embeddings)}
-    file.parent.mkdir(parents=True, exist_ok=True)
-    tmp = file.with_name(f"{file.name}.tmp{os.getpid()}")
-    save_file(state, str(tmp), metadata={"format": "pt"})
-    os.replace(tmp, file)  # readers never see a half-written file
-
-
-def save_model(model: Qwen2, out_dir: str | Path) -> None:
-    """Write config.json + model.safetensors in the Hugging Face layout (full-precision models only)."""
-    with torch.device("meta"):
-        names = set(_expected_shapes(Qwen2(model.config)))
-    extra = sorted(set(_expected_shapes(model)) ^ names)
-    if extra:
-        raise ValueError(f"save_model writes plain Qwen2 checkpoints, but this model has other tensors ({extra[:3]}, "
-                         "4-bit or LoRA modules?); use lora.export_merged for those")
-    out_dir = Path(out_dir)
-    _save_state(model, out_dir / "model.safetensors")
-    dtype = str(model.model.embed_tokens.weight.dtype).removeprefix("torch.")
-    (out_dir / "config.json").write_text(json.dumps({**model.config.to_dict(), "dtype": dtype}, indent=2))
-
-
-# ----------------------------------------------------------------------------- pose encoder
-
-
-class PoseEncoder(nn.Module):
-    """(B, frames, F) pose features -> (B, T', hidden) soft tokens in the LLM's embedding space.
-
-    per-frame Linear(F -> width) + GELU + LayerNorm
-    -> 2 x [Conv1d(width, width, kernel 5, stride 2, padding 2) + GELU]: T' = ceil(ceil(T/2)/2)
-    -> projector Linear(width -> hidden) + GELU + Linear(hidden -> hidden)
-    -> RMS-normalised and multiplied by `embed_scale`, the typical RMS of the LLM's embedding
-       rows, so soft tokens have the magnitude the frozen LLM expects of an input embedding.
-    Padded frames are zeroed before each convolution, so a padded sample yields exactly the
-    tokens of the same sample unpadded (a conv window past the end sees zeros either way)."""
-
-    def __init__(self, in_features: int, hidden_size: int, width: int = 256, dropout: float = 0.1):
-        super().__init__()
-        self.frame = nn.Sequential(nn.Linear(in_features, width), nn.GELU(), nn.LayerNorm(width), nn.Dropout(dropout))
-        self.convs = nn.ModuleList(nn.Conv1d(width, width, kernel_size=5, stride=2, padding=2) for _ in range(2))
-        self.proj = nn.Sequential(nn.Dropout(dropout), nn.Linear(width, hidden_size), nn.GELU(),
-                                  nn.Linear(hidden_size, hidden_size))
-        self.register_buffer("embed_scale", torch.tensor(1.0))
-
-    @torch.no_grad()
-    def set_embed_scale(self, embedding_weight: Tensor) -> None:
-        """embed_scale = median RMS of the embedding rows (median: unused vocab rows can be ~0)."""
-        # the float32 norm of each row without a float32 copy of the table (1.45 GiB at 14B in bf16)
-        hidden = embedding_weight.shape[-1]
-        rms = torch.linalg.vector_norm(embedding_weight, dim=-1, dtype=torch.float32) / hidden**0.5
-        self.embed_scale.copy_(rms.median())
-
-    @staticmethod
-    def output_lengths(frames: Tensor | int) -> Tensor | int:
-        """Soft tokens for `frames` frames: each stride-2 conv maps n -> ceil(n / 2)."""
-        for _ in range(2):
-            frames = (frames + 1) // 2
-        return frames
-
-    def forward(self, poses: Tensor, pose_mask: Tensor) -> tuple[Tensor, Tensor]:
-        """poses (B, T, F), pose_mask (B, T) True on real frames (right padding) ->
-        tokens (B, T', hidden) and token_mask (B, T') bool."""
-        lengths = pose_mask.sum(1)  # (B,)
-        x = self.frame(poses)  # (B, T, W)
-        for conv in self.convs:
-            keep = torch.arange(x.shape[1], device=x.device) < lengths[:, None]  # (B, T_i)
-            x = x * keep[..., None]
-            x = F.gelu(conv(x.transpose(1, 2)).transpose(1, 2))  # (B, ceil(T_i/2), W)
-            lengths = (lengths + 1) // 2
-        x = self.proj(x)  # (B, T', hidden)
-        x = F.rms_norm(x, (x.shape[-1],)) * self.embed_scale
-        token_mask = torch.arange(x.shape[1], device=x.device) < lengths[:, None]
-        return x * token_mask[..., None], token_mask
-
-
-def splice_pose_tokens(inputs_embeds: Tensor, input_ids: Tensor, pose_token_id: int, tokens: Tensor,
-                       token_mask: Tensor) -> Tensor:
-    """Put sample i's soft tokens (tokens[i][token_mask[i]], in order) at the pose_token_id
-    positions of its prompt. inputs_embeds (B, T, H), input_ids (B, T), tokens (B, T', H)."""
-    is_pose = input_ids == pose_token_id  # (B, T)
-    wanted, have = is_pose.sum(1), token_mask.sum(1)
-    if not torch.equal(wanted, have):
-        i = int((wanted != have).nonzero()[0])
-        raise ValueError(f"sample {i}: its prompt has {int(wanted[i])} pose placeholders (id {pose_token_id}) "
-                         f"but its poses give {int(have[i])} soft tokens")
-    # masked_scatter fills the True positions in row-major order: sample 0's placeholders first
-    return inputs_embeds.masked_scatter(is_pose[..., None], tokens[token_mask].to(inputs_embeds.dtype))

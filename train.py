@@ -6,9 +6,10 @@
     torchrun --nnodes 2 --nproc_per_node 8 --rdzv_backend c10d --rdzv_endpoint HOST:29500 \
         train.py configs/qwen14b.py --resume=auto                      # several machines
 
-What is trained: the pose encoder (model.PoseEncoder) fully, and LoRA adapters (lora.py) on a
-frozen Qwen2 whose projections are 4-bit NF4 (quant.py): QLoRA. eval.build_model assembles it;
-its soft tokens replace the pose placeholder of a ChatML prompt, the answer is the English text.
+What is trained: the pose encoder (translator.PoseEncoder) fully, and LoRA adapters (lora.py) on
+a frozen Qwen2 whose projections are 4-bit NF4 (quant.py): QLoRA. translator.build_model assembles
+it; its soft tokens replace the pose placeholder of a ChatML prompt, the answer is the English
+text. The config (config.py) is a plain-Python file plus --key=value overrides.
 
 One optimizer step = grad_accum micro-batches of batch_size clips on each of the world_size
 processes. The loss is the mean cross-entropy over every answer token of the whole step, logits
@@ -29,23 +30,20 @@ Surviving long runs (OUT_DIR/ckpt-000600/ every save_every steps, and best -> th
 References: QLoRA (Dettmers et al. 2023, arXiv:2305.14314); SpaMo (Hwang et al. 2024,
 arXiv:2408.11915); Sign2GPT (Wong et al. 2024, arXiv:2405.04164); nanoGPT's train.py.
 """
-import ast
 import base64
+import dataclasses
 import hashlib
 import json
 import logging
 import math
 import os
 import random
-import runpy
 import shutil
 import signal
 import sys
 import time
-import types
-import typing
-from contextlib import contextmanager, nullcontext
-from dataclasses import asdict, dataclass, field, fields
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -55,146 +53,14 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
 import checkpoints
+import config
 import data
 import eval as ev
-from data import DataConfig
+from config import ConfigError, TrainConfig
 from tokenizer import Tokenizer
+from translator import SignTranslator, autocast, build_model, collate_fn, to_device
 
 log = logging.getLogger("train")
-
-
-# ----------------------------------------------------------------------------- config
-
-@dataclass
-class TrainConfig:
-    # data: fields named as in data.DataConfig are passed to it (defaults from there)
-    data_dir: str = "data/isign"
-    csv: str = DataConfig.csv                  # uid,text CSV (or a .jsonl manifest) in data_dir
-    pose_dir: str = DataConfig.pose_dir
-    cache_dir: str | None = DataConfig.cache_dir   # None: data_dir/cache
-    layout: str = DataConfig.layout
-    use_z: bool = DataConfig.use_z
-    fps: float | None = DataConfig.fps
-    max_frames: int = DataConfig.max_frames
-    source_language: str = DataConfig.source_language
-    data_options: dict = field(default_factory=dict)  # any other DataConfig field, e.g. aug_noise
-    augment: bool = True             # training-time pose augmentation
-    synth_n: int = 0                 # > 0 and data_dir missing: generate a synthetic corpus there
-    synth_seed: int = 0
-    # model
-    model_dir: str = "checkpoints/Qwen2.5-7B-Instruct"
-    model_repo: str = "Qwen/Qwen2.5-7B-Instruct"  # named in the download hint if model_dir is missing
-    init_model: dict = field(default_factory=dict)  # non-empty and model_dir missing: create a random
-                                                    # Qwen2 of these sizes + a BPE tokenizer there
-    quantize: str = "nf4"            # "nf4" (QLoRA) or "none" (LoRA on a 16-bit base)
-    double_quant: bool = False       # NF4 absmax in 8 bits too (QLoRA's DQ): -0.37 bit per weight; costs a
-                                     # float32 expansion of the absmax in every 4-bit call
-    quant_cache: str = ""            # directory: the quantized base is saved there on first load
-                                     # and read back by later runs and eval.py ("" = quantize each time)
-    offload_embeddings: bool = False # keep the frozen input embedding table in host memory (untied
-                                     # models, 7B and up): vocab x hidden x 2 bytes less GPU memory
-    lora_r: int = 16
-    lora_alpha: float = 32.0
-    lora_dropout: float = 0.05
-    lora_targets: list = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
-    modules_to_save: list = field(default_factory=list)  # e.g. ["embed_tokens", "lm_head"]
-    encoder_width: int = 512
-    encoder_dropout: float = 0.1
-    gradient_checkpointing: bool = False
-    # optimisation: samples per step = batch_size x grad_accum x world_size
-    batch_size: int = 4              # clips per micro-batch per process
-    grad_accum: int = 8
-    global_batch: int = 0            # > 0: grad_accum = global_batch / (batch_size x world_size)
-    max_steps: int = 3000
-    lr: float = 1e-4                 # LoRA (and modules_to_save)
-    encoder_lr: float = 5e-4
-    weight_decay: float = 0.0
-    warmup_steps: int = 100
-    min_lr_ratio: float = 0.1        # cosine decays to lr x this
-    grad_clip: float = 1.0
-    max_bad_steps: int = 20          # non-finite losses in a row before the run stops
-    # evaluation, checkpoints, logging
-    eval_every: int = 500
-    eval_samples: int = 200          # validation subset for val loss and BLEU
-    eval_batch_size: int = 16
-    max_new_tokens: int = 64
-    test_at_end: bool = False        # evaluate the best checkpoint on the test split at the end
-    save_every: int = 500
-    keep_last: int = 3
-    log_every: int = 10
-    out_dir: str = "runs/default"
-    resume: str = ""                 # "auto": newest good checkpoint in out_dir; or a ckpt path
-    seed: int = 0
-    num_workers: int = 2             # data loader processes per rank (0: in the main process)
-    cpu_threads: int = 0             # > 0: torch threads of a CPU run (0: torch's default)
-
-
-# Fields that may change between a run and its resumption without changing the result.
-RUNTIME_FIELDS = {"resume", "save_every", "keep_last", "log_every", "eval_every", "eval_samples",
-                  "eval_batch_size", "max_new_tokens", "test_at_end", "num_workers", "data_dir", "cache_dir",
-                  "model_dir", "out_dir", "max_bad_steps", "cpu_threads", "quant_cache",
-                  "offload_embeddings"}
-
-
-class ConfigError(ValueError):
-    pass
-
-
-def check_value(key: str, value, typ):
-    """Type-check one config value (ints are accepted for floats, tuples for lists)."""
-    if typing.get_args(typ):  # `float | None`
-        if value is None:
-            return None
-        typ = typing.get_args(typ)[0]
-    if typ is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if typ is list and isinstance(value, tuple):
-        return list(value)
-    if not isinstance(value, typ) or (typ is int and isinstance(value, bool)):
-        raise ConfigError(f"config key {key!r} must be {typ.__name__}, got {type(value).__name__} {value!r}")
-    if key == "data_options":
-        known = {f.name for f in fields(DataConfig)}
-        unknown = sorted(set(value) - known)
-        if unknown:
-            raise ConfigError(f"data_options: {unknown} are not data.DataConfig fields")
-    return value
-
-
-def parse_override(arg: str, types_: dict) -> tuple[str, object]:
-    """'--key=value' -> (key, value); value parsed as a Python literal unless the field is a str."""
-    if not arg.startswith("--") or "=" not in arg:
-        raise ConfigError(f"expected --key=value, got {arg!r}")
-    key, raw = arg[2:].split("=", 1)
-    if key not in types_:
-        raise ConfigError(f"unknown config key {key!r} (in {arg!r})")
-    if types_[key] in (str, str | None):
-        return key, None if raw == "None" and types_[key] is not str else raw
-    if types_[key] is bool and raw.lower() in ("true", "false"):
-        return key, raw.lower() == "true"
-    try:
-        return key, ast.literal_eval(raw)
-    except (ValueError, SyntaxError):
-        raise ConfigError(f"config key {key!r}: cannot parse {raw!r} as {types_[key]}") from None
-
-
-def load_config(argv: list[str]) -> TrainConfig:
-    """[CONFIG.py] [--key=value ...] -> TrainConfig. A config file is plain Python that assigns
-    field values; every top-level name it defines must be a field."""
-    types_ = {f.name: f.type for f in fields(TrainConfig)}
-    values = {}
-    if argv and not argv[0].startswith("--"):
-        path, argv = argv[0], argv[1:]
-        if not os.path.isfile(path):
-            raise ConfigError(f"config file {path} not found")
-        for k, v in runpy.run_path(path).items():
-            if k.startswith("_") or isinstance(v, types.ModuleType):
-                continue
-            if k not in types_:
-                raise ConfigError(f"{path}: unknown config key {k!r}")
-            values[k] = v
-    values.update(parse_override(a, types_) for a in argv)
-    values = {k: check_value(k, v, types_[k]) for k, v in values.items()}
-    return TrainConfig(**values)
 
 
 # ----------------------------------------------------------------------------- processes, logging
@@ -290,11 +156,9 @@ def check_run_dir(cfg: TrainConfig, out_dir: Path) -> None:
     """An out_dir that holds another run is an error, not something to overwrite or mix with."""
     saved = out_dir / "config.json"
     if saved.is_file():
-        old, new = json.loads(saved.read_text()), json.loads(json.dumps(asdict(cfg)))  # tuples -> lists
-        diff = sorted(k for k in new.keys() | old.keys() if k not in RUNTIME_FIELDS and old.get(k) != new.get(k))
+        diff = config.differences(config.load_run_config(saved), cfg)
         if diff:
-            detail = "; ".join(f"{k}: {old.get(k)!r} there, {new.get(k)!r} now" for k in diff[:5])
-            raise ConfigError(f"{out_dir} holds a run with a different config ({detail}); "
+            raise ConfigError(f"{out_dir} holds a run with a different config ({'; '.join(diff[:5])}); "
                               "use another --out_dir, or the same config to resume")
     if not cfg.resume and checkpoints.listed(out_dir):
         raise ConfigError(f"{out_dir} already holds checkpoints; pass --resume=auto to continue that "
@@ -303,8 +167,8 @@ def check_run_dir(cfg: TrainConfig, out_dir: Path) -> None:
 
 def check_inputs(cfg: TrainConfig) -> None:
     """Data and base checkpoint exist (before anything heavy is loaded)."""
-    if not Path(cfg.data_dir).is_dir():
-        raise ConfigError(f"data_dir {cfg.data_dir} does not exist (see README: getting iSign, or "
+    if not Path(cfg.data.data_dir).is_dir():
+        raise ConfigError(f"data_dir {cfg.data.data_dir} does not exist (see README: getting iSign, or "
                           "`python data.py synth DIR` for a synthetic corpus)")
     if not (Path(cfg.model_dir) / "config.json").is_file():
         raise ConfigError(f"model_dir {cfg.model_dir} holds no checkpoint (config.json missing). Download "
@@ -322,13 +186,14 @@ def check_inputs(cfg: TrainConfig) -> None:
 def create_first_use_assets(cfg: TrainConfig) -> None:
     """The CPU demo needs no download: a synthetic corpus and a random tiny Qwen2 (+ BPE
     tokenizer trained on the corpus's training texts) are made on first use."""
-    if cfg.synth_n and not Path(cfg.data_dir).exists():
+    data_dir = cfg.data.data_dir
+    if cfg.synth_n and not Path(data_dir).exists():
         import synth
-        log.info(f"generating a synthetic corpus of {cfg.synth_n} clips in {cfg.data_dir} (once)")
-        tmp = Path(f"{cfg.data_dir}.tmp")  # renamed when complete: an interrupted run starts over
+        log.info(f"generating a synthetic corpus of {cfg.synth_n} clips in {data_dir} (once)")
+        tmp = Path(f"{data_dir}.tmp")  # renamed when complete: an interrupted run starts over
         shutil.rmtree(tmp, ignore_errors=True)
         synth.generate_corpus(tmp, n=cfg.synth_n, seed=cfg.synth_seed)
-        os.rename(tmp, cfg.data_dir)
+        os.rename(tmp, data_dir)
     if cfg.init_model and not (Path(cfg.model_dir) / "config.json").exists():
         create_random_model(cfg)
 
@@ -336,9 +201,10 @@ def create_first_use_assets(cfg: TrainConfig) -> None:
 def create_random_model(cfg: TrainConfig) -> None:
     """A BPE tokenizer trained on the training texts, and a Qwen2 of init_model's sizes
     initialised as transformers does (N(0, initializer_range), zero biases, unit norms)."""
-    import model as qwen
+    import loader
     import tokenizer
-    dcfg = ev.data_config(cfg)
+    from model import Qwen2Config
+    dcfg = cfg.data
     texts = [r.text for r in data.read_rows(dcfg) if r.split == "train"]
     # Every training sequence also holds the prompt: its words get merges as often as they occur.
     prompt = [dcfg.system_prompt, dcfg.user_prompt.format(pose="", language=dcfg.source_language),
@@ -347,8 +213,8 @@ def create_random_model(cfg: TrainConfig) -> None:
     vocab, std = spec.pop("vocab_size", 1024), spec.pop("initializer_range", 0.02)
     tok = tokenizer.train_bpe(texts + prompt * len(texts), vocab, cfg.model_dir)
     torch.manual_seed(cfg.seed)
-    llm = qwen.random_model(qwen.Qwen2Config(vocab_size=tok.vocab_size, eos_token_id=tok.eos_ids[0], **spec), std=std)
-    qwen.save_model(llm, cfg.model_dir)
+    llm = loader.random_model(Qwen2Config(vocab_size=tok.vocab_size, eos_token_id=tok.eos_ids[0], **spec), std=std)
+    loader.save_model(llm, cfg.model_dir)
     log.info(f"created a random Qwen2 {spec} with a {tok.vocab_size}-token BPE in {cfg.model_dir}")
 
 
@@ -382,13 +248,12 @@ def lr_factor(step: int, cfg: TrainConfig) -> float:
     return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def make_optimizer(model: ev.SignTranslator, cfg: TrainConfig) -> torch.optim.AdamW:
+def make_optimizer(model: SignTranslator, cfg: TrainConfig) -> torch.optim.AdamW:
     """Two parameter groups: the encoder learns from scratch and takes a larger rate than LoRA.
 
     fused=True: one kernel updates every tensor in place. The default (foreach) implementation
-    makes a temporary the size of all trained weights (sqrt of the second moments), and on the
-    GPU that was the step's memory peak: 14B measured 12.99 GiB = model 10.50 + 4 x 0.63 GiB of
-    float32 trained tensors (gradients, two moments, that temporary)."""
+    makes a temporary the size of all trained weights (sqrt of the second moments), which was the
+    step's memory peak at 14B (BENCHMARKS.md, "QLoRA training at full size")."""
     enc = [p for p in model.encoder.parameters() if p.requires_grad]
     llm = [p for p in model.llm.parameters() if p.requires_grad]
     groups = [{"params": llm, "lr": cfg.lr, "base_lr": cfg.lr},
@@ -398,7 +263,7 @@ def make_optimizer(model: ev.SignTranslator, cfg: TrainConfig) -> torch.optim.Ad
 
 # ----------------------------------------------------------------------------- checkpoints (format: checkpoints.py)
 
-def weights_digest(model: ev.SignTranslator) -> str:
+def weights_digest(model: SignTranslator) -> str:
     """sha256 of the trained tensors: every rank logs it at the end, and DDP replicas must agree."""
     h = hashlib.sha256()
     for name, p in sorted(checkpoints.trained_tensors(model).items()):
@@ -407,25 +272,39 @@ def weights_digest(model: ev.SignTranslator) -> str:
     return h.hexdigest()[:16]
 
 
-def save_checkpoint(out_dir: Path, step: int, model, opt, state: dict, d: Dist) -> Path:
+@dataclass
+class LoopState:
+    """Where the loop is; saved in every checkpoint's state.json and restored on resume."""
+    step: int = 0
+    best_bleu: float = -1.0          # validation BLEU-4 of the best checkpoint so far
+    best_step: int | None = None
+    skipped: int = 0                 # steps skipped for a non-finite loss or gradient
+    bad_in_row: int = 0
+    tokens: int = 0
+    seconds: float = 0.0             # training time, summed over resumptions
+
+
+def save_checkpoint(out_dir: Path, model, opt, state: LoopState, sampler: dict, d: Dist) -> Path:
     """All ranks call this (every rank's RNG state is gathered); rank 0 writes ckpt-STEP."""
     rngs = gather([rng_state()], d)
     if d.main:
-        checkpoints.save(out_dir, step, model, opt, {**state, "step": step, "world_size": d.world, "rng": rngs})
-        log.info(f"saved {checkpoints.step_dir(out_dir, step)}")
-    return checkpoints.step_dir(out_dir, step)
+        checkpoints.save(out_dir, state.step, model, opt,
+                         {**asdict(state), "sampler": sampler, "world_size": d.world, "rng": rngs})
+        log.info(f"saved {checkpoints.step_dir(out_dir, state.step)}")
+    return checkpoints.step_dir(out_dir, state.step)
 
 
-def load_checkpoint(ckpt: Path, model, opt, d: Dist) -> dict:
-    """Trained tensors, optimizer state and this rank's RNG; returns the loop state."""
-    state = checkpoints.load(ckpt, model, opt)
-    rngs = state.pop("rng")
-    if state["world_size"] == d.world:
-        set_rng_state(rngs[d.rank])
+def load_checkpoint(ckpt: Path, model, opt, d: Dist) -> tuple[LoopState, dict]:
+    """Trained tensors, optimizer state and this rank's RNG; returns the loop state and the
+    data position."""
+    saved = checkpoints.load(ckpt, model, opt)
+    if saved["world_size"] == d.world:
+        set_rng_state(saved["rng"][d.rank])
     else:  # data order and dropout then differ from the uninterrupted run
-        log.warning(f"{ckpt} was saved by {state['world_size']} ranks, now {d.world}: "
+        log.warning(f"{ckpt} was saved by {saved['world_size']} ranks, now {d.world}: "
                     "training continues, but not bit-exactly")
-    return state
+    names = {f.name for f in dataclasses.fields(LoopState)}
+    return LoopState(**{k: v for k, v in saved.items() if k in names}), saved["sampler"]
 
 
 def find_resume(cfg: TrainConfig, out_dir: Path) -> Path | None:
@@ -445,61 +324,6 @@ def find_resume(cfg: TrainConfig, out_dir: Path) -> Path | None:
     return None
 
 
-# ----------------------------------------------------------------------------- data
-
-class SeededItems(torch.utils.data.Dataset):
-    """dataset[i] with torch's RNG seeded from (seed, epoch, i) around it: the augmentation of a
-    sample then depends on nothing else (not on loader workers, nor on where a resumed run
-    started), and the global RNG that dropout draws from is left untouched."""
-
-    def __init__(self, dataset, seed: int):
-        self.dataset, self.seed, self.epoch = dataset, seed, 0
-
-    def __len__(self):
-        return len(self.dataset)
-
-    def __getitem__(self, i: int):
-        with torch.random.fork_rng(devices=[]):  # default_generator: the CPU one, not CUDA's
-            torch.default_generator.manual_seed(int(np.random.SeedSequence([self.seed, self.epoch, i]).generate_state(1)[0]))
-            return self.dataset[i]
-
-
-class Batches:
-    """Endless training micro-batches of this rank, epoch after epoch; state_dict() is the
-    position after the last batch handed out (a DataLoader prefetches further ahead)."""
-
-    def __init__(self, dataset, sampler: data.BucketSampler, collate, cfg: TrainConfig, rank: int):
-        self.items, self.sampler, self.collate, self.cfg, self.rank = SeededItems(dataset, cfg.seed), sampler, collate, cfg, rank
-        self.epoch, self.consumed, self.it = 0, 0, None
-
-    def load_state_dict(self, state: dict) -> None:
-        self.epoch, self.consumed = state["epoch"], state["batches_consumed"]
-        self.sampler.load_state_dict(state)
-
-    def state_dict(self) -> dict:
-        return self.sampler.state_dict(batches_consumed=self.consumed)
-
-    def _start_epoch(self) -> None:
-        self.sampler.set_epoch(self.epoch)
-        self.items.epoch = self.epoch
-        # A generator of our own: the loader draws its workers' base seed from it, not from the
-        # global RNG (which would shift dropout whenever an epoch starts at another moment).
-        gen = torch.Generator().manual_seed(self.cfg.seed * 100_003 + self.epoch * 101 + self.rank)
-        self.it = iter(torch.utils.data.DataLoader(self.items, batch_sampler=self.sampler, collate_fn=self.collate,
-                                                   num_workers=self.cfg.num_workers, generator=gen))
-
-    def __next__(self) -> dict:
-        if self.it is None:
-            self._start_epoch()
-        batch = next(self.it, None)
-        if batch is None:  # epoch over
-            self.epoch, self.consumed = self.epoch + 1, 0
-            self._start_epoch()
-            batch = next(self.it)
-        self.consumed += 1
-        return batch
-
-
 def subset(n: int, k: int) -> list[int]:
     """k indices spread evenly over range(n) (a fixed validation subset)."""
     return sorted({int(i) for i in np.linspace(0, n - 1, min(k, n))}) if n else []
@@ -507,23 +331,23 @@ def subset(n: int, k: int) -> list[int]:
 
 # ----------------------------------------------------------------------------- steps
 
-STOP = {"signal": None}  # set by the SIGTERM/SIGINT handler, read at step boundaries
+class StopSignal:
+    """While entered, SIGTERM / SIGINT only set `signum`; the loop stops at the next step boundary
+    (every rank agrees through train_step's all-reduce). Previous handlers are restored on exit."""
 
+    def __init__(self):
+        self.signum: int | None = None
 
-def on_signal(signum, frame) -> None:
-    STOP["signal"] = signum
-    log.warning(f"received {signal.Signals(signum).name}: stopping at the next step boundary")
+    def _handler(self, signum, frame) -> None:
+        self.signum = signum
+        log.warning(f"received {signal.Signals(signum).name}: stopping at the next step boundary")
 
+    def __enter__(self) -> "StopSignal":
+        self.previous = {s: signal.signal(s, self._handler) for s in (signal.SIGTERM, signal.SIGINT)}
+        return self
 
-@contextmanager
-def stop_on_signals():
-    """SIGTERM / SIGINT only set STOP while the loop runs (previous handlers restored after)."""
-    STOP["signal"] = None
-    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
-    try:
-        yield
-    finally:
-        for s, handler in previous.items():
+    def __exit__(self, *exc) -> None:
+        for s, handler in self.previous.items():
             signal.signal(s, handler)
 
 
@@ -533,26 +357,26 @@ def fault_injected(name: str, step: int, rank: int) -> bool:
     return os.environ.get(f"TRAIN_TEST_{name}") == f"{step}:{rank}"
 
 
-def train_step(ddp, model, micro: list[dict], opt, cfg: TrainConfig, step: int, d: Dist) -> dict:
+def train_step(ddp: torch.nn.Module, micro: list[dict], opt: torch.optim.Optimizer, cfg: TrainConfig, step: int,
+               d: Dist, stop_requested: bool) -> dict:
     """Forward/backward over the micro-batches, then one optimizer step unless the loss or the
     gradient is non-finite anywhere (decided from all-reduced numbers: every rank agrees)."""
     n_local = sum(int((b["labels"][:, 1:] != -100).sum()) for b in micro)
     (n_global,) = all_sum([n_local], d)
-    loss_sum_local = torch.zeros((), dtype=torch.float64, device=d.device)  # on the device: one sync a step
+    device_loss_sum = torch.zeros((), dtype=torch.float64, device=d.device)  # on the device: one sync a step
     for i, batch in enumerate(micro):
         last = i == len(micro) - 1
-        with (ddp.no_sync() if d.world > 1 and not last else nullcontext()), ev.autocast(d.device):
-            loss_sum, _ = ddp(ev.to_device(batch, d.device))
+        with (ddp.no_sync() if d.world > 1 and not last else nullcontext()), autocast(d.device):
+            loss_sum, _ = ddp(to_device(batch, d.device))
             if fault_injected("NAN", step, d.rank):
                 loss_sum = loss_sum * float("nan")
             # Each rank scales by world/N: DDP's average over ranks then yields sum / N_global,
             # the mean over every answer token of the step, however tokens fall on micro-batches.
             (loss_sum * d.world / n_global).backward()
-        loss_sum_local += loss_sum.detach().double()
-    loss_local = loss_sum_local.item()
+        device_loss_sum += loss_sum.detach().double()
+    loss_local = device_loss_sum.item()
     tokens = sum(int(b["attention_mask"].sum()) for b in micro)
-    loss, bad, stop, tokens = all_sum([loss_local, not math.isfinite(loss_local), STOP["signal"] is not None,
-                                       tokens], d)
+    loss, bad, stop, tokens = all_sum([loss_local, not math.isfinite(loss_local), stop_requested, tokens], d)
     params = [p for g in opt.param_groups for p in g["params"]]
     norm = float("nan") if bad else float(torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip or float("inf")))
     skipped = bool(bad) or not math.isfinite(norm)  # the norm is of the all-reduced grads: same on every rank
@@ -566,16 +390,17 @@ def train_step(ddp, model, micro: list[dict], opt, cfg: TrainConfig, step: int, 
 
 
 @torch.no_grad()
-def validate(model, val_ds, indices: list[int], tok, cfg: TrainConfig, d: Dist) -> dict:
+def validate(model: SignTranslator, val_ds: data.SignDataset, indices: list[int], tok: Tokenizer, cfg: TrainConfig,
+             d: Dist) -> dict:
     """Validation loss and translation metrics on a fixed subset, sharded over the ranks."""
     model.eval()
     mine = indices[d.rank::d.world]
-    collate = ev.collate_fn(model, tok)
+    collate = collate_fn(model, tok)
     loss, n = 0.0, 0
     for k in range(0, len(mine), cfg.eval_batch_size):
         batch = collate([val_ds[i] for i in mine[k:k + cfg.eval_batch_size]])
-        with ev.autocast(d.device):
-            s, c = model(ev.to_device(batch, d.device))
+        with autocast(d.device):
+            s, c = model(to_device(batch, d.device))
         loss, n = loss + s.item(), n + int(c)
     rows = ev.decode(model, tok, val_ds, mine, cfg.eval_batch_size, cfg.max_new_tokens, 1, d.device)
     loss, n = all_sum([loss, n], d)
@@ -614,7 +439,7 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
 
 
-def prepare_run(cfg: TrainConfig, d: Dist) -> tuple[Path, int, DataConfig]:
+def prepare_run(cfg: TrainConfig, d: Dist) -> tuple[Path, int]:
     """Everything that can fail before the model is loaded: batch arithmetic, out_dir, first-use
     assets, data and base checkpoint present, the pose cache. Saves the resolved config."""
     out_dir = Path(cfg.out_dir)
@@ -630,22 +455,21 @@ def prepare_run(cfg: TrainConfig, d: Dist) -> tuple[Path, int, DataConfig]:
     if d.world > 1:
         dist.barrier()
     check_inputs(cfg)
-    dcfg = ev.data_config(cfg)
-    data.ensure_cache(dcfg, d.rank, d.world)
+    data.ensure_cache(cfg.data, d.rank, d.world)
     if d.main:
-        log.info("config:\n" + "\n".join(f"  {k} = {v!r}" for k, v in asdict(cfg).items()))
+        log.info("config:\n" + "\n".join(f"  {k} = {v!r}" for k, v in config.flat(cfg).items()))
         log.info(f"{d.world} process(es) on {d.device.type}; samples per step = batch_size {cfg.batch_size} "
                  f"x grad_accum {accum} x world_size {d.world} = {cfg.batch_size * accum * d.world}")
-        (out_dir / "config.json").write_text(json.dumps(asdict(cfg), indent=2) + "\n")
-    return out_dir, accum, dcfg
+        config.save_run_config(cfg, out_dir / "config.json")
+    return out_dir, accum
 
 
-def evaluate_test(model, tok, dcfg, cfg: TrainConfig, out_dir: Path, d: Dist) -> dict | None:
+def evaluate_test(model: SignTranslator, tok: Tokenizer, cfg: TrainConfig, out_dir: Path, d: Dist) -> dict | None:
     """test_at_end: the best checkpoint's weights on the test split, as eval.py reports them."""
     best = out_dir / "best"
     if best.exists():
         checkpoints.load_trained(model, best.resolve())
-    test_ds = data.SignDataset(dcfg, "test", tok)
+    test_ds = data.SignDataset(cfg.data, "test", tok)
     model.eval()
     rows = gather(ev.decode(model, tok, test_ds, list(range(len(test_ds)))[d.rank::d.world],
                             cfg.eval_batch_size, cfg.max_new_tokens, 1, d.device), d)
@@ -662,41 +486,40 @@ class Run:
     d: Dist
     out_dir: Path
     accum: int
-    dcfg: DataConfig
     tok: Tokenizer
-    model: ev.SignTranslator
+    model: SignTranslator
     ddp: torch.nn.Module          # the model, wrapped in DDP when world_size > 1
     opt: torch.optim.AdamW
-    batches: Batches
+    batches: data.Batches
     val_ds: data.SignDataset
     val_idx: list[int]
-    state: dict                   # step, best_bleu, best_step, skipped, bad_in_row, tokens, seconds
+    state: LoopState
+    stop: StopSignal
 
 
 def setup(cfg: TrainConfig, d: Dist) -> Run:
     """Checks, data, model, optimizer, and the checkpoint to resume from (if any)."""
-    out_dir, accum, dcfg = prepare_run(cfg, d)
+    out_dir, accum = prepare_run(cfg, d)
     tok = Tokenizer.from_dir(cfg.model_dir)
-    train_ds = data.SignDataset(dcfg, "train", tok, augment=cfg.augment)
-    val_ds = data.SignDataset(dcfg, "val", tok)
+    train_ds = data.SignDataset(cfg.data, "train", tok, augment=cfg.data.pose.augment)
+    val_ds = data.SignDataset(cfg.data, "val", tok)
     sampler = data.BucketSampler(train_ds.lengths, cfg.batch_size, d.world, d.rank, seed=cfg.seed, drop_last=True)
     if len(sampler) == 0:
         raise ConfigError(f"the train split has {len(train_ds)} clips, fewer than batch_size x world_size "
                           f"= {cfg.batch_size} x {d.world}: lower batch_size or use more data")
     seed_everything(cfg.seed)  # the same initial weights on every rank
-    model = ev.build_model(cfg, tok, d.device)
+    model = build_model(cfg, tok, d.device)
     opt = make_optimizer(model, cfg)
-    batches = Batches(train_ds, sampler, ev.collate_fn(model, tok), cfg, d.rank)
+    batches = data.Batches(train_ds, sampler, collate_fn(model, tok), cfg.seed, cfg.num_workers, d.rank)
     seed_everything(cfg.seed + 1 + d.rank)  # dropout differs between ranks
-    state = {"step": 0, "best_bleu": -1.0, "best_step": None, "skipped": 0, "bad_in_row": 0, "tokens": 0,
-             "seconds": 0.0}
+    state = LoopState()
     ckpt = broadcast(find_resume(cfg, out_dir) if d.main else None, d)
     if ckpt is not None:
-        state = load_checkpoint(ckpt, model, opt, d)
-        batches.load_state_dict(state.pop("sampler"))
-        log.info(f"resumed from {ckpt} at step {state['step']}")
+        state, position = load_checkpoint(ckpt, model, opt, d)
+        batches.load_state_dict(position)
+        log.info(f"resumed from {ckpt} at step {state.step}")
         if d.main:
-            trim_metrics(out_dir, state["step"])
+            trim_metrics(out_dir, state.step)
     ddp = model
     if d.world > 1:
         for p in model.parameters():  # instead of DDP's init sync, which would also send the frozen base
@@ -705,48 +528,49 @@ def setup(cfg: TrainConfig, d: Dist) -> Run:
         ddp = DDP(model, device_ids=[d.local_rank] if d.device.type == "cuda" else None,
                   init_sync=False, forward_sync_buffers=False)
     model.train()
-    return Run(cfg, d, out_dir, accum, dcfg, tok, model, ddp, opt, batches, val_ds,
-               subset(len(val_ds), cfg.eval_samples), state)
+    return Run(cfg, d, out_dir, accum, tok, model, ddp, opt, batches, val_ds, subset(len(val_ds), cfg.eval_samples),
+               state, StopSignal())
 
 
 def maybe_validate(run: Run) -> bool:
     """Validate every eval_every steps and at the end; True when val BLEU-4 is a new best."""
-    cfg, state, step = run.cfg, run.state, run.state["step"]
-    if not run.val_idx or (step % cfg.eval_every and step != cfg.max_steps):
+    cfg, state = run.cfg, run.state
+    if not run.val_idx or (state.step % cfg.eval_every and state.step != cfg.max_steps):
         return False
     m = validate(run.model, run.val_ds, run.val_idx, run.tok, cfg, run.d)
     example = m.pop("example")
-    log.info(f"step {step}: " + ", ".join(f"{k} {v:.3f}" for k, v in m.items()) +
+    log.info(f"step {state.step}: " + ", ".join(f"{k} {v:.3f}" for k, v in m.items()) +
              (f"\n  {example['reference']!r}\n  -> {example['hypothesis']!r}" if example else ""))
     if run.d.main:
-        record(run.out_dir, {"step": step, **m})
-    if m["val_bleu4"] <= state["best_bleu"]:
+        record(run.out_dir, {"step": state.step, **m})
+    if m["val_bleu4"] <= state.best_bleu:
         return False
-    state["best_bleu"], state["best_step"] = m["val_bleu4"], step
+    state.best_bleu, state.best_step = m["val_bleu4"], state.step
     return True
 
 
 def train_loop(run: Run) -> int:
     """Steps until max_steps, a signal (exit code 0) or divergence (exit code 1)."""
     cfg, d, state, opt = run.cfg, run.d, run.state, run.opt
-    bar = tqdm(total=cfg.max_steps, initial=state["step"], disable=not d.main, desc="train", dynamic_ncols=True)
-    losses, t_start = [], time.time() - state["seconds"]
-    while state["step"] < cfg.max_steps:
-        step = state["step"]
+    bar = tqdm(total=cfg.max_steps, initial=state.step, disable=not d.main, desc="train", dynamic_ncols=True)
+    losses, t_start = [], time.time() - state.seconds
+    while state.step < cfg.max_steps:
+        step = state.step
         for g in opt.param_groups:
             g["lr"] = g["base_lr"] * lr_factor(step, cfg)
         if fault_injected("SIGTERM", step, d.rank):
             os.kill(os.getpid(), signal.SIGTERM)
         t0 = time.time()
-        out = train_step(run.ddp, run.model, [next(run.batches) for _ in range(run.accum)], opt, cfg, step, d)
-        state["step"] = step = step + 1
-        state["skipped"] += out["skipped"]
-        state["bad_in_row"] = state["bad_in_row"] + 1 if out["skipped"] else 0
-        state["tokens"] += int(out["tokens"])
+        micro = [next(run.batches) for _ in range(run.accum)]
+        out = train_step(run.ddp, micro, opt, cfg, step, d, run.stop.signum is not None)
+        state.step = step = step + 1
+        state.skipped += out["skipped"]
+        state.bad_in_row = state.bad_in_row + 1 if out["skipped"] else 0
+        state.tokens += int(out["tokens"])
         losses += [] if out["skipped"] else [out["loss"]]
         row = {"step": step, "lr": opt.param_groups[0]["lr"], "grad_norm": out["grad_norm"],
                "tokens_per_s": out["tokens"] / (time.time() - t0), "peak_mem_gb": peak_memory_gb(d.device),
-               "skipped": state["skipped"]}
+               "skipped": state.skipped}
         bar.update(1)
         bar.set_postfix(loss=f"{out['loss']:.3f}", lr=f"{row['lr']:.2e}", tok_s=f"{row['tokens_per_s']:.0f}",
                         mem=f"{row['peak_mem_gb']:.1f}G")
@@ -754,10 +578,10 @@ def train_loop(run: Run) -> int:
             record(run.out_dir, {**row, "loss": sum(losses) / max(len(losses), 1)})  # mean since last record
             losses = []
         new_best = maybe_validate(run)
-        diverged = state["bad_in_row"] >= cfg.max_bad_steps
-        state["seconds"] = time.time() - t_start
+        diverged = state.bad_in_row >= cfg.max_bad_steps
+        state.seconds = time.time() - t_start
         if step % cfg.save_every == 0 or step == cfg.max_steps or out["stop"] or new_best or diverged:
-            ckpt = save_checkpoint(run.out_dir, step, run.model, opt, {**state, "sampler": run.batches.state_dict()}, d)
+            ckpt = save_checkpoint(run.out_dir, run.model, opt, state, run.batches.state_dict(), d)
             if d.main:
                 if new_best:
                     checkpoints.point_best(run.out_dir, ckpt)
@@ -779,15 +603,15 @@ def train(cfg: TrainConfig, d: Dist) -> int:
     run = setup(cfg, d)
     # Signal handlers only now: processes forked earlier (the cache's pool) must keep the default
     # ones, or Pool.terminate()'s SIGTERM would be caught and ignored by them.
-    with stop_on_signals():
+    with run.stop:
         exit_code = train_loop(run)
     state = run.state
-    log.info(f"done: step {state['step']}/{cfg.max_steps} in {state['seconds'] / 60:.1f} min, "
-             f"{state['tokens'] / max(state['seconds'], 1e-9):.0f} tokens/s, {state['skipped']} skipped steps, "
+    log.info(f"done: step {state.step}/{cfg.max_steps} in {state.seconds / 60:.1f} min, "
+             f"{state.tokens / max(state.seconds, 1e-9):.0f} tokens/s, {state.skipped} skipped steps, "
              f"peak memory {peak_memory_gb(d.device):.2f} GB (rank {d.rank}); best val BLEU-4 "
-             f"{state['best_bleu']:.2f} at step {state['best_step']}; weights digest {weights_digest(run.model)}")
-    if cfg.test_at_end and state["step"] == cfg.max_steps:
-        metrics = evaluate_test(run.model, run.tok, run.dcfg, cfg, run.out_dir, d)
+             f"{state.best_bleu:.2f} at step {state.best_step}; weights digest {weights_digest(run.model)}")
+    if cfg.test_at_end and state.step == cfg.max_steps:
+        metrics = evaluate_test(run.model, run.tok, cfg, run.out_dir, d)
         if d.main:
             log.info(f"test split, best checkpoint {(run.out_dir / 'best').resolve().name}; "
                      f"predictions in {run.out_dir / 'predictions.jsonl'}")
@@ -800,7 +624,7 @@ def train(cfg: TrainConfig, d: Dist) -> int:
 def main(argv: list[str] | None = None) -> int:
     rank0 = int(os.environ.get("RANK", "0")) == 0
     try:
-        cfg = load_config(sys.argv[1:] if argv is None else argv)
+        cfg = config.load_config(sys.argv[1:] if argv is None else argv)
         d = setup_distributed()
         if cfg.cpu_threads and d.device.type == "cpu":
             torch.set_num_threads(cfg.cpu_threads)

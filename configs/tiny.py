@@ -10,7 +10,8 @@
 data_dir = "data/synth"
 synth_n = 1500
 synth_seed = 0
-data_options = dict(system_prompt="Translate the signs.", user_prompt="{pose}")
+system_prompt = "Translate the signs."
+user_prompt = "{pose}"
 augment = True
 model_dir = "runs/tiny-base"
 init_model = dict(hidden_size=128, intermediate_size=384, num_hidden_layers=2, num_attention_heads=4,

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import bench
-import model
+import loader
 
 TINY = str(Path(__file__).resolve().parent.parent / "configs" / "tiny.py")
 HF_STACK = all(importlib.util.find_spec(m) for m in ("transformers", "peft", "bitsandbytes"))
@@ -60,7 +60,7 @@ def test_weight_bytes_per_token():
     small = L * (2 * h + h + 2 * kv) + h  # two norms and q, k, v biases per layer; the final norm
     for quantize, per_weight in ((None, 2), ("nf4", 0.5 + 4 / 64)):
         with torch.device("meta"):
-            llm = model.random_model(config, torch.bfloat16, "meta", quantize)
+            llm = loader.random_model(config, torch.bfloat16, "meta", quantize)
         assert bench.weight_bytes_per_token(llm) == L * proj * per_weight + h * v * 2 + small * 2
 
 

@@ -13,6 +13,7 @@ import torch
 from pose_format import Pose
 
 import data
+import poses
 from tokenizer import train_bpe
 
 TEXTS = ["the boy gives the girl a red ball", "where is the train station", "my mother is happy today",
@@ -56,10 +57,10 @@ def good_rows(n, videos=4):
 
 # ----------------------------------------------------------------------------- features
 def test_holistic_features_by_hand(fixtures_dir):
-    cfg = data.DataConfig()
-    x = data.load_pose(fixtures_dir / "holistic_576.pose", cfg)
+    cfg = poses.PoseConfig()
+    x = poses.load_pose(fixtures_dir / "holistic_576.pose", cfg)
     pose = read_fixture(fixtures_dir)
-    assert x.shape == (97, data.feature_dim(cfg)) == (97, 94 * 3) and x.dtype == np.float32
+    assert x.shape == (97, poses.feature_dim(cfg)) == (97, 94 * 3) and x.dtype == np.float32
     assert np.isfinite(x).all() and np.abs(x).max() < 5
 
     # the same numbers from pose-format's arrays, by component and point name
@@ -75,7 +76,7 @@ def test_holistic_features_by_hand(fixtures_dir):
     rs, rs_ok = point("POSE_LANDMARKS", "RIGHT_SHOULDER")
     scale = np.median(np.linalg.norm(ls - rs, axis=1)[ls_ok & rs_ok])
     f = x.reshape(97, 94, 3)
-    K = {name: k for k, name in enumerate(p for part in data.LAYOUTS["holistic"].values() for p in part.points)}
+    K = {name: k for k, name in enumerate(p for part in poses.LAYOUTS["holistic"].values() for p in part.points)}
     # body: elbow relative to the shoulder midpoint (body points come first)
     el, _ = point("POSE_LANDMARKS", "LEFT_ELBOW")
     np.testing.assert_allclose(f[:, K["LEFT_ELBOW"], :2], (el - (ls + rs) / 2) / scale, rtol=1e-4, atol=1e-5)
@@ -99,15 +100,15 @@ def test_holistic_features_by_hand(fixtures_dir):
 
 def test_frames_fps_and_max_frames(fixtures_dir):
     path = fixtures_dir / "holistic_576.pose"   # 97 frames at 25 fps
-    full = data.load_pose(path, data.DataConfig())
-    half = data.load_pose(path, data.DataConfig(fps=12.5))
+    full = poses.load_pose(path, poses.PoseConfig())
+    half = poses.load_pose(path, poses.PoseConfig(fps=12.5))
     np.testing.assert_array_equal(half, full[::2])
-    short = data.load_pose(path, data.DataConfig(max_frames=40))
+    short = poses.load_pose(path, poses.PoseConfig(max_frames=40))
     assert len(short) == 40
     np.testing.assert_array_equal(short[[0, -1]], full[[0, -1]])     # uniform: both ends kept
-    assert data.load_pose(path, data.DataConfig(use_z=True)).shape == (97, 94 * 4)
-    with pytest.raises(data.PoseError, match="need at least 200") as e:
-        data.load_pose(path, data.DataConfig(min_frames=200))
+    assert poses.load_pose(path, poses.PoseConfig(use_z=True)).shape == (97, 94 * 4)
+    with pytest.raises(poses.PoseError, match="need at least 200") as e:
+        poses.load_pose(path, poses.PoseConfig(min_frames=200))
     assert e.value.kind == "too few frames"
 
 
@@ -118,47 +119,47 @@ def test_zero_confidence_is_masked_never_nan(fixtures_dir, tmp_path):
     pose.body.confidence[30, 0, :] = 0                 # one frame without anything
     with open(tmp_path / "x.pose", "wb") as f:
         pose.write(f)
-    x = data.load_pose(tmp_path / "x.pose", data.DataConfig()).reshape(97, 94, 3)
+    x = poses.load_pose(tmp_path / "x.pose", poses.PoseConfig()).reshape(97, 94, 3)
     assert np.isfinite(x).all()
     assert (x[10:20, 30:51] == 0).all() and (x[30] == 0).all()
 
 
 def test_other_layouts_work_or_name_missing_points(fixtures_dir):
-    with pytest.raises(data.PoseError) as e:
-        data.load_pose(fixtures_dir / "holistic_reduced_178.pose", data.DataConfig())
+    with pytest.raises(poses.PoseError) as e:
+        poses.load_pose(fixtures_dir / "holistic_reduced_178.pose", poses.PoseConfig())
     assert e.value.kind == "layout lacks points"
     assert "holistic_reduced_178.pose" in str(e.value) and "NOSE" in str(e.value) and "FACE_LANDMARKS: 1, 2" in str(e.value)
-    with pytest.raises(data.PoseError, match="pose_keypoints_2d.*layout='openpose' fits it"):
-        data.load_pose(fixtures_dir / "openpose_137.pose", data.DataConfig())
-    cfg = data.DataConfig(layout="openpose")
-    x = data.load_pose(fixtures_dir / "openpose_137.pose", cfg)
-    assert x.shape == (93, data.feature_dim(cfg)) == (93, 98 * 3) and np.isfinite(x).all()
-    with pytest.raises(data.PoseError, match="3-D"):
-        data.load_pose(fixtures_dir / "openpose_137.pose", data.DataConfig(layout="openpose", use_z=True))
+    with pytest.raises(poses.PoseError, match="pose_keypoints_2d.*layout='openpose' fits it"):
+        poses.load_pose(fixtures_dir / "openpose_137.pose", poses.PoseConfig())
+    cfg = poses.PoseConfig(layout="openpose")
+    x = poses.load_pose(fixtures_dir / "openpose_137.pose", cfg)
+    assert x.shape == (93, poses.feature_dim(cfg)) == (93, 98 * 3) and np.isfinite(x).all()
+    with pytest.raises(poses.PoseError, match="3-D"):
+        poses.load_pose(fixtures_dir / "openpose_137.pose", poses.PoseConfig(layout="openpose", use_z=True))
 
 
 def test_truncated_v01_file_is_caught(fixtures_dir, tmp_path):
     # pose-format's v0.1 reader accepts a truncated file (it infers the frame count): catch it
     buf = (fixtures_dir / "holistic_reduced_178.pose").read_bytes()
     (tmp_path / "t.pose").write_bytes(buf[: len(buf) // 2])
-    with pytest.raises(data.PoseError, match="bytes after the last frame") as e:
-        data.read_pose(tmp_path / "t.pose")
+    with pytest.raises(poses.PoseError, match="bytes after the last frame") as e:
+        poses.read_pose(tmp_path / "t.pose")
     assert e.value.kind == "unreadable pose file"
 
 
 def test_augment_keeps_masks_and_shapes(fixtures_dir):
-    cfg = data.DataConfig()
-    x = data.load_pose(fixtures_dir / "holistic_576.pose", cfg)
+    cfg = poses.PoseConfig()
+    x = poses.load_pose(fixtures_dir / "holistic_576.pose", cfg)
     rng = np.random.default_rng(0)
     for _ in range(20):
-        y = data.augment(x, cfg, rng)
+        y = poses.augment(x, cfg, rng)
         assert y.shape[1] == x.shape[1] and 40 <= len(y) <= 130 and np.isfinite(y).all()
         p = y.reshape(len(y), -1, 3)
         assert ((p[..., 0] == 0) | (p[..., 2] == 1)).all() and ((p[..., 1] == 0) | (p[..., 2] == 1)).all()
     # no randomness: identity
-    still = data.DataConfig(aug_rotate_deg=0, aug_scale=0, aug_shear=0, aug_shift=0, aug_noise=0,
+    still = poses.PoseConfig(aug_rotate_deg=0, aug_scale=0, aug_shear=0, aug_shift=0, aug_noise=0,
                             aug_speed=0, aug_frame_drop=0)
-    np.testing.assert_allclose(data.augment(x, still, rng), x, atol=1e-7)
+    np.testing.assert_allclose(poses.augment(x, still, rng), x, atol=1e-7)
 
 
 # ----------------------------------------------------------------------------- corpus and cache
@@ -183,7 +184,7 @@ def test_prepare_skips_exactly_the_broken_rows(fixtures_dir, tmp_path):
     feats = np.load(root / "cache" / "features.npy", mmap_mode="r")
     assert index["uid"] == [u for u, _ in good_rows(10)] and index["text"] == [t for _, t in good_rows(10)]
     for uid, s, n in zip(index["uid"], index["start"], index["length"]):
-        ref = data.load_pose(root / "poses" / f"{uid}.pose", cfg).astype(np.float16)
+        ref = poses.load_pose(root / "poses" / f"{uid}.pose", cfg.pose).astype(np.float16)
         np.testing.assert_array_equal(feats[s:s + n], ref)
     assert data.is_fresh(cfg) and not (root / "cache" / "shards").exists()
 
@@ -199,7 +200,7 @@ def test_cli_prepare_last_line_is_json(fixtures_dir, tmp_path, capsys):
 def test_prepare_resumes_after_interruption(fixtures_dir, tmp_path, monkeypatch):
     root = make_corpus(tmp_path / "c", fixtures_dir, good_rows(9))
     cfg = data.DataConfig(data_dir=str(root))
-    real, calls = data.load_pose, []
+    real, calls = poses.load_pose, []
 
     def crash_after_5(path, c):
         if len(calls) == 5:
@@ -207,13 +208,13 @@ def test_prepare_resumes_after_interruption(fixtures_dir, tmp_path, monkeypatch)
         calls.append(path)
         return real(path, c)
     monkeypatch.setattr(data, "SHARD_ROWS", 2)
-    monkeypatch.setattr(data, "load_pose", crash_after_5)
+    monkeypatch.setattr(poses, "load_pose", crash_after_5)
     with pytest.raises(KeyboardInterrupt):
         data.prepare(cfg, workers=1, progress=False)
     assert not data.is_fresh(cfg) and len(list((root / "cache" / "shards").glob("shard-*.json"))) == 3
 
     calls.clear()
-    monkeypatch.setattr(data, "load_pose", lambda path, c: calls.append(path) or real(path, c))
+    monkeypatch.setattr(poses, "load_pose", lambda path, c: calls.append(path) or real(path, c))
     summary = data.prepare(cfg, workers=1, progress=False)
     assert summary["ok"] == 9 and len(calls) == 4          # only the rows not committed before
     resumed = np.load(root / "cache" / "features.npy")
@@ -228,10 +229,10 @@ def test_cache_staleness(fixtures_dir, tmp_path, monkeypatch):
     cfg = data.DataConfig(data_dir=str(root))
     data.prepare(cfg, workers=1, progress=False)
     calls = []
-    real = data.load_pose
-    monkeypatch.setattr(data, "load_pose", lambda path, c: calls.append(path) or real(path, c))
+    real = poses.load_pose
+    monkeypatch.setattr(poses, "load_pose", lambda path, c: calls.append(path) or real(path, c))
     assert data.prepare(cfg, workers=1, progress=False)["ok"] == 3 and calls == []     # fresh: nothing redone
-    assert not data.is_fresh(data.DataConfig(data_dir=str(root), max_frames=50))       # feature setting changed
+    assert not data.is_fresh(data.DataConfig(data_dir=str(root), pose=poses.PoseConfig(max_frames=50)))       # feature setting changed
     write_csv(root / "iSign_v1.1.csv", good_rows(3)[:2])
     os.utime(root / "iSign_v1.1.csv", ns=(1, 1))                                       # the CSV changed
     assert not data.is_fresh(cfg)
@@ -296,7 +297,7 @@ def test_dataset_and_collate_labels_only_on_answer(fixtures_dir, tmp_path, tok):
     ds = data.SignDataset(cfg, "train", tok)
     assert len(ds) == 6 and list(ds.lengths) == [97, 60, 31, 97, 60, 31]
     items = [ds[i] for i in (0, 1, 2)]
-    assert items[0]["poses"].shape == (97, data.feature_dim(cfg)) and items[0]["poses"].dtype == torch.float32
+    assert items[0]["poses"].shape == (97, poses.feature_dim(cfg.pose)) and items[0]["poses"].dtype == torch.float32
     # the un-expanded sequence is the ChatML conversation with the answer, as the chat template writes it
     for s in items:
         user = cfg.user_prompt.format(pose=tok.pose_token, language=cfg.source_language)
@@ -307,7 +308,7 @@ def test_dataset_and_collate_labels_only_on_answer(fixtures_dir, tmp_path, tok):
 
     b = data.collate(items, tok, tokens_per_pose)
     B, L = b["input_ids"].shape
-    assert b["poses"].shape == (3, 97, data.feature_dim(cfg)) and b["pose_mask"].sum(1).tolist() == [97, 60, 31]
+    assert b["poses"].shape == (3, 97, poses.feature_dim(cfg.pose)) and b["pose_mask"].sum(1).tolist() == [97, 60, 31]
     assert (b["poses"][2, 31:] == 0).all() and b["uids"] == [s["uid"] for s in items]
     for i, s in enumerate(items):
         n = int(b["attention_mask"][i].sum())

@@ -11,7 +11,9 @@ from rouge_score import rouge_scorer
 from sacrebleu.metrics import BLEU, CHRF
 
 import checkpoints
+import config
 import eval as ev
+import translator
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -110,11 +112,11 @@ def decode_one_by_one(ckpt, uids):
     import data
     from tokenizer import Tokenizer
 
-    cfg = checkpoints.run_config(ckpt)
+    cfg = config.load_run_config(ckpt)
     tok = Tokenizer.from_dir(cfg.model_dir)
-    model = ev.build_model(cfg, tok, torch.device("cpu"))
+    model = translator.build_model(cfg, tok, torch.device("cpu"))
     checkpoints.load_trained(model, ckpt)
-    ds = data.SignDataset(ev.data_config(cfg), "test", tok)
+    ds = data.SignDataset(cfg.data, "test", tok)
     index = {u: i for i, u in enumerate(ds.uids)}
     return [ev.decode(model, tok, ds, [index[u]], 1, cfg.max_new_tokens, 1, torch.device("cpu"),
                       static=True)[0]["hypothesis"] for u in uids]
@@ -143,8 +145,8 @@ def test_export_adapter_and_merged_load_in_peft_and_transformers(run_dir, tmp_pa
 
     eval_cli(run_dir, "--export_adapter", tmp_path / "adapter", "--export_merged", tmp_path / "merged")
     ckpt = checkpoints.pick(run_dir)
-    cfg = checkpoints.run_config(ckpt)
-    ours = ev.build_model(cfg, Tokenizer.from_dir(cfg.model_dir), torch.device("cpu"))
+    cfg = config.load_run_config(ckpt)
+    ours = translator.build_model(cfg, Tokenizer.from_dir(cfg.model_dir), torch.device("cpu"))
     checkpoints.load_trained(ours, ckpt)
     ours.eval()
     # PEFT reads the adapter onto the transformers base: the same LoRA tensors as the checkpoint

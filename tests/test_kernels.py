@@ -5,6 +5,7 @@ import pytest
 import torch
 
 import kernels
+import loader
 import lora
 import model as M
 
@@ -99,7 +100,7 @@ def test_model_logits_and_lora_grads_are_the_same_fused(monkeypatch):
     config = M.Qwen2Config(vocab_size=96, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                            num_attention_heads=4, num_key_value_heads=2)
     torch.manual_seed(0)
-    model = M.random_model(config, quantize="nf4", std=0.1).to(DEVICE)
+    model = loader.random_model(config, quantize="nf4", std=0.1).to(DEVICE)
     lora.apply_lora(model, r=4, alpha=8, dropout=0.0, targets=["q_proj", "k_proj", "gate_proj", "down_proj"])
     for m in lora.lora_modules(model).values():
         torch.nn.init.normal_(m.lora_B.weight, std=0.1)

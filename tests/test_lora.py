@@ -14,8 +14,8 @@ from safetensors.torch import load_file
 from torch import nn
 from transformers import Qwen2ForCausalLM
 
+import loader
 import lora
-import model as M
 import quant
 from conftest import make_hf_checkpoint
 
@@ -40,7 +40,7 @@ def hf_logits(m: nn.Module) -> torch.Tensor:
 
 
 def ours(path, quantize=None) -> nn.Module:
-    return M.load_model(path, dtype=torch.float32, quantize=quantize).eval()
+    return loader.load_model(path, dtype=torch.float32, quantize=quantize).eval()
 
 
 def our_logits(m: nn.Module) -> torch.Tensor:

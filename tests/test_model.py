@@ -6,7 +6,9 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+import loader
 import model as M
+import translator
 from conftest import bnb_dequantize, make_hf_checkpoint
 
 TOL = 1e-5
@@ -31,7 +33,7 @@ def _left_mask(lengths, T):
 ], ids=["gqa2-untied", "tied-legacy", "mha-sharded", "gqa7-sharded-tied", "gqa7-14:2"])
 def test_logits_match_transformers(tmp_path, kwargs):
     path, hf = make_hf_checkpoint(tmp_path / "ckpt", **kwargs)
-    ours = M.load_model(path)
+    ours = loader.load_model(path)
     ids = _ids(2, 13)
     with torch.no_grad():
         torch.testing.assert_close(ours(ids), hf(ids).logits, rtol=0, atol=TOL)
@@ -44,7 +46,7 @@ def test_logits_match_transformers(tmp_path, kwargs):
 @pytest.mark.parametrize("side", ["left", "right"])
 def test_padded_batch_matches_unpadded(tiny_checkpoint, side):
     path, hf = tiny_checkpoint
-    ours = M.load_model(path)
+    ours = loader.load_model(path)
     lengths, T = [5, 9, 12], 12
     mask = _left_mask(lengths, T) if side == "left" else _left_mask(lengths, T).flip(1)
     ids = _ids(3, T).masked_fill(mask == 0, PAD)
@@ -58,7 +60,7 @@ def test_padded_batch_matches_unpadded(tiny_checkpoint, side):
 
 def test_cached_decoding_equals_full_recompute(tiny_checkpoint):
     path, _ = tiny_checkpoint
-    ours = M.load_model(path)
+    ours = loader.load_model(path)
     ids, mask = _ids(2, 14), _left_mask([14, 9], 14)
     with torch.no_grad():
         full = ours(ids, attention_mask=mask)
@@ -79,7 +81,7 @@ def _stopping_prompt():
 @pytest.mark.parametrize("static", [False, True], ids=["loop", "static"])
 def test_greedy_generate_matches_transformers(tmp_path, static):
     path, hf = make_hf_checkpoint(tmp_path / "ckpt", vocab_size=128)
-    ours = M.load_model(path)
+    ours = loader.load_model(path)
     ids, mask = _stopping_prompt()
     free = ours.generate(ids, attention_mask=mask, max_new_tokens=10, eos_token_id=[], pad_token_id=PAD)
     eos = [int(free[0, 3]), int(free[2, 5])]  # tokens the greedy rows do emit
@@ -101,7 +103,7 @@ def test_beam_search_matches_transformers(tmp_path, sharpen, n_stop, length_pena
     with torch.no_grad():
         hf.lm_head.weight.mul_(sharpen)
     hf.save_pretrained(path)
-    ours = M.load_model(path)
+    ours = loader.load_model(path)
     ids, mask = _ids(3, 7, seed=2, vocab=60), _left_mask([4, 7, 6], 7)
     ids = ids.masked_fill(mask == 0, 63)
     kw = dict(attention_mask=mask, max_new_tokens=14, eos_token_id=list(range(0, 4 * n_stop, 4)), pad_token_id=63,
@@ -117,7 +119,7 @@ def test_static_decoder_steps_equal_the_growing_cache(tiny_checkpoint):
     position advanced on the device) gives the logits of the ordinary step, here on an NF4 model
     with its embedding table in host memory; beam search refuses static=True."""
     path, _ = tiny_checkpoint
-    model = M.load_model(path, quantize="nf4", offload_embeddings=True)
+    model = loader.load_model(path, quantize="nf4", offload_embeddings=True)
     ids, mask = _stopping_prompt()
     with torch.no_grad():
         caches = [M.KVCache(model.config, 3, 7 + 5, torch.float32, "cpu") for _ in range(2)]
@@ -136,7 +138,7 @@ def test_static_decoder_steps_equal_the_growing_cache(tiny_checkpoint):
 @pytest.mark.parametrize("num_beams", [1, 3])
 def test_generate_from_embeds_equals_from_ids(tiny_checkpoint, num_beams):
     path, _ = tiny_checkpoint
-    ours = M.load_model(path)
+    ours = loader.load_model(path)
     ids, mask = _stopping_prompt()
     kw = dict(attention_mask=mask, max_new_tokens=6, eos_token_id=[5], pad_token_id=PAD, num_beams=num_beams)
     from_ids = ours.generate(ids, **kw)
@@ -146,7 +148,7 @@ def test_generate_from_embeds_equals_from_ids(tiny_checkpoint, num_beams):
 
 def test_gradient_checkpointing_same_grads(tiny_checkpoint):
     path, _ = tiny_checkpoint
-    ours = M.load_model(path).train()
+    ours = loader.load_model(path).train()
     ids, mask = _ids(2, 10), _left_mask([10, 6], 10).flip(1)
 
     def grads(checkpointing):
@@ -168,7 +170,7 @@ def test_gradient_checkpointing_lora_on_a_frozen_base():
     config = M.Qwen2Config(vocab_size=96, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                            num_attention_heads=4, num_key_value_heads=2)
     torch.manual_seed(0)
-    model = M.random_model(config, quantize="nf4")
+    model = loader.random_model(config, quantize="nf4")
     lora.apply_lora(model, r=4, alpha=8, dropout=0.3, targets=["q_proj", "v_proj", "down_proj"])
     for m in lora.lora_modules(model).values():
         torch.nn.init.normal_(m.lora_B.weight, std=0.1)  # B = 0 would give A no gradient
@@ -192,7 +194,7 @@ def test_save_model_loads_in_transformers(tiny_checkpoint, tmp_path):
     from transformers import Qwen2ForCausalLM
 
     path, hf = tiny_checkpoint
-    M.save_model(M.load_model(path), tmp_path / "out")
+    loader.save_model(loader.load_model(path), tmp_path / "out")
     again = Qwen2ForCausalLM.from_pretrained(tmp_path / "out", dtype=torch.float32)
     ids = _ids(1, 9)
     with torch.no_grad():
@@ -214,7 +216,7 @@ def test_missing_shard(tmp_path):
     path, _ = make_hf_checkpoint(tmp_path / "ckpt", max_shard_size="20KB")
     (path / "model-00003-of-00014.safetensors").unlink()
     with pytest.raises(FileNotFoundError, match="model-00003-of-00014.safetensors"):
-        M.load_model(path)
+        loader.load_model(path)
 
 
 @pytest.mark.parametrize("edit, message", [
@@ -229,14 +231,14 @@ def test_broken_checkpoint_names_the_tensor(tiny_checkpoint, edit, message):
     path, _ = tiny_checkpoint
     _rewrite_single_file(path, edit)
     with pytest.raises(ValueError, match=message):
-        M.load_model(path)
+        loader.load_model(path)
 
 
 def test_tied_checkpoint_that_stores_the_head_too(tmp_path):
     path, hf = make_hf_checkpoint(tmp_path / "ckpt", tie_word_embeddings=True)
     _rewrite_single_file(path, lambda t: t.update({"lm_head.weight": t["model.embed_tokens.weight"].clone()}))
     ids = torch.randint(0, 128, (1, 9))
-    torch.testing.assert_close(M.load_model(path)(ids), hf(ids).logits, atol=1e-5, rtol=0)
+    torch.testing.assert_close(loader.load_model(path)(ids), hf(ids).logits, atol=1e-5, rtol=0)
 
 
 @pytest.mark.parametrize("change, message", [
@@ -250,7 +252,7 @@ def test_unsupported_config(tiny_checkpoint, change, message):
     cfg = json.loads((path / "config.json").read_text())
     (path / "config.json").write_text(json.dumps({**cfg, **change}))
     with pytest.raises(ValueError, match=f"config.json: {message}"):
-        M.load_model(path)
+        loader.load_model(path)
 
 
 # ----------------------------------------------------------------------------- 4-bit loading
@@ -261,7 +263,7 @@ def test_nf4_load_matches_bitsandbytes_dequantized_reference(tiny_checkpoint, tm
     import quant
 
     path, hf = tiny_checkpoint
-    ours = M.load_model(path, quantize="nf4", quant_cache=tmp_path / "qcache")
+    ours = loader.load_model(path, quantize="nf4", quant_cache=tmp_path / "qcache")
     names = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
     assert sum(isinstance(m, quant.Linear4bit) for m in ours.modules()) == 7 * ours.config.num_hidden_layers
     assert not any(isinstance(m, torch.nn.Linear) and n.endswith(names) for n, m in ours.named_modules())
@@ -277,10 +279,10 @@ def test_nf4_load_matches_bitsandbytes_dequantized_reference(tiny_checkpoint, tm
         # a second load reads the cache: quantizing again would fail here
         assert len(list((tmp_path / "qcache").glob("nf4-*.safetensors"))) == 1
         monkeypatch.setattr(quant.Linear4bit, "quantize_", lambda *a: pytest.fail("cache not used"))
-        cached = M.load_model(path, quantize="nf4", quant_cache=tmp_path / "qcache")
+        cached = loader.load_model(path, quantize="nf4", quant_cache=tmp_path / "qcache")
         torch.testing.assert_close(cached(ids), want, rtol=0, atol=1e-4)
     with pytest.raises(ValueError, match="export_merged"):
-        M.save_model(cached, tmp_path / "nope")
+        loader.save_model(cached, tmp_path / "nope")
 
 
 def test_nf4_double_quant_load_matches_bitsandbytes_nested_quantization(tiny_checkpoint, tmp_path, monkeypatch):
@@ -293,8 +295,8 @@ def test_nf4_double_quant_load_matches_bitsandbytes_nested_quantization(tiny_che
     import quant
 
     path, hf = tiny_checkpoint
-    plain = M.load_model(path, quantize="nf4", quant_cache=tmp_path / "qcache")
-    dq = M.load_model(path, quantize="nf4", double_quant=True, quant_cache=tmp_path / "qcache")
+    plain = loader.load_model(path, quantize="nf4", quant_cache=tmp_path / "qcache")
+    dq = loader.load_model(path, quantize="nf4", double_quant=True, quant_cache=tmp_path / "qcache")
     assert sorted(p.name.rsplit("-", 1)[0] for p in (tmp_path / "qcache").iterdir()) == ["nf4-bs64", "nf4-bs64-dq"]
     params, same, blocks = dict(hf.named_parameters()), 0, 0
     with torch.no_grad():
@@ -314,10 +316,10 @@ def test_nf4_double_quant_load_matches_bitsandbytes_nested_quantization(tiny_che
         n_linears = sum(isinstance(m, quant.Linear4bit) for m in dq.modules())
         assert nbytes(plain) - nbytes(dq) == 3 * n_blocks - n_linears * (4 + 4)  # one scale + offset each here
         monkeypatch.setattr(quant.Linear4bit, "quantize_", lambda *a: pytest.fail("cache not used"))
-        cached = M.load_model(path, quantize="nf4", double_quant=True, quant_cache=tmp_path / "qcache")
+        cached = loader.load_model(path, quantize="nf4", double_quant=True, quant_cache=tmp_path / "qcache")
         torch.testing.assert_close(cached(ids), dq(ids), rtol=0, atol=0)
     with pytest.raises(ValueError, match="double_quant=True needs quantize='nf4'"):
-        M.load_model(path, double_quant=True)
+        loader.load_model(path, double_quant=True)
 
 
 # ----------------------------------------------------------------------------- pose encoder
@@ -325,7 +327,7 @@ def test_nf4_double_quant_load_matches_bitsandbytes_nested_quantization(tiny_che
 
 def test_pose_encoder_lengths_and_padding():
     torch.manual_seed(0)
-    enc = M.PoseEncoder(in_features=12, hidden_size=32, width=16).eval()
+    enc = translator.PoseEncoder(in_features=12, hidden_size=32, width=16).eval()
     # each stride-2 stage maps n -> ceil(n / 2), computed by hand
     assert [enc.output_lengths(n) for n in (1, 2, 4, 5, 8, 9, 300)] == [1, 1, 1, 2, 2, 3, 75]
     assert enc.output_lengths(torch.tensor([9, 300])).tolist() == [3, 75]
@@ -344,7 +346,7 @@ def test_pose_encoder_lengths_and_padding():
 
 def test_pose_tokens_have_embedding_norm_and_splice_at_placeholders():
     torch.manual_seed(0)
-    enc = M.PoseEncoder(in_features=12, hidden_size=32, width=16).eval()
+    enc = translator.PoseEncoder(in_features=12, hidden_size=32, width=16).eval()
     embedding = 0.02 * torch.randn(100, 32)
     enc.set_embed_scale(embedding)
     tokens, token_mask = enc(torch.randn(2, 8, 12), torch.tensor([[True] * 8, [True] * 4 + [False] * 4]))
@@ -354,12 +356,12 @@ def test_pose_tokens_have_embedding_norm_and_splice_at_placeholders():
     P = 99  # pose placeholder id; sample 0 has 2 soft tokens, sample 1 has 1
     input_ids = torch.tensor([[5, P, P, 7, 8], [5, 6, P, 7, 8]])
     embeds = torch.randn(2, 5, 32)
-    out = M.splice_pose_tokens(embeds, input_ids, P, tokens, token_mask)
+    out = translator.splice_pose_tokens(embeds, input_ids, P, tokens, token_mask)
     assert torch.equal(out[0, 1:3], tokens[0, :2]) and torch.equal(out[1, 2], tokens[1, 0])
     keep = input_ids != P
     assert torch.equal(out[keep], embeds[keep])
     with pytest.raises(ValueError, match="sample 1: its prompt has 2 pose placeholders"):
-        M.splice_pose_tokens(embeds, torch.tensor([[5, P, P, 7, 8], [5, P, P, 7, 8]]), P, tokens, token_mask)
+        translator.splice_pose_tokens(embeds, torch.tensor([[5, P, P, 7, 8], [5, P, P, 7, 8]]), P, tokens, token_mask)
 
 
 @pytest.mark.parametrize("tied", [False, True])
@@ -371,9 +373,9 @@ def test_random_model_init_and_nf4_is_the_same_draws_quantized(tied):
     config = M.Qwen2Config(vocab_size=96, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                            num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=tied)
     torch.manual_seed(0)
-    full = M.random_model(config, std=0.05)
+    full = loader.random_model(config, std=0.05)
     torch.manual_seed(0)
-    nf4 = M.random_model(config, quantize="nf4", std=0.05)
+    nf4 = loader.random_model(config, quantize="nf4", std=0.05)
     for name, t in full.state_dict().items():
         if t.dim() > 1:
             assert abs(t.std().item() - 0.05) < 0.005 and abs(t.mean().item()) < 0.005, name
@@ -396,16 +398,16 @@ def test_offloaded_embeddings_stay_on_the_host_and_change_nothing(tiny_checkpoin
     import quant
 
     path, hf = tiny_checkpoint
-    ours = M.load_model(path, offload_embeddings=True)
+    ours = loader.load_model(path, offload_embeddings=True)
     assert isinstance(ours.model.embed_tokens, M.HostEmbedding)
     assert "model.embed_tokens.weight" in ours.state_dict()
     assert "model.embed_tokens.weight" not in dict(ours.named_parameters())
     ids, mask = _ids(2, 11), _left_mask([11, 6], 11)
     with torch.no_grad():
         torch.testing.assert_close(ours(ids), hf(ids).logits, rtol=0, atol=TOL)
-    plain = M.load_model(path, quantize="nf4", quant_cache=tmp_path / "qc")
+    plain = loader.load_model(path, quantize="nf4", quant_cache=tmp_path / "qc")
     monkeypatch.setattr(quant.Linear4bit, "quantize_", lambda *a: pytest.fail("quant cache not used"))
-    offloaded = M.load_model(path, quantize="nf4", quant_cache=tmp_path / "qc", offload_embeddings=True)
+    offloaded = loader.load_model(path, quantize="nf4", quant_cache=tmp_path / "qc", offload_embeddings=True)
     assert torch.equal(offloaded.model.embed_tokens.weight, plain.model.embed_tokens.weight)
     assert torch.equal(offloaded.generate(ids, attention_mask=mask, max_new_tokens=5),
                        plain.generate(ids, attention_mask=mask, max_new_tokens=5))
@@ -418,18 +420,18 @@ def test_offloaded_embeddings_placement_and_refusal_when_tied():
     embedding table, which stays on the CPU. A tied model cannot offload: lm_head reads it all."""
     config = M.Qwen2Config(vocab_size=96, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                            num_attention_heads=4, num_key_value_heads=2)
-    model = M.random_model(config, device="meta", quantize="nf4", offload_embeddings=True)
+    model = loader.random_model(config, device="meta", quantize="nf4", offload_embeddings=True)
     where = {name: t.device.type for name, t in model.state_dict().items()}
     assert where.pop("model.embed_tokens.weight") == "cpu" and set(where.values()) == {"meta"}
     config.tie_word_embeddings = True
     with pytest.raises(ValueError, match="offload_embeddings needs untied embeddings"):
-        M.random_model(config, offload_embeddings=True)
+        loader.random_model(config, offload_embeddings=True)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU: the table on the host, the model on it")
 def test_offloaded_embeddings_on_a_gpu(tiny_checkpoint):
     path, hf = tiny_checkpoint
-    ours = M.load_model(path, device="cuda", offload_embeddings=True)
+    ours = loader.load_model(path, device="cuda", offload_embeddings=True)
     assert ours.model.embed_tokens.weight.device.type == "cpu" and ours.lm_head.weight.is_cuda
     ids = _ids(2, 11)
     with torch.no_grad():
@@ -440,7 +442,7 @@ def test_offloaded_embeddings_on_a_gpu(tiny_checkpoint):
 @pytest.mark.parametrize("quantize", [None, "nf4"])
 def test_cuda_graph_decoding_equals_the_loop_on_a_gpu(tiny_checkpoint, quantize):
     path, _ = tiny_checkpoint
-    model = M.load_model(path, device="cuda", quantize=quantize)
+    model = loader.load_model(path, device="cuda", quantize=quantize)
     ids, mask = (t.cuda() for t in _stopping_prompt())
     kw = dict(attention_mask=mask, max_new_tokens=8, eos_token_id=[], pad_token_id=PAD)
     assert torch.equal(model.generate(ids, static=True, **kw), model.generate(ids, **kw))

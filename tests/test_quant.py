@@ -216,7 +216,7 @@ def test_quantized_tiny_model_logits(tmp_path, backend, monkeypatch):
     two random layers carry to ~20% of the logits' norm; 0.35 only catches gross errors."""
     from conftest import make_hf_checkpoint
 
-    model = pytest.importorskip("model")
+    loader = pytest.importorskip("loader")
     monkeypatch.setenv("QUANT_BACKEND", backend)
     path, hf = make_hf_checkpoint(tmp_path / "tiny")
     ids = torch.randint(0, 128, (2, 9))
@@ -227,7 +227,7 @@ def test_quantized_tiny_model_logits(tmp_path, backend, monkeypatch):
                 packed, state = bnb_f.quantize_4bit(module.weight, blocksize=64, quant_type="nf4")
                 module.weight.copy_(bnb_dequantize(packed, state))
         ref = hf(ids).logits
-        qmodel = model.load_model(path, quantize="nf4", device=DEVICE)
+        qmodel = loader.load_model(path, quantize="nf4", device=DEVICE)
         ours = qmodel(ids.to(DEVICE)).cpu()
     assert isinstance(qmodel.model.layers[0].mlp.down_proj, quant.Linear4bit)
     torch.testing.assert_close(ours, ref, rtol=1e-4, atol=1e-4)

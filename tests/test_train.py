@@ -1,10 +1,12 @@
 """train.py: the config system and its errors, early errors before any model is loaded, and a
 tiny QLoRA run whose loss falls. Two-process DDP runs are in test_resume.py."""
+import dataclasses
 import json
 import re
 
 import pytest
 
+import config
 import train
 import train_helpers
 from train_helpers import assets, metrics, tensors, tiny_args
@@ -22,10 +24,10 @@ def write_config(tmp_path, text):
 
 
 def test_config_file_and_overrides(tmp_path):
-    cfg = train.load_config([write_config(tmp_path, "lr = 1\nbatch_size = 3\nimport math\n_private = 5\n"),
+    cfg = config.load_config([write_config(tmp_path, "lr = 1\nbatch_size = 3\nimport math\n_private = 5\n"),
                              "--max_steps=7", "--lora_targets=('q_proj',)", "--fps=None", "--augment=false",
                              "--out_dir=runs/x"])
-    assert (cfg.lr, cfg.batch_size, cfg.max_steps, cfg.fps, cfg.augment) == (1.0, 3, 7, None, False)
+    assert (cfg.lr, cfg.batch_size, cfg.max_steps, cfg.data.pose.fps, cfg.data.pose.augment) == (1.0, 3, 7, None, False)
     assert isinstance(cfg.lr, float) and cfg.lora_targets == ["q_proj"] and cfg.out_dir == "runs/x"
 
 
@@ -35,27 +37,27 @@ def test_config_file_and_overrides(tmp_path):
     ("batch_size = 2.5\n", [], "'batch_size' must be int, got float"),
     ("", ["--lr=fast"], "config key 'lr': cannot parse 'fast'"),
     ("", ["--augment=1"], "'augment' must be bool, got int"),
-    ("", ["--data_options={'max_frame': 10}"], "data_options: ['max_frame'] are not data.DataConfig fields"),
+    ("", ["--max_frames=1.5"], "'max_frames' must be int, got float"),   # a key of data.pose
     ("", ["max_steps=3"], "expected --key=value"),
 ])
 def test_config_errors_name_the_key(tmp_path, text, argv, message):
-    with pytest.raises(train.ConfigError, match=re.escape(message)):
-        train.load_config([write_config(tmp_path, text), *argv])
+    with pytest.raises(config.ConfigError, match=re.escape(message)):
+        config.load_config([write_config(tmp_path, text), *argv])
 
 
 def test_impossible_batch_and_foreign_out_dir_are_early_errors(tmp_path):
-    cfg = train.load_config(["--global_batch=12", "--batch_size=4"])
+    cfg = config.load_config(["--global_batch=12", "--batch_size=4"])
     assert train.accumulation(cfg, world=3) == 1
-    with pytest.raises(train.ConfigError, match="global_batch=12 is not divisible by batch_size x world_size = 4 x 2"):
+    with pytest.raises(config.ConfigError, match="global_batch=12 is not divisible by batch_size x world_size = 4 x 2"):
         train.accumulation(cfg, world=2)
-    (tmp_path / "config.json").write_text(json.dumps({**train.asdict(cfg), "lora_r": 64}))
-    with pytest.raises(train.ConfigError, match="holds a run with a different config.*lora_r: 64 there, 16 now"):
+    (tmp_path / "config.json").write_text(json.dumps({**dataclasses.asdict(cfg), "lora_r": 64}))
+    with pytest.raises(config.ConfigError, match="holds a run with a different config.*lora_r: 64 there, 16 now"):
         train.check_run_dir(cfg, tmp_path)
-    cfg = train.load_config([f"--data_dir={tmp_path}", f"--model_dir={tmp_path / 'nowhere'}"])
-    with pytest.raises(train.ConfigError, match="hf download Qwen/Qwen2.5-7B-Instruct --local-dir"):
+    cfg = config.load_config([f"--data_dir={tmp_path}", f"--model_dir={tmp_path / 'nowhere'}"])
+    with pytest.raises(config.ConfigError, match="hf download Qwen/Qwen2.5-7B-Instruct --local-dir"):
         train.check_inputs(cfg)
-    with pytest.raises(train.ConfigError, match="data_dir .*missing-data does not exist"):
-        train.check_inputs(train.load_config([f"--data_dir={tmp_path / 'missing-data'}"]))
+    with pytest.raises(config.ConfigError, match="data_dir .*missing-data does not exist"):
+        train.check_inputs(config.load_config([f"--data_dir={tmp_path / 'missing-data'}"]))
 
 
 def test_tiny_run_learns(shared, tmp_path):
@@ -78,24 +80,23 @@ def test_double_quant_quant_cache_and_offload_from_train_to_eval(shared, tmp_pat
     8-bit-absmax layers and the embedding table in host memory."""
     import torch
 
-    import checkpoints
-    import eval as ev
     import quant
+    import translator
     from tokenizer import Tokenizer
 
     out, cache = tmp_path / "run", tmp_path / "qcache"
-    with pytest.raises(train.ConfigError, match="double_quant=True needs quantize='nf4'"):
-        train.check_inputs(train.load_config(tiny_args(shared, out, quantize="none", double_quant=True)))
-    with pytest.raises(train.ConfigError, match="cannot also be in modules_to_save"):
-        train.check_inputs(train.load_config(tiny_args(shared, out, offload_embeddings=True,
+    with pytest.raises(config.ConfigError, match="double_quant=True needs quantize='nf4'"):
+        train.check_inputs(config.load_config(tiny_args(shared, out, quantize="none", double_quant=True)))
+    with pytest.raises(config.ConfigError, match="cannot also be in modules_to_save"):
+        train.check_inputs(config.load_config(tiny_args(shared, out, offload_embeddings=True,
                                                        modules_to_save=["embed_tokens"])))
     args = tiny_args(shared, out, max_steps=2, eval_every=2, save_every=2, grad_accum=1, double_quant=True,
                      quant_cache=str(cache), offload_embeddings=True, modules_to_save=["lm_head"])
     assert train.main(args) == 0
     assert [p.name.rsplit("-", 1)[0] for p in cache.iterdir()] == ["nf4-bs64-dq"]
     monkeypatch.setattr(quant.Linear4bit, "quantize_", lambda *a: pytest.fail("quant_cache not used"))
-    cfg = checkpoints.run_config(checkpoints.pick(out))
-    model = ev.build_model(cfg, Tokenizer.from_dir(cfg.model_dir), torch.device("cpu"))
+    cfg = config.load_run_config(out)
+    model = translator.build_model(cfg, Tokenizer.from_dir(cfg.model_dir), torch.device("cpu"))
     layers = [m for m in model.modules() if isinstance(m, quant.Linear4bit)]
     assert layers and all(m.double_quant and m.absmax.dtype == torch.uint8 for m in layers)
     assert type(model.llm.model.embed_tokens).__name__ == "HostEmbedding"
@@ -111,7 +112,7 @@ def test_optimizer_is_adamw_with_two_learning_rates():
     lora_w, enc_w = torch.nn.Parameter(torch.randn(3, 4)), torch.nn.Parameter(torch.randn(5))
     frozen = torch.nn.Parameter(torch.randn(2), requires_grad=False)
     model = SimpleNamespace(llm=torch.nn.ParameterList([lora_w, frozen]), encoder=torch.nn.ParameterList([enc_w]))
-    cfg = train.TrainConfig(lr=1e-2, encoder_lr=3e-2, weight_decay=0.1)
+    cfg = config.TrainConfig(lr=1e-2, encoder_lr=3e-2, weight_decay=0.1)
     opt = train.make_optimizer(model, cfg)
     expected = {}
     for p, lr in ((lora_w, 1e-2), (enc_w, 3e-2)):
@@ -133,5 +134,5 @@ def test_optimizer_is_adamw_with_two_learning_rates():
 
 @pytest.mark.parametrize("path", sorted((train_helpers.ROOT / "configs").glob("*.py")), ids=lambda p: p.name)
 def test_every_config_file_loads(path):
-    cfg = train.load_config([str(path)])
+    cfg = config.load_config([str(path)])
     assert cfg.batch_size * train.accumulation(cfg, world=4) >= 1 and cfg.model_dir and cfg.out_dir

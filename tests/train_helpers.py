@@ -17,15 +17,15 @@ SMALL_MODEL = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=1, n
 
 def assets(tmp_path_factory) -> Path:
     """Directory with corpus/ (40 clips, cache prepared) and base/ (tiny Qwen2 + BPE), once per session."""
+    import config
     import data
-    import eval as ev
     import train
 
     shared = tmp_path_factory.getbasetemp() / "tiny-assets"
     if not (shared / "base" / "config.json").is_file():
-        cfg = train.load_config(tiny_args(shared, shared / "unused-run"))
+        cfg = config.load_config(tiny_args(shared, shared / "unused-run"))
         train.create_first_use_assets(cfg)
-        data.ensure_cache(ev.data_config(cfg))
+        data.ensure_cache(cfg.data)
     return shared
 
 
@@ -36,7 +36,7 @@ def tiny_args(shared: Path, out_dir: Path, **overrides) -> list[str]:
     through its recomputation (which must redraw the same dropout masks)."""
     values = dict(data_dir=str(shared / "corpus"), model_dir=str(shared / "base"), out_dir=str(out_dir),
                   synth_n=40, synth_seed=1, init_model=SMALL_MODEL,
-                  data_options={"split_ratios": (0.6, 0.2, 0.2)}, lora_r=4, lora_dropout=0.1,
+                  split_ratios=(0.6, 0.2, 0.2), lora_r=4, lora_dropout=0.1,
                   encoder_width=32, batch_size=4, grad_accum=2, max_steps=12, warmup_steps=2, lr=3e-3,
                   encoder_lr=3e-3, eval_every=6, eval_samples=4, eval_batch_size=4, max_new_tokens=6,
                   save_every=6, keep_last=0, log_every=1, test_at_end=False, num_workers=0, cpu_threads=0,

@@ -1,0 +1,260 @@
+"""One .pose file -> normalised keypoint features (T, F), and their training-time augmentation.
+
+    PoseConfig    which points, which channels, how many frames; augmentation magnitudes
+    LAYOUTS       the keypoint layouts read (by component and point NAME from the file's header)
+    load_pose     read (pose-format) -> select points -> normalise -> frames kept: (T, F) float32
+    augment       rotation, scale, shear, shift, noise, speed jitter, frame drop
+    PoseError     a file this pipeline cannot use, with the reason `prepare` reports
+
+Features: keypoints chosen by component and point name (upper body, both hands, a face subset),
+each part normalised (body: shoulder midpoint and width; hands: wrist; face: nose; all scaled by
+the shoulder width), x, y (optionally z) plus a presence channel: a point with zero confidence is
+all zeros, never NaN. fps from the file, optional subsampling to a target fps, at most
+`max_frames` frames (uniform subsampling beyond).
+
+References:
+  - pose-format (sign-language-processing/pose): the .pose binary format and its reader.
+  - MediaPipe Holistic (Lugaresi et al. 2019; Grishchenko & Bazarevsky 2020): the 33 body,
+    468 face-mesh and 2 x 21 hand landmarks; face points are named by mesh index "0".."467".
+  - OpenPose BODY_25 + face 70 + hands 21: the `openpose` layout.
+
+    x = load_pose("clip.pose", PoseConfig())      # (T, F) float32; raises PoseError
+"""
+import math
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+from pose_format.numpy import NumPyPoseBody
+from pose_format.pose_header import PoseHeader
+from pose_format.utils.reader import BufferReader
+
+
+@dataclass
+class PoseConfig:
+    layout: str = "holistic"         # a key of LAYOUTS: which points, from which components
+    use_z: bool = False              # x, y (+ z) per point, then the presence channel
+    fps: float | None = None         # subsample to at most this frame rate (None: keep the file's)
+    max_frames: int = 300            # longer clips are subsampled uniformly to this length
+    min_frames: int = 4              # shorter clips are skipped ("too few frames")
+    # augmentation (train only): maximum magnitudes, each drawn uniformly per sample
+    augment: bool = True
+    aug_rotate_deg: float = 10.0
+    aug_scale: float = 0.1
+    aug_shear: float = 0.1
+    aug_shift: float = 0.05          # body only (hands and face are relative to their anchors)
+    aug_noise: float = 0.01          # std of Gaussian noise on present points
+    aug_speed: float = 0.2           # play 0.8x .. 1.2x as fast
+    aug_frame_drop: float = 0.05     # probability of dropping each frame
+
+
+# ----------------------------------------------------------------------------- layouts
+@dataclass(frozen=True)
+class Part:
+    component: str           # header component name
+    points: tuple            # point names within the component, in feature order
+    anchor: tuple            # points whose mean is the part's origin (body: the two shoulders)
+
+
+MP_HAND = ("WRIST", "THUMB_CMC", "THUMB_MCP", "THUMB_IP", "THUMB_TIP", "INDEX_FINGER_MCP", "INDEX_FINGER_PIP",
+           "INDEX_FINGER_DIP", "INDEX_FINGER_TIP", "MIDDLE_FINGER_MCP", "MIDDLE_FINGER_PIP", "MIDDLE_FINGER_DIP",
+           "MIDDLE_FINGER_TIP", "RING_FINGER_MCP", "RING_FINGER_PIP", "RING_FINGER_DIP", "RING_FINGER_TIP",
+           "PINKY_MCP", "PINKY_PIP", "PINKY_DIP", "PINKY_TIP")
+# MediaPipe face-mesh indices (mediapipe/python/solutions/face_mesh_connections.py):
+MP_FACE = tuple(str(i) for i in (
+    61, 40, 37, 0, 267, 270, 291, 321, 314, 17, 84, 91,   # outer lips: corners, every other point
+    78, 81, 13, 311, 308, 402, 14, 178,                   # inner lips
+    70, 63, 105, 66, 107, 300, 293, 334, 296, 336,        # eyebrows (right, left)
+    33, 159, 133, 145, 263, 386, 362, 374,                # eyes: corners, upper and lower lid
+    1, 2, 98, 327, 168))                                  # nose: tip, base, wings, bridge
+OP_HAND = ("BASE", "T_STT", "T_BCMC", "T_MCP", "T_IP", "I_CMC", "I_MCP", "I_PIP", "I_DIP", "M_CMC", "M_MCP",
+           "M_PIP", "M_DIP", "R_CMC", "R_MCP", "R_PIP", "R_DIP", "P_CMC", "P_MCP", "P_PIP", "P_DIP")
+OP_FACE = tuple([f"FEB_{i}" for i in range(17, 27)] + [f"FE_{i}" for i in range(36, 48)]
+                + [f"FN_{i}" for i in (27, 30, 31, 33, 35)] + [f"FLO_{i}" for i in range(48, 60)]
+                + [f"FLI_{i}" for i in range(60, 68)])
+LAYOUTS = {
+    "holistic": {   # MediaPipe Holistic (iSign): 9 + 21 + 21 + 43 points
+        "body": Part("POSE_LANDMARKS", ("LEFT_SHOULDER", "RIGHT_SHOULDER", "NOSE", "LEFT_ELBOW", "RIGHT_ELBOW",
+                                        "LEFT_WRIST", "RIGHT_WRIST", "LEFT_HIP", "RIGHT_HIP"),
+                     ("LEFT_SHOULDER", "RIGHT_SHOULDER")),
+        "left_hand": Part("LEFT_HAND_LANDMARKS", MP_HAND, ("WRIST",)),
+        "right_hand": Part("RIGHT_HAND_LANDMARKS", MP_HAND, ("WRIST",)),
+        "face": Part("FACE_LANDMARKS", MP_FACE, ("1",)),
+    },
+    "openpose": {   # OpenPose BODY_25 + face 70 + hands: 9 + 21 + 21 + 47 points
+        "body": Part("pose_keypoints_2d", ("LShoulder", "RShoulder", "Nose", "LElbow", "RElbow", "LWrist", "RWrist",
+                                           "LHip", "RHip"), ("LShoulder", "RShoulder")),
+        "left_hand": Part("hand_left_keypoints_2d", OP_HAND, ("BASE",)),
+        "right_hand": Part("hand_right_keypoints_2d", OP_HAND, ("BASE",)),
+        "face": Part("face_keypoints_2d", OP_FACE, ("FN_30",)),
+    },
+}
+
+
+class PoseError(ValueError):
+    """A pose file this pipeline cannot use; `kind` is the reason reported by `prepare`."""
+
+    def __init__(self, kind: str, message: str):
+        super().__init__(message)
+        self.kind = kind
+
+
+def _layout(cfg: PoseConfig) -> dict:
+    if cfg.layout not in LAYOUTS:
+        raise ValueError(f"PoseConfig.layout={cfg.layout!r}: known layouts are {', '.join(LAYOUTS)}")
+    return LAYOUTS[cfg.layout]
+
+
+def num_points(cfg: PoseConfig) -> int:
+    return sum(len(p.points) for p in _layout(cfg).values())
+
+
+def feature_dim(cfg: PoseConfig) -> int:
+    """F = points * (x, y[, z], present)."""
+    return num_points(cfg) * (3 + cfg.use_z)
+
+
+def part_slices(cfg: PoseConfig) -> dict:
+    """Each part's slice of the point axis, in feature order."""
+    out, start = {}, 0
+    for name, part in _layout(cfg).items():
+        out[name] = slice(start, start + len(part.points))
+        start += len(part.points)
+    return out
+
+
+# ----------------------------------------------------------------------------- one file -> features
+def read_pose(path):
+    """Read a .pose file with pose-format; any failure is a PoseError naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise PoseError("missing pose file", f"{path}: no such file")
+    try:
+        reader = BufferReader(path.read_bytes())
+        header = PoseHeader.read(reader)
+        body = NumPyPoseBody.read(header, reader)
+    except Exception as e:
+        raise PoseError("unreadable pose file", f"{path}: not a readable .pose file ({type(e).__name__}: {e})") from e
+    # pose-format v0.1 infers the frame count from the bytes left, so a truncated file "parses"
+    # with the confidences read out of coordinate data; leftover bytes give it away.
+    if reader.bytes_left():
+        raise PoseError("unreadable pose file", f"{path}: {reader.bytes_left()} bytes after the last frame "
+                                                "(truncated or corrupt file)")
+    return header, body
+
+
+def select_points(header, body, cfg: PoseConfig, path="<pose>") -> tuple[np.ndarray, np.ndarray]:
+    """The layout's points by name, first person: coords (T, K, C) float32, present (T, K) bool."""
+    offset, index = 0, {}
+    for comp in header.components:
+        index.update({(comp.name, p): offset + i for i, p in enumerate(comp.points)})
+        offset += len(comp.points)
+    wanted = [(part.component, p) for part in _layout(cfg).values() for p in part.points]
+    missing = [w for w in wanted if w not in index]
+    if missing:
+        comps, by_comp = [c.name for c in header.components], {}
+        for comp, p in missing:
+            by_comp.setdefault(comp, []).append(p)
+        names = "; ".join(f"{c}: {', '.join(ps)}" if c in comps else f"{c} (no such component)"
+                          for c, ps in by_comp.items())
+        fits = [name for name, lay in LAYOUTS.items()
+                if all((part.component, p) in index for part in lay.values() for p in part.points)]
+        hint = f"; layout={fits[0]!r} fits it" if fits else ""
+        raise PoseError("layout lacks points", f"{path}: layout {cfg.layout!r} needs points this file lacks: "
+                                               f"{names} [file components: {', '.join(comps)}{hint}]")
+    coords, conf = np.asarray(body.data.data), np.asarray(body.confidence)   # (T, P, N, D), (T, P, N)
+    if coords.ndim != 4 or coords.shape[1] == 0:
+        raise PoseError("too few frames", f"{path}: no person in the file (data shape {coords.shape})")
+    dims = 3 if cfg.use_z else 2
+    if coords.shape[-1] < dims:
+        raise PoseError("layout lacks points", f"{path}: use_z needs 3-D points, the file has {coords.shape[-1]}-D")
+    idx = np.array([index[w] for w in wanted])
+    xyz = coords[:, 0, idx, :dims].astype(np.float32)                      # (T, K, C)
+    present = (conf[:, 0, idx] > 0) & np.isfinite(xyz).all(-1)             # (T, K)
+    return xyz, present
+
+
+def frame_indices(n: int, fps: float, cfg: PoseConfig) -> np.ndarray:
+    """Frames kept: every (fps / cfg.fps)-th when the file is faster than cfg.fps, then at most
+    cfg.max_frames spread uniformly."""
+    step = fps / cfg.fps if cfg.fps and fps and fps > cfg.fps else 1.0
+    idx = np.floor(np.arange(0, n, step)).astype(np.int64)
+    if len(idx) > cfg.max_frames:
+        idx = idx[np.linspace(0, len(idx) - 1, cfg.max_frames).round().astype(np.int64)]
+    return idx
+
+
+def normalise(xyz: np.ndarray, present: np.ndarray, cfg: PoseConfig, path="<pose>") -> np.ndarray:
+    """(T, K, C) coords + (T, K) presence -> (T, K*(C+1)) features, each part relative to its
+    anchor and divided by the median shoulder width. A point is zeros when it, or its part's
+    anchor, is missing in that frame."""
+    T, K, C = xyz.shape
+    layout, slices = _layout(cfg), part_slices(cfg)
+    body = layout["body"]
+    ls, rs = (slices["body"].start + body.points.index(a) for a in body.anchor)
+    both = present[:, ls] & present[:, rs]
+    width = np.linalg.norm(xyz[:, ls, :2] - xyz[:, rs, :2], axis=-1)       # (T,)
+    scale = float(np.median(width[both])) if both.any() else 0.0
+    if not scale > 0:   # also catches NaN
+        raise PoseError("too few frames", f"{path}: no frame shows both shoulders (cannot normalise)")
+    out = np.zeros((T, K, C + 1), np.float32)
+    for name, part in layout.items():
+        sl = slices[name]
+        a = [sl.start + part.points.index(p) for p in part.anchor]
+        origin = xyz[:, a].mean(1, keepdims=True)                          # (T, 1, C)
+        ok = present[:, sl] & present[:, a].all(1, keepdims=True)          # (T, k)
+        out[:, sl, :C] = np.where(ok[..., None], (xyz[:, sl] - origin) / scale, 0.0)
+        out[:, sl, C] = ok
+    return out.reshape(T, K * (C + 1))
+
+
+def load_pose(path, cfg: PoseConfig) -> np.ndarray:
+    """One .pose file -> normalised features (T, F) float32, T <= cfg.max_frames. Raises PoseError."""
+    header, body = read_pose(path)
+    xyz, present = select_points(header, body, cfg, path)
+    idx = frame_indices(len(xyz), float(body.fps), cfg)
+    if len(idx) < cfg.min_frames:
+        raise PoseError("too few frames", f"{path}: {len(idx)} frames, need at least {cfg.min_frames}")
+    return normalise(xyz, present, cfg, path)[idx]   # the scale is a median over all frames
+
+
+@lru_cache(maxsize=1)
+def _noise_bank() -> np.ndarray:
+    return np.random.default_rng(0).standard_normal(1 << 20, dtype=np.float32)
+
+
+def _noise(rng: np.random.Generator, shape: tuple) -> np.ndarray:
+    """Unit Gaussian noise: a random window of a fixed bank of 2**20 draws. Fresh draws cost
+    ~30 ns each on a small CPU, more than the rest of `augment` together."""
+    bank, n = _noise_bank(), math.prod(shape)
+    o = int(rng.integers(0, len(bank) - n))
+    return bank[o:o + n].reshape(shape)
+
+
+def augment(x: np.ndarray, cfg: PoseConfig, rng: np.random.Generator) -> np.ndarray:
+    """Training-time augmentation of features (T, F): speed jitter and frame drop in time; one
+    random rotation + shear + scale of every part, a shift of the body, noise in space."""
+    T = len(x)
+    n = int(np.clip(round(T / rng.uniform(1 - cfg.aug_speed, 1 + cfg.aug_speed)), 1, cfg.max_frames))
+    idx = np.linspace(0, T - 1, n).round().astype(np.int64)
+    keep = rng.random(n) >= cfg.aug_frame_drop
+    if keep.sum() >= max(cfg.min_frames, n // 2):
+        idx = idx[keep]
+    x = x[idx]                                                             # (T', F), a copy
+    p = x.reshape(len(idx), -1, 3 + cfg.use_z)                             # (T', K, C+1) view
+    X, Y, present = p[..., 0], p[..., 1], p[..., -1]                       # (T', K) views
+    th = math.radians(rng.uniform(-cfg.aug_rotate_deg, cfg.aug_rotate_deg))
+    shear = rng.uniform(-cfg.aug_shear, cfg.aug_shear)
+    s = 1 + rng.uniform(-cfg.aug_scale, cfg.aug_scale)
+    (a, b), (c, d) = s * np.array([[math.cos(th), -math.sin(th)], [math.sin(th), math.cos(th)]]) @ [[1, shear], [0, 1]]
+    # one plane per coordinate: numpy is several times slower on (..., 2)-shaped broadcasts
+    X2, Y2 = np.float32(a) * X + np.float32(b) * Y, np.float32(c) * X + np.float32(d) * Y
+    body = part_slices(cfg)["body"]
+    dx, dy = rng.uniform(-cfg.aug_shift, cfg.aug_shift, 2)
+    X2[:, body] += np.float32(dx)
+    Y2[:, body] += np.float32(dy)
+    X2 += np.float32(cfg.aug_noise) * _noise(rng, X2.shape)
+    Y2 += np.float32(cfg.aug_noise) * _noise(rng, Y2.shape)
+    p[..., 0], p[..., 1] = X2 * present, Y2 * present                     # missing points stay zero
+    return x.reshape(len(idx), -1)
