@@ -15,7 +15,10 @@ Metrics (last line of stdout, one JSON object):
 - bleu1..bleu4: sacrebleu corpus BLEU with max n-gram order 1..4 (13a tokenizer, exp smoothing);
 - rougeL: mean sentence-level ROUGE-L F1 x 100, equal to rouge-score's `rougeL` with its default
   tokenizer (lowercase, non-alphanumerics to spaces, no stemming), computed here by hand;
-- chrf: sacrebleu chrF; n: number of sentences; signature: sacrebleu's signatures.
+- chrf: sacrebleu chrF; n: number of sentences; signature: sacrebleu's signatures;
+- bleu4_shuffled, chrf_shuffled: the same decoding with each clip's poses replaced by another
+  clip's of the split (a fixed derangement). How much of the score comes from the signs, and how
+  much from the language prior: a model that ignores its input scores the same on both.
 
 The model is assembled by translator.build_model from the run's saved config (config.py);
 train.py imports this file (decoding, metrics); this file never imports train.py.
@@ -29,6 +32,7 @@ import sys
 from contextlib import redirect_stdout
 from pathlib import Path
 
+import numpy as np
 import torch
 from sacrebleu.metrics import BLEU, CHRF
 from tqdm import tqdm
@@ -97,21 +101,41 @@ def compute_metrics(hypotheses: list[str], references: list[str]) -> dict:
 @torch.no_grad()
 def decode(model: SignTranslator, tok: Tokenizer, dataset, indices: list[int], batch_size: int,
            max_new_tokens: int, num_beams: int, device: torch.device, progress: bool = False,
-           static: bool = False) -> list[dict]:
+           static: bool = False, poses_from: list[int] | None = None) -> list[dict]:
     """Translate dataset[i] for i in indices, batching clips of similar length (less padding);
-    returns {uid, reference, hypothesis} rows in the order of `indices`."""
+    returns {uid, reference, hypothesis} rows in the order of `indices`. With poses_from, clip
+    indices[k] is decoded from the poses of clip poses_from[k] instead of its own."""
     model.eval()
-    order = sorted(indices, key=lambda i: int(dataset.lengths[i]))
+    source = dict(zip(indices, poses_from or indices))   # clip -> the clip whose poses it gets
+    order = sorted(indices, key=lambda i: int(dataset.lengths[source[i]]))
     collate = collate_fn(model, tok, for_generation=True)
     rows = {}
     for k in tqdm(range(0, len(order), batch_size), desc="decode", disable=not progress, file=sys.stderr):
         chunk = order[k:k + batch_size]
-        batch = to_device(collate([dataset[i] for i in chunk]), device)
+        items = [dataset[i] if source[i] == i else {**dataset[i], "poses": dataset[source[i]]["poses"]} for i in chunk]
+        batch = to_device(collate(items), device)
         with autocast(device):
             hyps = model.translate(batch, tok, max_new_tokens, num_beams, static)
         for i, uid, ref, hyp in zip(chunk, batch["uids"], batch["texts"], hyps):
             rows[i] = {"uid": uid, "reference": ref, "hypothesis": hyp}
     return [rows[i] for i in indices]
+
+
+def derangement(n: int, seed: int = 0) -> list[int]:
+    """A fixed permutation of range(n) that moves every element (n >= 2): one random cycle."""
+    order = np.random.default_rng(seed).permutation(n)
+    out = [0] * n
+    for a, b in zip(order, np.roll(order, -1)):
+        out[a] = int(b)
+    return out
+
+
+def with_shuffled(metrics: dict, shuffled_rows: list[dict]) -> dict:
+    """Add bleu4_shuffled and chrf_shuffled: the same decoding with every clip's poses replaced by
+    another clip's of the same set (derangement). A model that reads the signs loses most of its
+    score; one that writes the corpus's likeliest sentences whatever it sees loses nothing."""
+    m = compute_metrics([r["hypothesis"] for r in shuffled_rows], [r["reference"] for r in shuffled_rows])
+    return {**metrics, "bleu4_shuffled": m["bleu4"], "chrf_shuffled": m["chrf"]}
 
 
 def write_predictions(rows: list[dict], path: Path) -> None:
@@ -140,6 +164,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch_size", type=int, default=16)
     parser.add_argument("--max_new_tokens", type=int, help="default: the run's")
     parser.add_argument("--out", help="predictions file (default: RUN/predictions.jsonl, or CKPT/../)")
+    parser.add_argument("--no_shuffled", action="store_true",
+                        help="skip the second decoding with shuffled poses (bleu4_shuffled, chrf_shuffled)")
     parser.add_argument("--pose", help="translate this one .pose file and print the English")
     parser.add_argument("--export_adapter", metavar="DIR", help="write the LoRA adapter in PEFT's format and exit")
     parser.add_argument("--export_merged", metavar="DIR",
@@ -169,12 +195,21 @@ def main(argv: list[str] | None = None) -> None:
         return
     data.ensure_cache(dcfg)
     dataset = data.SignDataset(dcfg, args.split, tok)
-    rows = decode(model, tok, dataset, list(range(len(dataset))), args.batch_size, max_new, args.num_beams,
-                  device, progress=True, static=args.static)
+    every = list(range(len(dataset)))
+    run = lambda poses_from=None: decode(model, tok, dataset, every, args.batch_size, max_new,  # noqa: E731
+                                         args.num_beams, device, progress=True, static=args.static,
+                                         poses_from=poses_from)
+    rows = run()
+    metrics = compute_metrics([r["hypothesis"] for r in rows], [r["reference"] for r in rows])
+    if not args.no_shuffled and len(every) > 1:
+        shuffled = run(derangement(len(every)))
+        metrics = with_shuffled(metrics, shuffled)
+        for r, s in zip(rows, shuffled):
+            r["hypothesis_shuffled"] = s["hypothesis"]
     out = Path(args.out) if args.out else ckpt.resolve().parent / "predictions.jsonl"
     write_predictions(rows, out)
     print(f"{len(rows)} predictions in {out}", file=sys.stderr)
-    print(json.dumps(compute_metrics([r["hypothesis"] for r in rows], [r["reference"] for r in rows])))
+    print(json.dumps(metrics))
 
 
 if __name__ == "__main__":

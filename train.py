@@ -392,23 +392,46 @@ def train_step(ddp: torch.nn.Module, micro: list[dict], opt: torch.optim.Optimiz
 @torch.no_grad()
 def validate(model: SignTranslator, val_ds: data.SignDataset, indices: list[int], tok: Tokenizer, cfg: TrainConfig,
              d: Dist) -> dict:
-    """Validation loss and translation metrics on a fixed subset, sharded over the ranks."""
+    """Validation loss and translation metrics on a fixed subset, sharded over the ranks: with each
+    clip's own poses, and with shuffled poses (a model that uses the signs does much worse there)."""
     model.eval()
-    mine = indices[d.rank::d.world]
-    collate = collate_fn(model, tok)
-    loss, n = 0.0, 0
-    for k in range(0, len(mine), cfg.eval_batch_size):
-        batch = collate([val_ds[i] for i in mine[k:k + cfg.eval_batch_size]])
+    shuffled_from = [indices[k] for k in ev.derangement(len(indices))] if len(indices) > 1 else indices
+    losses = [answer_loss(model, tok, val_ds, indices[d.rank::d.world], src[d.rank::d.world], cfg, d)
+              for src in (indices, shuffled_from)]
+    (loss, n, loss_shuffled, _) = all_sum([*losses[0], *losses[1]], d)
+    rows, shuffled = decode_both(model, tok, val_ds, indices, cfg, d)
+    model.train()
+    m = ev.compute_metrics([r["hypothesis"] for r in rows], [r["reference"] for r in rows])
+    if shuffled:
+        m = ev.with_shuffled(m, shuffled)
+    return {"val_loss": loss / max(n, 1), "val_loss_shuffled": loss_shuffled / max(n, 1),
+            **{f"val_{k}": v for k, v in m.items() if k != "signature"}, "example": rows[0] if rows else None}
+
+
+def answer_loss(model: SignTranslator, tok: Tokenizer, ds: data.SignDataset, indices: list[int],
+                poses_from: list[int], cfg: TrainConfig, d: Dist) -> tuple[float, int]:
+    """(summed cross-entropy, answer tokens) of ds[indices], clip k given the poses of poses_from[k]."""
+    collate, loss, n = collate_fn(model, tok), 0.0, 0
+    for k in range(0, len(indices), cfg.eval_batch_size):
+        chunk = zip(indices[k:k + cfg.eval_batch_size], poses_from[k:k + cfg.eval_batch_size])
+        batch = collate([{**ds[i], "poses": ds[j]["poses"]} if i != j else ds[i] for i, j in chunk])
         with autocast(d.device):
             s, c = model(to_device(batch, d.device))
         loss, n = loss + s.item(), n + int(c)
-    rows = ev.decode(model, tok, val_ds, mine, cfg.eval_batch_size, cfg.max_new_tokens, 1, d.device)
-    loss, n = all_sum([loss, n], d)
-    rows = gather(rows, d)
-    model.train()
-    m = ev.compute_metrics([r["hypothesis"] for r in rows], [r["reference"] for r in rows])
-    return {"val_loss": loss / max(n, 1), **{f"val_{k}": v for k, v in m.items() if k != "signature"},
-            "example": rows[0] if rows else None}
+    return loss, n
+
+
+def decode_both(model: SignTranslator, tok: Tokenizer, ds: data.SignDataset, indices: list[int], cfg: TrainConfig,
+                d: Dist) -> tuple[list[dict], list[dict]]:
+    """Greedy translations of ds[indices], and of the same clips with shuffled poses (a derangement
+    over all of `indices`: eval.with_shuffled), sharded over the ranks and gathered on every rank."""
+    mine = indices[d.rank::d.world]
+    decode = lambda poses_from=None: gather(ev.decode(model, tok, ds, mine, cfg.eval_batch_size,  # noqa: E731
+                                                      cfg.max_new_tokens, 1, d.device, poses_from=poses_from), d)
+    if len(indices) < 2:
+        return decode(), []
+    shuffled_from = [indices[k] for k in ev.derangement(len(indices))]
+    return decode(), decode(shuffled_from[d.rank::d.world])
 
 
 # ----------------------------------------------------------------------------- the run
@@ -470,13 +493,14 @@ def evaluate_test(model: SignTranslator, tok: Tokenizer, cfg: TrainConfig, out_d
     if best.exists():
         checkpoints.load_trained(model, best.resolve())
     test_ds = data.SignDataset(cfg.data, "test", tok)
-    model.eval()
-    rows = gather(ev.decode(model, tok, test_ds, list(range(len(test_ds)))[d.rank::d.world],
-                            cfg.eval_batch_size, cfg.max_new_tokens, 1, d.device), d)
+    rows, shuffled = decode_both(model, tok, test_ds, list(range(len(test_ds))), cfg, d)
     if not d.main:
         return None
+    for r, s in zip(rows, shuffled):
+        r["hypothesis_shuffled"] = s["hypothesis"]
     ev.write_predictions(rows, out_dir / "predictions.jsonl")
-    return ev.compute_metrics([r["hypothesis"] for r in rows], [r["reference"] for r in rows])
+    metrics = ev.compute_metrics([r["hypothesis"] for r in rows], [r["reference"] for r in rows])
+    return ev.with_shuffled(metrics, shuffled) if shuffled else metrics
 
 
 @dataclass
