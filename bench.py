@@ -357,7 +357,7 @@ def hf_qlora(cfg, config, pose_token_id: int, feature_dim: int, device):
             return tokens * mask[..., None], mask
 
     class HFSignTranslator(nn.Module):
-        """eval.SignTranslator's interface (forward(batch) -> (loss sum, label count); .llm, .encoder)
+        """translator.SignTranslator's interface (forward(batch) -> translator.Losses; .llm, .encoder)
         over the PEFT model, so train.make_optimizer and train.train_step run both stacks alike.
         The loss is transformers' own: logits at every position, mean cross-entropy over labels."""
 
@@ -365,14 +365,14 @@ def hf_qlora(cfg, config, pose_token_id: int, feature_dim: int, device):
             super().__init__()
             self.llm, self.encoder, self.pose_token_id = llm, encoder, pose_token_id
 
-        def forward(self, batch):
+        def forward(self, batch, lm: bool = True):
             tokens, mask = self.encoder(batch["poses"], batch["pose_mask"])
             embeds = self.llm.get_input_embeddings()(batch["input_ids"])  # (B, T, H)
             embeds = translator.splice_pose_tokens(embeds, batch["input_ids"], self.pose_token_id, tokens, mask)
             out = self.llm(inputs_embeds=embeds, attention_mask=batch["attention_mask"], labels=batch["labels"],
                            use_cache=False)
             n = (batch["labels"][:, 1:] != -100).sum()
-            return out.loss * n, n
+            return translator.Losses(out.loss * n, n, torch.zeros((), device=n.device))
 
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     quant = transformers.BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
@@ -584,6 +584,8 @@ def bench_train(args):
     config, source = bench_shape(cfg, a.shape, a.random_weights)
     if a.layers:
         config.num_hidden_layers = a.layers
+    if cfg.data.pose.layout == "auto":  # synthetic batches: the features of iSign's files
+        cfg.data.pose.layout = "holistic"
     feature_dim = poses.feature_dim(cfg.data.pose)
 
     name = torch.cuda.get_device_name() if cuda else f"CPU ({os.cpu_count()} cores, {a.threads} threads)"

@@ -65,7 +65,14 @@ class TrainConfig:
     lora_targets: list = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
     modules_to_save: list = field(default_factory=list)  # e.g. ["embed_tokens", "lm_head"]
     encoder_width: int = 512
+    encoder_layers: int = 2          # transformer blocks over the downsampled frames (translator.PoseEncoder)
+    encoder_heads: int = 4
     encoder_dropout: float = 0.1
+    # the encoder's word objective (translator.word_presence_loss): which words of the training
+    # texts (the aux_words most frequent, stop words left out) a clip signs
+    aux_words: int = 1024
+    aux_weight: float = 0.0          # weight of the word loss beside the language-model loss
+    aux_only_steps: int = 0          # first steps: the encoder learns the words alone (no LLM)
     gradient_checkpointing: bool = False
     # optimisation: samples per step = batch_size x grad_accum x world_size
     batch_size: int = 4              # clips per micro-batch per process

@@ -58,7 +58,7 @@ import data
 import eval as ev
 from config import ConfigError, TrainConfig
 from tokenizer import Tokenizer
-from translator import SignTranslator, autocast, build_model, collate_fn, to_device
+from translator import SignTranslator, autocast, build_model, collate_fn, to_device, uses_words
 
 log = logging.getLogger("train")
 
@@ -156,7 +156,11 @@ def check_run_dir(cfg: TrainConfig, out_dir: Path) -> None:
     """An out_dir that holds another run is an error, not something to overwrite or mix with."""
     saved = out_dir / "config.json"
     if saved.is_file():
-        diff = config.differences(config.load_run_config(saved), cfg)
+        old = config.load_run_config(saved)
+        if cfg.data.pose.layout == "auto":  # resolves to what the run resolved (prepare_run checks again)
+            pose = dataclasses.replace(cfg.data.pose, layout=old.data.pose.layout)
+            cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, pose=pose))
+        diff = config.differences(old, cfg)
         if diff:
             raise ConfigError(f"{out_dir} holds a run with a different config ({'; '.join(diff[:5])}); "
                               "use another --out_dir, or the same config to resume")
@@ -268,7 +272,7 @@ def weights_digest(model: SignTranslator) -> str:
     h = hashlib.sha256()
     for name, p in sorted(checkpoints.trained_tensors(model).items()):
         h.update(name.encode())
-        h.update(p.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+        h.update(p.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()[:16]
 
 
@@ -360,33 +364,42 @@ def fault_injected(name: str, step: int, rank: int) -> bool:
 def train_step(ddp: torch.nn.Module, micro: list[dict], opt: torch.optim.Optimizer, cfg: TrainConfig, step: int,
                d: Dist, stop_requested: bool) -> dict:
     """Forward/backward over the micro-batches, then one optimizer step unless the loss or the
-    gradient is non-finite anywhere (decided from all-reduced numbers: every rank agrees)."""
+    gradient is non-finite anywhere (decided from all-reduced numbers: every rank agrees).
+
+    The step's loss: the mean cross-entropy over every answer token of the step, plus aux_weight
+    x the mean word loss over its clips (translator.word_presence_loss); during the first
+    aux_only_steps the word loss alone, without running the LLM."""
+    lm = step >= cfg.aux_only_steps
+    word_weight = cfg.aux_weight if lm else 1.0
     n_local = sum(int((b["labels"][:, 1:] != -100).sum()) for b in micro)
-    (n_global,) = all_sum([n_local], d)
-    device_loss_sum = torch.zeros((), dtype=torch.float64, device=d.device)  # on the device: one sync a step
+    n_global, clips_global = all_sum([n_local, sum(len(b["uids"]) for b in micro)], d)
+    sums = torch.zeros(2, dtype=torch.float64, device=d.device)  # LM and word loss, on the device: one sync a step
     for i, batch in enumerate(micro):
         last = i == len(micro) - 1
         with (ddp.no_sync() if d.world > 1 and not last else nullcontext()), autocast(d.device):
-            loss_sum, _ = ddp(to_device(batch, d.device))
+            out = ddp(to_device(batch, d.device), lm=lm)
+            loss = out.lm / n_global + word_weight * out.words / clips_global
             if fault_injected("NAN", step, d.rank):
-                loss_sum = loss_sum * float("nan")
-            # Each rank scales by world/N: DDP's average over ranks then yields sum / N_global,
-            # the mean over every answer token of the step, however tokens fall on micro-batches.
-            (loss_sum * d.world / n_global).backward()
-        device_loss_sum += loss_sum.detach().double()
-    loss_local = device_loss_sum.item()
+                loss = loss * float("nan")
+            # Each rank scales by world: DDP's average over ranks then yields the sums over every
+            # rank divided by the global counts, however tokens and clips fall on micro-batches.
+            (loss * d.world).backward()
+        sums += torch.stack((out.lm.detach(), out.words.detach())).double()
+    lm_local, words_local = sums.tolist()
     tokens = sum(int(b["attention_mask"].sum()) for b in micro)
-    loss, bad, stop, tokens = all_sum([loss_local, not math.isfinite(loss_local), stop_requested, tokens], d)
+    lm_sum, word_sum, bad, stop, tokens = all_sum(
+        [lm_local, words_local, not math.isfinite(lm_local + words_local), stop_requested, tokens], d)
     params = [p for g in opt.param_groups for p in g["params"]]
     norm = float("nan") if bad else float(torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip or float("inf")))
     skipped = bool(bad) or not math.isfinite(norm)  # the norm is of the all-reduced grads: same on every rank
     if skipped:
-        log.warning(f"step {step}: non-finite loss or gradient (loss {loss / n_global:.4g}, grad norm "
-                    f"{norm:.4g}); step skipped on all ranks")
+        log.warning(f"step {step}: non-finite loss or gradient (loss {lm_sum / n_global:.4g}, word loss "
+                    f"{word_sum / clips_global:.4g}, grad norm {norm:.4g}); step skipped on all ranks")
     else:
         opt.step()
     opt.zero_grad(set_to_none=True)
-    return {"loss": loss / n_global, "grad_norm": norm, "skipped": skipped, "stop": bool(stop), "tokens": tokens}
+    return {"loss": lm_sum / n_global if lm else None, "word_loss": word_sum / clips_global, "grad_norm": norm,
+            "skipped": skipped, "stop": bool(stop), "tokens": tokens}
 
 
 @torch.no_grad()
@@ -416,8 +429,8 @@ def answer_loss(model: SignTranslator, tok: Tokenizer, ds: data.SignDataset, ind
         chunk = zip(indices[k:k + cfg.eval_batch_size], poses_from[k:k + cfg.eval_batch_size])
         batch = collate([{**ds[i], "poses": ds[j]["poses"]} if i != j else ds[i] for i, j in chunk])
         with autocast(d.device):
-            s, c = model(to_device(batch, d.device))
-        loss, n = loss + s.item(), n + int(c)
+            out = model(to_device(batch, d.device))
+        loss, n = loss + out.lm.item(), n + int(out.tokens)
     return loss, n
 
 
@@ -435,6 +448,15 @@ def decode_both(model: SignTranslator, tok: Tokenizer, ds: data.SignDataset, ind
 
 
 # ----------------------------------------------------------------------------- the run
+
+def mean_losses(losses: list[tuple[float | None, float]], words: bool) -> dict:
+    """{"loss": mean LM loss (None in the word warm-up), "word_loss": mean word loss (with words)}."""
+    lm = [a for a, _ in losses if a is not None]
+    out = {"loss": sum(lm) / len(lm) if lm else None}
+    if words:
+        out["word_loss"] = sum(w for _, w in losses) / max(len(losses), 1)
+    return out
+
 
 def record(out_dir: Path, row: dict) -> None:
     with open(out_dir / "metrics.jsonl", "a") as f:
@@ -478,6 +500,11 @@ def prepare_run(cfg: TrainConfig, d: Dist) -> tuple[Path, int]:
     if d.world > 1:
         dist.barrier()
     check_inputs(cfg)
+    requested = cfg.data.pose.layout
+    cfg.data = data.resolve_layout(cfg.data)  # the run's config records the layout its files have
+    if requested != cfg.data.pose.layout:
+        log.info(f"layout 'auto': {cfg.data.pose.layout} (the first layout the corpus's pose files fit)")
+        check_run_dir(cfg, out_dir)  # again: a resumed run must have resolved the same layout
     data.ensure_cache(cfg.data, d.rank, d.world)
     if d.main:
         log.info("config:\n" + "\n".join(f"  {k} = {v!r}" for k, v in config.flat(cfg).items()))
@@ -525,7 +552,8 @@ def setup(cfg: TrainConfig, d: Dist) -> Run:
     """Checks, data, model, optimizer, and the checkpoint to resume from (if any)."""
     out_dir, accum = prepare_run(cfg, d)
     tok = Tokenizer.from_dir(cfg.model_dir)
-    train_ds = data.SignDataset(cfg.data, "train", tok, augment=cfg.data.pose.augment)
+    train_ds = data.SignDataset(cfg.data, "train", tok, augment=cfg.data.pose.augment,
+                                n_words=cfg.aux_words if uses_words(cfg) else 0)
     val_ds = data.SignDataset(cfg.data, "val", tok)
     sampler = data.BucketSampler(train_ds.lengths, cfg.batch_size, d.world, d.rank, seed=cfg.seed, drop_last=True)
     if len(sampler) == 0:
@@ -549,8 +577,9 @@ def setup(cfg: TrainConfig, d: Dist) -> Run:
         for p in model.parameters():  # instead of DDP's init sync, which would also send the frozen base
             if p.requires_grad:
                 dist.broadcast(p.data, src=0)
-        ddp = DDP(model, device_ids=[d.local_rank] if d.device.type == "cuda" else None,
-                  init_sync=False, forward_sync_buffers=False)
+        # find_unused_parameters: the LLM takes no part in the encoder's word warm-up (aux_only_steps)
+        ddp = DDP(model, device_ids=[d.local_rank] if d.device.type == "cuda" else None, init_sync=False,
+                  forward_sync_buffers=False, find_unused_parameters=cfg.aux_only_steps > 0)
     model.train()
     return Run(cfg, d, out_dir, accum, tok, model, ddp, opt, batches, val_ds, subset(len(val_ds), cfg.eval_samples),
                state, StopSignal())
@@ -591,15 +620,16 @@ def train_loop(run: Run) -> int:
         state.skipped += out["skipped"]
         state.bad_in_row = state.bad_in_row + 1 if out["skipped"] else 0
         state.tokens += int(out["tokens"])
-        losses += [] if out["skipped"] else [out["loss"]]
+        losses += [] if out["skipped"] else [(out["loss"], out["word_loss"])]
         row = {"step": step, "lr": opt.param_groups[0]["lr"], "grad_norm": out["grad_norm"],
                "tokens_per_s": out["tokens"] / (time.time() - t0), "peak_mem_gb": peak_memory_gb(d.device),
                "skipped": state.skipped}
         bar.update(1)
-        bar.set_postfix(loss=f"{out['loss']:.3f}", lr=f"{row['lr']:.2e}", tok_s=f"{row['tokens_per_s']:.0f}",
-                        mem=f"{row['peak_mem_gb']:.1f}G")
+        shown = {"loss": out["loss"]} if out["loss"] is not None else {"word_loss": out["word_loss"]}
+        bar.set_postfix(**{k: f"{v:.3f}" for k, v in shown.items()}, lr=f"{row['lr']:.2e}",
+                        tok_s=f"{row['tokens_per_s']:.0f}", mem=f"{row['peak_mem_gb']:.1f}G")
         if d.main and (step % cfg.log_every == 0 or step == cfg.max_steps):
-            record(run.out_dir, {**row, "loss": sum(losses) / max(len(losses), 1)})  # mean since last record
+            record(run.out_dir, {**row, **mean_losses(losses, uses_words(cfg))})  # means since the last record
             losses = []
         new_best = maybe_validate(run)
         diverged = state.bad_in_row >= cfg.max_bad_steps
