@@ -22,6 +22,7 @@ References:
 Run:
     python data.py synth data/synth --n 500 --seed 0       # synthetic corpus (synth.py)
     python data.py prepare data/synth --workers 2          # cache; last line: JSON summary
+    python data.py videos my_videos data/mine              # videos -> .pose files + CSV (video.py)
 """
 import argparse
 import csv
@@ -572,8 +573,23 @@ def main(argv=None) -> None:
     p.add_argument("--csv", default=DataConfig.csv, help="CSV (uid,text) or .jsonl manifest in DATA_DIR")
     p.add_argument("--layout", default=PoseConfig.layout, choices=["auto", *poses.LAYOUTS],
                    help="keypoint layout (default: auto, the first that the corpus's first readable file fits)")
+    v = sub.add_parser("videos", help="a folder of videos -> a corpus in the iSign layout (video.py; "
+                                      "pip install -r requirements-video.txt)")
+    v.add_argument("video_dir")
+    v.add_argument("out_dir")
+    v.add_argument("--texts", default=None, help="CSV uid,text (uid: a video's file name without extension; "
+                                                 "default VIDEO_DIR/texts.csv if present)")
     args = parser.parse_args(argv)
-    if args.cmd == "synth":
+    if args.cmd == "videos":
+        import video
+        try:
+            s = video.videos_to_corpus(args.video_dir, args.out_dir, texts=args.texts)
+        except video.VideoExtraMissing as e:
+            sys.exit(f"error: {e}")
+        for k in s["skipped"]:
+            print(f"skipped {k['video']}: {k['reason']}", file=sys.stderr)
+        print(json.dumps({k: len(x) if isinstance(x, list) else x for k, x in s.items()}))
+    elif args.cmd == "synth":
         import synth   # the generator lives in its own file; only this command needs it
         synth.generate_corpus(args.out_dir, n=args.n, seed=args.seed)
         print(json.dumps({"out_dir": args.out_dir, "n": args.n, "seed": args.seed}))

@@ -3,6 +3,7 @@
     python eval.py runs/tiny                      # best checkpoint of a run (else the newest)
     python eval.py runs/tiny/ckpt-000600 --split test --num_beams 4 --batch_size 16
     python eval.py runs/tiny --pose clip.pose     # print the English translation of one file
+    python eval.py runs/tiny --video clip.mp4     # the same from a video (requirements-video.txt)
     python eval.py runs/tiny --export_adapter DIR # the LoRA adapter in PEFT's format
     python eval.py runs/tiny --export_merged DIR  # base + LoRA merged, a 16-bit HF checkpoint
 
@@ -153,6 +154,21 @@ def translate_file(model: SignTranslator, tok: Tokenizer, dcfg: data.DataConfig,
         return model.translate(batch, tok, max_new_tokens, num_beams, static)[0]
 
 
+def pose_of_video(video_path: str, save_pose: str | None) -> str:
+    """MediaPipe Holistic poses of a video (video.py, the optional extra), written to save_pose
+    or a temporary .pose file; returns that file's path."""
+    import tempfile
+
+    import video
+    try:
+        pose = video.estimate_pose(video_path)
+    except (video.VideoExtraMissing, video.VideoError, FileNotFoundError) as e:
+        sys.exit(f"error: {e}")
+    path = save_pose or str(Path(tempfile.mkdtemp()) / f"{Path(video_path).stem}.pose")
+    video.write_pose(pose, path)
+    return path
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run", help="a run directory (its best checkpoint, else the newest) or a ckpt-NNNNNN directory")
@@ -167,10 +183,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--no_shuffled", action="store_true",
                         help="skip the second decoding with shuffled poses (bleu4_shuffled, chrf_shuffled)")
     parser.add_argument("--pose", help="translate this one .pose file and print the English")
+    parser.add_argument("--video", help="translate this video: its poses by MediaPipe Holistic (video.py, "
+                                        "pip install -r requirements-video.txt), then as --pose")
+    parser.add_argument("--save_pose", metavar="OUT.pose", help="with --video: also write the estimated poses there")
     parser.add_argument("--export_adapter", metavar="DIR", help="write the LoRA adapter in PEFT's format and exit")
     parser.add_argument("--export_merged", metavar="DIR",
                         help="write base + LoRA merged as a 16-bit Hugging Face checkpoint and exit")
     args = parser.parse_args(argv)
+    if args.video and args.pose:
+        parser.error("give --pose or --video, not both")
+    if args.save_pose and not args.video:
+        parser.error("--save_pose needs --video")
 
     ckpt = checkpoints.pick(Path(args.run))
     cfg = config.load_run_config(ckpt)
@@ -190,6 +213,8 @@ def main(argv: list[str] | None = None) -> None:
         if args.export_merged:
             print(lora.export_merged(model.llm, args.export_merged, dtype=torch.bfloat16))
         return
+    if args.video:
+        args.pose = pose_of_video(args.video, args.save_pose)
     if args.pose:
         print(translate_file(model, tok, dcfg, args.pose, max_new, args.num_beams, device, args.static))
         return

@@ -1,5 +1,6 @@
 """eval.py: metrics against the reference implementations (sacrebleu, rouge-score), and the
 command line on a tiny trained run (predictions.jsonl, the JSON line, one-file translation)."""
+import importlib.util
 import json
 import subprocess
 import sys
@@ -149,6 +150,16 @@ def test_translate_real_pose_fixture(run_dir, fixtures_dir):
     res = eval_cli(run_dir, "--pose", fixtures_dir / "holistic_576.pose", "--static")
     assert "checkpoint:" in res.stderr
     assert len(res.stdout.splitlines()) == 1  # exactly one line: the translation (maybe short, the model is tiny)
+
+
+def test_video_without_the_extra_is_one_line(run_dir, tmp_path):
+    if importlib.util.find_spec("mediapipe"):  # tests/test_video.py covers the environment that has it
+        pytest.skip("the video extra is installed here")
+    res = subprocess.run([sys.executable, str(ROOT / "eval.py"), str(run_dir), "--video", str(tmp_path / "x.mp4")],
+                         cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 1 and res.stdout == ""
+    assert res.stderr.strip().splitlines()[-1] == ("error: video input needs the optional extra: "
+                                                   "pip install -r requirements-video.txt")
 
 
 def test_export_adapter_and_merged_load_in_peft_and_transformers(run_dir, tmp_path):
