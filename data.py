@@ -473,7 +473,7 @@ def collate(batch: list[dict], tokenizer, tokens_per_pose: Callable[[int], int],
     Always: poses (B, Tmax, F) zero-padded, pose_mask (B, Tmax) bool, uids, texts; word_targets
     (B, V) when the items have them.
     """
-    # built in numpy and wrapped once: torch.tensor(list) and small torch copies cost ~10x more
+    # built in numpy and wrapped once: torch.tensor(list) and many small torch copies cost far more
     pid, B = tokenizer.pose_token_id, len(batch)
     frames = [len(s["poses"]) for s in batch]
     poses = np.zeros((B, max(frames), batch[0]["poses"].shape[1]), np.float32)    # (B, Tmax, F)

@@ -298,8 +298,8 @@ def _noise_bank() -> np.ndarray:
 
 
 def _noise(rng: np.random.Generator, shape: tuple) -> np.ndarray:
-    """Unit Gaussian noise: a random window of a fixed bank of 2**20 draws. Fresh draws cost
-    ~30 ns each on a small CPU, more than the rest of `augment` together."""
+    """Unit Gaussian noise: a random window of a fixed bank of 2**20 draws. Fresh draws would
+    cost more than the rest of `augment` together (BENCHMARKS.md, "Data loading")."""
     bank, n = _noise_bank(), math.prod(shape)
     o = int(rng.integers(0, len(bank) - n))
     return bank[o:o + n].reshape(shape)

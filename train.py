@@ -561,6 +561,8 @@ def setup(cfg: TrainConfig, d: Dist) -> Run:
                           f"= {cfg.batch_size} x {d.world}: lower batch_size or use more data")
     seed_everything(cfg.seed)  # the same initial weights on every rank
     model = build_model(cfg, tok, d.device)
+    count = lambda m: sum(p.numel() for p in m.parameters() if p.requires_grad)  # noqa: E731
+    log.info(f"trained parameters: LLM {count(model.llm):,} (LoRA and modules_to_save), encoder {count(model.encoder):,}")
     opt = make_optimizer(model, cfg)
     batches = data.Batches(train_ds, sampler, collate_fn(model, tok), cfg.seed, cfg.num_workers, d.rank)
     seed_everything(cfg.seed + 1 + d.rank)  # dropout differs between ranks

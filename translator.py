@@ -73,7 +73,7 @@ class PoseEncoder(nn.Module):
     @torch.no_grad()
     def set_embed_scale(self, embedding_weight: Tensor) -> None:
         """embed_scale = median RMS of the embedding rows (median: unused vocab rows can be ~0)."""
-        # the float32 norm of each row without a float32 copy of the table (1.45 GiB at 14B in bf16)
+        # the float32 norm of each row without a float32 copy of the table (vocab x hidden x 4 bytes)
         hidden = embedding_weight.shape[-1]
         rms = torch.linalg.vector_norm(embedding_weight, dim=-1, dtype=torch.float32) / hidden**0.5
         self.embed_scale.copy_(rms.median())
