@@ -68,6 +68,7 @@ class TrainConfig:
     encoder_layers: int = 2          # transformer blocks over the downsampled frames (translator.PoseEncoder)
     encoder_heads: int = 4
     encoder_dropout: float = 0.1
+    answer_dropout: float = 0.0      # training: answer tokens given as input replaced by padding (translator)
     # the encoder's word objective (translator.word_presence_loss): which words of the training
     # texts (the aux_words most frequent, stop words left out) a clip signs
     aux_words: int = 1024

@@ -171,16 +171,26 @@ class SignTranslator(nn.Module):
     Parameter names ("llm.model.layers.0.self_attn.q_proj.lora_A.weight", "encoder.proj.1.weight")
     are the names in checkpoints."""
 
-    def __init__(self, llm: Qwen2, encoder: PoseEncoder, pose_token_id: int):
+    def __init__(self, llm: Qwen2, encoder: PoseEncoder, pose_token_id: int, pad_id: int = 0,
+                 answer_dropout: float = 0.0):
         super().__init__()
         self.llm, self.encoder, self.pose_token_id = llm, encoder, pose_token_id
+        self.pad_id, self.answer_dropout = pad_id, answer_dropout
 
     def embed(self, batch: dict) -> tuple[Tensor, Tensor | None, Tensor]:
         """Prompt (+ answer) embeddings with the soft pose tokens spliced in (B, T, H); the encoder's
-        word logits (B, T', V) or None, and its token mask (B, T')."""
+        word logits (B, T', V) or None, and its token mask (B, T').
+
+        Training with answer_dropout p: each answer token given as input (not as target) is the
+        pad token with probability p, so the next word cannot always be guessed from the words
+        before it and must come from the signs (word dropout, Bowman et al. 2016)."""
         tokens, token_mask, words = self.encoder(batch["poses"], batch["pose_mask"])  # (B, T', H), (B, T')
-        embeds = self.llm.model.embed_tokens(batch["input_ids"])  # (B, T, H)
-        return splice_pose_tokens(embeds, batch["input_ids"], self.pose_token_id, tokens, token_mask), words, token_mask
+        ids = batch["input_ids"]
+        if self.training and self.answer_dropout > 0 and "labels" in batch:
+            drop = (batch["labels"] != -100) & (torch.rand(ids.shape, device=ids.device) < self.answer_dropout)
+            ids = ids.masked_fill(drop, self.pad_id)
+        embeds = self.llm.model.embed_tokens(ids)  # (B, T, H)
+        return splice_pose_tokens(embeds, ids, self.pose_token_id, tokens, token_mask), words, token_mask
 
     def forward(self, batch: dict, lm: bool = True) -> Losses:
         """The language-model loss over the answer tokens, and the encoder's word loss when the
@@ -231,7 +241,7 @@ def build_model(cfg, tok: Tokenizer, device: torch.device, llm: Qwen2 | None = N
                           width=cfg.encoder_width, layers=cfg.encoder_layers, heads=cfg.encoder_heads,
                           dropout=cfg.encoder_dropout, aux_words=cfg.aux_words if uses_words(cfg) else 0).to(device)
     encoder.set_embed_scale(llm.model.embed_tokens.weight)
-    model = SignTranslator(llm, encoder, tok.pose_token_id)
+    model = SignTranslator(llm, encoder, tok.pose_token_id, tok.pad_id, cfg.answer_dropout)
     for p in model.parameters():
         if p.requires_grad:  # AdamW updates would round away in a 16-bit trained tensor
             p.data = p.data.float()

@@ -74,3 +74,27 @@ def test_word_vocabulary_and_targets():
     assert data.words_of(texts[1]) == {"boy", "not", "eat"}
     # by count (girl 2, boy 2, eat 2), then alphabetically; stop words (the, a, does) left out
     assert data.word_vocabulary(texts, 4) == ["boy", "eat", "girl", "and"]
+
+
+def test_answer_dropout_replaces_answer_inputs_only():
+    """answer_dropout=1 in training: every answer token given as input becomes the pad token; the
+    prompt (and its pose placeholders) and the labels stay; in eval mode nothing changes."""
+    import loader
+    from model import Qwen2Config
+
+    torch.manual_seed(0)
+    llm = loader.random_model(Qwen2Config(vocab_size=50, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                          num_attention_heads=4, num_key_value_heads=2))
+    enc = translator.PoseEncoder(PARTS, channels=3, hidden_size=32, width=16)
+    model = translator.SignTranslator(llm, enc, pose_token_id=49, pad_id=0, answer_dropout=1.0).train()
+    P = 49
+    ids = torch.tensor([[5, P, P, 7, 11, 12, 13]])          # prompt 5 P P 7, answer 11 12 13
+    labels = torch.tensor([[-100, -100, -100, -100, 11, 12, 13]])
+    batch = {"input_ids": ids, "labels": labels, "poses": torch.randn(1, 8, 12), "pose_mask": torch.ones(1, 8, dtype=torch.bool)}
+    embeds, _, _ = model.embed(batch)
+    table = llm.model.embed_tokens.weight
+    assert torch.equal(embeds[0, 4:], table[0].expand(3, -1))        # the answer inputs: padding
+    assert torch.equal(embeds[0, [0, 3]], table[[5, 7]])             # the prompt's tokens: kept
+    assert torch.equal(batch["labels"], labels)
+    model.eval()
+    assert torch.equal(model.embed(batch)[0][0, 4:], table[[11, 12, 13]])
