@@ -36,6 +36,7 @@ from tqdm import tqdm
 import checkpoints
 import config
 import data
+import loader
 import lora
 import poses
 from tokenizer import Tokenizer
@@ -153,7 +154,7 @@ def main(argv: list[str] | None = None) -> None:
     max_new = args.max_new_tokens or cfg.max_new_tokens
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dcfg = cfg.data
-    tok = Tokenizer.from_dir(cfg.model_dir)
+    tok = Tokenizer.from_dir(loader.model_path(cfg.model_dir))
     with redirect_stdout(sys.stderr):  # stdout carries the results only
         model = build_model(cfg, tok, device)
     checkpoints.load_trained(model, ckpt)

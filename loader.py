@@ -3,6 +3,7 @@
 model.py is the architecture; this file is everything that touches files or changes what a
 module stores (gpt-fast keeps quantization as a conversion step beside the model, likewise):
 
+    model_path     model_dir as given, or a Hub repo id's snapshot in the local Hugging Face cache
     load_model     config.json + safetensors (single file or sharded) -> an eval-mode Qwen2,
                    streamed tensor by tensor into a model built on the meta device; with
                    quantize="nf4" the seven projections of every layer become quant.Linear4bit
@@ -18,6 +19,7 @@ Names are the Hugging Face names (model.layers.0.self_attn.q_proj.weight); loadi
 a missing, unexpected or misshapen tensor is an error that names it and its file.
 
     llm = load_model("checkpoints/Qwen2.5-7B-Instruct", dtype=torch.bfloat16, device="cuda", quantize="nf4")
+    llm = load_model("Qwen/Qwen2.5-7B-Instruct", ...)              # a repo id: its Hugging Face cache snapshot
     llm = load_model("unsloth/Qwen2.5-7B-Instruct-bnb-4bit", ..., quantize="nf4")   # 4-bit as stored
     save_model(llm, "my-bnb-4bit")              # transformers + bitsandbytes load it
     python -m pytest -q tests/test_model.py tests/test_bnb_checkpoints.py   # against transformers, bitsandbytes
@@ -27,6 +29,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from collections import defaultdict
 from contextlib import ExitStack
 from pathlib import Path
@@ -38,6 +41,35 @@ from torch import Tensor, nn
 
 import quant
 from model import HostEmbedding, Qwen2, Qwen2Config
+
+
+REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*")  # "Qwen/Qwen2.5-7B-Instruct"
+
+
+def hub_cache() -> Path:
+    """The Hugging Face cache, found as huggingface_hub finds it: HF_HUB_CACHE, else HF_HOME/hub,
+    else ~/.cache/huggingface/hub."""
+    if os.environ.get("HF_HUB_CACHE"):
+        return Path(os.environ["HF_HUB_CACHE"]).expanduser()
+    return Path(os.environ.get("HF_HOME") or "~/.cache/huggingface").expanduser() / "hub"
+
+
+def model_path(model_dir: str | Path) -> Path:
+    """Where a model's files are: model_dir itself when it is a folder; for a Hub repo id that is
+    not a folder, the snapshot of its main branch in the local Hugging Face cache (what `hf
+    download` or transformers' from_pretrained left there: models--OWNER--NAME/refs/main names the
+    snapshots/<commit>/ folder), found without the hub client or the network; else model_dir
+    unchanged, for the callers' "not found" errors to name."""
+    path = Path(model_dir)
+    if path.is_dir() or not REPO_ID.fullmatch(str(model_dir)):
+        return path
+    repo = hub_cache() / ("models--" + str(model_dir).replace("/", "--"))
+    ref = repo / "refs" / "main"
+    if ref.is_file():
+        snapshot = repo / "snapshots" / ref.read_text().strip()
+        if (snapshot / "config.json").is_file():
+            return snapshot
+    return path
 
 
 def _checkpoint_index(path: Path) -> dict[str, Path]:
@@ -280,6 +312,7 @@ def load_model(path: str | Path, dtype: torch.dtype = torch.float32, device="cpu
                double_quant: bool = False, quant_cache: str | Path | None = None,
                offload_embeddings: bool = False) -> Qwen2:
     """Load a Hugging Face Qwen2 directory (config.json + safetensors) into an eval-mode Qwen2.
+    `path` may also be a Hub repo id already in the local Hugging Face cache (model_path).
 
     quantize="nf4" stores the seven projections of every layer in 4 bits (blocks of 64; with
     double_quant their absmax in 8 bits too, QLoRA's "DQ": 4.127 instead of 4.5 bits per weight);
@@ -290,7 +323,7 @@ def load_model(path: str | Path, dtype: torch.dtype = torch.float32, device="cpu
     later loads of the same (unchanged) one. offload_embeddings=True keeps the (frozen) input
     embedding table in host memory (HostEmbedding; untied models only)."""
     _check_quantize(quantize, double_quant)
-    path = Path(path)
+    path = model_path(path)
     raw = json.loads((path / "config.json").read_text())
     config = Qwen2Config.from_dict(raw, source=str(path / "config.json"))
     prequantized = _bnb_4bit(raw, str(path / "config.json"))

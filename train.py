@@ -56,6 +56,7 @@ import checkpoints
 import config
 import data
 import eval as ev
+import loader
 from config import ConfigError, TrainConfig
 from tokenizer import Tokenizer
 from translator import SignTranslator, autocast, build_model, collate_fn, to_device
@@ -170,9 +171,12 @@ def check_inputs(cfg: TrainConfig) -> None:
     if not Path(cfg.data.data_dir).is_dir():
         raise ConfigError(f"data_dir {cfg.data.data_dir} does not exist (see README: getting iSign, or "
                           "`python data.py synth DIR` for a synthetic corpus)")
-    if not (Path(cfg.model_dir) / "config.json").is_file():
-        raise ConfigError(f"model_dir {cfg.model_dir} holds no checkpoint (config.json missing). Download "
-                          f"it with: hf download {cfg.model_repo} --local-dir {cfg.model_dir}  "
+    if not (loader.model_path(cfg.model_dir) / "config.json").is_file():
+        searched = (f", nor is it in the Hugging Face cache {loader.hub_cache()}"
+                    if loader.REPO_ID.fullmatch(cfg.model_dir) else "")
+        where = "" if cfg.model_dir == cfg.model_repo else f" --local-dir {cfg.model_dir}"  # a repo id: the cache
+        raise ConfigError(f"model_dir {cfg.model_dir} holds no checkpoint (config.json missing){searched}. Download "
+                          f"it with: hf download {cfg.model_repo}{where}  "
                           "(pip install huggingface_hub; older versions: huggingface-cli download)")
     if cfg.quantize not in ("nf4", "none"):
         raise ConfigError(f"quantize must be 'nf4' or 'none', got {cfg.quantize!r}")
@@ -194,14 +198,13 @@ def create_first_use_assets(cfg: TrainConfig) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
         synth.generate_corpus(tmp, n=cfg.synth_n, seed=cfg.synth_seed)
         os.rename(tmp, data_dir)
-    if cfg.init_model and not (Path(cfg.model_dir) / "config.json").exists():
+    if cfg.init_model and not (loader.model_path(cfg.model_dir) / "config.json").exists():
         create_random_model(cfg)
 
 
 def create_random_model(cfg: TrainConfig) -> None:
     """A BPE tokenizer trained on the training texts, and a Qwen2 of init_model's sizes
     initialised as transformers does (N(0, initializer_range), zero biases, unit norms)."""
-    import loader
     import tokenizer
     from model import Qwen2Config
     dcfg = cfg.data
@@ -500,7 +503,7 @@ class Run:
 def setup(cfg: TrainConfig, d: Dist) -> Run:
     """Checks, data, model, optimizer, and the checkpoint to resume from (if any)."""
     out_dir, accum = prepare_run(cfg, d)
-    tok = Tokenizer.from_dir(cfg.model_dir)
+    tok = Tokenizer.from_dir(loader.model_path(cfg.model_dir))
     train_ds = data.SignDataset(cfg.data, "train", tok, augment=cfg.data.pose.augment)
     val_ds = data.SignDataset(cfg.data, "val", tok)
     sampler = data.BucketSampler(train_ds.lengths, cfg.batch_size, d.world, d.rank, seed=cfg.seed, drop_last=True)
