@@ -38,6 +38,7 @@ import logging
 import math
 import os
 import random
+import re
 import shutil
 import signal
 import sys
@@ -355,8 +356,9 @@ class StopSignal:
 
 
 def fault_injected(name: str, step: int, rank: int) -> bool:
-    """Fault injection for the tests only: TRAIN_TEST_NAN / TRAIN_TEST_SIGTERM = "STEP:RANK"
-    make that rank's loss NaN, or send it SIGTERM, at that step. Unset in real runs."""
+    """Fault injection for the tests only: TRAIN_TEST_NAN / TRAIN_TEST_SIGTERM / TRAIN_TEST_OOM =
+    "STEP:RANK" make that rank's loss NaN, send it SIGTERM, or raise CUDA's out-of-memory error
+    (after the first micro-batch's backward), at that step. Unset in real runs."""
     return os.environ.get(f"TRAIN_TEST_{name}") == f"{step}:{rank}"
 
 
@@ -376,6 +378,8 @@ def train_step(ddp: torch.nn.Module, micro: list[dict], opt: torch.optim.Optimiz
             # Each rank scales by world/N: DDP's average over ranks then yields sum / N_global,
             # the mean over every answer token of the step, however tokens fall on micro-batches.
             (loss_sum * d.world / n_global).backward()
+            if fault_injected("OOM", step, d.rank):
+                raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB. (TRAIN_TEST_OOM)")
         device_loss_sum += loss_sum.detach().double()
     loss_local = device_loss_sum.item()
     tokens = sum(int(b["attention_mask"].sum()) for b in micro)
@@ -564,8 +568,14 @@ def train_loop(run: Run) -> int:
         if fault_injected("SIGTERM", step, d.rank):
             os.kill(os.getpid(), signal.SIGTERM)
         t0 = time.time()
+        position = run.batches.state_dict()  # before this step's batches: where a checkpoint of `step` resumes
         micro = [next(run.batches) for _ in range(run.accum)]
-        out = train_step(run.ddp, micro, opt, cfg, step, d, run.stop.signum is not None)
+        try:
+            out = train_step(run.ddp, micro, opt, cfg, step, d, run.stop.signum is not None)
+        except torch.OutOfMemoryError as e:
+            bar.close()
+            state.seconds = time.time() - t_start
+            return out_of_memory(run, e, position)
         state.step = step = step + 1
         state.skipped += out["skipped"]
         state.bad_in_row = state.bad_in_row + 1 if out["skipped"] else 0
@@ -600,6 +610,55 @@ def train_loop(run: Run) -> int:
             return 1
     bar.close()
     return 0
+
+
+def out_of_memory(run: Run, error: torch.OutOfMemoryError, position: dict) -> int:
+    """A step ran out of GPU memory: save the last completed step unless it is saved already, then
+    stop with one message saying what to change (exit code 1). With several processes the others
+    wait in a collective that this one will never join, so nothing can be saved consistently: it
+    leaves at once (torchrun then stops the others), and the newest checkpoint is where to go on."""
+    cfg, d, state = run.cfg, run.d, run.state
+    run.opt.zero_grad(set_to_none=True)  # the failed step's partial gradients
+    peak = peak_memory_gb(d.device)
+    if d.device.type == "cuda":
+        torch.cuda.empty_cache()
+    ckpt = checkpoints.step_dir(run.out_dir, state.step)
+    if d.world == 1 and state.step > 0 and not ckpt.exists():
+        save_checkpoint(run.out_dir, run.model, run.opt, state, position, d)
+    newest = checkpoints.listed(run.out_dir)[-1:]
+    message = oom_message(cfg, run.accum, d.world, state.step + 1, peak, error, newest[0] if newest else None)
+    log.error(message)
+    if d.world == 1:
+        return 1
+    if not d.main:  # only rank 0 logs to the console
+        print(f"error (rank {d.rank}): {message}", file=sys.stderr, flush=True)
+    logging.shutdown()
+    os._exit(1)
+
+
+def oom_message(cfg: TrainConfig, accum: int, world: int, step: int, peak_gb: float, error: Exception,
+                ckpt: Path | None) -> str:
+    """What ran out, with which settings, and what to change first: half the batch_size with twice
+    the grad_accum is the same optimizer step (samples per step) in smaller micro-batches."""
+    asked = re.search(r"Tried to allocate [\d.]+ \w+", str(error))
+    b, frames = cfg.batch_size, cfg.data.pose.max_frames
+    lines = [f"step {step} ran out of GPU memory ({asked.group(0) if asked else error.__class__.__name__}) with "
+             f"batch_size={b}, grad_accum={accum}, max_frames={frames}, gradient_checkpointing="
+             f"{cfg.gradient_checkpointing}; peak memory so far {peak_gb:.2f} GB."]
+    then = (["--gradient_checkpointing=True"] if not cfg.gradient_checkpointing else []) + [f"--max_frames={frames // 2}"]
+    if b > 1:
+        accum_arg = "" if cfg.global_batch else f" --grad_accum={accum * 2}"  # global_batch doubles it itself
+        same = f" (the same {b * accum * world} samples per step)" if b % 2 == 0 else ""
+        lines.append(f"Change first: --batch_size={b // 2}{accum_arg}{same}; then {', then '.join(then)}.")
+    else:
+        lines.append(f"Change first: {then[0]}{'; then ' + then[1] if len(then) > 1 else ''}; "
+                     "else offload_embeddings=True or a smaller base model.")
+    if ckpt is None:
+        lines.append("No checkpoint was saved: start again with the new values.")
+    else:
+        lines.append(f"To go on from {ckpt} (step {int(ckpt.name.split('-')[1])}): the same command with the new "
+                     f"values and --resume={ckpt} --out_dir=A_NEW_DIR (this out_dir keeps its config).")
+    return "\n".join(lines)
 
 
 def train(cfg: TrainConfig, d: Dist) -> int:
