@@ -5,6 +5,7 @@
     python eval.py runs/tiny --pose clip.pose     # print the English translation of one file
     python eval.py runs/tiny --export_adapter DIR # the LoRA adapter in PEFT's format
     python eval.py runs/tiny --export_merged DIR  # base + LoRA merged, a 16-bit HF checkpoint
+    python eval.py runs/tiny --plot               # RUN/curves.png from RUN/metrics.jsonl (matplotlib)
 
 The run's saved config.json says how to rebuild the model: the frozen base checkpoint (4-bit
 NF4 by default), LoRA adapters on it, and the pose encoder whose soft tokens replace the pose
@@ -35,6 +36,7 @@ from tqdm import tqdm
 
 import checkpoints
 import config
+import curves
 import data
 import loader
 import lora
@@ -145,8 +147,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--export_adapter", metavar="DIR", help="write the LoRA adapter in PEFT's format and exit")
     parser.add_argument("--export_merged", metavar="DIR",
                         help="write base + LoRA merged as a 16-bit Hugging Face checkpoint and exit")
+    parser.add_argument("--plot", action="store_true", help="draw RUN/metrics.jsonl into RUN/curves.png and exit")
     args = parser.parse_args(argv)
 
+    if args.plot:  # a checkpoint directory means its run
+        run = Path(args.run)
+        print(curves.plot(run if (run / "metrics.jsonl").exists() else run.resolve().parent))
+        return
     ckpt = checkpoints.pick(Path(args.run))
     cfg = config.load_run_config(ckpt)
     if args.data_dir:

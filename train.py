@@ -55,6 +55,7 @@ from tqdm import tqdm
 
 import checkpoints
 import config
+import curves
 import data
 import eval as ev
 import loader
@@ -420,19 +421,6 @@ def validate(model: SignTranslator, val_ds: data.SignDataset, indices: list[int]
 
 # ----------------------------------------------------------------------------- the run
 
-def record(out_dir: Path, row: dict) -> None:
-    with open(out_dir / "metrics.jsonl", "a") as f:
-        f.write(json.dumps(row) + "\n")
-
-
-def trim_metrics(out_dir: Path, step: int) -> None:
-    """After a resume, forget what the interrupted run logged past its checkpoint."""
-    path = out_dir / "metrics.jsonl"
-    if path.is_file():
-        rows = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
-        path.write_text("".join(r + "\n" for r in rows))
-
-
 def peak_memory_gb(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**30
@@ -502,6 +490,7 @@ class Run:
     val_idx: list[int]
     state: LoopState
     stop: StopSignal
+    tb: object | None             # torch.utils.tensorboard.SummaryWriter on rank 0 with tensorboard=True
 
 
 def setup(cfg: TrainConfig, d: Dist) -> Run:
@@ -526,7 +515,7 @@ def setup(cfg: TrainConfig, d: Dist) -> Run:
         batches.load_state_dict(position)
         log.info(f"resumed from {ckpt} at step {state.step}")
         if d.main:
-            trim_metrics(out_dir, state.step)
+            curves.trim(out_dir, state.step)
     ddp = model
     if d.world > 1:
         for p in model.parameters():  # instead of DDP's init sync, which would also send the frozen base
@@ -535,8 +524,9 @@ def setup(cfg: TrainConfig, d: Dist) -> Run:
         ddp = DDP(model, device_ids=[d.local_rank] if d.device.type == "cuda" else None,
                   init_sync=False, forward_sync_buffers=False)
     model.train()
+    tb = curves.tensorboard_writer(out_dir, state.step) if d.main and cfg.tensorboard else None
     return Run(cfg, d, out_dir, accum, tok, model, ddp, opt, batches, val_ds, subset(len(val_ds), cfg.eval_samples),
-               state, StopSignal())
+               state, StopSignal(), tb)
 
 
 def maybe_validate(run: Run) -> bool:
@@ -549,7 +539,7 @@ def maybe_validate(run: Run) -> bool:
     log.info(f"step {state.step}: " + ", ".join(f"{k} {v:.3f}" for k, v in m.items()) +
              (f"\n  {example['reference']!r}\n  -> {example['hypothesis']!r}" if example else ""))
     if run.d.main:
-        record(run.out_dir, {"step": state.step, **m})
+        curves.record(run.out_dir, {"step": state.step, **m}, run.tb)
     if m["val_bleu4"] <= state.best_bleu:
         return False
     state.best_bleu, state.best_step = m["val_bleu4"], state.step
@@ -588,7 +578,8 @@ def train_loop(run: Run) -> int:
         bar.set_postfix(loss=f"{out['loss']:.3f}", lr=f"{row['lr']:.2e}", tok_s=f"{row['tokens_per_s']:.0f}",
                         mem=f"{row['peak_mem_gb']:.1f}G")
         if d.main and (step % cfg.log_every == 0 or step == cfg.max_steps):
-            record(run.out_dir, {**row, "loss": sum(losses) / max(len(losses), 1)})  # mean since last record
+            loss = sum(losses) / max(len(losses), 1)  # the mean since the last row
+            curves.record(run.out_dir, {**row, "loss": loss}, run.tb)
             losses = []
         new_best = maybe_validate(run)
         diverged = state.bad_in_row >= cfg.max_bad_steps
@@ -638,27 +629,21 @@ def out_of_memory(run: Run, error: torch.OutOfMemoryError, position: dict) -> in
 
 def oom_message(cfg: TrainConfig, accum: int, world: int, step: int, peak_gb: float, error: Exception,
                 ckpt: Path | None) -> str:
-    """What ran out, with which settings, and what to change first: half the batch_size with twice
-    the grad_accum is the same optimizer step (samples per step) in smaller micro-batches."""
+    """What ran out, with which settings, and what to change, first what costs nothing: half the
+    batch_size with twice the grad_accum is the same optimizer step in smaller micro-batches."""
     asked = re.search(r"Tried to allocate [\d.]+ \w+", str(error))
     b, frames = cfg.batch_size, cfg.data.pose.max_frames
-    lines = [f"step {step} ran out of GPU memory ({asked.group(0) if asked else error.__class__.__name__}) with "
-             f"batch_size={b}, grad_accum={accum}, max_frames={frames}, gradient_checkpointing="
-             f"{cfg.gradient_checkpointing}; peak memory so far {peak_gb:.2f} GB."]
-    then = (["--gradient_checkpointing=True"] if not cfg.gradient_checkpointing else []) + [f"--max_frames={frames // 2}"]
-    if b > 1:
-        accum_arg = "" if cfg.global_batch else f" --grad_accum={accum * 2}"  # global_batch doubles it itself
-        same = f" (the same {b * accum * world} samples per step)" if b % 2 == 0 else ""
-        lines.append(f"Change first: --batch_size={b // 2}{accum_arg}{same}; then {', then '.join(then)}.")
-    else:
-        lines.append(f"Change first: {then[0]}{'; then ' + then[1] if len(then) > 1 else ''}; "
-                     "else offload_embeddings=True or a smaller base model.")
-    if ckpt is None:
-        lines.append("No checkpoint was saved: start again with the new values.")
-    else:
-        lines.append(f"To go on from {ckpt} (step {int(ckpt.name.split('-')[1])}): the same command with the new "
-                     f"values and --resume={ckpt} --out_dir=A_NEW_DIR (this out_dir keeps its config).")
-    return "\n".join(lines)
+    changes = [f"--batch_size={b // 2}" + ("" if cfg.global_batch else f" --grad_accum={accum * 2}")  # global_batch
+               + (f" (the same {b * accum * world} samples per step)" if b % 2 == 0 else "")] if b > 1 else []
+    changes += ["--gradient_checkpointing=True"] if not cfg.gradient_checkpointing else []
+    changes += [f"--max_frames={frames // 2}", "offload_embeddings=True or a smaller base model"]
+    return "\n".join([
+        f"step {step} ran out of GPU memory ({asked.group(0) if asked else error.__class__.__name__}) with "
+        f"batch_size={b}, grad_accum={accum}, max_frames={frames}, gradient_checkpointing="
+        f"{cfg.gradient_checkpointing}; peak memory so far {peak_gb:.2f} GB.",
+        f"Change first: {changes[0]}; then {', then '.join(changes[1:])}.",
+        f"To go on from {ckpt.name}: the same command with the new values and --resume={ckpt} --out_dir=NEW_DIR "
+        "(this out_dir keeps its config)." if ckpt else "No checkpoint was saved: start again with the new values."])
 
 
 def train(cfg: TrainConfig, d: Dist) -> int:
@@ -667,6 +652,8 @@ def train(cfg: TrainConfig, d: Dist) -> int:
     # ones, or Pool.terminate()'s SIGTERM would be caught and ignored by them.
     with run.stop:
         exit_code = train_loop(run)
+    if run.tb is not None:
+        run.tb.close()
     state = run.state
     log.info(f"done: step {state.step}/{cfg.max_steps} in {state.seconds / 60:.1f} min, "
              f"{state.tokens / max(state.seconds, 1e-9):.0f} tokens/s, {state.skipped} skipped steps, "
