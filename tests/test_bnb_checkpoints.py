@@ -104,6 +104,21 @@ def test_prequantized_into_the_other_absmax_format(tmp_path):
     assert same >= 0.97 * blocks
 
 
+def test_projection_kept_in_16_bits_is_quantized_on_load(tmp_path):
+    """A file may keep some projections unquantized (llm_int8_skip_modules, as the "dynamic" 4-bit
+    repositories do): those are quantized on the way in (as bitsandbytes would), the others read as stored."""
+    import bitsandbytes.functional as bnbf
+
+    path, bnb_dir = bnb_checkpoint(tmp_path, double_quant=False)
+    down = "model.layers.0.mlp.down_proj.weight"
+    full = load_file(path / "model.safetensors")[down]
+    _edit_file(bnb_dir, lambda t: [t.pop(k) for k in list(t) if k.startswith(down + ".")] and t.update({down: full}))
+    ours = loader.load_model(bnb_dir, quantize="nf4")
+    packed, state = bnbf.quantize_4bit(full, blocksize=64, quant_type="nf4")
+    m = ours.get_submodule(down.removesuffix(".weight"))
+    assert torch.equal(m.weight, packed.reshape(-1)) and torch.equal(m.absmax, state.absmax)
+
+
 def _edit_file(path, edit):
     file = path / "model.safetensors"
     tensors = load_file(file)
