@@ -208,8 +208,8 @@ def _bnb_4bit(config: dict, source: str) -> bool:
         return False
     supported = "only bitsandbytes 4-bit NF4 checkpoints and unquantized ones can be loaded"
     if q.get("quant_method") != "bitsandbytes" or not q.get("load_in_4bit"):
-        raise ValueError(f"{source}: quantization_config is {q.get('quant_method')!r} "
-                         f"{'8-bit' if q.get('load_in_8bit') else ''}; {supported}")
+        kind = f"{q.get('quant_method')!r}" + (" 8-bit" if q.get("load_in_8bit") else "")
+        raise ValueError(f"{source}: quantization_config is {kind}; {supported}")
     if q.get("bnb_4bit_quant_type", "fp4") != "nf4":  # bitsandbytes' own default is fp4
         raise ValueError(f"{source}: bnb_4bit_quant_type is {q.get('bnb_4bit_quant_type', 'fp4')!r}; {supported}")
     if q.get("bnb_4bit_quant_storage", "uint8") != "uint8":
@@ -226,8 +226,9 @@ def _load_bnb_4bit(model: nn.Module, where: dict[str, Path], device) -> set[str]
 
         def read(name: str) -> Tensor:
             if name not in where:
-                raise ValueError(f"missing tensor {name}: {name.split('.weight')[0]} has a bitsandbytes "
-                                 f"quant_state in {sorted({p.name for p in files.values()})}, but not this part")
+                prefix = name.split(".weight")[0]
+                raise ValueError(f"missing tensor {name}: {prefix} has a bitsandbytes quant_state (in "
+                                 f"{files[f'{prefix}.{BNB_STATE}']}) but not this part of it")
             file = where.pop(name)
             if file not in opened:
                 opened[file] = stack.enter_context(safe_open(file, framework="pt", device="cpu"))
@@ -251,16 +252,15 @@ def _fill_from_bnb(m: quant.Linear4bit, prefix: str, read, files: dict[str, Path
     """One projection's buffers from its bitsandbytes tensors (read(name) -> tensor), checked
     against the layout above. A double-quantized absmax goes to a module that keeps float32 absmax
     expanded exactly as bitsandbytes expands it; a float32 one to a double_quant module is quantized."""
-    w = f"{prefix}.weight"
+    w, key = f"{prefix}.weight", f"{prefix}.{BNB_STATE}"
 
     def check(ok: bool, name: str, what: str) -> None:
         if not ok:
             raise ValueError(f"tensor {name} in {files[name]}: {what}; only bitsandbytes NF4 in blocks of "
                              f"{m.blocksize} (double quantization: of 256) is supported")
 
-    state = json.loads(bytes(read(f"{prefix}.{BNB_STATE}").tolist()).decode())
+    state = json.loads(bytes(read(key).tolist()).decode())
     n, blocks, nested = m.in_features * m.out_features, m.absmax.numel(), "nested_offset" in state
-    key = f"{prefix}.{BNB_STATE}"
     check(state.get("quant_type") == "nf4", key, f"quant_type is {state.get('quant_type')!r}")
     check(state.get("blocksize") == m.blocksize, key, f"blocksize is {state.get('blocksize')}")
     check(state.get("shape") == [m.out_features, m.in_features], key,

@@ -633,7 +633,8 @@ def oom_message(cfg: TrainConfig, accum: int, world: int, step: int, peak_gb: fl
     batch_size with twice the grad_accum is the same optimizer step in smaller micro-batches."""
     asked = re.search(r"Tried to allocate [\d.]+ \w+", str(error))
     b, frames = cfg.batch_size, cfg.data.pose.max_frames
-    changes = [f"--batch_size={b // 2}" + ("" if cfg.global_batch else f" --grad_accum={accum * 2}")  # global_batch
+    # with global_batch set, grad_accum follows batch_size by itself
+    changes = [f"--batch_size={b // 2}" + ("" if cfg.global_batch else f" --grad_accum={accum * 2}")
                + (f" (the same {b * accum * world} samples per step)" if b % 2 == 0 else "")] if b > 1 else []
     changes += ["--gradient_checkpointing=True"] if not cfg.gradient_checkpointing else []
     changes += [f"--max_frames={frames // 2}", "offload_embeddings=True or a smaller base model"]
