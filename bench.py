@@ -278,8 +278,9 @@ def bench_shape(cfg, size: str | None, random_weights: bool):
     import re
     from pathlib import Path
 
+    import loader
     import model as qwen
-    ckpt = Path(cfg.model_dir) / "config.json"
+    ckpt = loader.model_path(cfg.model_dir) / "config.json"
     if not random_weights:
         if size or not ckpt.is_file():
             raise SystemExit(f"bench.py train: {ckpt} not found (or --shape given): pass --random-weights "
@@ -312,7 +313,7 @@ def ours_qlora(cfg, config, random_weights: bool, device):
     from tokenizer import Tokenizer
 
     if not random_weights:
-        tok = Tokenizer.from_dir(cfg.model_dir)
+        tok = Tokenizer.from_dir(loader.model_path(cfg.model_dir))
         return translator.build_model(cfg, tok, device), tok
     tok = SimpleNamespace(pose_token_id=config.vocab_size - 1, pad_id=0)  # all data.collate reads
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32

@@ -96,6 +96,8 @@ class TrainConfig:
     save_every: int = runtime(500)
     keep_last: int = runtime(3)
     log_every: int = runtime(10)
+    tensorboard: bool = runtime(False)  # also write metrics.jsonl's numbers as TensorBoard events in
+                                     # out_dir/tb/ (needs `pip install tensorboard`)
     out_dir: str = runtime("runs/default")
     resume: str = runtime("")        # "auto": newest good checkpoint in out_dir; or a ckpt path
     seed: int = 0

@@ -6,6 +6,7 @@
     python eval.py runs/tiny --video clip.mp4     # the same from a video (requirements-video.txt)
     python eval.py runs/tiny --export_adapter DIR # the LoRA adapter in PEFT's format
     python eval.py runs/tiny --export_merged DIR  # base + LoRA merged, a 16-bit HF checkpoint
+    python eval.py runs/tiny --plot               # RUN/curves.png from RUN/metrics.jsonl (matplotlib)
 
 The run's saved config.json says how to rebuild the model: the frozen base checkpoint (4-bit
 NF4 by default), LoRA adapters on it, and the pose encoder whose soft tokens replace the pose
@@ -40,7 +41,9 @@ from tqdm import tqdm
 
 import checkpoints
 import config
+import curves
 import data
+import loader
 import lora
 import poses
 from tokenizer import Tokenizer
@@ -189,12 +192,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--export_adapter", metavar="DIR", help="write the LoRA adapter in PEFT's format and exit")
     parser.add_argument("--export_merged", metavar="DIR",
                         help="write base + LoRA merged as a 16-bit Hugging Face checkpoint and exit")
+    parser.add_argument("--plot", action="store_true", help="draw RUN/metrics.jsonl into RUN/curves.png and exit")
     args = parser.parse_args(argv)
     if args.video and args.pose:
         parser.error("give --pose or --video, not both")
     if args.save_pose and not args.video:
         parser.error("--save_pose needs --video")
 
+    if args.plot:  # a checkpoint directory means its run
+        run = Path(args.run)
+        print(curves.plot(run if (run / "metrics.jsonl").exists() else run.resolve().parent))
+        return
     ckpt = checkpoints.pick(Path(args.run))
     cfg = config.load_run_config(ckpt)
     if args.data_dir:
@@ -202,7 +210,7 @@ def main(argv: list[str] | None = None) -> None:
     max_new = args.max_new_tokens or cfg.max_new_tokens
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dcfg = cfg.data
-    tok = Tokenizer.from_dir(cfg.model_dir)
+    tok = Tokenizer.from_dir(loader.model_path(cfg.model_dir))
     with redirect_stdout(sys.stderr):  # stdout carries the results only
         model = build_model(cfg, tok, device)
     checkpoints.load_trained(model, ckpt)

@@ -38,6 +38,7 @@ import logging
 import math
 import os
 import random
+import re
 import shutil
 import signal
 import sys
@@ -54,8 +55,10 @@ from tqdm import tqdm
 
 import checkpoints
 import config
+import curves
 import data
 import eval as ev
+import loader
 from config import ConfigError, TrainConfig
 from tokenizer import Tokenizer
 from translator import SignTranslator, autocast, build_model, collate_fn, to_device, uses_words
@@ -174,9 +177,12 @@ def check_inputs(cfg: TrainConfig) -> None:
     if not Path(cfg.data.data_dir).is_dir():
         raise ConfigError(f"data_dir {cfg.data.data_dir} does not exist (see README: getting iSign, or "
                           "`python data.py synth DIR` for a synthetic corpus)")
-    if not (Path(cfg.model_dir) / "config.json").is_file():
-        raise ConfigError(f"model_dir {cfg.model_dir} holds no checkpoint (config.json missing). Download "
-                          f"it with: hf download {cfg.model_repo} --local-dir {cfg.model_dir}  "
+    if not (loader.model_path(cfg.model_dir) / "config.json").is_file():
+        searched = (f", nor is it in the Hugging Face cache {loader.hub_cache()}"
+                    if loader.REPO_ID.fullmatch(cfg.model_dir) else "")
+        where = "" if cfg.model_dir == cfg.model_repo else f" --local-dir {cfg.model_dir}"  # a repo id: the cache
+        raise ConfigError(f"model_dir {cfg.model_dir} holds no checkpoint (config.json missing){searched}. Download "
+                          f"it with: hf download {cfg.model_repo}{where}  "
                           "(pip install huggingface_hub; older versions: huggingface-cli download)")
     if cfg.quantize not in ("nf4", "none"):
         raise ConfigError(f"quantize must be 'nf4' or 'none', got {cfg.quantize!r}")
@@ -198,14 +204,13 @@ def create_first_use_assets(cfg: TrainConfig) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
         synth.generate_corpus(tmp, n=cfg.synth_n, seed=cfg.synth_seed)
         os.rename(tmp, data_dir)
-    if cfg.init_model and not (Path(cfg.model_dir) / "config.json").exists():
+    if cfg.init_model and not (loader.model_path(cfg.model_dir) / "config.json").exists():
         create_random_model(cfg)
 
 
 def create_random_model(cfg: TrainConfig) -> None:
     """A BPE tokenizer trained on the training texts, and a Qwen2 of init_model's sizes
     initialised as transformers does (N(0, initializer_range), zero biases, unit norms)."""
-    import loader
     import tokenizer
     from model import Qwen2Config
     dcfg = cfg.data
@@ -356,8 +361,9 @@ class StopSignal:
 
 
 def fault_injected(name: str, step: int, rank: int) -> bool:
-    """Fault injection for the tests only: TRAIN_TEST_NAN / TRAIN_TEST_SIGTERM = "STEP:RANK"
-    make that rank's loss NaN, or send it SIGTERM, at that step. Unset in real runs."""
+    """Fault injection for the tests only: TRAIN_TEST_NAN / TRAIN_TEST_SIGTERM / TRAIN_TEST_OOM =
+    "STEP:RANK" make that rank's loss NaN, send it SIGTERM, or raise CUDA's out-of-memory error
+    (after the first micro-batch's backward), at that step. Unset in real runs."""
     return os.environ.get(f"TRAIN_TEST_{name}") == f"{step}:{rank}"
 
 
@@ -384,6 +390,8 @@ def train_step(ddp: torch.nn.Module, micro: list[dict], opt: torch.optim.Optimiz
             # Each rank scales by world: DDP's average over ranks then yields the sums over every
             # rank divided by the global counts, however tokens and clips fall on micro-batches.
             (loss * d.world).backward()
+            if fault_injected("OOM", step, d.rank):
+                raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB. (TRAIN_TEST_OOM)")
         sums += torch.stack((out.lm.detach(), out.words.detach())).double()
     lm_local, words_local = sums.tolist()
     tokens = sum(int(b["attention_mask"].sum()) for b in micro)
@@ -456,19 +464,6 @@ def mean_losses(losses: list[tuple[float | None, float]], words: bool) -> dict:
     if words:
         out["word_loss"] = sum(w for _, w in losses) / max(len(losses), 1)
     return out
-
-
-def record(out_dir: Path, row: dict) -> None:
-    with open(out_dir / "metrics.jsonl", "a") as f:
-        f.write(json.dumps(row) + "\n")
-
-
-def trim_metrics(out_dir: Path, step: int) -> None:
-    """After a resume, forget what the interrupted run logged past its checkpoint."""
-    path = out_dir / "metrics.jsonl"
-    if path.is_file():
-        rows = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
-        path.write_text("".join(r + "\n" for r in rows))
 
 
 def peak_memory_gb(device: torch.device) -> float:
@@ -546,12 +541,13 @@ class Run:
     val_idx: list[int]
     state: LoopState
     stop: StopSignal
+    tb: object | None             # torch.utils.tensorboard.SummaryWriter on rank 0 with tensorboard=True
 
 
 def setup(cfg: TrainConfig, d: Dist) -> Run:
     """Checks, data, model, optimizer, and the checkpoint to resume from (if any)."""
     out_dir, accum = prepare_run(cfg, d)
-    tok = Tokenizer.from_dir(cfg.model_dir)
+    tok = Tokenizer.from_dir(loader.model_path(cfg.model_dir))
     train_ds = data.SignDataset(cfg.data, "train", tok, augment=cfg.data.pose.augment,
                                 n_words=cfg.aux_words if uses_words(cfg) else 0)
     val_ds = data.SignDataset(cfg.data, "val", tok)
@@ -573,7 +569,7 @@ def setup(cfg: TrainConfig, d: Dist) -> Run:
         batches.load_state_dict(position)
         log.info(f"resumed from {ckpt} at step {state.step}")
         if d.main:
-            trim_metrics(out_dir, state.step)
+            curves.trim(out_dir, state.step)
     ddp = model
     if d.world > 1:
         for p in model.parameters():  # instead of DDP's init sync, which would also send the frozen base
@@ -583,8 +579,9 @@ def setup(cfg: TrainConfig, d: Dist) -> Run:
         ddp = DDP(model, device_ids=[d.local_rank] if d.device.type == "cuda" else None, init_sync=False,
                   forward_sync_buffers=False, find_unused_parameters=cfg.aux_only_steps > 0)
     model.train()
+    tb = curves.tensorboard_writer(out_dir, state.step) if d.main and cfg.tensorboard else None
     return Run(cfg, d, out_dir, accum, tok, model, ddp, opt, batches, val_ds, subset(len(val_ds), cfg.eval_samples),
-               state, StopSignal())
+               state, StopSignal(), tb)
 
 
 def maybe_validate(run: Run) -> bool:
@@ -597,7 +594,7 @@ def maybe_validate(run: Run) -> bool:
     log.info(f"step {state.step}: " + ", ".join(f"{k} {v:.3f}" for k, v in m.items()) +
              (f"\n  {example['reference']!r}\n  -> {example['hypothesis']!r}" if example else ""))
     if run.d.main:
-        record(run.out_dir, {"step": state.step, **m})
+        curves.record(run.out_dir, {"step": state.step, **m}, run.tb)
     if m["val_bleu4"] <= state.best_bleu:
         return False
     state.best_bleu, state.best_step = m["val_bleu4"], state.step
@@ -616,8 +613,14 @@ def train_loop(run: Run) -> int:
         if fault_injected("SIGTERM", step, d.rank):
             os.kill(os.getpid(), signal.SIGTERM)
         t0 = time.time()
+        position = run.batches.state_dict()  # before this step's batches: where a checkpoint of `step` resumes
         micro = [next(run.batches) for _ in range(run.accum)]
-        out = train_step(run.ddp, micro, opt, cfg, step, d, run.stop.signum is not None)
+        try:
+            out = train_step(run.ddp, micro, opt, cfg, step, d, run.stop.signum is not None)
+        except torch.OutOfMemoryError as e:
+            bar.close()
+            state.seconds = time.time() - t_start
+            return out_of_memory(run, e, position)
         state.step = step = step + 1
         state.skipped += out["skipped"]
         state.bad_in_row = state.bad_in_row + 1 if out["skipped"] else 0
@@ -631,7 +634,7 @@ def train_loop(run: Run) -> int:
         bar.set_postfix(**{k: f"{v:.3f}" for k, v in shown.items()}, lr=f"{row['lr']:.2e}",
                         tok_s=f"{row['tokens_per_s']:.0f}", mem=f"{row['peak_mem_gb']:.1f}G")
         if d.main and (step % cfg.log_every == 0 or step == cfg.max_steps):
-            record(run.out_dir, {**row, **mean_losses(losses, uses_words(cfg))})  # means since the last record
+            curves.record(run.out_dir, {**row, **mean_losses(losses, uses_words(cfg))}, run.tb)  # since the last row
             losses = []
         new_best = maybe_validate(run)
         diverged = state.bad_in_row >= cfg.max_bad_steps
@@ -655,12 +658,58 @@ def train_loop(run: Run) -> int:
     return 0
 
 
+def out_of_memory(run: Run, error: torch.OutOfMemoryError, position: dict) -> int:
+    """A step ran out of GPU memory: save the last completed step unless it is saved already, then
+    stop with one message saying what to change (exit code 1). With several processes the others
+    wait in a collective that this one will never join, so nothing can be saved consistently: it
+    leaves at once (torchrun then stops the others), and the newest checkpoint is where to go on."""
+    cfg, d, state = run.cfg, run.d, run.state
+    run.opt.zero_grad(set_to_none=True)  # the failed step's partial gradients
+    peak = peak_memory_gb(d.device)
+    if d.device.type == "cuda":
+        torch.cuda.empty_cache()
+    ckpt = checkpoints.step_dir(run.out_dir, state.step)
+    if d.world == 1 and state.step > 0 and not ckpt.exists():
+        save_checkpoint(run.out_dir, run.model, run.opt, state, position, d)
+    newest = checkpoints.listed(run.out_dir)[-1:]
+    message = oom_message(cfg, run.accum, d.world, state.step + 1, peak, error, newest[0] if newest else None)
+    log.error(message)
+    if d.world == 1:
+        return 1
+    if not d.main:  # only rank 0 logs to the console
+        print(f"error (rank {d.rank}): {message}", file=sys.stderr, flush=True)
+    logging.shutdown()
+    os._exit(1)
+
+
+def oom_message(cfg: TrainConfig, accum: int, world: int, step: int, peak_gb: float, error: Exception,
+                ckpt: Path | None) -> str:
+    """What ran out, with which settings, and what to change, first what costs nothing: half the
+    batch_size with twice the grad_accum is the same optimizer step in smaller micro-batches."""
+    asked = re.search(r"Tried to allocate [\d.]+ \w+", str(error))
+    b, frames = cfg.batch_size, cfg.data.pose.max_frames
+    # with global_batch set, grad_accum follows batch_size by itself
+    changes = [f"--batch_size={b // 2}" + ("" if cfg.global_batch else f" --grad_accum={accum * 2}")
+               + (f" (the same {b * accum * world} samples per step)" if b % 2 == 0 else "")] if b > 1 else []
+    changes += ["--gradient_checkpointing=True"] if not cfg.gradient_checkpointing else []
+    changes += [f"--max_frames={frames // 2}", "offload_embeddings=True or a smaller base model"]
+    return "\n".join([
+        f"step {step} ran out of GPU memory ({asked.group(0) if asked else error.__class__.__name__}) with "
+        f"batch_size={b}, grad_accum={accum}, max_frames={frames}, gradient_checkpointing="
+        f"{cfg.gradient_checkpointing}; peak memory so far {peak_gb:.2f} GB.",
+        f"Change first: {changes[0]}; then {', then '.join(changes[1:])}.",
+        f"To go on from {ckpt.name}: the same command with the new values and --resume={ckpt} --out_dir=NEW_DIR "
+        "(this out_dir keeps its config)." if ckpt else "No checkpoint was saved: start again with the new values."])
+
+
 def train(cfg: TrainConfig, d: Dist) -> int:
     run = setup(cfg, d)
     # Signal handlers only now: processes forked earlier (the cache's pool) must keep the default
     # ones, or Pool.terminate()'s SIGTERM would be caught and ignored by them.
     with run.stop:
         exit_code = train_loop(run)
+    if run.tb is not None:
+        run.tb.close()
     state = run.state
     log.info(f"done: step {state.step}/{cfg.max_steps} in {state.seconds / 60:.1f} min, "
              f"{state.tokens / max(state.seconds, 1e-9):.0f} tokens/s, {state.skipped} skipped steps, "

@@ -280,6 +280,8 @@ def test_nf4_load_matches_bitsandbytes_dequantized_reference(tiny_checkpoint, tm
         monkeypatch.setattr(quant.Linear4bit, "quantize_", lambda *a: pytest.fail("cache not used"))
         cached = loader.load_model(path, quantize="nf4", quant_cache=tmp_path / "qcache")
         torch.testing.assert_close(cached(ids), want, rtol=0, atol=1e-4)
+    import lora  # a 4-bit model saves in bitsandbytes' layout (test_bnb_checkpoints); a LoRA one does not
+    lora.apply_lora(cached, r=2)
     with pytest.raises(ValueError, match="export_merged"):
         loader.save_model(cached, tmp_path / "nope")
 
