@@ -45,8 +45,8 @@ x, y = (torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16) for _ in ra
 ms = tt.do_bench(lambda: x @ y, return_mode="median")
 print(f"bf16 matmul 8192^3: {2 * 8192**3 / ms / 1e9:.0f} TFLOP/s")
 EOF
-  step 0b 90 python3 -m pytest -q -p no:cacheprovider tests/test_model.py tests/test_kernels.py \
-      -k "on_a_gpu or test_kernels"
+  step 0b 90 python3 -m pytest -q -p no:cacheprovider tests/test_model.py tests/test_fused_ops.py \
+      -k "on_a_gpu or test_fused_ops"
   step 1 120 python3 bench.py kernels
   step 2 120 python3 bench.py train --config configs/qwen7b_instruct.py --random-weights --batch 4 \
       --gradient_checkpointing=True --profile 25

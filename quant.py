@@ -30,17 +30,13 @@ Speed on an H200 (BENCHMARKS.md, `python bench.py kernels`): 0.27-0.39x bf16 cuB
 what the format allows, and the next thing to work on.
 """
 import math
-import os
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-try:
-    import triton
-    import triton.language as tl
-except ImportError:  # the torch path needs nothing else
-    triton = None
+import triton_support
+from triton_support import INTERPRET, tl, triton
 
 # The 16 NF4 levels (QLoRA appendix; bitsandbytes `get_4bit_type("nf4")`): quantiles of N(0, 1)
 # scaled to [-1, 1], with an exact 0. Asymmetric (7 negative, 8 positive) so that 0 is a level.
@@ -173,17 +169,7 @@ def nf4_matmul_dx_torch(dy: Tensor, packed: Tensor, absmax: Tensor, shape: tuple
 
 # ----------------------------------------------------------------------------- Triton kernels
 
-if triton is not None:
-    # Triton 3.x reads TRITON_INTERPRET when a function is decorated, i.e. at import. Without a
-    # CUDA device the interpreter is the only way the kernels can run, so build them for it; the
-    # test suite can then import this file in any order and still run the kernels on the CPU.
-    # triton.language's own @jit helpers (tl.cdiv, tl.zeros, tl.sum, tl.interleave) may have been
-    # decorated for the GPU before this line, so the kernels below use only builtins (tl.reduce with
-    # their own _add for a sum).
-    INTERPRET = os.environ.get("TRITON_INTERPRET") == "1" or not torch.cuda.is_available()
-    if INTERPRET:
-        triton.knobs.runtime.interpret = True
-
+if triton_support.AVAILABLE:
     def _configs(interpreted: dict, gpu: list[tuple], keys=("BLOCK_M", "BLOCK_N", "SPLIT_K", "SWAP"),
                  **fixed) -> list:
         """One small config under the interpreter (autotuning there would run every config on the
@@ -284,10 +270,6 @@ if triton is not None:
                                          key=["M_BUCKET", "N", "K"], reset_to_zero=["y_ptr"])(_nf4_matmul_kernel.fn)
 
     @triton.jit
-    def _add(a, b):
-        return a + b
-
-    @triton.jit
     def _nf4_pair(byte, pairs_ptr, ASM: tl.constexpr):
         """(level of byte >> 4, level of byte & 15), float32, from the 256 x 2 table _BYTE_TO_LEVELS
         (2 KiB, L1-resident): one 8-byte lookup per byte instead of one 4-byte lookup per nibble,
@@ -336,10 +318,10 @@ if triton is not None:
                          other=0.0).to(tl.float32)                                     # (NB, BS), contiguous
             x_even, x_odd = tl.split(tl.reshape(xs, (NB, BS // 2, 2)))                 # (NB, BS/2) each
             hi, lo = _nf4_pair(byte, pairs_ptr, ASM)                                   # W[n, 2j], W[n, 2j+1] / absmax
-            block_sum = tl.reduce(hi * x_even[None, :, :] + lo * x_odd[None, :, :], 2, _add)  # (BN, NB)
+            block_sum = tl.reduce(hi * x_even[None, :, :] + lo * x_odd[None, :, :], 2, triton_support.add)  # (BN, NB)
             scale = tl.load(absmax_ptr + offs_n[:, None] * KB + blk[None, :], mask=ok, other=0.0)  # (BN, NB)
             acc += block_sum * scale
-        y = tl.reduce(acc, 1, _add)                                                    # (BN,)
+        y = tl.reduce(acc, 1, triton_support.add)                                                    # (BN,)
         if HAS_BIAS:
             if split == 0:
                 y += tl.load(bias_ptr + offs_n, mask=row_ok, other=0.0).to(tl.float32)
@@ -387,10 +369,7 @@ if triton is not None:
 
 def _launch_args(a: Tensor, shape: tuple[int, int], blocksize: int) -> tuple:
     """Checks shared by both launchers; returns the NF4 table on a's device and the dot precision."""
-    if triton is None:
-        raise RuntimeError("quant.py: QUANT_BACKEND=triton but triton is not installed")
-    if a.device.type == "cpu" and not INTERPRET:
-        raise RuntimeError("quant.py: Triton on CPU tensors needs TRITON_INTERPRET=1 (set before importing quant)")
+    triton_support.check_launch(a, "quant.py")
     if math.prod(shape) >= 2**31:
         raise ValueError(f"quant.py: weight {shape} too large for the kernels' int32 offsets")
     if not _kernel_shape_ok(shape[1], blocksize):
@@ -478,12 +457,7 @@ def _kernel_shape_ok(in_features: int, blocksize: int) -> bool:
 def _use_triton(x: Tensor, in_features: int, blocksize: int) -> bool:
     """QUANT_BACKEND=triton|torch; unset: triton for CUDA tensors when importable. Shapes the
     kernels do not take (_kernel_shape_ok) always run the torch path."""
-    backend = os.environ.get("QUANT_BACKEND", "")
-    if backend not in ("", "triton", "torch"):
-        raise ValueError(f"QUANT_BACKEND={backend!r}: expected 'triton' or 'torch'")
-    if backend == "torch" or not _kernel_shape_ok(in_features, blocksize):
-        return False
-    return backend == "triton" or (triton is not None and x.is_cuda)
+    return triton_support.use_triton("QUANT_BACKEND", x) and _kernel_shape_ok(in_features, blocksize)
 
 
 class _NF4Linear(torch.autograd.Function):

@@ -8,13 +8,14 @@ import torch
 import torch.nn.functional as F
 
 import quant
+import triton_support
 from conftest import bnb_dequantize
 
 bnb_f = pytest.importorskip("bitsandbytes.functional")
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 # Triton's interpreter has no bfloat16 arithmetic; a GPU runs all three.
 KERNEL_DTYPES = [torch.float16, torch.float32] + ([torch.bfloat16] if DEVICE == "cuda" else [])
-needs_triton = pytest.mark.skipif(quant.triton is None, reason="triton is not installed")
+needs_triton = pytest.mark.skipif(not triton_support.AVAILABLE, reason="triton is not installed")
 
 
 # ----------------------------------------------------------------------------- format vs bitsandbytes

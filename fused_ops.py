@@ -14,19 +14,14 @@ does), RoPE rounds each product and the sum; the backward kernels round where au
 
 FUSED_OPS=triton|torch picks the path (default: triton for CUDA tensors when importable, torch
 elsewhere); a norm weight that is being trained always takes the torch path. Tests run the kernels on the
-CPU under Triton's interpreter against the references: python -m pytest tests/test_kernels.py
+CPU under Triton's interpreter against the references: python -m pytest tests/test_fused_ops.py
 """
-import os
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-import quant  # its Triton import and interpreter set-up, shared
-
-triton = quant.triton
-if triton is not None:
-    import triton.language as tl
+import triton_support
+from triton_support import tl, triton
 
 # ----------------------------------------------------------------------------- references
 
@@ -49,96 +44,100 @@ def swiglu_torch(gate: Tensor, up: Tensor) -> Tensor:
 
 # ----------------------------------------------------------------------------- kernels
 
-if triton is not None:
 
-    @triton.jit
-    def _round(v, DTYPE: tl.constexpr):
-        """v (float32) rounded to the activations' dtype, as a separate PyTorch op would store it."""
-        return v.to(DTYPE).to(tl.float32)
-
-    @triton.jit
-    def _rms_norm_fwd(x_ptr, w_ptr, y_ptr, rstd_ptr, H, eps, BLOCK: tl.constexpr):
-        """One row: y = w * round(x * rstd), rstd = 1 / sqrt(mean(x^2) + eps) kept for backward."""
-        row, cols = tl.program_id(0), tl.arange(0, BLOCK)
-        ok = cols < H
-        x = tl.load(x_ptr + row * H + cols, mask=ok, other=0.0).to(tl.float32)
-        rstd = tl.rsqrt(tl.reduce(x * x, 0, quant._add) / H + eps)
-        dtype = y_ptr.dtype.element_ty
-        w = tl.load(w_ptr + cols, mask=ok, other=0.0).to(tl.float32)
-        tl.store(y_ptr + row * H + cols, (w * _round(x * rstd, dtype)).to(dtype), mask=ok)
-        tl.store(rstd_ptr + row, rstd)
-
-    @triton.jit
-    def _rms_norm_bwd(dy_ptr, x_ptr, w_ptr, rstd_ptr, dx_ptr, H, BLOCK: tl.constexpr):
-        """One row: g = round(dy * w) (the product's gradient, in the activations' dtype), n = x * rstd,
-        dx = rstd * (g - n * mean(g * n))."""
-        row, cols = tl.program_id(0), tl.arange(0, BLOCK)
-        ok = cols < H
-        dtype = dx_ptr.dtype.element_ty
-        dy = tl.load(dy_ptr + row * H + cols, mask=ok, other=0.0).to(tl.float32)
-        w = tl.load(w_ptr + cols, mask=ok, other=0.0).to(tl.float32)
-        x = tl.load(x_ptr + row * H + cols, mask=ok, other=0.0).to(tl.float32)
-        rstd = tl.load(rstd_ptr + row)
-        g, n = _round(dy * w, dtype), x * rstd
-        dx = rstd * (g - n * (tl.reduce(g * n, 0, quant._add) / H))
-        tl.store(dx_ptr + row * H + cols, dx.to(dtype), mask=ok)
-
-    @triton.jit
-    def _rope_heads(x_ptr, o_ptr, c1, c2, s1, s2, b, t, T, sxb, sxh, sxt, NH: tl.constexpr, NH_P2: tl.constexpr,
-                    HALF: tl.constexpr):
-        """Rotate the NH heads of x at (b, t) into o, laid out (B, T, NH, hd) contiguous."""
-        h, d = tl.arange(0, NH_P2)[:, None], tl.arange(0, HALF)[None, :]
-        ok = h < NH
-        src = x_ptr + b * sxb + h * sxh + t * sxt + d
-        x1 = tl.load(src, mask=ok, other=0.0).to(tl.float32)                          # (NH_P2, HALF)
-        x2 = tl.load(src + HALF, mask=ok, other=0.0).to(tl.float32)
-        dtype = o_ptr.dtype.element_ty
-        dst = o_ptr + ((b * T + t) * NH + h) * (2 * HALF) + d
-        tl.store(dst, (_round(x1 * c1, dtype) + _round(-x2 * s1, dtype)).to(dtype), mask=ok)
-        tl.store(dst + HALF, (_round(x2 * c2, dtype) + _round(x1 * s2, dtype)).to(dtype), mask=ok)
-
-    @triton.jit
-    def _rope_kernel(q_ptr, k_ptr, cos_ptr, sin_ptr, qo_ptr, ko_ptr, T, sqb, sqh, sqt, skb, skh, skt, scb,
-                     SIGN: tl.constexpr, NQ: tl.constexpr, NQ_P2: tl.constexpr, NK: tl.constexpr,
-                     NK_P2: tl.constexpr, HALF: tl.constexpr):
-        """Program (b, t): every q and k head at that position, one cos/sin row (stride scb over the
-        batch: 0 when shared). SIGN -1 rotates back: the backward, whose products autograd rounds
-        the same way (sin's two halves are equal, so rot^T(g * sin) = -rot(g) * sin)."""
-        pid = tl.program_id(0)
-        b, t = pid // T, pid % T
-        d = tl.arange(0, HALF)[None, :]
-        row = cos_ptr + b * scb + t * (2 * HALF) + d
-        c1, c2 = tl.load(row).to(tl.float32), tl.load(row + HALF).to(tl.float32)
-        srow = sin_ptr + b * scb + t * (2 * HALF) + d
-        s1, s2 = SIGN * tl.load(srow).to(tl.float32), SIGN * tl.load(srow + HALF).to(tl.float32)
-        _rope_heads(q_ptr, qo_ptr, c1, c2, s1, s2, b, t, T, sqb, sqh, sqt, NQ, NQ_P2, HALF)
-        _rope_heads(k_ptr, ko_ptr, c1, c2, s1, s2, b, t, T, skb, skh, skt, NK, NK_P2, HALF)
+@triton.jit
+def _round(v, DTYPE: tl.constexpr):
+    """v (float32) rounded to the activations' dtype, as a separate PyTorch op would store it."""
+    return v.to(DTYPE).to(tl.float32)
 
 
-    @triton.jit
-    def _swiglu_fwd(g_ptr, u_ptr, y_ptr, n, BLOCK: tl.constexpr):
-        """y = round(round(silu(g)) * u): silu's output is stored in the activations' dtype first."""
-        i = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-        ok = i < n
-        g = tl.load(g_ptr + i, mask=ok, other=0.0).to(tl.float32)
-        u = tl.load(u_ptr + i, mask=ok, other=0.0).to(tl.float32)
-        dtype = y_ptr.dtype.element_ty
-        tl.store(y_ptr + i, (_round(g / (1.0 + tl.exp(-g)), dtype) * u).to(dtype), mask=ok)
+@triton.jit
+def _rms_norm_fwd(x_ptr, w_ptr, y_ptr, rstd_ptr, H, eps, BLOCK: tl.constexpr):
+    """One row: y = w * round(x * rstd), rstd = 1 / sqrt(mean(x^2) + eps) kept for backward."""
+    row, cols = tl.program_id(0), tl.arange(0, BLOCK)
+    ok = cols < H
+    x = tl.load(x_ptr + row * H + cols, mask=ok, other=0.0).to(tl.float32)
+    rstd = tl.rsqrt(tl.reduce(x * x, 0, triton_support.add) / H + eps)
+    dtype = y_ptr.dtype.element_ty
+    w = tl.load(w_ptr + cols, mask=ok, other=0.0).to(tl.float32)
+    tl.store(y_ptr + row * H + cols, (w * _round(x * rstd, dtype)).to(dtype), mask=ok)
+    tl.store(rstd_ptr + row, rstd)
 
-    @triton.jit
-    def _swiglu_bwd(dy_ptr, g_ptr, u_ptr, dg_ptr, du_ptr, n, BLOCK: tl.constexpr):
-        """du = round(dy * s), ds = round(dy * u), dg = ds * sigmoid(g) * (1 + g * (1 - sigmoid(g))),
-        s = round(silu(g)): the products' gradients in the activations' dtype, as autograd's."""
-        i = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-        ok = i < n
-        dtype = dg_ptr.dtype.element_ty
-        dy = tl.load(dy_ptr + i, mask=ok, other=0.0).to(tl.float32)
-        g = tl.load(g_ptr + i, mask=ok, other=0.0).to(tl.float32)
-        u = tl.load(u_ptr + i, mask=ok, other=0.0).to(tl.float32)
-        sig = 1.0 / (1.0 + tl.exp(-g))
-        tl.store(du_ptr + i, (dy * _round(g * sig, dtype)).to(dtype), mask=ok)
-        ds = _round(dy * u, dtype)
-        tl.store(dg_ptr + i, (ds * sig * (1.0 + g * (1.0 - sig))).to(dtype), mask=ok)
+
+@triton.jit
+def _rms_norm_bwd(dy_ptr, x_ptr, w_ptr, rstd_ptr, dx_ptr, H, BLOCK: tl.constexpr):
+    """One row: g = round(dy * w) (the product's gradient, in the activations' dtype), n = x * rstd,
+    dx = rstd * (g - n * mean(g * n))."""
+    row, cols = tl.program_id(0), tl.arange(0, BLOCK)
+    ok = cols < H
+    dtype = dx_ptr.dtype.element_ty
+    dy = tl.load(dy_ptr + row * H + cols, mask=ok, other=0.0).to(tl.float32)
+    w = tl.load(w_ptr + cols, mask=ok, other=0.0).to(tl.float32)
+    x = tl.load(x_ptr + row * H + cols, mask=ok, other=0.0).to(tl.float32)
+    rstd = tl.load(rstd_ptr + row)
+    g, n = _round(dy * w, dtype), x * rstd
+    dx = rstd * (g - n * (tl.reduce(g * n, 0, triton_support.add) / H))
+    tl.store(dx_ptr + row * H + cols, dx.to(dtype), mask=ok)
+
+
+@triton.jit
+def _rope_heads(x_ptr, o_ptr, c1, c2, s1, s2, b, t, T, sxb, sxh, sxt, NH: tl.constexpr, NH_P2: tl.constexpr,
+                HALF: tl.constexpr):
+    """Rotate the NH heads of x at (b, t) into o, laid out (B, T, NH, hd) contiguous."""
+    h, d = tl.arange(0, NH_P2)[:, None], tl.arange(0, HALF)[None, :]
+    ok = h < NH
+    src = x_ptr + b * sxb + h * sxh + t * sxt + d
+    x1 = tl.load(src, mask=ok, other=0.0).to(tl.float32)                          # (NH_P2, HALF)
+    x2 = tl.load(src + HALF, mask=ok, other=0.0).to(tl.float32)
+    dtype = o_ptr.dtype.element_ty
+    dst = o_ptr + ((b * T + t) * NH + h) * (2 * HALF) + d
+    tl.store(dst, (_round(x1 * c1, dtype) + _round(-x2 * s1, dtype)).to(dtype), mask=ok)
+    tl.store(dst + HALF, (_round(x2 * c2, dtype) + _round(x1 * s2, dtype)).to(dtype), mask=ok)
+
+
+@triton.jit
+def _rope_kernel(q_ptr, k_ptr, cos_ptr, sin_ptr, qo_ptr, ko_ptr, T, sqb, sqh, sqt, skb, skh, skt, scb,
+                 SIGN: tl.constexpr, NQ: tl.constexpr, NQ_P2: tl.constexpr, NK: tl.constexpr,
+                 NK_P2: tl.constexpr, HALF: tl.constexpr):
+    """Program (b, t): every q and k head at that position, one cos/sin row (stride scb over the
+    batch: 0 when shared). SIGN -1 rotates back: the backward, whose products autograd rounds
+    the same way (sin's two halves are equal, so rot^T(g * sin) = -rot(g) * sin)."""
+    pid = tl.program_id(0)
+    b, t = pid // T, pid % T
+    d = tl.arange(0, HALF)[None, :]
+    row = cos_ptr + b * scb + t * (2 * HALF) + d
+    c1, c2 = tl.load(row).to(tl.float32), tl.load(row + HALF).to(tl.float32)
+    srow = sin_ptr + b * scb + t * (2 * HALF) + d
+    s1, s2 = SIGN * tl.load(srow).to(tl.float32), SIGN * tl.load(srow + HALF).to(tl.float32)
+    _rope_heads(q_ptr, qo_ptr, c1, c2, s1, s2, b, t, T, sqb, sqh, sqt, NQ, NQ_P2, HALF)
+    _rope_heads(k_ptr, ko_ptr, c1, c2, s1, s2, b, t, T, skb, skh, skt, NK, NK_P2, HALF)
+
+
+@triton.jit
+def _swiglu_fwd(g_ptr, u_ptr, y_ptr, n, BLOCK: tl.constexpr):
+    """y = round(round(silu(g)) * u): silu's output is stored in the activations' dtype first."""
+    i = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    ok = i < n
+    g = tl.load(g_ptr + i, mask=ok, other=0.0).to(tl.float32)
+    u = tl.load(u_ptr + i, mask=ok, other=0.0).to(tl.float32)
+    dtype = y_ptr.dtype.element_ty
+    tl.store(y_ptr + i, (_round(g / (1.0 + tl.exp(-g)), dtype) * u).to(dtype), mask=ok)
+
+
+@triton.jit
+def _swiglu_bwd(dy_ptr, g_ptr, u_ptr, dg_ptr, du_ptr, n, BLOCK: tl.constexpr):
+    """du = round(dy * s), ds = round(dy * u), dg = ds * sigmoid(g) * (1 + g * (1 - sigmoid(g))),
+    s = round(silu(g)): the products' gradients in the activations' dtype, as autograd's."""
+    i = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    ok = i < n
+    dtype = dg_ptr.dtype.element_ty
+    dy = tl.load(dy_ptr + i, mask=ok, other=0.0).to(tl.float32)
+    g = tl.load(g_ptr + i, mask=ok, other=0.0).to(tl.float32)
+    u = tl.load(u_ptr + i, mask=ok, other=0.0).to(tl.float32)
+    sig = 1.0 / (1.0 + tl.exp(-g))
+    tl.store(du_ptr + i, (dy * _round(g * sig, dtype)).to(dtype), mask=ok)
+    ds = _round(dy * u, dtype)
+    tl.store(dg_ptr + i, (ds * sig * (1.0 + g * (1.0 - sig))).to(dtype), mask=ok)
 
 
 def _warps(block: int) -> int:
@@ -219,13 +218,8 @@ class _SwiGLU(torch.autograd.Function):
 
 
 def _fused(x: Tensor) -> bool:
-    """FUSED_OPS=triton|torch; unset: triton for CUDA tensors when importable."""
-    backend = os.environ.get("FUSED_OPS", "")
-    if backend not in ("", "triton", "torch"):
-        raise ValueError(f"FUSED_OPS={backend!r}: expected 'triton' or 'torch'")
-    if backend == "triton" and triton is None:
-        raise RuntimeError("kernels.py: FUSED_OPS=triton but triton is not installed")
-    return backend == "triton" or (backend == "" and triton is not None and x.is_cuda)
+    """FUSED_OPS=triton|torch; unset: triton for CUDA tensors when importable (triton_support)."""
+    return triton_support.use_triton("FUSED_OPS", x)
 
 
 def rms_norm(x: Tensor, weight: Tensor, eps: float) -> Tensor:

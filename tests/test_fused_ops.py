@@ -1,14 +1,15 @@
-"""kernels.py: the fused RMSNorm, RoPE and SwiGLU kernels (Triton's interpreter on the CPU)
+"""fused_ops.py: the fused RMSNorm, RoPE and SwiGLU kernels (Triton's interpreter on the CPU)
 against their references, forward and backward, bit for bit where the rounding allows; and the
 model's logits and LoRA gradients the same through either path."""
 import pytest
 import torch
 
-import kernels
+import fused_ops
 import lora
 import model as M
+import triton_support
 
-needs_triton = pytest.mark.skipif(kernels.triton is None, reason="triton not installed")
+needs_triton = pytest.mark.skipif(not triton_support.AVAILABLE, reason="triton not installed")
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 
@@ -25,9 +26,9 @@ def test_rms_norm_matches_reference(shape, dtype, fused):
     x = (3 * torch.randn(shape, device=DEVICE)).to(dtype).requires_grad_()
     w = (1 + 0.1 * torch.randn(shape[-1], device=DEVICE)).to(dtype)  # frozen, as in QLoRA
     dy = torch.randn(shape, device=DEVICE).to(dtype)
-    want = kernels.rms_norm_torch(x, w, 1e-6)
+    want = fused_ops.rms_norm_torch(x, w, 1e-6)
     (want_dx,) = torch.autograd.grad(want, x, dy)
-    got = kernels.rms_norm(x, w, 1e-6)
+    got = fused_ops.rms_norm(x, w, 1e-6)
     (got_dx,) = torch.autograd.grad(got, x, dy)
     assert got.grad_fn.name().endswith("_RMSNormBackward")
     # float16: the same roundings in the same places; rsqrt and the sums may differ in the last
@@ -41,13 +42,13 @@ def test_rms_norm_matches_reference(shape, dtype, fused):
 @needs_triton
 def test_rms_norm_fused_unless_its_weight_is_trained(fused, monkeypatch):
     calls = []
-    monkeypatch.setattr(kernels._RMSNorm, "apply", lambda *a: calls.append(1) or kernels.rms_norm_torch(*a))
+    monkeypatch.setattr(fused_ops._RMSNorm, "apply", lambda *a: calls.append(1) or fused_ops.rms_norm_torch(*a))
     x, w = torch.randn(2, 8, device=DEVICE), torch.ones(8, device=DEVICE, requires_grad=True)
-    kernels.rms_norm(x, w, 1e-6)
+    fused_ops.rms_norm(x, w, 1e-6)
     assert calls == []  # w would get no gradient from the kernel
     with torch.no_grad():  # inference: a weight that requires grad gets none anyway
-        kernels.rms_norm(x, w, 1e-6)
-    kernels.rms_norm(x, w.detach(), 1e-6)
+        fused_ops.rms_norm(x, w, 1e-6)
+    fused_ops.rms_norm(x, w.detach(), 1e-6)
     assert calls == [1, 1]
 
 
@@ -63,9 +64,9 @@ def test_rope_matches_reference(B, NQ, NK, T, hd, shared, dtype, fused):
     q = torch.randn(B, T, NQ, hd, device=DEVICE).to(dtype).transpose(1, 2).requires_grad_()
     k = torch.randn(B, T, NK, hd, device=DEVICE).to(dtype).transpose(1, 2).requires_grad_()
     dq, dk = torch.randn_like(q), torch.randn_like(k)
-    want = kernels.rope_torch(q, cos, sin), kernels.rope_torch(k, cos, sin)
+    want = fused_ops.rope_torch(q, cos, sin), fused_ops.rope_torch(k, cos, sin)
     want_grads = torch.autograd.grad(want, (q, k), (dq, dk))
-    got = kernels.rope(q, k, cos, sin)
+    got = fused_ops.rope(q, k, cos, sin)
     got_grads = torch.autograd.grad(got, (q, k), (dq, dk))
     for a, b in zip(got + got_grads, want + want_grads):
         assert a.shape == b.shape
@@ -80,9 +81,9 @@ def test_swiglu_matches_reference(shape, dtype, fused):
     gate = (3 * torch.randn(shape, device=DEVICE)).to(dtype).requires_grad_()
     up = torch.randn(shape, device=DEVICE).to(dtype).requires_grad_()
     dy = torch.randn(shape, device=DEVICE).to(dtype)
-    want = kernels.swiglu_torch(gate, up)
+    want = fused_ops.swiglu_torch(gate, up)
     want_grads = torch.autograd.grad(want, (gate, up), dy)
-    got = kernels.swiglu(gate, up)
+    got = fused_ops.swiglu(gate, up)
     got_grads = torch.autograd.grad(got, (gate, up), dy)
     assert got.grad_fn.name().endswith("_SwiGLUBackward")
     # the same roundings in the same places; exp may differ in float32's last bit, which can
