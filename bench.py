@@ -31,6 +31,7 @@ def bench_kernels(args):
     import torch
     import torch.nn.functional as F
 
+    import nf4_kernels
     import quant
 
     cuda = torch.cuda.is_available()
@@ -81,7 +82,7 @@ def bench_kernels(args):
         nf4, dense = packed.numel() + 4 * absmax.numel(), dtype.itemsize * n * k
         if bnb is not None:
             bnb_packed, bnb_state = bnb_f.quantize_4bit(w, blocksize=64, quant_type="nf4")
-        matmul, matmul_dx = ((quant.nf4_matmul_triton, quant.nf4_matmul_dx_triton) if cuda
+        matmul, matmul_dx = ((nf4_kernels.nf4_matmul_triton, nf4_kernels.nf4_matmul_dx_triton) if cuda
                              else (quant.nf4_matmul_torch, quant.nf4_matmul_dx_torch))
         backend = "triton" if cuda else "torch"
         for m in [int(v) for v in a.m.split(",")]:

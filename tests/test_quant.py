@@ -7,6 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import nf4_kernels
 import quant
 import triton_support
 from conftest import bnb_dequantize
@@ -102,9 +103,9 @@ def _close(out, ref):
 def one_config(request, monkeypatch):
     """Each kernel runs one config (its first), with SWAP as given: both code paths get tested,
     where the GPU autotuner would pick one of them per shape."""
-    for tuner in (quant._nf4_matmul_kernel, quant._nf4_matmul_decode, quant._nf4_matmul_dx_kernel):
+    for tuner in (nf4_kernels._nf4_matmul_kernel, nf4_kernels._nf4_matmul_decode, nf4_kernels._nf4_matmul_dx_kernel):
         c = tuner.configs[0]
-        config = quant.triton.Config({**c.kwargs, "SWAP": request.param}, num_warps=c.num_warps,
+        config = triton_support.triton.Config({**c.kwargs, "SWAP": request.param}, num_warps=c.num_warps,
                                      num_stages=c.num_stages)
         monkeypatch.setattr(tuner, "configs", [config])
         monkeypatch.setattr(tuner, "cache", {})
@@ -123,11 +124,11 @@ def test_triton_forward_and_dx_match_reference(M, N, K, dtype, one_config, monke
     dy = torch.randn(M, N, device=DEVICE).to(dtype)
     bias = torch.randn(N, device=DEVICE).to(dtype)
     w = quant.dequantize_nf4(packed, absmax, (N, K), 64, dtype).float()     # the reference's exact weights
-    for split in ((True, False) if M == 1 else (None,)):
-        monkeypatch.setitem(quant._GEMV_SPLIT, (x.device, N, K, dtype), split)
-        _close(quant.nf4_matmul_triton(x, packed, absmax, bias, (N, K), 64), F.linear(x.float(), w, bias.float()))
-        _close(quant.nf4_matmul_triton(x, packed, absmax, None, (N, K), 64), F.linear(x.float(), w))
-    _close(quant.nf4_matmul_dx_triton(dy, packed, absmax, (N, K), 64), dy.float() @ w)
+    for plan in (("split", "direct") if M == 1 else (None,)):
+        monkeypatch.setitem(nf4_kernels._GEMV_PLAN, (x.device, N, K, dtype), plan)
+        _close(nf4_kernels.nf4_matmul_triton(x, packed, absmax, bias, (N, K), 64), F.linear(x.float(), w, bias.float()))
+        _close(nf4_kernels.nf4_matmul_triton(x, packed, absmax, None, (N, K), 64), F.linear(x.float(), w))
+    _close(nf4_kernels.nf4_matmul_dx_triton(dy, packed, absmax, (N, K), 64), dy.float() @ w)
 
 
 @needs_triton
@@ -135,7 +136,7 @@ def test_triton_needs_whole_blocks_per_row(monkeypatch):
     """K = 96 is 1.5 blocks of 64: the kernels refuse it clearly, and Linear4bit takes the torch path."""
     packed, absmax = _weights(8, 96, DEVICE)
     with pytest.raises(ValueError, match="multiple of the blocksize"):
-        quant.nf4_matmul_triton(torch.randn(2, 96, device=DEVICE), packed, absmax, None, (8, 96), 64)
+        nf4_kernels.nf4_matmul_triton(torch.randn(2, 96, device=DEVICE), packed, absmax, None, (8, 96), 64)
     monkeypatch.setenv("QUANT_BACKEND", "triton")
     lin = torch.nn.Linear(96, 8).to(DEVICE)
     x = torch.randn(3, 96, device=DEVICE)
@@ -252,7 +253,7 @@ def test_constant_tables_reach_a_device_once(monkeypatch):
     """The NF4 and 8-bit tables are copied to a device once, not per call: a CPU -> GPU copy from
     pageable memory also waits for the CUDA stream to drain, which per linear layer would keep the
     CPU from ever running ahead of the GPU. Counted on the meta device (no GPU needed)."""
-    tables = (quant.NF4_LEVELS, quant._BYTE_TO_LEVELS, quant.DYNAMIC_MAP_8BIT)
+    tables = (nf4_kernels.NF4_LEVELS, nf4_kernels._BYTE_TO_LEVELS, nf4_kernels.DYNAMIC_MAP_8BIT)
     copies, to = [], torch.Tensor.to
 
     def counting_to(self, *args, **kwargs):
@@ -260,7 +261,7 @@ def test_constant_tables_reach_a_device_once(monkeypatch):
         return to(self, *args, **kwargs)
 
     monkeypatch.setattr(torch.Tensor, "to", counting_to)
-    monkeypatch.setattr(quant, "_ON_DEVICE", {})
+    monkeypatch.setattr(nf4_kernels, "_ON_DEVICE", {})
     meta = torch.device("meta")
     for _ in range(3):
         quant.dequantize_nf4(torch.zeros(32, dtype=torch.uint8, device=meta), torch.ones(1, device=meta), (8, 8))
