@@ -125,6 +125,38 @@ def nf4_matmul_dx_torch(dy: Tensor, packed: Tensor, absmax: Tensor, shape: tuple
 # ----------------------------------------------------------------------------- Triton kernels
 
 
+# The dequantization kernel: W written out once in 16 bits (or 32) for cuBLAS. Where many rows of x
+# share W (training, prefill), that and a cuBLAS matmul beat the fused kernels below (quant.py's
+# _path and its arithmetic). Memory-bound: per weight it reads 0.5 + 4/64 bytes (1/64 + a little
+# with double quant) and writes 2 (bf16, fp16) or 4 (fp32). Version 1 (this one): the flattened
+# weight in tiles of DEQUANT_BLOCK; no loop, so no pipelining: plain tl.load gathers of the levels
+# and the absmax (which the matmul kernels could not use, see _nf4_level) are fine here.
+DEQUANT_BLOCK = 1024  # weights per program: 8 per thread of 4 warps (one 16-byte store in bf16)
+
+
+@triton.jit
+def _nf4_dequantize_kernel(w_ptr, absmax_ptr, scale_ptr, offset_ptr, levels_ptr, map_ptr, out_ptr, n,
+                           BS: tl.constexpr, GROUP: tl.constexpr, DOUBLE: tl.constexpr, BLOCK: tl.constexpr):
+    """out[i] = level[nibble i] * absmax[i // BS] for BLOCK consecutive weights i < n of the flattened
+    W, rounded once to out's dtype: dequantize_nf4's arithmetic, so the same bits. DOUBLE: the
+    absmax is stored in 8 bits and is map[code] * scale[block // GROUP] + offset, as dequantize_absmax
+    computes it (a product, then a sum: the launcher turns FMA contraction off, which would round
+    the two once instead of twice)."""
+    i = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    ok = i < n
+    byte = tl.load(w_ptr + i // 2, mask=ok, other=0)          # each byte for both its weights (L1 the 2nd time)
+    code = tl.where(i % 2 == 0, byte >> 4, byte & 15)          # the first weight in the high nibble
+    block = i // BS
+    if DOUBLE:
+        q = tl.load(absmax_ptr + block, mask=ok, other=0)      # uint8 code of the block's absmax
+        absmax = tl.load(map_ptr + q) * tl.load(scale_ptr + block // GROUP, mask=ok, other=0.0)
+        absmax = absmax + tl.load(offset_ptr)
+    else:
+        absmax = tl.load(absmax_ptr + block, mask=ok, other=0.0)
+    tl.store(out_ptr + i, (tl.load(levels_ptr + code) * absmax).to(out_ptr.dtype.element_ty), mask=ok)
+
+
+
 def _configs(interpreted: dict, gpu: list[tuple], keys=("BLOCK_M", "BLOCK_N", "SPLIT_K", "SWAP"),
              **fixed) -> list:
     """One small config under the interpreter (autotuning there would run every config on the
@@ -379,6 +411,34 @@ def _launch_args(a: Tensor, shape: tuple[int, int], blocksize: int) -> tuple:
     levels = _on(a.device, NF4_LEVELS)
     # float32 inputs: exact float32 products (tf32 would lose 13 mantissa bits); ignored for 16-bit.
     return levels, ("ieee" if a.dtype == torch.float32 else "tf32")
+
+
+def dequantize_nf4_triton(packed: Tensor, absmax: Tensor, shape, blocksize: int = 64,
+                          dtype: torch.dtype = torch.float32, absmax_scale: Tensor | None = None,
+                          absmax_offset: Tensor | None = None, absmax_blocksize: int = 256,
+                          out: Tensor | None = None) -> Tensor:
+    """Triton version of dequantize_nf4, one kernel: the weight of `shape` in `dtype`, equal to the
+    reference bit for bit. With absmax_scale / absmax_offset, `absmax` holds double quantization's
+    uint8 codes and the kernel decodes them too (dequantize_absmax, same bits). `out`: a contiguous
+    buffer of `dtype` with at least prod(shape) elements to write into (quant.py's scratch buffer);
+    the result is a view of it. Any shape and any even blocksize: the kernel works on the flattened
+    weight, as the format does."""
+    n = math.prod(shape)
+    triton_support.check_launch(packed, "nf4_kernels")
+    if n >= 2**31 or blocksize % 2:
+        raise ValueError(f"nf4_kernels: weight {tuple(shape)} / blocksize {blocksize}: int32 offsets and an "
+                         "even blocksize needed")
+    if out is None:
+        out = torch.empty(n, device=packed.device, dtype=dtype)
+    elif out.dtype != dtype or out.device != packed.device or out.numel() < n or not out.is_contiguous():
+        raise ValueError(f"nf4_kernels: out buffer {out.dtype} {tuple(out.shape)} on {out.device} does not fit "
+                         f"{n} weights of {dtype} on {packed.device}")
+    double = absmax_scale is not None
+    _nf4_dequantize_kernel[(triton.cdiv(n, DEQUANT_BLOCK),)](
+        packed, absmax, absmax_scale if double else absmax, absmax_offset if double else absmax,
+        _on(packed.device, NF4_LEVELS), _on(packed.device, DYNAMIC_MAP_8BIT), out, n, BS=blocksize,
+        GROUP=absmax_blocksize, DOUBLE=double, BLOCK=DEQUANT_BLOCK, num_warps=4, enable_fp_fusion=False)
+    return out.view(-1)[:n].view(shape)
 
 
 def nf4_matmul_triton(x: Tensor, packed: Tensor, absmax: Tensor, bias: Tensor | None, shape: tuple[int, int],

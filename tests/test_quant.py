@@ -132,6 +132,33 @@ def test_triton_forward_and_dx_match_reference(M, N, K, dtype, one_config, monke
 
 
 @needs_triton
+@pytest.mark.parametrize("dtype", KERNEL_DTYPES)
+@pytest.mark.parametrize("double_quant", [False, True], ids=["absmax", "double-quant"])
+@pytest.mark.parametrize("shape,blocksize", [((37, 128), 64), ((5, 70), 64), ((7, 9), 64), ((300, 1000), 64),
+                                             ((1, 1), 64), ((33, 96), 32), ((9, 250), 128)])
+def test_dequantize_kernel_bit_for_bit(shape, blocksize, double_quant, dtype):
+    """The dequantization kernel equals quant.dequantize_nf4 bit for bit. 4736 weights: five tiles of
+    1024, the last partial; (5, 70): rows that are not whole quantization blocks (blocks run over
+    the flattened weight) in one partial tile; (7, 9): an odd count (the last byte half used);
+    (300, 1000): 293 tiles and 4688 blocks, whose 8-bit absmax codes end in a partial group of 256."""
+    torch.manual_seed(0)
+    packed, absmax = quant.quantize_nf4(torch.randn(shape) * 0.05, blocksize)
+    scale = offset = None
+    if double_quant:
+        codes, scale, offset = quant.quantize_absmax(absmax)
+        ref = quant.dequantize_nf4(packed, quant.dequantize_absmax(codes, scale, offset), shape, blocksize, dtype)
+        absmax, scale, offset = codes.to(DEVICE), scale.to(DEVICE), offset.to(DEVICE)
+    else:
+        ref = quant.dequantize_nf4(packed, absmax, shape, blocksize, dtype)
+    out = nf4_kernels.dequantize_nf4_triton(packed.to(DEVICE), absmax.to(DEVICE), shape, blocksize, dtype, scale, offset)
+    assert out.dtype == dtype and out.shape == shape and torch.equal(out.cpu(), ref)
+    buffer = torch.full((out.numel() + 7,), float("nan"), dtype=dtype, device=DEVICE)  # a larger scratch buffer
+    into = nf4_kernels.dequantize_nf4_triton(packed.to(DEVICE), absmax.to(DEVICE), shape, blocksize, dtype, scale,
+                                             offset, out=buffer)
+    assert into.data_ptr() == buffer.data_ptr() and torch.equal(into.cpu(), ref) and buffer[-7:].isnan().all()
+
+
+@needs_triton
 def test_triton_needs_whole_blocks_per_row(monkeypatch):
     """K = 96 is 1.5 blocks of 64: the kernels refuse it clearly, and Linear4bit takes the torch path."""
     packed, absmax = _weights(8, 96, DEVICE)
