@@ -1,6 +1,7 @@
 """Micro-benchmarks: each measures one piece of the system and prints a table.
 
-    python bench.py kernels   # NF4 matmul kernels vs bf16 matmul (and bitsandbytes if present)
+    python bench.py kernels   # NF4 kernels (fused, dequantize + cuBLAS) vs bf16 matmul and bitsandbytes
+    python bench.py fused     # fused RMSNorm, RoPE, SwiGLU kernels vs their PyTorch references
     python bench.py model     # hand-written Qwen2 vs transformers' Qwen2, same weights
     python bench.py data      # pose cache -> padded batches, and `prepare` files/s
     python bench.py train     # full QLoRA training steps at a config's shape
@@ -14,25 +15,16 @@ import sys
 
 
 def bench_kernels(args):
-    """NF4 matmuls at Qwen2.5-7B/14B layer shapes (N = out, K = in) and M = batch x tokens rows:
-    the NF4 forward (Triton on a GPU; M = 1 takes the GEMV kernel, 2 <= M <= 16 the split-K decode
-    matmul, so the M=2 row also shows what M=1 cost before the GEMV kernel) and backward dx,
-    against the 16-bit matmul on the dequantized weight (cuBLAS on a GPU) and bitsandbytes'
-    matmul_4bit when installed. GPU times: medians of triton.testing.do_bench (L2 flushed between
-    runs). err: |out - ref| / |ref| against the same product in float64 on the dequantized weight
-    (the correctness check on the device; 16-bit operands land near 1e-3). Bytes: packed weight +
-    absmax (NF4) or the 16-bit weight, plus x and y. Peaks assumed:
-    H100 SXM 3.35 TB/s and 989 dense bf16 TFLOP/s, H200 4.8 TB/s and 989 TFLOP/s. On a CPU only the
-    torch path runs, on one shape: that tests this script; its times say nothing about a GPU."""
+    """The NF4 kernels at Qwen2.5-7B/14B layer shapes (N = out, K = in) and M = batch x tokens rows:
+    nf4_kernels.benchmark, whose docstring says what each row is and how it is timed (fused kernels,
+    dequantize + cuBLAS, 16-bit cuBLAS, bitsandbytes). Peaks assumed for the % columns: H100 SXM
+    3.35 TB/s and 989 dense bf16 TFLOP/s, H200 4.8 TB/s and 989 TFLOP/s (datasheets). On a CPU only
+    the torch path runs, on one shape: that tests this script; its times say nothing about a GPU."""
     import os
-    import statistics
-    import time
 
     import torch
-    import torch.nn.functional as F
 
     import nf4_kernels
-    import quant
 
     cuda = torch.cuda.is_available()
     p = argparse.ArgumentParser(prog="bench.py kernels")
@@ -44,72 +36,37 @@ def bench_kernels(args):
     a = p.parse_args(args)
     if a.quick:
         a.shapes, a.m = "256x512", "1,16"
-    device, dtype = ("cuda" if cuda else "cpu"), getattr(torch, a.dtype)
+    dtype = getattr(torch, a.dtype)
     name = torch.cuda.get_device_name() if cuda else f"CPU ({os.cpu_count()} cores, 1 thread)"
     if not cuda:
         torch.set_num_threads(1)  # other jobs on a small machine make multi-threaded timings erratic
     peak = next((v for k, v in {"H100": (3.35e12, 989e12), "H200": (4.8e12, 989e12)}.items() if k in name), None)
-    bnb = None
-    if cuda:  # bitsandbytes' 4-bit matmul is a GPU kernel; on the CPU it dequantizes like ours
-        try:
-            import bitsandbytes as bnb
-            import bitsandbytes.functional as bnb_f
-        except ImportError:
-            pass
-
-    def timed(fn) -> float:
-        """Seconds per call (median)."""
-        if cuda:
-            import triton.testing
-            return triton.testing.do_bench(fn, return_mode="median") * 1e-3
-        fn()  # warm-up
-        times = []
-        for _ in range(3):
-            t0 = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t0)
-        return statistics.median(times)
-
     print(f"device: {name}, {dtype}, torch {torch.__version__}, peak assumed: "
           + (f"{peak[0] / 1e12:.2f} TB/s, {peak[1] / 1e12:.0f} TFLOP/s" if peak else "unknown (no % columns)"))
-    print(f"{'kernel':<20}{'N x K':>12}{'M':>6}{'ms':>10}{'TFLOP/s':>9}{'GB/s':>8}{'%BW':>6}{'%FLOP':>7}{'err':>9}"
-          f"{'speedup':>9}")
-    for n, k in [tuple(int(v) for v in s.split("x")) for s in a.shapes.split(",")]:
-        torch.manual_seed(0)
-        w = torch.randn(n, k, device=device, dtype=dtype) * 0.02
-        packed, absmax = quant.quantize_nf4(w)
-        w16 = quant.dequantize_nf4(packed, absmax, (n, k), 64, dtype)
-        nf4, dense = packed.numel() + 4 * absmax.numel(), dtype.itemsize * n * k
-        if bnb is not None:
-            bnb_packed, bnb_state = bnb_f.quantize_4bit(w, blocksize=64, quant_type="nf4")
-        matmul, matmul_dx = ((nf4_kernels.nf4_matmul_triton, nf4_kernels.nf4_matmul_dx_triton) if cuda
-                             else (quant.nf4_matmul_torch, quant.nf4_matmul_dx_torch))
-        backend = "triton" if cuda else "torch"
-        for m in [int(v) for v in a.m.split(",")]:
-            x = torch.randn(m, k, device=device, dtype=dtype)
-            dy = torch.randn(m, n, device=device, dtype=dtype)
-            act = dtype.itemsize * m * (n + k)
-            ref = {"fwd": x.double() @ w16.double().T, "dx": dy.double() @ w16.double()}
-            # (label, call, bytes moved, which product it computes, the 16-bit run it is compared with)
-            runs = [("16-bit fwd", lambda: F.linear(x, w16), dense + act, "fwd", None),
-                    ("16-bit dx", lambda: dy @ w16, dense + act, "dx", None),
-                    (f"{backend} nf4 fwd", lambda: matmul(x, packed, absmax, None, (n, k), 64), nf4 + act, "fwd",
-                     "16-bit fwd"),
-                    (f"{backend} nf4 dx", lambda: matmul_dx(dy, packed, absmax, (n, k), 64), nf4 + act, "dx",
-                     "16-bit dx")]
-            if bnb is not None:
-                runs.append(("bnb matmul_4bit fwd", lambda: bnb.matmul_4bit(x, bnb_packed.t(), bnb_state),
-                             nf4 + act, "fwd", "16-bit fwd"))
-            seconds = {}
-            for label, call, nbytes, product, baseline in runs:
-                out = call()
-                err = ((out.double() - ref[product]).norm() / ref[product].norm()).item()
-                t = seconds[label] = timed(call)
-                flops, bw = 2 * m * n * k / t, nbytes / t
-                pct = f"{100 * bw / peak[0]:6.0f}{100 * flops / peak[1]:7.1f}" if peak else f"{'-':>6}{'-':>7}"
-                speedup = f"{seconds[baseline] / t:8.2f}x" if baseline else ""
-                print(f"{label:<20}{f'{n}x{k}':>12}{m:>6}{t * 1e3:10.3f}{flops / 1e12:9.3f}{bw / 1e9:8.1f}{pct}"
-                      f"{err:9.1e}{speedup}")
+    return nf4_kernels.benchmark([tuple(int(v) for v in s.split("x")) for s in a.shapes.split(",")],
+                                 [int(v) for v in a.m.split(",")], dtype, peak)
+
+
+def bench_fused(args):
+    """The fused RMSNorm, RoPE and SwiGLU kernels against their PyTorch references at a layer's
+    shape (default Qwen2.5-7B's, 4096 positions): fused_ops.benchmark, whose docstring says how.
+    On a CPU only the references run, at a small shape: that tests this script."""
+    import torch
+
+    import fused_ops
+
+    cuda = torch.cuda.is_available()
+    p = argparse.ArgumentParser(prog="bench.py fused")
+    p.add_argument("--tokens", type=int, default=4096 if cuda else 256, help="positions (rows)")
+    p.add_argument("--dtype", default="bfloat16" if cuda else "float32", choices=["bfloat16", "float16", "float32"])
+    p.add_argument("--quick", action="store_true", help="smoke run: 64 positions of a 256-wide layer")
+    a = p.parse_args(args)
+    if not cuda:
+        torch.set_num_threads(1)
+    name = torch.cuda.get_device_name() if cuda else "CPU (1 thread)"
+    print(f"device: {name}, {a.dtype}, torch {torch.__version__}")
+    shape = dict(tokens=64, hidden=256, intermediate=512, heads=(4, 2), head_dim=64) if a.quick else {"tokens": a.tokens}
+    return fused_ops.benchmark(**shape, dtype=getattr(torch, a.dtype))
 
 
 def bench_model(args):
@@ -744,8 +701,8 @@ def bench_decode(args):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    benches = {"kernels": bench_kernels, "model": bench_model, "data": bench_data, "train": bench_train,
-               "decode": bench_decode}
+    benches = {"kernels": bench_kernels, "fused": bench_fused, "model": bench_model, "data": bench_data,
+               "train": bench_train, "decode": bench_decode}
     parser.add_argument("what", choices=list(benches))
     args, rest = parser.parse_known_args(argv)
     benches[args.what](rest)

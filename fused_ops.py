@@ -1,21 +1,37 @@
-"""Fused Triton kernels for the decoder's small ops, RMSNorm and RoPE, each beside its reference.
+"""Fused Triton kernels for the decoder's small ops, RMSNorm, RoPE and SwiGLU, each beside its
+PyTorch reference, with the harness that checks and times them.
 
 Why. In PyTorch each of these is a handful of kernels: RMSNorm casts to float32, normalises,
 casts back and scales (4 launches forward, more backward); RoPE negates, concatenates, multiplies
-twice and adds, for q and again for k (10 launches); SwiGLU is 2 forward and 3 backward. A QLoRA step on one GPU is bound by the CPU
-issuing launches (BENCHMARKS.md), and a decoding step replayed as a CUDA graph pays for every
-node, so here each op is one kernel forward and one backward. The numerics are the reference's,
-roundings included: RMSNorm rounds to the activations' dtype before the weight (as Hugging Face
-does), RoPE rounds each product and the sum; the backward kernels round where autograd would.
+twice and adds, for q and again for k (10 launches); SwiGLU is 2 forward and 3 backward. A QLoRA
+step on one GPU is bound by the CPU issuing launches (BENCHMARKS.md, "QLoRA training at full
+size"), and a decoding step replayed as a CUDA graph pays for every node, so here each op is one
+kernel forward and one backward. The numerics are the reference's, roundings included: RMSNorm
+rounds to the activations' dtype before the weight (as Hugging Face does), RoPE rounds each
+product and the sum; the backward kernels round where autograd would.
 
     rms_norm_torch  <-> _rms_norm_fwd, _rms_norm_bwd    RMSNorm with a frozen weight (QLoRA)
     rope_torch      <-> _rope_kernel                     RoPE; backward = the rotation by -angle
     swiglu_torch    <-> _swiglu_fwd, _swiglu_bwd         silu(gate) * up, the MLP's gate
+    rms_norm, rope, swiglu                               what the model calls: kernel or reference
 
-FUSED_OPS=triton|torch picks the path (default: triton for CUDA tensors when importable, torch
-elsewhere); a norm weight that is being trained always takes the torch path. Tests run the kernels on the
-CPU under Triton's interpreter against the references: python -m pytest tests/test_fused_ops.py
+Versions: each kernel is its first (c7bdb39: RMSNorm, RoPE; b4d3d83: SwiGLU), one program per row
+(RMSNorm), per position (RoPE: all q and k heads) or per block of 1024 elements (SwiGLU).
+
+FUSED_OPS=triton|torch picks the path (triton_support.use_triton: default triton for CUDA tensors
+when importable, torch elsewhere); a norm weight that is being trained always takes the torch path.
+
+References
+    RMSNorm: Zhang and Sennrich 2019, arXiv:1910.07467; RoPE: Su et al. 2021, arXiv:2104.09864;
+    SwiGLU: Shazeer 2020, arXiv:2002.05202; the numerics: transformers' models/qwen2/modeling_qwen2.py.
+
+How to run
+    validate(...)   every kernel against its reference, forward and backward (on the CPU in
+                    Triton's interpreter): python -m pytest tests/test_fused_ops.py
+    benchmark(...)  kernel vs reference at a layer's shape: python bench.py fused
 """
+from functools import partial
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -243,3 +259,110 @@ def swiglu(gate: Tensor, up: Tensor) -> Tensor:
     if _fused(gate) and gate.dtype == up.dtype and gate.shape == up.shape:
         return _SwiGLU.apply(gate, up)
     return swiglu_torch(gate, up)
+
+
+# ----------------------------------------------------------------------------- harness: validate, benchmark
+
+# The cases tests/test_fused_ops.py runs under the interpreter. rms_norm, x's shape: 96 and 200
+# are not powers of two. rope, (B, NQ, NK, T, hd, cos/sin shared by the batch): GQA head counts
+# that are not powers of two; per-row positions (left padding). swiglu: 2500 elements, more than
+# one block and a partial one.
+VALIDATE_CASES = {"rms_norm": [(2, 5, 64), (3, 96), (1, 1, 200)],
+                  "rope": [(2, 4, 2, 5, 16, True), (2, 6, 3, 3, 8, False), (1, 7, 1, 1, 32, False)],
+                  "swiglu": [(2, 3, 40), (1, 2500)]}
+# (output, gradients): |kernel - reference| <= tol + tol |reference|. The same roundings in the
+# same places; rsqrt, exp and float32 sums may differ in their last bit, which can move a 16-bit
+# rounding by one step. RoPE: bit for bit.
+TOLERANCE = {"rms_norm": {torch.float32: (1e-6, 1e-5), torch.float16: (1e-3, 2e-3), torch.bfloat16: (8e-3, 1.6e-2)},
+             "rope": {torch.float32: (0, 0), torch.float16: (0, 0), torch.bfloat16: (0, 0)},
+             "swiglu": {torch.float32: (1e-6, 1e-6), torch.float16: (1e-3, 1e-3), torch.bfloat16: (8e-3, 8e-3)}}
+
+
+def _case(op: str, case: tuple, dtype: torch.dtype, device) -> tuple:
+    """(reference, kernel, inputs, which inputs get gradients, output gradients) for one case."""
+    g = torch.Generator().manual_seed(0)
+
+    def randn(*shape, scale=1.0):
+        return (scale * torch.randn(*shape, generator=g)).to(device, dtype)
+
+    if op == "rms_norm":
+        x, w = randn(*case, scale=3.0), (1 + 0.1 * torch.randn(case[-1], generator=g)).to(device, dtype)  # frozen
+        return ((lambda x, w: rms_norm_torch(x, w, 1e-6)), (lambda x, w: _RMSNorm.apply(x, w, 1e-6)),
+                [x, w], [0], [randn(*case)])
+    if op == "rope":
+        B, NQ, NK, T, hd, shared = case
+        positions = torch.arange(T)[None] if shared else torch.randint(0, 50, (B, T), generator=g)
+        angles = positions[..., None].double() / 1e4 ** (torch.arange(0, hd, 2).double() / hd)   # (B or 1, T, hd/2)
+        cos, sin = (f(torch.cat([angles, angles], -1))[:, None].to(device, dtype) for f in (torch.cos, torch.sin))
+        q, k = randn(B, T, NQ, hd).transpose(1, 2), randn(B, T, NK, hd).transpose(1, 2)  # as Attention makes them
+        return ((lambda q, k, c, s: (rope_torch(q, c, s), rope_torch(k, c, s))), _RoPE.apply, [q, k, cos, sin],
+                [0, 1], [randn(*q.shape), randn(*k.shape)])
+    if op == "swiglu":
+        return swiglu_torch, _SwiGLU.apply, [randn(*case, scale=3.0), randn(*case)], [0, 1], [randn(*case)]
+    raise ValueError(f"fused_ops.validate: unknown op {op!r}")
+
+
+def validate(cases: dict | None = None, dtypes=(torch.float16, torch.float32), device=None) -> list[dict]:
+    """Every kernel against its reference, forward and backward, on `cases` (VALIDATE_CASES' form;
+    default those) in each dtype, on `device` (default CUDA if present, else the CPU: Triton's
+    interpreter). Returns one row per output and gradient (op, case, dtype, what, err = max |got -
+    want|, ok); raises an AssertionError listing every row outside TOLERANCE."""
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    rows = []
+    for dtype in dtypes:
+        for op, op_cases in (VALIDATE_CASES if cases is None else cases).items():
+            for case in op_cases:
+                reference, kernel, inputs, grad_of, dys = _case(op, case, dtype, device)
+                results = []
+                for fn in (reference, kernel):
+                    args = [t.detach().requires_grad_(i in grad_of) for i, t in enumerate(inputs)]
+                    out = fn(*args)
+                    out = out if isinstance(out, tuple) else (out,)
+                    results.append(out + torch.autograd.grad(out, [args[i] for i in grad_of], dys))
+                names = [f"out{i}" for i in range(len(results[0]) - len(grad_of))] + [f"d{i}" for i in grad_of]
+                for name, want, got in zip(names, *results):
+                    tol = TOLERANCE[op][dtype][name.startswith("d")]
+                    err = (got.float() - want.float()).abs()
+                    ok = got.shape == want.shape and bool((err <= tol + tol * want.float().abs()).all())
+                    rows.append({"op": op, "case": case, "dtype": dtype, "what": name, "err": err.max().item(),
+                                 "ok": ok})
+    failed = [r for r in rows if not r["ok"]]
+    if failed:
+        raise AssertionError("fused_ops.validate: " + "; ".join(
+            f"{r['op']} {r['case']} {r['dtype']} {r['what']}: err {r['err']:.1e}" for r in failed))
+    return rows
+
+
+def _forward_backward(fn, args: list, grad_of: list, dys: list) -> None:
+    out = fn(*args)
+    torch.autograd.grad(out if isinstance(out, tuple) else (out,), [args[i] for i in grad_of], dys)
+
+
+def benchmark(tokens: int = 4096, hidden: int = 3584, intermediate: int = 18944, heads: tuple[int, int] = (28, 4),
+              head_dim: int = 128, dtype: torch.dtype = torch.bfloat16) -> list[dict]:
+    """Time each op, reference and kernel, forward and forward + backward, at a layer's shape
+    (default Qwen2.5-7B's, `tokens` positions as one row of a batch), and print a table (`python
+    bench.py fused`). GB/s: the bytes a pass must move at least (inputs read, outputs written;
+    forward + backward counted as three times the forward's), over the time; speedup: the
+    reference's forward + backward time over this row's. On the CPU only the references run (the interpreter is
+    far too slow to time): that tests the script. Times: triton_support.seconds."""
+    cuda = torch.cuda.is_available()
+    device, (nq, nk) = ("cuda" if cuda else "cpu"), heads
+    cases = {"rms_norm": (tokens, hidden), "rope": (1, nq, nk, tokens, head_dim, True),
+             "swiglu": (tokens, intermediate)}
+    print(f"{'op':<10}{'shape':>26}{'path':>8}{'fwd ms':>10}{'GB/s':>8}{'fwd+bwd ms':>12}{'GB/s':>8}{'speedup':>9}")
+    rows = []
+    for op, case in cases.items():
+        reference, kernel, inputs, grad_of, dys = _case(op, case, dtype, device)
+        nbytes = sum(t.numel() * t.element_size() for t in inputs[:2] + dys)  # x (q, k; gate, up) read, y written
+        first = None
+        for path, fn in [("torch", reference)] + ([("triton", kernel)] if cuda else []):
+            args = [t.detach().requires_grad_(i in grad_of) for i, t in enumerate(inputs)]
+            fwd = triton_support.seconds(partial(fn, *args))
+            fwd_bwd = triton_support.seconds(partial(_forward_backward, fn, args, grad_of, dys))
+            first = first or fwd_bwd
+            shape = "x".join(map(str, case[:5] if op == "rope" else case))
+            print(f"{op:<10}{shape:>26}{path:>8}{fwd * 1e3:10.3f}{nbytes / fwd / 1e9:8.1f}{fwd_bwd * 1e3:12.3f}"
+                  f"{3 * nbytes / fwd_bwd / 1e9:8.1f}{first / fwd_bwd:8.2f}x")
+            rows.append({"op": op, "path": path, "fwd_s": fwd, "fwd_bwd_s": fwd_bwd})
+    return rows

@@ -29,6 +29,7 @@ How to run
     benchmark(...)  times against 16-bit cuBLAS and bitsandbytes: python bench.py kernels
 """
 import math
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -198,7 +199,7 @@ DX_CONFIGS = [(128, 64, 1, False, 4, 4), (128, 128, 1, False, 8, 3), (256, 64, 1
 DECODE_CONFIGS = [(16, 64, 1, True, 4, 4), (16, 64, 2, True, 4, 4), (16, 64, 4, True, 4, 4),
                   (16, 128, 2, True, 4, 4), (16, 64, 8, True, 4, 5), (16, 32, 1, False, 4, 4),
                   (16, 32, 4, False, 4, 4), (16, 64, 4, False, 4, 4)]
-_TINY = dict(BLOCK_M=16, BLOCK_N=32, SPLIT_K=1, SWAP=False, GROUP_M=2)
+_TINY = {"BLOCK_M": 16, "BLOCK_N": 32, "SPLIT_K": 1, "SWAP": False, "GROUP_M": 2}
 
 
 @triton.jit
@@ -262,7 +263,7 @@ def _nf4_matmul_kernel(x_ptr, w_ptr, absmax_ptr, levels_ptr, bias_ptr, y_ptr, M,
             acc = tl.dot(x, tl.trans(w), acc, input_precision=PRECISION)          # (BM, BS) @ (BS, BN)
     if SWAP:
         acc = tl.trans(acc)                                                       # (BM, BN)
-    if HAS_BIAS:
+    if HAS_BIAS:  # noqa: SIM102 (a constexpr branch: without a bias the inner one is not compiled)
         if split == 0:
             acc += tl.load(bias_ptr + offs_n, mask=offs_n < N, other=0.0).to(tl.float32)[None, :]
     y_ptrs = y_ptr + offs_m[:, None] * stride_ym + offs_n[None, :]
@@ -311,7 +312,7 @@ GEMV_DIRECT_CONFIGS = [(8, 16, 1, 4, 3), (4, 32, 1, 4, 3), (16, 8, 1, 4, 3), (8,
                        (4, 16, 1, 4, 3), (16, 16, 1, 8, 3), (32, 4, 1, 4, 3), (2, 32, 1, 4, 3)]
 
 
-@triton.autotune(configs=_configs(dict(BLOCK_N=16, NB=2, SPLIT_K=2), GEMV_SPLIT_CONFIGS,
+@triton.autotune(configs=_configs({"BLOCK_N": 16, "NB": 2, "SPLIT_K": 2}, GEMV_SPLIT_CONFIGS,
                                   ("BLOCK_N", "NB", "SPLIT_K")), key=["N", "KB"], reset_to_zero=["y_ptr"])
 @triton.jit
 def _nf4_gemv_kernel(x_ptr, w_ptr, absmax_ptr, pairs_ptr, bias_ptr, y_ptr, N, KB, BS: tl.constexpr,
@@ -342,7 +343,7 @@ def _nf4_gemv_kernel(x_ptr, w_ptr, absmax_ptr, pairs_ptr, bias_ptr, y_ptr, N, KB
         scale = tl.load(absmax_ptr + offs_n[:, None] * KB + blk[None, :], mask=ok, other=0.0)  # (BN, NB)
         acc += block_sum * scale
     y = tl.reduce(acc, 1, triton_support.add)                                      # (BN,)
-    if HAS_BIAS:
+    if HAS_BIAS:  # noqa: SIM102 (as in _nf4_matmul_kernel)
         if split == 0:
             y += tl.load(bias_ptr + offs_n, mask=row_ok, other=0.0).to(tl.float32)
     if ATOMIC:
@@ -352,7 +353,7 @@ def _nf4_gemv_kernel(x_ptr, w_ptr, absmax_ptr, pairs_ptr, bias_ptr, y_ptr, N, KB
 
 
 # The same kernel with the direct configs: a second autotuner over the same jit function.
-_nf4_gemv_direct = triton.autotune(configs=_configs(dict(BLOCK_N=16, NB=2, SPLIT_K=1), GEMV_DIRECT_CONFIGS,
+_nf4_gemv_direct = triton.autotune(configs=_configs({"BLOCK_N": 16, "NB": 2, "SPLIT_K": 1}, GEMV_DIRECT_CONFIGS,
                                                     ("BLOCK_N", "NB", "SPLIT_K")),
                                    key=["N", "KB"])(_nf4_gemv_kernel.fn)
 
@@ -442,62 +443,31 @@ def dequantize_nf4_triton(packed: Tensor, absmax: Tensor, shape, blocksize: int 
 
 
 def nf4_matmul_triton(x: Tensor, packed: Tensor, absmax: Tensor, bias: Tensor | None, shape: tuple[int, int],
-                      blocksize: int) -> Tensor:
+                      blocksize: int, gemv_plan: str = "split") -> Tensor:
     """Triton version of nf4_matmul_torch: x (M, K) -> y (M, N) in x.dtype. M = 1 takes the GEMV
-    kernel (the plan gemv_plan picks), 2 <= M <= 16 the decode configs of the matmul; both meet
-    their split-K partial sums in a float32 y by atomic adds."""
+    kernel by one of its two plans: "split" (split-K: more CTAs, but y is zeroed, summed in float32
+    and cast: three kernels) or "direct" (a CTA sums whole rows and writes y: one kernel); which is
+    faster depends on the shape and the GPU (quant.py times both). 2 <= M <= 16 takes the decode
+    configs of the matmul. Split-K partial sums meet in a float32 y by atomic adds."""
     (N, K), M = shape, x.shape[0]
     levels, precision = _launch_args(x, shape, blocksize)
+    if gemv_plan not in ("split", "direct"):
+        raise ValueError(f"nf4_matmul_triton: gemv_plan {gemv_plan!r}: expected 'split' or 'direct'")
+    atomic = M <= 16 and not (M == 1 and gemv_plan == "direct")
+    y = torch.zeros(M, N, device=x.device, dtype=torch.float32) if atomic else x.new_empty(M, N)
+    b = bias if bias is not None else x
     if M == 1:
-        return nf4_gemv_triton(x, packed, absmax, bias, shape, blocksize, gemv_plan(x, packed, absmax, shape, blocksize))
-    decode = M <= 16
-    y = torch.zeros(M, N, device=x.device, dtype=torch.float32) if decode else x.new_empty(M, N)
-    kernel = _nf4_matmul_decode if decode else _nf4_matmul_kernel
-    grid = lambda meta: (triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(N, meta["BLOCK_N"]), meta["SPLIT_K"])
-    kernel[grid](x, packed, absmax, levels, bias if bias is not None else x, y, M, N, K,
-                 max(16, triton.next_power_of_2(M)), x.stride(0), y.stride(0), BS=blocksize,
-                 HAS_BIAS=bias is not None, ATOMIC=decode, PRECISION=precision, ASM=not INTERPRET)
+        gemv = _nf4_gemv_kernel if atomic else _nf4_gemv_direct
+        gemv[lambda meta: (triton.cdiv(N, meta["BLOCK_N"]), meta["SPLIT_K"])](
+            x, packed, absmax, _on(x.device, _BYTE_TO_LEVELS), b, y, N, K // blocksize, BS=blocksize,
+            HAS_BIAS=bias is not None, ATOMIC=atomic, ASM=not INTERPRET)
+    else:
+        kernel = _nf4_matmul_decode if atomic else _nf4_matmul_kernel
+        grid = lambda meta: (triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(N, meta["BLOCK_N"]), meta["SPLIT_K"])
+        kernel[grid](x, packed, absmax, levels, b, y, M, N, K, max(16, triton.next_power_of_2(M)), x.stride(0),
+                     y.stride(0), BS=blocksize, HAS_BIAS=bias is not None, ATOMIC=atomic, PRECISION=precision,
+                     ASM=not INTERPRET)
     return y.to(x.dtype)
-
-
-def nf4_gemv_triton(x: Tensor, packed: Tensor, absmax: Tensor, bias: Tensor | None, shape: tuple[int, int],
-                    blocksize: int, plan: str) -> Tensor:
-    """x (1, K) -> y (1, N) in x.dtype by one of the GEMV kernel's two plans: "split" (split-K: more
-    CTAs, but y is zeroed, summed in float32 and cast: three kernels) or "direct" (a CTA sums whole
-    rows and writes y: one kernel)."""
-    (N, K) = shape
-    _launch_args(x, shape, blocksize)
-    args = (x, packed, absmax, _on(x.device, _BYTE_TO_LEVELS), bias if bias is not None else x)
-    if plan == "split":
-        y = torch.zeros(1, N, device=x.device, dtype=torch.float32)
-        _nf4_gemv_kernel[lambda meta: (triton.cdiv(N, meta["BLOCK_N"]), meta["SPLIT_K"])](
-            *args, y, N, K // blocksize, BS=blocksize, HAS_BIAS=bias is not None, ATOMIC=True, ASM=not INTERPRET)
-        return y.to(x.dtype)
-    if plan != "direct":
-        raise ValueError(f"nf4_gemv_triton: plan {plan!r}: expected 'split' or 'direct'")
-    y = x.new_empty(1, N)
-    _nf4_gemv_direct[lambda meta: (triton.cdiv(N, meta["BLOCK_N"]), 1)](
-        *args, y, N, K // blocksize, BS=blocksize, HAS_BIAS=bias is not None, ATOMIC=False, ASM=not INTERPRET)
-    return y
-
-
-_GEMV_PLAN: dict[tuple, str] = {}  # (device, N, K, dtype) -> the faster plan
-
-
-def gemv_plan(x: Tensor, packed: Tensor, absmax: Tensor, shape: tuple[int, int], blocksize: int) -> str:
-    """The faster GEMV plan for this (device, shape, dtype). It depends on the shape and the GPU, so
-    on a GPU both plans are timed whole on first use (each after its own autotuning) and the
-    faster is kept. Where nothing can be timed (the interpreter; inside a CUDA graph capture,
-    where a timing loop would be recorded into the graph) it is "split", not remembered."""
-    key = (x.device, *shape, x.dtype)
-    if key not in _GEMV_PLAN:
-        if INTERPRET or torch.cuda.is_current_stream_capturing():
-            return "split"
-        from triton.testing import do_bench
-        t = {plan: do_bench(lambda: nf4_gemv_triton(x, packed, absmax, None, shape, blocksize, plan))
-             for plan in ("split", "direct")}
-        _GEMV_PLAN[key] = min(t, key=t.get)
-    return _GEMV_PLAN[key]
 
 
 def nf4_matmul_dx_triton(dy: Tensor, packed: Tensor, absmax: Tensor, shape: tuple[int, int],
@@ -510,3 +480,153 @@ def nf4_matmul_dx_triton(dy: Tensor, packed: Tensor, absmax: Tensor, shape: tupl
     _nf4_matmul_dx_kernel[grid](dy, packed, absmax, levels, dx, M, N, K, max(16, triton.next_power_of_2(M)),
                                 dy.stride(0), dx.stride(0), BS=blocksize, PRECISION=precision, ASM=not INTERPRET)
     return dx
+
+
+# ----------------------------------------------------------------------------- harness: validate, benchmark
+
+# The cases tests/test_quant.py runs under the interpreter (so: small). dequantize (N, K, double
+# quant): rows that are not whole blocks, an odd count (the last byte half used), 293 tiles of
+# DEQUANT_BLOCK (the last partial) and a partial group of 256 absmax codes. matmul (M, N, K): M = 1
+# the GEMV kernel, both plans (split-K there: 2 blocks per step, split 2, so K = 192 ends in a half
+# step); M = 5 the decode matmul; 33 and 19 not multiples of the 16-row tile; N = 37 odd, 40 not a
+# multiple of the column tile; K of 1 to 3 blocks of 64.
+VALIDATE_CASES = {"dequantize": [(37, 128, False), (5, 70, True), (7, 9, False), (300, 1000, True)],
+                  "matmul": [(1, 37, 128), (1, 40, 192), (5, 40, 192), (33, 37, 128), (19, 64, 64)]}
+# The products: the same maths in another summation order, rounded once to the output's dtype,
+# so |out - ref| <= tol + tol |ref| elementwise. The dequantization: the same bits.
+TOLERANCE = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
+
+
+def random_nf4(N: int, K: int, blocksize: int = 64, double_quant: bool = False, device=None,
+               seed: int = 0) -> tuple:
+    """(packed, absmax, absmax_scale, absmax_offset) of a random (N, K) NF4 weight: every byte is a
+    valid pair of codes, and an absmax of (2..3) / sqrt(K), about that of 64 N(0, 1/K) weights, keeps
+    x @ W^T of order 1. double_quant: absmax as uint8 codes with a float32 scale per 256 and an offset."""
+    g = torch.Generator().manual_seed(seed)
+    n, blocks = N * K, -(-N * K // blocksize)
+    packed = torch.randint(0, 256, ((n + 1) // 2,), generator=g, dtype=torch.uint8)
+    if not double_quant:
+        return packed.to(device), ((2 + torch.rand(blocks, generator=g)) / K**0.5).to(device), None, None
+    codes = torch.randint(0, 256, (blocks,), generator=g, dtype=torch.uint8)
+    scale = (0.5 + torch.rand(-(-blocks // 256), generator=g)) / K**0.5
+    return packed.to(device), codes.to(device), scale.to(device), torch.tensor(2.5 / K**0.5, device=device)
+
+
+def validate(cases: dict | None = None, dtypes=(torch.float16, torch.float32), device=None,
+             blocksize: int = 64) -> list[dict]:
+    """Every kernel of this file against its reference, on `cases` (VALIDATE_CASES' form; default
+    those) in each dtype, on `device` (default CUDA if present, else the CPU: the interpreter).
+    The dequantization kernel must give the reference's bits, the products TOLERANCE. Returns one
+    row per check (kernel, case, dtype, err = max |out - ref| / max |ref|, ok); raises an
+    AssertionError that lists every failed row."""
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    cases, rows = VALIDATE_CASES if cases is None else cases, []
+
+    def check(kernel, case, dtype, out, ref, exact=False):
+        err = ((out.double() - ref.double()).abs().max() / ref.double().abs().max().clamp(min=1e-30)).item()
+        tol = TOLERANCE[dtype]
+        ok = torch.equal(out, ref) if exact else bool(((out.float() - ref).abs() <= tol + tol * ref.abs()).all())
+        rows.append({"kernel": kernel, "case": case, "dtype": dtype, "err": err, "ok": ok and out.shape == ref.shape})
+
+    for dtype in dtypes:
+        for N, K, double in cases.get("dequantize", ()):
+            packed, absmax, scale, offset = random_nf4(N, K, blocksize, double, device)
+            absmax32 = dequantize_absmax(absmax, scale, offset) if double else absmax
+            ref = dequantize_nf4(packed, absmax32, (N, K), blocksize, dtype)
+            out = dequantize_nf4_triton(packed, absmax, (N, K), blocksize, dtype, scale, offset)
+            check("dequantize" + (" (double quant)" if double else ""), (N, K), dtype, out, ref, exact=True)
+        for M, N, K in cases.get("matmul", ()):
+            packed, absmax, _, _ = random_nf4(N, K, blocksize, False, device)
+            g = torch.Generator().manual_seed(1)
+            x, dy, bias = (torch.randn(*s, generator=g).to(device, dtype) for s in ((M, K), (M, N), (N,)))
+            w = dequantize_nf4(packed, absmax, (N, K), blocksize, torch.float32)  # the reference's exact weights
+            for b in (bias, None):
+                ref = nf4_matmul_torch(x.float(), packed, absmax, None if b is None else b.float(), (N, K), blocksize)
+                for plan in ("split", "direct") if M == 1 else ("split",):
+                    y = nf4_matmul_triton(x, packed, absmax, b, (N, K), blocksize, plan)
+                    name = f"gemv {plan}" if M == 1 else "matmul" if M > 16 else "matmul decode"
+                    check(name + (" + bias" if b is not None else ""), (M, N, K), dtype, y, ref)
+            check("matmul dx", (M, N, K), dtype, nf4_matmul_dx_triton(dy, packed, absmax, (N, K), blocksize),
+                  dy.float() @ w)
+    failed = [r for r in rows if not r["ok"]]
+    if failed:
+        raise AssertionError("nf4_kernels.validate: " + "; ".join(
+            f"{r['kernel']} {r['case']} {r['dtype']}: err {r['err']:.1e}" for r in failed))
+    return rows
+
+
+def _after(matmul, a: Tensor, dequantize) -> Tensor:
+    """matmul(a, dequantize()): the two-kernel path as the benchmark times it."""
+    return matmul(a, dequantize())
+
+
+def benchmark(shapes=((3584, 3584), (18944, 3584), (3584, 18944), (13824, 5120)), ms=(1, 2, 16, 512, 4096),
+              dtype: torch.dtype = torch.bfloat16, peak: tuple[float, float] | None = None) -> list[dict]:
+    """Time the kernels at Qwen2.5-7B/14B layer shapes (N = out, K = in) for M rows of x and print a
+    table (`python bench.py kernels`). Rows on a GPU: "16-bit fwd / dx" (cuBLAS on the 16-bit W: the
+    baseline), "fused nf4 fwd / dx" (nf4_matmul_triton: M = 1 GEMV, M <= 16 split-K decode; and
+    nf4_matmul_dx_triton), "nf4 dequantize" (alone, into a preallocated buffer), "dequant+cuBLAS
+    fwd / dx" (quant.py's two-kernel path) and "bnb matmul_4bit fwd" (bitsandbytes, if it imports;
+    at M >= 16 it dequantizes, then cuBLAS). On the CPU the torch path ("torch nf4") stands in for
+    the Triton rows (interpreted kernels are far too slow to time): that only tests the script.
+    Times: triton_support.seconds. err: |out - ref| / |ref| against the same product in float64 on
+    the dequantized weight (16-bit outputs land near 1e-3). Bytes: packed weight + absmax (NF4; the
+    two-kernel path adds the 16-bit W written and read again) or the 16-bit W, plus x and y.
+    speedup: the 16-bit row's time / this row's. peak: (bytes/s, FLOP/s) for the % columns."""
+    cuda = torch.cuda.is_available()
+    device, bnb = ("cuda" if cuda else "cpu"), None
+    if cuda:  # bitsandbytes' 4-bit matmul is a GPU kernel; on the CPU it dequantizes like ours
+        try:
+            import bitsandbytes as bnb
+            import bitsandbytes.functional as bnb_f
+        except ImportError:
+            pass
+    print(f"{'kernel':<20}{'N x K':>12}{'M':>6}{'ms':>10}{'TFLOP/s':>9}{'GB/s':>8}{'%BW':>6}{'%FLOP':>7}{'err':>9}"
+          f"{'speedup':>9}")
+    rows = []
+    for n, k in shapes:
+        packed, absmax, _, _ = random_nf4(n, k, device=device)  # the speed does not depend on the values
+        w16 = dequantize_nf4(packed, absmax, (n, k), 64, dtype)
+        buf = torch.empty(n * k, device=device, dtype=dtype)  # the two-kernel path's scratch buffer
+        nf4, dense = packed.numel() + 4 * absmax.numel(), dtype.itemsize * n * k
+        if bnb is not None:
+            bnb_packed, bnb_state = bnb_f.quantize_4bit(w16, blocksize=64, quant_type="nf4")  # ~ the same W
+
+        dequant = partial(dequantize_nf4_triton, packed, absmax, (n, k), 64, dtype, out=buf)
+        for m in ms:
+            x, dy = torch.randn(m, k, device=device, dtype=dtype), torch.randn(m, n, device=device, dtype=dtype)
+            act = dtype.itemsize * m * (n + k)
+            ref = {"fwd": x.double() @ w16.double().T, "dx": dy.double() @ w16.double(), "W": w16.double()}
+            # (label, call, bytes moved, the product it computes, the 16-bit row it is compared with)
+            runs = [("16-bit fwd", partial(F.linear, x, w16), dense + act, "fwd", None),
+                    ("16-bit dx", partial(torch.matmul, dy, w16), dense + act, "dx", None)]
+            if cuda:
+                runs += [("fused nf4 fwd", partial(nf4_matmul_triton, x, packed, absmax, None, (n, k), 64),
+                          nf4 + act, "fwd", "16-bit fwd"),
+                         ("fused nf4 dx", partial(nf4_matmul_dx_triton, dy, packed, absmax, (n, k), 64),
+                          nf4 + act, "dx", "16-bit dx"),
+                         ("nf4 dequantize", dequant, nf4 + dense, "W", None),
+                         ("dequant+cuBLAS fwd", partial(_after, F.linear, x, dequant), nf4 + 2 * dense + act, "fwd",
+                          "16-bit fwd"),
+                         ("dequant+cuBLAS dx", partial(_after, torch.matmul, dy, dequant), nf4 + 2 * dense + act,
+                          "dx", "16-bit dx")]
+                if bnb is not None:
+                    runs.append(("bnb matmul_4bit fwd", partial(bnb.matmul_4bit, x, bnb_packed.t(), bnb_state),
+                                 nf4 + act, "fwd", "16-bit fwd"))
+            else:
+                runs += [("torch nf4 fwd", partial(nf4_matmul_torch, x, packed, absmax, None, (n, k), 64), nf4 + act,
+                          "fwd", "16-bit fwd"),
+                         ("torch nf4 dx", partial(nf4_matmul_dx_torch, dy, packed, absmax, (n, k), 64), nf4 + act,
+                          "dx", "16-bit dx")]
+            seconds = {}
+            for label, call, nbytes, product, baseline in runs:
+                out = call()
+                err = ((out.double() - ref[product]).norm() / ref[product].norm()).item()
+                t = seconds[label] = triton_support.seconds(call)
+                flops, bw = (0 if product == "W" else 2 * m * n * k / t), nbytes / t
+                pct = f"{100 * bw / peak[0]:6.0f}{100 * flops / peak[1]:7.1f}" if peak else f"{'-':>6}{'-':>7}"
+                speedup = seconds[baseline] / t if baseline else None
+                print(f"{label:<20}{f'{n}x{k}':>12}{m:>6}{t * 1e3:10.3f}{flops / 1e12:9.3f}{bw / 1e9:8.1f}{pct}"
+                      f"{err:9.1e}{f'{speedup:8.2f}x' if speedup else ''}")
+                rows.append({"kernel": label, "N": n, "K": k, "M": m, "seconds": t, "err": err, "speedup": speedup})
+    return rows

@@ -23,14 +23,23 @@ without a CUDA device the kernels run in Triton's interpreter: tests only). Spee
 
 How to run: python -m pytest tests/test_quant.py; python bench.py kernels
 """
+from functools import partial
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 import nf4_kernels
 import triton_support
-from nf4_kernels import (DYNAMIC_MAP_8BIT, NF4_LEVELS, dequantize_absmax, dequantize_nf4,  # noqa: F401 (the API)
-                         dynamic_map_8bit, nf4_matmul_dx_torch, nf4_matmul_torch)
+from nf4_kernels import (  # noqa: F401 (the format's API)
+    DYNAMIC_MAP_8BIT,
+    NF4_LEVELS,
+    dequantize_absmax,
+    dequantize_nf4,
+    dynamic_map_8bit,
+    nf4_matmul_dx_torch,
+    nf4_matmul_torch,
+)
 
 # ----------------------------------------------------------------------------- format: the encoder (pure torch)
 
@@ -90,6 +99,29 @@ def _use_triton(x: Tensor, in_features: int, blocksize: int) -> bool:
     return triton_support.use_triton("QUANT_BACKEND", x) and nf4_kernels.fused_shape_ok(in_features, blocksize)
 
 
+_GEMV_PLAN: dict[tuple, str] = {}  # (device, N, K, dtype) -> the faster GEMV plan
+
+
+def _gemv_plan(x: Tensor, packed: Tensor, absmax: Tensor, shape: tuple[int, int], blocksize: int) -> str:
+    """The faster of the GEMV kernel's two plans (nf4_kernels.nf4_matmul_triton) for this device,
+    shape and dtype. It depends on both, so on a GPU both plans are timed whole on first use (each
+    after its own autotuning) and the faster is kept. Where nothing can be timed (the interpreter;
+    a CUDA graph capture, which would record the timing loop) it is "split", not remembered."""
+    key = (x.device, *shape, x.dtype)
+    if key not in _GEMV_PLAN:
+        if triton_support.INTERPRET or torch.cuda.is_current_stream_capturing():
+            return "split"
+        t = {plan: triton_support.seconds(partial(nf4_kernels.nf4_matmul_triton, x, packed, absmax, None, shape,
+                                                  blocksize, plan)) for plan in ("split", "direct")}
+        _GEMV_PLAN[key] = min(t, key=t.get)
+    return _GEMV_PLAN[key]
+
+
+def _fused_matmul(x, packed, absmax, bias, shape, blocksize):
+    plan = _gemv_plan(x, packed, absmax, shape, blocksize) if x.shape[0] == 1 else "split"
+    return nf4_kernels.nf4_matmul_triton(x, packed, absmax, bias, shape, blocksize, plan)
+
+
 class _NF4Linear(torch.autograd.Function):
     """y = x @ W^T + b with W frozen in NF4. Only the packed bytes and absmax are saved for the
     backward (no 16-bit W kept between forward and backward); dx is computed from them again."""
@@ -98,7 +130,7 @@ class _NF4Linear(torch.autograd.Function):
     def forward(ctx, x, packed, absmax, bias, shape, blocksize, triton_path):
         ctx.save_for_backward(packed, absmax)
         ctx.shape, ctx.blocksize, ctx.triton_path = shape, blocksize, triton_path
-        matmul = nf4_kernels.nf4_matmul_triton if triton_path else nf4_matmul_torch
+        matmul = _fused_matmul if triton_path else nf4_matmul_torch
         return matmul(x, packed, absmax, bias, shape, blocksize)
 
     @staticmethod

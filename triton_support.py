@@ -12,6 +12,7 @@ What is here
                      (RMSNorm, RoPE, SwiGLU) = triton | torch; unset: triton for CUDA tensors
     check_launch     the errors a launch gets where it cannot run (no triton, a CPU tensor on a
                      machine whose kernels are built for the GPU)
+    seconds          the time of a call, as the kernel files' benchmarks and first-use choices take it
     add              a + b, the combine function of the kernels' tl.reduce sums (see INTERPRET)
 
 References
@@ -24,6 +25,8 @@ How to run
     tests/test_fused_ops.py tests/test_triton_support.py (on the CPU the kernels run interpreted).
 """
 import os
+import statistics
+import time
 from types import SimpleNamespace
 
 import torch
@@ -72,7 +75,7 @@ class _NoTriton:
         return _Unlaunchable
 
     @staticmethod
-    def Config(kwargs, num_warps=4, num_stages=3, **options):  # noqa: N802 (triton's name)
+    def Config(kwargs, num_warps=4, num_stages=3, **options):
         return SimpleNamespace(kwargs=kwargs, num_warps=num_warps, num_stages=num_stages)
 
     @staticmethod
@@ -120,6 +123,21 @@ def check_launch(x: Tensor, who: str) -> None:
     if x.device.type == "cpu" and not INTERPRET:
         raise RuntimeError(f"{who}: Triton on CPU tensors needs TRITON_INTERPRET=1, set before the kernel "
                            "files are imported (on a machine with a CUDA device the kernels are built for it)")
+
+
+def seconds(fn, cuda: bool | None = None) -> float:
+    """Seconds per call of fn(): on a GPU the median of triton.testing.do_bench (which also flushes
+    the L2 cache between calls), elsewhere the median of 3 calls after a warm-up one."""
+    if torch.cuda.is_available() if cuda is None else cuda:
+        import triton.testing
+        return triton.testing.do_bench(fn, return_mode="median") * 1e-3
+    fn()
+    times = []
+    for _ in range(3):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
 
 
 @triton.jit

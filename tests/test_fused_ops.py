@@ -20,23 +20,16 @@ def fused(monkeypatch):
 
 @needs_triton
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
-@pytest.mark.parametrize("shape", [(2, 5, 64), (3, 96), (1, 1, 200)])  # 96, 200: not powers of two
+@pytest.mark.parametrize("shape", fused_ops.VALIDATE_CASES["rms_norm"])  # 96, 200: not powers of two
 def test_rms_norm_matches_reference(shape, dtype, fused):
-    torch.manual_seed(0)
-    x = (3 * torch.randn(shape, device=DEVICE)).to(dtype).requires_grad_()
-    w = (1 + 0.1 * torch.randn(shape[-1], device=DEVICE)).to(dtype)  # frozen, as in QLoRA
-    dy = torch.randn(shape, device=DEVICE).to(dtype)
-    want = fused_ops.rms_norm_torch(x, w, 1e-6)
-    (want_dx,) = torch.autograd.grad(want, x, dy)
-    got = fused_ops.rms_norm(x, w, 1e-6)
-    (got_dx,) = torch.autograd.grad(got, x, dy)
-    assert got.grad_fn.name().endswith("_RMSNormBackward")
-    # float16: the same roundings in the same places; rsqrt and the sums may differ in the last
-    # float32 bit, which can move a rounding by one float16 step
-    tol = dict(rtol=0, atol=0) if dtype == torch.float32 else dict(rtol=1e-3, atol=1e-3)
-    torch.testing.assert_close(got, want, **(tol if dtype != torch.float32 else dict(rtol=1e-6, atol=1e-6)))
-    torch.testing.assert_close(got_dx, want_dx, rtol=1e-5 if dtype == torch.float32 else 2e-3,
-                               atol=1e-5 if dtype == torch.float32 else 2e-3)
+    """fused_ops.validate: forward and dx against rms_norm_torch (TOLERANCE: float32 to 1e-6 / 1e-5;
+    float16: the same roundings in the same places, but rsqrt and the sums may differ in the last
+    float32 bit, which can move a rounding by one float16 step); and rms_norm dispatches to it."""
+    x = torch.randn(shape, device=DEVICE).to(dtype).requires_grad_()
+    w = torch.ones(shape[-1], device=DEVICE).to(dtype)  # frozen, as in QLoRA
+    assert fused_ops.rms_norm(x, w, 1e-6).grad_fn.name().endswith("_RMSNormBackward")
+    rows = fused_ops.validate({"rms_norm": [shape]}, [dtype], DEVICE)
+    assert [r["what"] for r in rows] == ["out0", "d0"] and all(r["ok"] for r in rows)
 
 
 @needs_triton
@@ -54,43 +47,53 @@ def test_rms_norm_fused_unless_its_weight_is_trained(fused, monkeypatch):
 
 @needs_triton
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
-@pytest.mark.parametrize("B,NQ,NK,T,hd,shared", [(2, 4, 2, 5, 16, True), (2, 6, 3, 3, 8, False), (1, 7, 1, 1, 32, False)])
-def test_rope_matches_reference(B, NQ, NK, T, hd, shared, dtype, fused):
+@pytest.mark.parametrize("case", fused_ops.VALIDATE_CASES["rope"], ids=str)
+def test_rope_matches_reference(case, dtype, fused):
     """q and k as Attention makes them (transposed views of (B, T, n, hd)); cos/sin shared by the
-    batch or per row (left-padded positions); GQA head counts that are not powers of two."""
-    torch.manual_seed(1)
+    batch or per row (left-padded positions); GQA head counts that are not powers of two. The same
+    roundings: bit for bit (TOLERANCE 0), outputs and gradients of both, same shapes."""
+    B, NQ, NK, T, hd, shared = case
     positions = torch.arange(T, device=DEVICE)[None] if shared else torch.randint(0, 50, (B, T), device=DEVICE)
-    cos, sin = M.rope_cos_sin(positions, hd, 1e4, dtype)
-    q = torch.randn(B, T, NQ, hd, device=DEVICE).to(dtype).transpose(1, 2).requires_grad_()
+    cos, sin = M.rope_cos_sin(positions, hd, 1e4, dtype)  # the model's own tables go through the fused path
+    q = torch.randn(B, T, NQ, hd, device=DEVICE).to(dtype).transpose(1, 2)
     k = torch.randn(B, T, NK, hd, device=DEVICE).to(dtype).transpose(1, 2).requires_grad_()
-    dq, dk = torch.randn_like(q), torch.randn_like(k)
-    want = fused_ops.rope_torch(q, cos, sin), fused_ops.rope_torch(k, cos, sin)
-    want_grads = torch.autograd.grad(want, (q, k), (dq, dk))
-    got = fused_ops.rope(q, k, cos, sin)
-    got_grads = torch.autograd.grad(got, (q, k), (dq, dk))
-    for a, b in zip(got + got_grads, want + want_grads):
-        assert a.shape == b.shape
-        torch.testing.assert_close(a, b, rtol=0, atol=0)  # the same roundings: bit for bit
+    assert all(t.grad_fn.name().endswith("_RoPEBackward") for t in fused_ops.rope(q, k, cos, sin))
+    rows = fused_ops.validate({"rope": [case]}, [dtype], DEVICE)
+    assert [r["what"] for r in rows] == ["out0", "out1", "d0", "d1"] and all(r["ok"] and r["err"] == 0 for r in rows)
 
 
 @needs_triton
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
-@pytest.mark.parametrize("shape", [(2, 3, 40), (1, 2500)])  # 2500: more than one block, a partial one
+@pytest.mark.parametrize("shape", fused_ops.VALIDATE_CASES["swiglu"])  # 2500: more than one block, a partial one
 def test_swiglu_matches_reference(shape, dtype, fused):
-    torch.manual_seed(2)
-    gate = (3 * torch.randn(shape, device=DEVICE)).to(dtype).requires_grad_()
-    up = torch.randn(shape, device=DEVICE).to(dtype).requires_grad_()
-    dy = torch.randn(shape, device=DEVICE).to(dtype)
-    want = fused_ops.swiglu_torch(gate, up)
-    want_grads = torch.autograd.grad(want, (gate, up), dy)
-    got = fused_ops.swiglu(gate, up)
-    got_grads = torch.autograd.grad(got, (gate, up), dy)
-    assert got.grad_fn.name().endswith("_SwiGLUBackward")
-    # the same roundings in the same places; exp may differ in float32's last bit, which can
-    # move a float16 rounding by one step
-    tol = dict(rtol=1e-6, atol=1e-6) if dtype == torch.float32 else dict(rtol=1e-3, atol=1e-3)
-    for a, b in zip((got, *got_grads), (want, *want_grads)):
-        torch.testing.assert_close(a, b, **tol)
+    """The same roundings in the same places; exp may differ in float32's last bit, which can move
+    a float16 rounding by one step (TOLERANCE: 1e-6 float32, 1e-3 float16)."""
+    gate = torch.randn(shape, device=DEVICE).to(dtype).requires_grad_()
+    up = torch.randn(shape, device=DEVICE).to(dtype)
+    assert fused_ops.swiglu(gate, up).grad_fn.name().endswith("_SwiGLUBackward")
+    rows = fused_ops.validate({"swiglu": [shape]}, [dtype], DEVICE)
+    assert [r["what"] for r in rows] == ["out0", "d0", "d1"] and all(r["ok"] for r in rows)
+
+
+@needs_triton
+def test_validate_catches_a_wrong_kernel(monkeypatch):
+    """The harness fails loudly: a kernel 1% off is named in the error."""
+    monkeypatch.setattr(fused_ops._SwiGLU, "apply", lambda g, u: fused_ops.swiglu_torch(g, u) * 1.01)
+    with pytest.raises(AssertionError, match=r"swiglu \(2, 3, 40\) torch.float16 out0"):
+        fused_ops.validate({"swiglu": [(2, 3, 40)]}, [torch.float16], DEVICE)
+
+
+def test_bench_fused_runs(capsys):
+    """`python bench.py fused --quick` prints its table (on the CPU: the references only)."""
+    import bench
+
+    threads = torch.get_num_threads()
+    try:
+        bench.bench_fused(["--quick"])
+    finally:
+        torch.set_num_threads(threads)
+    out = capsys.readouterr().out
+    assert all(op in out for op in ("rms_norm", "rope", "swiglu")) and "fwd+bwd ms" in out
 
 
 @needs_triton

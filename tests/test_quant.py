@@ -6,11 +6,11 @@ On a CUDA machine the same kernel tests run compiled on the GPU, in bfloat16 as 
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import bnb_dequantize
 
 import nf4_kernels
 import quant
 import triton_support
-from conftest import bnb_dequantize
 
 bnb_f = pytest.importorskip("bitsandbytes.functional")
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -93,12 +93,6 @@ def _weights(n, k, device, seed=0):
     return packed.to(device), absmax.to(device)
 
 
-def _close(out, ref):
-    """Same maths in a different summation order, rounded once to out.dtype."""
-    tol = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}[out.dtype]
-    torch.testing.assert_close(out.float(), ref, rtol=tol, atol=tol)
-
-
 @pytest.fixture(params=[False, True], ids=["direct", "swap"])
 def one_config(request, monkeypatch):
     """Each kernel runs one config (its first), with SWAP as given: both code paths get tested,
@@ -106,29 +100,33 @@ def one_config(request, monkeypatch):
     for tuner in (nf4_kernels._nf4_matmul_kernel, nf4_kernels._nf4_matmul_decode, nf4_kernels._nf4_matmul_dx_kernel):
         c = tuner.configs[0]
         config = triton_support.triton.Config({**c.kwargs, "SWAP": request.param}, num_warps=c.num_warps,
-                                     num_stages=c.num_stages)
+                                              num_stages=c.num_stages)
         monkeypatch.setattr(tuner, "configs", [config])
         monkeypatch.setattr(tuner, "cache", {})
 
 
 @needs_triton
 @pytest.mark.parametrize("dtype", KERNEL_DTYPES)
-@pytest.mark.parametrize("M,N,K", [(1, 37, 128), (1, 40, 192), (5, 40, 192), (33, 37, 128), (19, 64, 64)])
-def test_triton_forward_and_dx_match_reference(M, N, K, dtype, one_config, monkeypatch):
-    # M=1 takes the GEMV kernel, both plans (split-K: 2 blocks per step, split 2, so K=192 ends in
-    # a half step; direct: one program per 16 rows), M=5 the split-K decode matmul; 33 and 19 are
-    # not multiples of the 16-row tile; N=37 is odd and 40 not a multiple of the column tile; K
-    # runs over 1 to 3 blocks of 64.
-    packed, absmax = _weights(N, K, DEVICE)
-    x = torch.randn(M, K, device=DEVICE).to(dtype)
-    dy = torch.randn(M, N, device=DEVICE).to(dtype)
-    bias = torch.randn(N, device=DEVICE).to(dtype)
-    w = quant.dequantize_nf4(packed, absmax, (N, K), 64, dtype).float()     # the reference's exact weights
-    for plan in (("split", "direct") if M == 1 else (None,)):
-        monkeypatch.setitem(nf4_kernels._GEMV_PLAN, (x.device, N, K, dtype), plan)
-        _close(nf4_kernels.nf4_matmul_triton(x, packed, absmax, bias, (N, K), 64), F.linear(x.float(), w, bias.float()))
-        _close(nf4_kernels.nf4_matmul_triton(x, packed, absmax, None, (N, K), 64), F.linear(x.float(), w))
-    _close(nf4_kernels.nf4_matmul_dx_triton(dy, packed, absmax, (N, K), 64), dy.float() @ w)
+@pytest.mark.parametrize("M,N,K", nf4_kernels.VALIDATE_CASES["matmul"])
+def test_triton_forward_and_dx_match_reference(M, N, K, dtype, one_config):
+    """nf4_kernels.validate on one case (VALIDATE_CASES says what each case covers): the forward
+    with and without bias (M = 1: both GEMV plans) and dx against the torch references on the
+    same weights, within the tolerance of one rounding to the output's dtype (TOLERANCE)."""
+    rows = nf4_kernels.validate({"matmul": [(M, N, K)]}, [dtype], DEVICE)
+    kernels = {r["kernel"] for r in rows}
+    assert "matmul dx" in kernels and len(rows) == (5 if M == 1 else 3) and all(r["ok"] for r in rows)
+    assert kernels >= ({"gemv split", "gemv direct + bias"} if M == 1 else {"matmul" if M > 16 else "matmul decode"})
+
+
+@needs_triton
+@pytest.mark.parametrize("dtype", KERNEL_DTYPES)
+def test_validate_dequantize_and_catches_a_wrong_kernel(dtype, monkeypatch):
+    rows = nf4_kernels.validate({"dequantize": nf4_kernels.VALIDATE_CASES["dequantize"]}, [dtype], DEVICE)
+    assert len(rows) == 4 and all(r["ok"] and r["err"] == 0 for r in rows)
+    right = nf4_kernels.nf4_matmul_dx_triton
+    monkeypatch.setattr(nf4_kernels, "nf4_matmul_dx_triton", lambda *a: right(*a) * (1 + 5 * nf4_kernels.TOLERANCE[dtype]))
+    with pytest.raises(AssertionError, match=r"matmul dx \(33, 37, 128\)"):
+        nf4_kernels.validate({"matmul": [(33, 37, 128)]}, [dtype], DEVICE)
 
 
 @needs_triton
