@@ -44,7 +44,7 @@ print("ok")
 def test_without_triton_the_project_imports_and_runs_the_torch_paths():
     env = {k: v for k, v in os.environ.items() if k not in ("QUANT_BACKEND", "FUSED_OPS")}
     env["PYTHONPATH"] = str(ROOT)
-    out = subprocess.run([sys.executable, "-c", WITHOUT_TRITON], cwd=ROOT, env=env, capture_output=True, text=True,
+    out = subprocess.run([sys.executable, "-c", WITHOUT_TRITON], cwd=ROOT, env=env, capture_output=True, text=True, check=False,
                          timeout=300)
     assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stderr[-3000:]
 
