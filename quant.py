@@ -15,11 +15,14 @@ per weight = 4.5 bits; double quantization stores the absmax in 8 bits (blocks o
 the decoding side, which is what the kernels compute, is in nf4_kernels.py beside them (the level
 tables, dequantize_nf4, dequantize_absmax; re-exported here).
 
-Compute. Linear4bit's y = x @ W^T + b and its input gradient run the fused Triton kernels of
-nf4_kernels.py (W never in 16 bits) or their pure-torch references (dequantize, then matmul).
-QUANT_BACKEND=triton|torch picks the path (default: triton for CUDA tensors, torch elsewhere;
-without a CUDA device the kernels run in Triton's interpreter: tests only). Speeds: BENCHMARKS.md,
-"NF4 kernels".
+Compute. Linear4bit's y = x @ W^T + b and its input gradient dy @ W each run one of three paths,
+chosen by `_path` (the reason for each branch is there): the pure-torch reference (dequantize,
+then matmul: CPU tensors, QUANT_BACKEND=torch), the fused Triton kernels of nf4_kernels.py (W never
+in 16 bits: decoding, few rows), or one Triton kernel that dequantizes W into a scratch buffer
+shared by every layer, then cuBLAS (many rows, where the fused kernels lose; the crossover is timed
+per shape on first use on a GPU). QUANT_BACKEND=triton|torch (default: Triton for CUDA tensors;
+without a CUDA device Triton runs in its interpreter: tests only). Speeds: BENCHMARKS.md, "NF4
+kernels".
 
 How to run: python -m pytest tests/test_quant.py; python bench.py kernels
 """
@@ -90,13 +93,93 @@ def quantize_absmax(absmax: Tensor, blocksize: int = 256) -> tuple[Tensor, Tenso
     return codes.to(torch.uint8), scale, offset
 
 
-# ----------------------------------------------------------------------------- module
+# ----------------------------------------------------------------------------- dispatch: which path computes
 
 
-def _use_triton(x: Tensor, in_features: int, blocksize: int) -> bool:
-    """QUANT_BACKEND=triton|torch; unset: triton for CUDA tensors when importable. Shapes the
-    kernels do not take (nf4_kernels.fused_shape_ok) always run the torch path."""
-    return triton_support.use_triton("QUANT_BACKEND", x) and nf4_kernels.fused_shape_ok(in_features, blocksize)
+def _path(a: Tensor, nf4: tuple, shape: tuple[int, int], blocksize: int, direction: str) -> str:
+    """Which implementation computes a product with this 4-bit weight (nf4: packed, absmax, and
+    double quantization's scale and offset or None): direction "fwd" is a @ W^T (a = x), "dx" is
+    a @ W (a = dy), both with M = a.shape[0] rows.
+        "torch"    QUANT_BACKEND=torch, or unset and `a` is not on a GPU: the pure-torch reference
+                   (dequantize, then matmul; without a GPU Triton has only its interpreter, for tests)
+        "dequant"  the fused kernels do not take this shape (rows of K that are not whole blocks), or
+                   M is at or above the crossover: one Triton kernel writes W in 16 bits into the
+                   shared scratch buffer, then cuBLAS multiplies at its full tensor-core rate;
+                   with many rows that pays for writing W once
+        "fused"    fewer rows (decoding, small batches): the fused kernels read only the packed
+                   bytes (0.56 byte per weight) and never write W, where the other path moves 4.56"""
+    if not triton_support.use_triton("QUANT_BACKEND", a):
+        return "torch"
+    if not nf4_kernels.fused_shape_ok(shape[1], blocksize):
+        return "dequant"
+    return "dequant" if _two_kernels_faster(a, nf4, shape, blocksize, direction) else "fused"
+
+
+# The crossover in rows where nothing can be timed (the interpreter; a CUDA graph capture, which
+# would record the timing loop). Arithmetic, per weight of W and row of x, for a GPU of bandwidth B
+# and tensor-core peak P, a kernel reaching a share e of P:
+#   dequant + cuBLAS: (0.5625 + 2) / B to read the packed bytes and write W in 16 bits, then
+#                     cuBLAS, max(2 / B, 2 M / (e_c P)): bound by reading W up to M ~ e_c P / B
+#   fused:            max(0.5625 / B, 2 M / (e_f P)), e_f < e_c: the dequantization's ALU and L1 work
+#                     shares the SMs with the tensor cores
+# Below M ~ e_f P / (4 B) the fused kernels move 8x fewer bytes; above it they are compute-bound and
+# lose once 2 M / (e_f P) exceeds 4.5625 / B, at M* = 4.5625 e_f (P / B) / 2. P / B is 206 FLOP per
+# byte for the H200's datasheet peaks; with e_f as measured at M = 4096 (BENCHMARKS.md, "NF4 kernels",
+# which works this out), M* is about a hundred rows: 128, a power of two like the kernels' M buckets.
+# The fused kernels measured so far are far from the bandwidth at small M too (same table): that is
+# why a GPU times the choice instead.
+CROSSOVER_M = 128
+_TWO_KERNELS: dict[tuple, bool] = {}  # (device, N, K, dtype, M bucket, direction) -> two kernels are faster
+
+
+def _two_kernels_faster(a: Tensor, nf4: tuple, shape: tuple[int, int], blocksize: int, direction: str) -> bool:
+    """Whether dequantize + cuBLAS beats the fused kernels at a's M rows. On a GPU both are timed
+    whole on first use per (device, shape, dtype, M bucket, direction), the fused one after its
+    autotuning, and the faster is kept. Buckets as the kernels' autotuner keys them (M = 1; then
+    powers of two from 16), so no M is timed that the fused kernels would not also tune for. Else
+    M >= CROSSOVER_M, not remembered."""
+    M = a.shape[0]
+    key = (a.device, *shape, a.dtype, 1 if M == 1 else max(16, 1 << (M - 1).bit_length()), direction)
+    if key not in _TWO_KERNELS:
+        if triton_support.INTERPRET or triton_support.capturing():
+            return M >= CROSSOVER_M
+        run = partial(_matmul, bias=None) if direction == "fwd" else _matmul_dx
+        t = {path: triton_support.seconds(partial(run, path, a, nf4, shape=shape, blocksize=blocksize), rep_ms=25)
+             for path in ("fused", "dequant")}
+        _TWO_KERNELS[key] = t["dequant"] < t["fused"]
+    return _TWO_KERNELS[key]
+
+
+_SCRATCH: dict[tuple[torch.device, torch.dtype], Tensor] = {}  # (device, dtype) -> the dequantization buffer
+
+
+def _scratch(device: torch.device, dtype: torch.dtype, numel: int) -> Tensor:
+    """The one buffer of the two-kernel path per (device, dtype), grown to the largest projection
+    seen and shared by every layer (e.g. 3584 x 18944 x 2 bytes = 136 MB at 7B in bf16, 5120 x
+    13824 x 2 = 141 MB at 14B: arithmetic). Its contents live from the dequantization kernel to
+    the matmul queued after it on the same stream, so the next layer may overwrite them: nothing
+    may keep a dequantized W (the backward dequantizes again). Inside a CUDA graph capture a buffer
+    too small is not grown (memory allocated there belongs to the graph): a temporary is used."""
+    buf = _SCRATCH.get((device, dtype))
+    if buf is None or buf.numel() < numel:
+        if triton_support.capturing():
+            return torch.empty(numel, device=device, dtype=dtype)
+        _SCRATCH.pop((device, dtype), None)  # freed before the larger one is allocated
+        buf = _SCRATCH[(device, dtype)] = torch.empty(numel, device=device, dtype=dtype)
+    return buf
+
+
+def _dequantized(nf4: tuple, shape: tuple[int, int], blocksize: int, dtype: torch.dtype) -> Tensor:
+    """W in `dtype`, in the scratch buffer: valid until the next layer's dequantization."""
+    packed, absmax, scale, offset = nf4
+    out = _scratch(packed.device, dtype, shape[0] * shape[1])
+    return nf4_kernels.dequantize_nf4_triton(packed, absmax, shape, blocksize, dtype, scale, offset, out=out)
+
+
+def _float_absmax(nf4: tuple) -> tuple[Tensor, Tensor]:
+    """(packed, float32 absmax): what the fused kernels and the torch path take."""
+    packed, absmax, scale, offset = nf4
+    return packed, (absmax if scale is None else dequantize_absmax(absmax, scale, offset))
 
 
 _GEMV_PLAN: dict[tuple, str] = {}  # (device, N, K, dtype) -> the faster GEMV plan
@@ -106,10 +189,10 @@ def _gemv_plan(x: Tensor, packed: Tensor, absmax: Tensor, shape: tuple[int, int]
     """The faster of the GEMV kernel's two plans (nf4_kernels.nf4_matmul_triton) for this device,
     shape and dtype. It depends on both, so on a GPU both plans are timed whole on first use (each
     after its own autotuning) and the faster is kept. Where nothing can be timed (the interpreter;
-    a CUDA graph capture, which would record the timing loop) it is "split", not remembered."""
+    a CUDA graph capture) it is "split", not remembered."""
     key = (x.device, *shape, x.dtype)
     if key not in _GEMV_PLAN:
-        if triton_support.INTERPRET or torch.cuda.is_current_stream_capturing():
+        if triton_support.INTERPRET or triton_support.capturing():
             return "split"
         t = {plan: triton_support.seconds(partial(nf4_kernels.nf4_matmul_triton, x, packed, absmax, None, shape,
                                                   blocksize, plan)) for plan in ("split", "direct")}
@@ -117,33 +200,55 @@ def _gemv_plan(x: Tensor, packed: Tensor, absmax: Tensor, shape: tuple[int, int]
     return _GEMV_PLAN[key]
 
 
-def _fused_matmul(x, packed, absmax, bias, shape, blocksize):
-    plan = _gemv_plan(x, packed, absmax, shape, blocksize) if x.shape[0] == 1 else "split"
-    return nf4_kernels.nf4_matmul_triton(x, packed, absmax, bias, shape, blocksize, plan)
+def _matmul(path: str, x: Tensor, nf4: tuple, bias: Tensor | None, shape: tuple[int, int], blocksize: int) -> Tensor:
+    """y = x @ W^T (+ bias) by `path` (see _path)."""
+    if path == "dequant":
+        w = _dequantized(nf4, shape, blocksize, x.dtype)
+        if torch.is_autocast_enabled(x.device.type):  # the product in x's dtype, as on the other paths
+            with torch.autocast(x.device.type, enabled=False):
+                return F.linear(x, w, bias)
+        return F.linear(x, w, bias)
+    packed, absmax = _float_absmax(nf4)
+    if path == "fused":
+        plan = _gemv_plan(x, packed, absmax, shape, blocksize) if x.shape[0] == 1 else "split"
+        return nf4_kernels.nf4_matmul_triton(x, packed, absmax, bias, shape, blocksize, plan)
+    return nf4_matmul_torch(x, packed, absmax, bias, shape, blocksize)
+
+
+def _matmul_dx(path: str, dy: Tensor, nf4: tuple, shape: tuple[int, int], blocksize: int) -> Tensor:
+    """dx = dy @ W by `path`."""
+    if path == "dequant":
+        return dy @ _dequantized(nf4, shape, blocksize, dy.dtype)
+    packed, absmax = _float_absmax(nf4)
+    if path == "fused":
+        return nf4_kernels.nf4_matmul_dx_triton(dy, packed, absmax, shape, blocksize)
+    return nf4_matmul_dx_torch(dy, packed, absmax, shape, blocksize)
 
 
 class _NF4Linear(torch.autograd.Function):
-    """y = x @ W^T + b with W frozen in NF4. Only the packed bytes and absmax are saved for the
-    backward (no 16-bit W kept between forward and backward); dx is computed from them again."""
+    """y = x @ W^T + b with W frozen in NF4. Only the packed bytes and the absmax (float32, or double
+    quantization's codes with their scale and offset) are saved for the backward, never a 16-bit
+    W: the fused kernels read the packed bytes again, and the two-kernel path dequantizes again
+    into the scratch buffer, which other layers have overwritten since the forward. The path is
+    chosen per direction (_path): the forward's and dx's kernels cross over at different M."""
 
     @staticmethod
-    def forward(ctx, x, packed, absmax, bias, shape, blocksize, triton_path):
-        ctx.save_for_backward(packed, absmax)
-        ctx.shape, ctx.blocksize, ctx.triton_path = shape, blocksize, triton_path
-        matmul = _fused_matmul if triton_path else nf4_matmul_torch
-        return matmul(x, packed, absmax, bias, shape, blocksize)
+    def forward(ctx, x, packed, absmax, scale, offset, bias, shape, blocksize):
+        ctx.save_for_backward(packed, absmax, scale, offset)
+        ctx.shape, ctx.blocksize = shape, blocksize
+        nf4 = (packed, absmax, scale, offset)
+        return _matmul(_path(x, nf4, shape, blocksize, "fwd"), x, nf4, bias, shape, blocksize)
 
     @staticmethod
     def backward(ctx, dy):
-        packed, absmax = ctx.saved_tensors
+        nf4, (shape, blocksize) = ctx.saved_tensors, (ctx.shape, ctx.blocksize)
         dy = dy.contiguous()
         dx = db = None
         if ctx.needs_input_grad[0]:
-            matmul_dx = nf4_kernels.nf4_matmul_dx_triton if ctx.triton_path else nf4_matmul_dx_torch
-            dx = matmul_dx(dy, packed, absmax, ctx.shape, ctx.blocksize)
-        if ctx.needs_input_grad[3]:  # bias is frozen by default; honour it if someone unfreezes it
+            dx = _matmul_dx(_path(dy, nf4, shape, blocksize, "dx"), dy, nf4, shape, blocksize)
+        if ctx.needs_input_grad[5]:  # bias is frozen by default; honour it if someone unfreezes it
             db = dy.sum(0)
-        return dx, None, None, db, None, None, None
+        return dx, None, None, None, None, db, None, None
 
 
 class Linear4bit(nn.Module):
@@ -207,8 +312,9 @@ class Linear4bit(nn.Module):
         x2 = x.reshape(-1, self.in_features).to(self.compute_dtype)
         if x2.stride(-1) != 1:
             x2 = x2.contiguous()
-        y = _NF4Linear.apply(x2, self.weight, self._absmax_f32(), self.bias, (self.out_features, self.in_features),
-                             self.blocksize, _use_triton(x2, self.in_features, self.blocksize))
+        scale, offset = (self.absmax_scale, self.absmax_offset) if self.double_quant else (None, None)
+        y = _NF4Linear.apply(x2, self.weight, self.absmax, scale, offset, self.bias,
+                             (self.out_features, self.in_features), self.blocksize)
         return y.view(*x.shape[:-1], self.out_features).to(x.dtype)
 
     def extra_repr(self) -> str:

@@ -13,6 +13,7 @@ What is here
     check_launch     the errors a launch gets where it cannot run (no triton, a CPU tensor on a
                      machine whose kernels are built for the GPU)
     seconds          the time of a call, as the kernel files' benchmarks and first-use choices take it
+    capturing        whether a CUDA graph is being captured (then nothing is timed)
     add              a + b, the combine function of the kernels' tl.reduce sums (see INTERPRET)
 
 References
@@ -125,12 +126,19 @@ def check_launch(x: Tensor, who: str) -> None:
                            "files are imported (on a machine with a CUDA device the kernels are built for it)")
 
 
-def seconds(fn, cuda: bool | None = None) -> float:
-    """Seconds per call of fn(): on a GPU the median of triton.testing.do_bench (which also flushes
-    the L2 cache between calls), elsewhere the median of 3 calls after a warm-up one."""
-    if torch.cuda.is_available() if cuda is None else cuda:
+def capturing() -> bool:
+    """A CUDA graph is being captured on the current stream: no timing (it would be recorded into the
+    graph) and no allocation meant to outlive the graph."""
+    return torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()
+
+
+def seconds(fn, rep_ms: int = 100) -> float:
+    """Seconds per call of fn(): on a GPU the median of triton.testing.do_bench over about rep_ms
+    milliseconds of calls (it flushes the L2 cache between them), elsewhere the median of 3 calls
+    after a warm-up one."""
+    if torch.cuda.is_available():
         import triton.testing
-        return triton.testing.do_bench(fn, return_mode="median") * 1e-3
+        return triton.testing.do_bench(fn, warmup=max(1, rep_ms // 4), rep=rep_ms, return_mode="median") * 1e-3
     fn()
     times = []
     for _ in range(3):

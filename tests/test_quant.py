@@ -169,6 +169,88 @@ def test_triton_needs_whole_blocks_per_row(monkeypatch):
     torch.testing.assert_close(q(x), F.linear(x, q.dequantize(), q.bias), rtol=1e-5, atol=1e-5)
 
 
+@pytest.fixture
+def paths_run(monkeypatch):
+    """The Triton entry points quant.py's dispatch calls, each call recorded by name in order."""
+    ran = []
+
+    def spy(name, real):
+        def call(*args, **kwargs):
+            ran.append(name)
+            return real(*args, **kwargs)
+        return call
+
+    for name in ("nf4_matmul_triton", "nf4_matmul_dx_triton", "dequantize_nf4_triton"):
+        monkeypatch.setattr(nf4_kernels, name, spy(name, getattr(nf4_kernels, name)))
+    return ran
+
+
+@needs_triton
+@pytest.mark.parametrize("dtype", KERNEL_DTYPES)
+@pytest.mark.parametrize("double_quant", [False, True], ids=["absmax", "double-quant"])
+def test_fused_and_two_kernel_paths_agree_and_follow_m(dtype, double_quant, paths_run, monkeypatch):
+    """A 4-bit linear inside lora.LoRALinear gives the same output, input gradient and LoRA
+    gradients through the fused kernels and through dequantize + matmul (a tiny crossover forced:
+    8 rows), and which path runs follows M: below the crossover the fused forward and dx kernels,
+    at or above it one dequantization per direction (the backward dequantizes again)."""
+    import lora
+
+    monkeypatch.setenv("QUANT_BACKEND", "triton")
+    torch.manual_seed(0)
+    layer = lora.LoRALinear(quant.Linear4bit.from_linear(torch.nn.Linear(128, 40).to(DEVICE, dtype),
+                                                         double_quant=double_quant), r=4, alpha=8)
+    torch.nn.init.normal_(layer.lora_B.weight, std=0.1)
+    tol = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}[dtype]
+
+    def run(M, crossover):
+        monkeypatch.setattr(quant, "CROSSOVER_M", crossover)
+        paths_run.clear()
+        layer.zero_grad()
+        x = torch.randn(M, 128, generator=torch.Generator().manual_seed(M)).to(DEVICE, dtype).requires_grad_()
+        y = layer(x)
+        (y.float() * torch.linspace(-1, 1, 40, device=DEVICE)).sum().backward()
+        grads = [y, x.grad, layer.lora_A.weight.grad, layer.lora_B.weight.grad]
+        return [g.detach().float().clone() for g in grads], list(paths_run)
+
+    for M in (1, 5, 33):
+        fused, ran_fused = run(M, 10**6)
+        assert ran_fused == ["nf4_matmul_triton", "nf4_matmul_dx_triton"], M
+        two, ran_two = run(M, 8)
+        assert ran_two == (ran_fused if M < 8 else ["dequantize_nf4_triton"] * 2), M
+        monkeypatch.setenv("QUANT_BACKEND", "torch")
+        ref, ran_ref = run(M, 8)
+        monkeypatch.setenv("QUANT_BACKEND", "triton")
+        assert ran_ref == []  # QUANT_BACKEND=torch forces the torch path at any M
+        for a, b, c in zip(fused, two, ref):
+            torch.testing.assert_close(a, c, rtol=tol, atol=tol)
+            torch.testing.assert_close(b, c, rtol=tol, atol=tol)
+
+
+@needs_triton
+def test_two_kernel_backward_dequantizes_again(paths_run, monkeypatch):
+    """The scratch buffer is one per (device, dtype), shared by every layer and grown to the largest
+    weight seen. Two layers of 96 x 64 weights: by the time layer 1's backward runs, layer 2's
+    weight has been written over layer 1's in the buffer. The input gradient is still right,
+    because the backward dequantizes again (four dequantizations for two layers)."""
+    monkeypatch.setenv("QUANT_BACKEND", "triton")
+    monkeypatch.setattr(quant, "CROSSOVER_M", 1)
+    monkeypatch.setattr(quant, "_SCRATCH", {})
+    torch.manual_seed(0)
+    l1, l2 = (quant.Linear4bit.from_linear(torch.nn.Linear(i, o).to(DEVICE)) for i, o in ((64, 96), (96, 64)))
+    x = torch.randn(3, 64, device=DEVICE, requires_grad=True)
+    l2(l1(x)).square().sum().backward()
+    assert paths_run == ["dequantize_nf4_triton"] * 4
+    (buf,) = quant._SCRATCH.values()
+    assert buf.numel() == 96 * 64 and buf.dtype == torch.float32
+    x_ref = x.detach().clone().requires_grad_(True)
+    F.linear(F.linear(x_ref, l1.dequantize(), l1.bias), l2.dequantize(), l2.bias).square().sum().backward()
+    torch.testing.assert_close(x.grad, x_ref.grad, rtol=1e-5, atol=1e-5)
+    with torch.no_grad():
+        quant.Linear4bit.from_linear(torch.nn.Linear(96, 128).to(DEVICE))(torch.randn(2, 96, device=DEVICE))
+    (grown,) = quant._SCRATCH.values()
+    assert grown.numel() == 96 * 128  # grown to the larger projection, still one buffer
+
+
 @pytest.mark.parametrize("backend", ["torch", pytest.param("triton", marks=needs_triton)])
 def test_linear4bit_gradient_to_input_only(backend, monkeypatch):
     monkeypatch.setenv("QUANT_BACKEND", backend)
