@@ -65,7 +65,8 @@ def bench_fused(args):
         torch.set_num_threads(1)
     name = torch.cuda.get_device_name() if cuda else "CPU (1 thread)"
     print(f"device: {name}, {a.dtype}, torch {torch.__version__}")
-    shape = dict(tokens=64, hidden=256, intermediate=512, heads=(4, 2), head_dim=64) if a.quick else {"tokens": a.tokens}
+    shape = ({"tokens": 64, "hidden": 256, "intermediate": 512, "heads": (4, 2), "head_dim": 64} if a.quick
+             else {"tokens": a.tokens})
     return fused_ops.benchmark(**shape, dtype=getattr(torch, a.dtype))
 
 
@@ -491,7 +492,7 @@ def time_steps(model, cfg, batch: dict, steps: int, warmup: int, device, profile
 def bench_train(args):
     """QLoRA training steps at a config's real shape, ours vs transformers + PEFT + bitsandbytes.
 
-        python bench.py train --config configs/qwen7b_instruct.py --random-weights --batch 4 \\
+        python bench.py train --config configs/qwen7b_instruct.py --random-weights --batch 4,8,16,32 \\
             --gradient_checkpointing=True          # any --key=value overrides a config field
         python bench.py train --config configs/tiny.py --random-weights --steps 2   # CPU smoke run
 
@@ -501,8 +502,9 @@ def bench_train(args):
     random ones quantized one matrix at a time on the device (speed and memory do not depend on
     the values). Batches: --frames pose frames (+-10%, iSign's mean is ~215), 20..40 answer
     tokens, a --prompt_tokens ChatML prompt (with a tokenizer in model_dir: the real prompt).
-    A step is train.train_step on one micro-batch (bf16 autocast on GPUs, float32 on the CPU).
-    Reported: median step time, tokens/s (all sequence positions, as train.py logs), samples/s,
+    A step is train.train_step on one micro-batch (bf16 autocast on GPUs, float32 on the CPU) of
+    each --batch size in turn, the model built once per stack (a size that runs out of GPU memory
+    is reported and skipped; --profile profiles the last size). Reported per stack and size: median step time, tokens/s (all sequence positions, as train.py logs), samples/s,
     peak memory during the steps (GPU: max_memory_allocated; CPU: tensor bytes, cpu_peak), the
     model's own memory (its tensors), and MFU = train_flops / step time / peak."""
     import gc
@@ -520,7 +522,8 @@ def bench_train(args):
     p.add_argument("--random-weights", action="store_true", help="random weights of the config's shape")
     p.add_argument("--shape", help=f"force a Qwen2.5 shape: {', '.join(QWEN25_SHAPES)}")
     p.add_argument("--layers", type=int, help="keep only the first N layers (profiling on the CPU)")
-    p.add_argument("--batch", type=int, help="clips per step (default: the config's batch_size)")
+    p.add_argument("--batch", help="clips per step, or a comma-separated list (4,8,16,32): each stack is built "
+                   "once and timed at every size (default: the config's batch_size)")
     p.add_argument("--steps", type=int, default=None, help="timed steps (default 10 on GPU, 3 on CPU)")
     p.add_argument("--warmup", type=int, default=None, help="untimed steps first (default 3 on GPU, 1 on CPU)")
     p.add_argument("--frames", type=int, default=215, help="mean pose frames per clip")
@@ -530,8 +533,7 @@ def bench_train(args):
     p.add_argument("--profile", type=int, default=0, help="after timing, profile one step and print the N costliest ops")
     a, overrides = p.parse_known_args(args)
     cfg = train.load_config(([a.config] if a.config else []) + overrides)
-    if a.batch:
-        cfg.batch_size = a.batch
+    sizes = [int(b) for b in a.batch.split(",")] if a.batch else [cfg.batch_size]
     cuda = torch.cuda.is_available()
     device = torch.device("cuda" if cuda else "cpu")
     steps, warmup = a.steps or (10 if cuda else 3), a.warmup if a.warmup is not None else (3 if cuda else 1)
@@ -579,35 +581,45 @@ def bench_train(args):
                   [1 + k % (config.vocab_size - 2) for k in range(a.prompt_tokens)])
         if not hasattr(tok, "chat"):
             prompt[a.prompt_tokens // 2] = tok.pose_token_id  # where the pose sits in the ChatML prompt
-        batch = synthetic_batch(tok, prompt, feature_dim, cfg.batch_size, a.frames, (20, 40), config.vocab_size)
         model_gib = ((torch.cuda.memory_allocated(device) - before) if cuda else
                      storage_bytes([*model.parameters(), *model.buffers()])) / 2**30
-        r = time_steps(model, cfg, batch, steps, warmup, device, a.profile)
-        r.update(model_gib=model_gib, label_tokens=int((batch["labels"][:, 1:] != -100).sum()),
-                 batch=tuple(batch["input_ids"].shape))
-        r["flops"] = train_flops(config, cfg, r["tokens"], r["label_tokens"])
-        r["mfu"] = r["flops"] / r["step_s"] / peak_flops if peak_flops else None
-        results[stack] = r
-        rows.append((label, r))
+        for size in sizes:  # the same model at every size; a fresh optimizer and peak count for each
+            cfg.batch_size = size
+            batch = synthetic_batch(tok, prompt, feature_dim, size, a.frames, (20, 40), config.vocab_size)
+            try:
+                r = time_steps(model, cfg, batch, steps, warmup, device, a.profile if size == sizes[-1] else 0)
+            except torch.cuda.OutOfMemoryError:
+                print(f"{label}, batch {size}: out of memory")
+                batch = None
+                gc.collect()
+                torch.cuda.empty_cache()
+                continue
+            r.update(model_gib=model_gib, label_tokens=int((batch["labels"][:, 1:] != -100).sum()),
+                     batch=tuple(batch["input_ids"].shape))
+            r["flops"] = train_flops(config, cfg, r["tokens"], r["label_tokens"])
+            r["mfu"] = r["flops"] / r["step_s"] / peak_flops if peak_flops else None
+            results.setdefault(stack, {})[size] = r
+            rows.append((label, size, r))
         del model
     if not rows:
         return results
-    r0 = rows[0][1]
-    print(f"batch: {cfg.batch_size} clips, input_ids {r0['batch']}, {r0['tokens']} tokens ({r0['label_tokens']} "
-          f"labels) per step; {r0['flops'] / 1e12:.3f} TFLOP per step (train_flops); median of {steps} steps "
-          f"after {warmup} warm-up")
-    print(f"{'stack':<28}{'step ms':>10}{'tokens/s':>10}{'samples/s':>11}{'peak GiB':>10}{'model GiB':>11}"
-          f"{'MFU':>7}{'loss':>8}")
-    for label, r in rows:
+    print(f"per step: one micro-batch of `batch` clips, input_ids (clips, positions), tokens = every position "
+          f"(labels: answer tokens); TFLOP: train_flops; median of {steps} steps after {warmup} warm-up")
+    print(f"{'stack':<28}{'batch':>6}{'input_ids':>12}{'tokens':>8}{'labels':>7}{'TFLOP':>8}{'step ms':>10}"
+          f"{'tokens/s':>10}{'samples/s':>11}{'peak GiB':>10}{'model GiB':>11}{'MFU':>7}{'loss':>8}")
+    for label, size, r in rows:
         mfu = f"{100 * r['mfu']:6.1f}%" if r["mfu"] is not None else f"{'-':>7}"
-        print(f"{label:<28}{r['step_s'] * 1e3:10.1f}{r['tokens'] / r['step_s']:10.0f}"
-              f"{cfg.batch_size / r['step_s']:11.2f}{r['peak_gib']:10.2f}{r['model_gib']:11.2f}{mfu}{r['loss']:8.3f}")
+        print(f"{label:<28}{size:>6}{'x'.join(map(str, r['batch'])):>12}{r['tokens']:>8}{r['label_tokens']:>7}"
+              f"{r['flops'] / 1e12:8.3f}{r['step_s'] * 1e3:10.1f}{r['tokens'] / r['step_s']:10.0f}"
+              f"{size / r['step_s']:11.2f}{r['peak_gib']:10.2f}{r['model_gib']:11.2f}{mfu}{r['loss']:8.3f}")
     if not cuda:
         print("CPU memory: tensor bytes (bench.cpu_peak); peak reached in " +
-              "; ".join(f"{label.split(' ')[0]}: {r['peak_at']}" for label, r in rows))
-    if len(rows) == 2:
-        print(f"ours / theirs: {rows[1][1]['step_s'] / rows[0][1]['step_s']:.2f}x tokens/s, "
-              f"{rows[0][1]['peak_gib'] / rows[1][1]['peak_gib']:.2f}x peak memory")
+              "; ".join(f"{label.split(' ')[0]} batch {size}: {r['peak_at']}" for label, size, r in rows))
+    if len(results) == 2:
+        ours, theirs = results.values()
+        for size in sorted(set(ours) & set(theirs)):
+            print(f"batch {size}: ours / theirs {theirs[size]['step_s'] / ours[size]['step_s']:.2f}x tokens/s, "
+                  f"{ours[size]['peak_gib'] / theirs[size]['peak_gib']:.2f}x peak memory")
     return results
 
 
