@@ -504,8 +504,9 @@ def bench_train(args):
     tokens, a --prompt_tokens ChatML prompt (with a tokenizer in model_dir: the real prompt).
     A step is train.train_step on one micro-batch (bf16 autocast on GPUs, float32 on the CPU) of
     each --batch size in turn, the model built once per stack (a size that runs out of GPU memory
-    is reported and skipped; --profile profiles the last size). Reported per stack and size: median step time, tokens/s (all sequence positions, as train.py logs), samples/s,
-    peak memory during the steps (GPU: max_memory_allocated; CPU: tensor bytes, cpu_peak), the
+    is reported and skipped; --profile profiles the last size). Reported per stack and size:
+    median step time, tokens/s (all sequence positions, as train.py logs), samples/s, peak
+    memory during the steps (GPU: max_memory_allocated; CPU: tensor bytes, cpu_peak), the
     model's own memory (its tensors), and MFU = train_flops / step time / peak."""
     import gc
     import os
