@@ -601,6 +601,11 @@ def bench_train(args):
             r["mfu"] = r["flops"] / r["step_s"] / peak_flops if peak_flops else None
             results.setdefault(stack, {})[size] = r
             rows.append((label, size, r))
+        if stack == "ours" and cfg.quantize == "nf4":
+            import quant
+            for what, chosen in quant.dispatch_choices().items():  # empty without a GPU: nothing is timed
+                for key, value in chosen.items():
+                    print(f"{label}: first-use choice {what} {tuple(str(k) for k in key)}: {value}")
         del model
     if not rows:
         return results

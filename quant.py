@@ -200,6 +200,13 @@ def _gemv_plan(x: Tensor, packed: Tensor, absmax: Tensor, shape: tuple[int, int]
     return _GEMV_PLAN[key]
 
 
+def dispatch_choices() -> dict[str, dict]:
+    """What the first-use timings have chosen so far in this process, for reports (bench.py train):
+    "dequant" maps (device, N, K, dtype, M bucket, direction) to whether dequantize + cuBLAS won,
+    "gemv_plan" maps (device, N, K, dtype) to the GEMV plan kept."""
+    return {"dequant": dict(_TWO_KERNELS), "gemv_plan": dict(_GEMV_PLAN)}
+
+
 def _matmul(path: str, x: Tensor, nf4: tuple, bias: Tensor | None, shape: tuple[int, int], blocksize: int) -> Tensor:
     """y = x @ W^T (+ bias) by `path` (see _path)."""
     if path == "dequant":
