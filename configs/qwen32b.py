@@ -5,7 +5,8 @@
 # Memory per GPU, PLANNED (not measured): NF4 projections 31B x 0.5625 byte ~ 16.3 GiB; lm_head
 # bf16 152064 x 5120 x 2 bytes = 1.45 GiB (the input table is in host memory: offload_embeddings);
 # LoRA r64 on 7 projections x 64 layers = 537M params x 16 bytes (fp32 weight, grad, 2 AdamW
-# moments) ~ 8 GiB; encoder (~32M) ~0.5 GiB; activations (1 clip, checkpointed) ~ 1 GiB.
+# moments) ~ 8 GiB; encoder (~32M) ~0.5 GiB; activations (1 clip, checkpointed) ~ 1 GiB; the
+# dequantization scratch buffer (quant.py), the largest projection 5120 x 27648 x 2 bytes = 0.26 GiB.
 # About 27 GiB: use 40 GB or larger GPUs.
 model_dir = "checkpoints/Qwen2.5-32B-Instruct"
 model_repo = "Qwen/Qwen2.5-32B-Instruct"
