@@ -1,0 +1,199 @@
+"""Issue 15, "nothing lost, nothing silent": each numbered case of the issue, as a user meets it.
+Where work could be lost the old data must stay as it was; where input is bad the message must
+name the file, row or field and say what to do.
+
+    1 exports never overwrite      5 float16 overflow         9 answer length cap       13 eval.py errors
+    2 all checkpoints damaged      6 base fingerprint        10 ties in val BLEU        14 zero intervals
+    3 cache of other settings      7 corpus rows, stale poses 11 signer, uid paths      15 disk full, resume
+    4 predictions files            8 values checked early    12 CSV/JSONL encodings     16 small ones
+"""
+import json
+import math
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from pose_format import Pose
+from pose_format.numpy import NumPyPoseBody
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+import checkpoints
+import config
+import data
+import eval as ev
+import loader
+import lora
+import poses
+import train
+from test_data import good_rows, make_corpus, read_fixture, write_clip, write_csv
+from tokenizer import train_bpe
+from train_helpers import ROOT, assets, metrics, tiny_args
+
+
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory):
+    return assets(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def run_dir(shared, tmp_path_factory):
+    """A finished tiny run of 4 steps, checkpoints at 2 and 4. Tests that change it copy it."""
+    out = tmp_path_factory.mktemp("robust") / "run"
+    assert train.main(tiny_args(shared, out, max_steps=4, grad_accum=1, eval_every=2, save_every=2)) == 0
+    return out
+
+
+def copy_run(run_dir, dst):
+    shutil.copytree(run_dir, dst, symlinks=True)
+    return dst
+
+
+def snapshot(folder):
+    """Every file's bytes under a folder, to show that nothing changed."""
+    return {p.relative_to(folder): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def error_line(capsys):
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err and err[-1].startswith("error: "), err
+    return err[-1]
+
+
+# ----------------------------------------------------------------------------- 3. a cache of other settings
+
+def test_3_prepare_with_other_settings_keeps_the_cache_unless_forced(fixtures_dir, tmp_path, capsys):
+    root = make_corpus(tmp_path / "c", fixtures_dir, good_rows(4))
+    cfg = data.DataConfig(data_dir=str(root))
+    data.prepare(cfg, workers=1, progress=False)
+    before = snapshot(root / "cache")
+    with pytest.raises(SystemExit) as e:
+        data.main(["prepare", str(root), "--layout", "openpose", "--workers", "1"])
+    assert e.value.code == 2
+    line = error_line(capsys)
+    assert "layout: 'holistic' there, 'openpose' now" in line and "--force" in line and "--cache" in line
+    assert snapshot(root / "cache") == before and data.is_fresh(cfg)
+    # asked for: replaced; a build that keeps no row at all is an error, not "ok": 0 and exit 0
+    with pytest.raises(SystemExit):
+        data.main(["prepare", str(root), "--layout", "openpose", "--workers", "1", "--force"])
+    line = error_line(capsys)
+    assert "no row of the corpus could be used" in line and "layout lacks points" in line and "skipped.jsonl" in line
+    assert not data.is_fresh(cfg)
+
+
+# ----------------------------------------------------------------------------- 5. float16 overflow
+
+def test_5_a_value_beyond_float16_is_skipped_not_stored_as_inf(fixtures_dir, tmp_path):
+    root = make_corpus(tmp_path / "c", fixtures_dir, good_rows(3))
+    pose = read_fixture(fixtures_dir)
+    pose.body.data.data[5, 0, 13, 0] = 1e9                         # LEFT_ELBOW, one frame, x
+    with open(root / "poses" / f"{good_rows(3)[1][0]}.pose", "wb") as f:
+        pose.write(f)
+    summary = data.prepare(data.DataConfig(data_dir=str(root)), workers=1, progress=False)
+    assert summary["ok"] == 2 and summary["reasons"] == {"value too large": 1}
+    skipped = json.loads((root / "cache" / "skipped.jsonl").read_text())
+    assert skipped["uid"] == good_rows(3)[1][0] and "65504" in skipped["detail"] and ".pose" in skipped["detail"]
+    assert np.isfinite(np.load(root / "cache" / "features.npy")).all()
+
+
+# ----------------------------------------------------------------------------- 6. base fingerprint
+
+def other_base(shared, dst):
+    """The run's base with other values but the same shapes and files (as 7B is to 7B-Instruct)."""
+    shutil.copytree(shared / "base", dst)
+    tensors = load_file(str(dst / "model.safetensors"))
+    name = next(n for n in tensors if n.endswith("q_proj.weight"))
+    tensors[name] = tensors[name] + 0.01
+    save_file(tensors, str(dst / "model.safetensors"), metadata={"format": "pt"})
+    return dst
+
+
+# ----------------------------------------------------------------------------- 7, 11, 12. corpus rows
+
+def test_7_11_12_bad_corpus_rows_are_skipped_with_file_and_line(fixtures_dir, tmp_path):
+    rows = good_rows(4)
+    root = make_corpus(tmp_path / "d" / "c", fixtures_dir, rows)
+    write_clip(read_fixture(fixtures_dir), tmp_path / "d" / "x.pose", range(60))   # outside poses/
+    lines = ["uid,text"] + [f"{u},{t}" for u, t in rows[:3]] + [f"{rows[3][0]},hello,extra,fields", "../../x,escape"]
+    (root / "iSign_v1.1.csv").write_bytes(("\n".join(lines) + "\n").encode("utf-8-sig")          # Excel's BOM
+                                          + b"bad--1,caf\xe9 latin-1\n")
+    summary = data.prepare(data.DataConfig(data_dir=str(root)), workers=1, progress=False)
+    assert summary["ok"] == 3 and summary["reasons"] == {"bad corpus row": 3}
+    details = {s["uid"]: s["detail"] for s in map(json.loads, (root / "cache" / "skipped.jsonl").read_text().splitlines())}
+    assert "line 5: 4 fields, the header names 2; quote a text" in details[rows[3][0]]
+    assert "names a file outside poses/" in details["../../x"]
+    assert "iSign_v1.1.csv line 7: bytes that are not UTF-8" in details["bad--1"]
+
+
+def test_7_12_bad_manifest_lines_are_skipped_with_their_line(fixtures_dir, tmp_path):
+    rows = good_rows(3)
+    root = make_corpus(tmp_path / "c", fixtures_dir, rows)
+    lines = [json.dumps({"pose": f"poses/{u}.pose", "text": t, "split": "train"}) for u, t in rows]
+    lines += [json.dumps({"pose": f"poses/{rows[0][0]}.pose", "text": "x", "split": "training"}),
+              json.dumps({"text": "no pose"}), '{"pose": "poses/a.pose", "text": ']
+    (root / "m.jsonl").write_text("\n".join(lines) + "\n")
+    summary = data.prepare(data.DataConfig(data_dir=str(root), csv="m.jsonl"), workers=1, progress=False)
+    assert summary["ok"] == 3 and summary["splits"] == {"train": 3} and summary["reasons"] == {"bad corpus row": 3}
+    details = [s["detail"] for s in map(json.loads, (root / "cache" / "skipped.jsonl").read_text().splitlines())]
+    assert "m.jsonl line 4: \"split\" is 'training', not one of train, val, test" in details[0]
+    assert "m.jsonl line 5: no \"pose\" field" in details[1] and "m.jsonl line 6: not JSON" in details[2]
+
+
+def test_7_a_replaced_pose_file_is_converted_again(fixtures_dir, tmp_path, capsys):
+    rows = good_rows(3)
+    root = make_corpus(tmp_path / "c", fixtures_dir, rows)
+    cfg = data.DataConfig(data_dir=str(root))
+    assert data.prepare(cfg, workers=1, progress=False)["frames"] == 97 + 60 + 31
+    write_clip(read_fixture(fixtures_dir), root / "poses" / f"{rows[0][0]}.pose", range(40))
+    data.ensure_cache(cfg)                                         # train.py: warned, the cache kept
+    assert "1 pose files changed" in capsys.readouterr().err and data.is_fresh(cfg)
+    assert data.prepare(cfg, workers=1, progress=False)["frames"] == 40 + 60 + 31
+    index = json.loads((root / "cache" / "index.json").read_text())
+    assert index["length"] == [40, 60, 31]
+
+
+# ----------------------------------------------------------------------------- 8, 14. values checked before loading
+
+@pytest.mark.parametrize("override, key", [
+    ("--lr=-1", "lr"), ("--max_steps=-5", "max_steps"), ("--max_steps=0", "max_steps"),
+    ("--eval_every=0", "eval_every"), ("--save_every=0", "save_every"), ("--max_new_tokens=0", "max_new_tokens"),
+    ("--batch_size=0", "batch_size"), ("--max_answer_tokens=0", "max_answer_tokens"), ("--lr=1e999", "lr"),
+    ("--lora_dropout=1.0", "lora_dropout"), ("--split_ratios=(0, 0, 0)", "split_ratios"),
+    ("--quantize=int8", "quantize"), ("--layout=openpos", "layout"), ("--min_frames=500", "min_frames"),
+])
+@pytest.mark.parametrize("args", [["--num_beams", "0"], ["--num_beams", "-3"], ["--max_new_tokens", "0"],
+                                  ["--batch_size", "0"]])
+# ----------------------------------------------------------------------------- 9. answer length
+
+def test_9_long_answers_are_cut_to_max_answer_tokens(fixtures_dir, tmp_path):
+    rows = good_rows(3, videos=3)
+    rows[1] = (rows[1][0], " ".join(["word"] * 400))
+    root = make_corpus(tmp_path / "c", fixtures_dir, rows)
+    cfg = data.DataConfig(data_dir=str(root), split_ratios=(1, 0, 0), max_answer_tokens=16)
+    data.prepare(cfg, workers=1, progress=False)
+    tok = train_bpe([t for _, t in rows] * 3, 300, tmp_path / "tok")
+    ds = data.SignDataset(cfg, "train", tok)
+    k = ds.uids.index(rows[1][0])
+    assert ds.truncated == 1 and len(ds.answer_ids[k]) == 16 and tok.im_end_id not in ds.answer_ids[k]
+    assert ds.texts[k] == rows[1][1]                               # the reference stays whole
+    short = [i for i in range(3) if i != k]
+    assert all(ds.answer_ids[i][-1] == tok.im_end_id for i in short)
+    assert all(ds.answer_ids[i][:-1] == tok.encode(ds.texts[i]) for i in short)
+
+
+# ----------------------------------------------------------------------------- 11. the signer
+
+def test_11_an_empty_first_person_beside_the_signer(fixtures_dir, tmp_path):
+    pose = read_fixture(fixtures_dir)
+    body = pose.body
+    two = NumPyPoseBody(body.fps, np.ma.concatenate([np.ma.zeros(body.data.shape, np.float32), body.data], axis=1),
+                        np.concatenate([np.zeros_like(body.confidence), body.confidence], axis=1))
+    with open(tmp_path / "two.pose", "wb") as f:
+        Pose(pose.header, two).write(f)
+    cfg = poses.PoseConfig()
+    np.testing.assert_array_equal(poses.load_pose(tmp_path / "two.pose", cfg),
+                                  poses.load_pose(fixtures_dir / "holistic_576.pose", cfg))
+
