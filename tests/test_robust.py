@@ -164,8 +164,18 @@ def test_7_a_replaced_pose_file_is_converted_again(fixtures_dir, tmp_path, capsy
     ("--lora_dropout=1.0", "lora_dropout"), ("--split_ratios=(0, 0, 0)", "split_ratios"),
     ("--quantize=int8", "quantize"), ("--layout=openpos", "layout"), ("--min_frames=500", "min_frames"),
 ])
+def test_8_14_impossible_values_are_refused_before_loading(override, key):
+    with pytest.raises(config.ConfigError, match=f"'?{key}'? .*"):
+        config.load_config([override])
+
+
 @pytest.mark.parametrize("args", [["--num_beams", "0"], ["--num_beams", "-3"], ["--max_new_tokens", "0"],
                                   ["--batch_size", "0"]])
+def test_8_max_steps_0_test_at_end_never_reports_an_untrained_model(shared, tmp_path, capsys):
+    assert train.main(tiny_args(shared, tmp_path / "r", max_steps=0, test_at_end=True)) == 2
+    assert "'max_steps' must be >= 1, got 0" in error_line(capsys) and not (tmp_path / "r").exists()
+
+
 # ----------------------------------------------------------------------------- 9. answer length
 
 def test_9_long_answers_are_cut_to_max_answer_tokens(fixtures_dir, tmp_path):
