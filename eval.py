@@ -9,7 +9,9 @@
 The run's saved config.json says how to rebuild the model: the frozen base checkpoint (4-bit
 NF4 by default), LoRA adapters on it, and the pose encoder whose soft tokens replace the pose
 placeholder of the chat prompt. A checkpoint holds only the trained tensors; they are loaded on
-top. Hypotheses come from `Qwen2.generate` with the KV cache (greedy or beam search).
+top, after its base fingerprint is checked against model_dir. Hypotheses come from
+`Qwen2.generate` with the KV cache (greedy or beam search). Predictions go to
+RUN/predictions-SPLIT-CKPT.jsonl, written only once complete; exports never overwrite files.
 
 Metrics (last line of stdout, one JSON object):
 - bleu1..bleu4: sacrebleu corpus BLEU with max n-gram order 1..4 (13a tokenizer, exp smoothing);
@@ -24,6 +26,7 @@ sacrebleu (Post 2018), ROUGE (Lin 2004).
 """
 import argparse
 import json
+import os
 import re
 import sys
 from contextlib import redirect_stdout
@@ -36,8 +39,10 @@ from tqdm import tqdm
 import checkpoints
 import config
 import data
+import loader
 import lora
 import poses
+from config import ConfigError
 from tokenizer import Tokenizer
 from translator import SignTranslator, autocast, build_model, collate_fn, to_device
 
@@ -114,14 +119,34 @@ def decode(model: SignTranslator, tok: Tokenizer, dataset, indices: list[int], b
     return [rows[i] for i in indices]
 
 
+def predictions_path(run_dir: Path, split: str, ckpt: Path, num_beams: int) -> Path:
+    """RUN/predictions-SPLIT-CKPT[-beamsN].jsonl: an evaluation of another split, checkpoint or
+    beam width never replaces this one's file."""
+    return Path(run_dir) / f"predictions-{split}-{ckpt.name}{f'-beams{num_beams}' if num_beams > 1 else ''}.jsonl"
+
+
 def write_predictions(rows: list[dict], path: Path) -> None:
-    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    """Written whole or not at all: a run that fails leaves an earlier file as it was."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    os.replace(tmp, path)
 
 
 def translate_file(model: SignTranslator, tok: Tokenizer, dcfg: data.DataConfig, pose_path: str,
                    max_new_tokens: int, num_beams: int, device: torch.device, static: bool = False) -> str:
     """One .pose file -> its English translation."""
-    item = {"uid": Path(pose_path).stem, "poses": torch.from_numpy(poses.load_pose(pose_path, dcfg.pose)), "text": "",
+    try:
+        feats = poses.load_pose(pose_path, dcfg.pose)
+    except poses.PoseError as e:
+        if e.kind != "layout lacks points":
+            raise
+        raise poses.PoseError(e.kind, f"{e}. This run's model was trained on layout={dcfg.pose.layout!r} "
+                                      "and reads only that layout's points") from None
+    item = {"uid": Path(pose_path).stem, "poses": torch.from_numpy(feats), "text": "",
             "prompt_ids": data.build_prompt(tok, dcfg), "answer_ids": []}
     batch = to_device(collate_fn(model, tok, for_generation=True)([item]), device)
     model.eval()
@@ -129,28 +154,60 @@ def translate_file(model: SignTranslator, tok: Tokenizer, dcfg: data.DataConfig,
         return model.translate(batch, tok, max_new_tokens, num_beams, static)[0]
 
 
-def main(argv: list[str] | None = None) -> None:
+def at_least_1(text: str) -> int:
+    """argparse type: an int >= 1 (0 beams or 0 new tokens is no decoding at all)."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run", help="a run directory (its best checkpoint, else the newest) or a ckpt-NNNNNN directory")
     parser.add_argument("--split", default="test", choices=data.SPLITS)
     parser.add_argument("--data_dir", help="corpus to evaluate on (default: the run's)")
-    parser.add_argument("--num_beams", type=int, default=1, help="1: greedy")
+    parser.add_argument("--model_dir", help="the run's base model, if it moved (default: the run's)")
+    parser.add_argument("--num_beams", type=at_least_1, default=1, help="1: greedy")
     parser.add_argument("--static", action="store_true",
                         help="greedy steps replayed from one CUDA graph per batch (model.StaticDecoder); same tokens")
-    parser.add_argument("--batch_size", type=int, default=16)
-    parser.add_argument("--max_new_tokens", type=int, help="default: the run's")
-    parser.add_argument("--out", help="predictions file (default: RUN/predictions.jsonl, or CKPT/../)")
+    parser.add_argument("--batch_size", type=at_least_1, default=16)
+    parser.add_argument("--max_new_tokens", type=at_least_1, help="default: the run's")
+    parser.add_argument("--out", help="predictions file (default: RUN/predictions-SPLIT-CKPT.jsonl)")
     parser.add_argument("--pose", help="translate this one .pose file and print the English")
     parser.add_argument("--export_adapter", metavar="DIR", help="write the LoRA adapter in PEFT's format and exit")
     parser.add_argument("--export_merged", metavar="DIR",
                         help="write base + LoRA merged as a 16-bit Hugging Face checkpoint and exit")
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
 
+
+def check_outputs(args: argparse.Namespace, out: Path) -> None:
+    """What eval would write, checked before the model is loaded: nothing is overwritten and the
+    predictions' folder exists."""
+    if args.export_adapter:
+        lora.refuse_overwrite(args.export_adapter, lora.ADAPTER_FILES)
+    if args.export_merged:
+        lora.refuse_overwrite(args.export_merged, lora.MERGED_FILES)
+    if args.pose and not Path(args.pose).is_file():
+        raise FileNotFoundError(f"--pose {args.pose}: no such file")
+    if not (args.export_adapter or args.export_merged or args.pose) and not os.access(out.parent, os.W_OK):
+        raise ConfigError(f"--out {out}: cannot write in {out.parent} (no such folder, or not writable)")
+
+
+def evaluate(args: argparse.Namespace) -> None:
     ckpt = checkpoints.pick(Path(args.run))
     cfg = config.load_run_config(ckpt)
-    if args.data_dir:
-        cfg.data.data_dir = args.data_dir
-    max_new = args.max_new_tokens or cfg.max_new_tokens
+    cfg.data.data_dir = args.data_dir or cfg.data.data_dir
+    cfg.model_dir = args.model_dir or cfg.model_dir
+    out = Path(args.out) if args.out else predictions_path(ckpt.resolve().parent, args.split, ckpt, args.num_beams)
+    check_outputs(args, out)
+    if not (Path(cfg.model_dir) / "config.json").is_file():
+        raise FileNotFoundError(f"model_dir {cfg.model_dir} (the run's base model) holds no config.json; "
+                                "pass --model_dir=DIR where it is now")
+    mismatch = checkpoints.base_mismatch(ckpt, {"model_dir": cfg.model_dir, "fingerprint": loader.fingerprint(cfg.model_dir)})
+    if mismatch:
+        raise ConfigError(mismatch)
+    max_new = cfg.max_new_tokens if args.max_new_tokens is None else args.max_new_tokens
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dcfg = cfg.data
     tok = Tokenizer.from_dir(cfg.model_dir)
@@ -169,13 +226,26 @@ def main(argv: list[str] | None = None) -> None:
         return
     data.ensure_cache(dcfg)
     dataset = data.SignDataset(dcfg, args.split, tok)
+    if not len(dataset):
+        raise ConfigError(f"the {args.split} split of {data.cache_dir(dcfg)} has no clips; choose another --split")
     rows = decode(model, tok, dataset, list(range(len(dataset))), args.batch_size, max_new, args.num_beams,
                   device, progress=True, static=args.static)
-    out = Path(args.out) if args.out else ckpt.resolve().parent / "predictions.jsonl"
     write_predictions(rows, out)
     print(f"{len(rows)} predictions in {out}", file=sys.stderr)
     print(json.dumps(compute_metrics([r["hypothesis"] for r in rows], [r["reference"] for r in rows])))
 
 
+def main(argv: list[str] | None = None) -> int:
+    """A bad input (no checkpoint, a missing or unreadable file, a folder that holds files) is one
+    line `error: ...` on stderr and exit code 2, as train.py does; bugs keep their traceback."""
+    args = parse_args(argv)
+    try:
+        evaluate(args)
+    except (ValueError, OSError) as e:  # ConfigError, DataError, PoseError; FileNotFoundError, FileExistsError
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -19,20 +19,22 @@ then cosine decay, gradient clipping; bf16 autocast on GPUs, float32 on the CPU.
 
 Surviving long runs (OUT_DIR/ckpt-000600/ every save_every steps, and best -> the best val BLEU):
 - a checkpoint holds the trained tensors only, optimizer state, step, data position and the RNG
-  state of every rank; rank 0 writes it atomically, with every file's size and sha256 in
-  meta.json (checkpoints.py), and a damaged one is skipped with a warning by --resume=auto.
-  keep_last bounds disk use (best is always kept).
-- --resume=auto continues from the newest good checkpoint; on the CPU with the same world size
-  the result is bit for bit that of a run that never stopped.
+  state of every rank; rank 0 writes it atomically, with every file's size and sha256 and the
+  base model's fingerprint in meta.json (checkpoints.py); a damaged one is skipped with a
+  warning by --resume=auto (all of them damaged: an error, never a fresh start over them).
+  keep_last bounds disk use (best is always kept; a tie in val BLEU goes to the later one).
+- --resume=auto continues from the newest good checkpoint, of the same config (max_steps may
+  grow: a finished run is extended) and the same base; on the CPU with the same world size the
+  result is bit for bit that of a run that never stopped.
 - SIGTERM / SIGINT: every rank stops at the next step boundary, rank 0 saves, exit code 0.
 - A non-finite loss or gradient skips the step on all ranks; max_bad_steps in a row stop the run.
 
 References: QLoRA (Dettmers et al. 2023, arXiv:2305.14314); SpaMo (Hwang et al. 2024,
 arXiv:2408.11915); Sign2GPT (Wong et al. 2024, arXiv:2405.04164); nanoGPT's train.py.
 """
-import base64
 import dataclasses
 import hashlib
+import io
 import json
 import logging
 import math
@@ -42,7 +44,7 @@ import shutil
 import signal
 import sys
 import time
-from contextlib import nullcontext
+from contextlib import nullcontext, redirect_stdout
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -56,6 +58,7 @@ import checkpoints
 import config
 import data
 import eval as ev
+import loader
 from config import ConfigError, TrainConfig
 from tokenizer import Tokenizer
 from translator import SignTranslator, autocast, build_model, collate_fn, to_device
@@ -141,8 +144,6 @@ def broadcast(obj, d: Dist):
 
 def accumulation(cfg: TrainConfig, world: int) -> int:
     """Micro-steps per optimizer step; global_batch (if set) must split evenly over the ranks."""
-    if cfg.batch_size < 1 or cfg.grad_accum < 1:
-        raise ConfigError(f"batch_size ({cfg.batch_size}) and grad_accum ({cfg.grad_accum}) must be >= 1")
     if not cfg.global_batch:
         return cfg.grad_accum
     per_round = cfg.batch_size * world
@@ -174,13 +175,6 @@ def check_inputs(cfg: TrainConfig) -> None:
         raise ConfigError(f"model_dir {cfg.model_dir} holds no checkpoint (config.json missing). Download "
                           f"it with: hf download {cfg.model_repo} --local-dir {cfg.model_dir}  "
                           "(pip install huggingface_hub; older versions: huggingface-cli download)")
-    if cfg.quantize not in ("nf4", "none"):
-        raise ConfigError(f"quantize must be 'nf4' or 'none', got {cfg.quantize!r}")
-    if cfg.double_quant and cfg.quantize != "nf4":
-        raise ConfigError("double_quant=True needs quantize='nf4'")
-    if cfg.offload_embeddings and any(m.split(".")[-1] == "embed_tokens" for m in cfg.modules_to_save):
-        raise ConfigError("offload_embeddings=True keeps embed_tokens frozen in host memory; it cannot "
-                          "also be in modules_to_save (trained)")
 
 
 def create_first_use_assets(cfg: TrainConfig) -> None:
@@ -218,27 +212,7 @@ def create_random_model(cfg: TrainConfig) -> None:
     log.info(f"created a random Qwen2 {spec} with a {tok.vocab_size}-token BPE in {cfg.model_dir}")
 
 
-# ----------------------------------------------------------------------------- RNG, schedule
-
-def rng_state() -> dict:
-    """Every generator this process draws from (dropout, augmentation), JSON-ready."""
-    np_state = np.random.get_state()
-    return {"torch": base64.b64encode(torch.get_rng_state().numpy().tobytes()).decode(),
-            "cuda": [base64.b64encode(s.numpy().tobytes()).decode() for s in torch.cuda.get_rng_state_all()]
-            if torch.cuda.is_available() else [],
-            "numpy": [np_state[0], np_state[1].tolist(), *np_state[2:]],
-            "python": [random.getstate()[0], list(random.getstate()[1]), random.getstate()[2]]}
-
-
-def set_rng_state(s: dict) -> None:
-    def tensor(b64):
-        return torch.frombuffer(bytearray(base64.b64decode(b64)), dtype=torch.uint8)
-    torch.set_rng_state(tensor(s["torch"]))
-    if s["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all([tensor(x) for x in s["cuda"]])
-    np.random.set_state((s["numpy"][0], np.array(s["numpy"][1], dtype=np.uint32), *s["numpy"][2:]))
-    random.setstate((s["python"][0], tuple(s["python"][1]), s["python"][2]))
-
+# ----------------------------------------------------------------------------- schedule, optimizer
 
 def lr_factor(step: int, cfg: TrainConfig) -> float:
     """Linear warmup over warmup_steps, then cosine decay to min_lr_ratio at max_steps."""
@@ -284,12 +258,12 @@ class LoopState:
     seconds: float = 0.0             # training time, summed over resumptions
 
 
-def save_checkpoint(out_dir: Path, model, opt, state: LoopState, sampler: dict, d: Dist) -> Path:
+def save_checkpoint(out_dir: Path, model, opt, state: LoopState, sampler: dict, base: dict, d: Dist) -> Path:
     """All ranks call this (every rank's RNG state is gathered); rank 0 writes ckpt-STEP."""
-    rngs = gather([rng_state()], d)
+    rngs = gather([checkpoints.rng_state()], d)
     if d.main:
         checkpoints.save(out_dir, state.step, model, opt,
-                         {**asdict(state), "sampler": sampler, "world_size": d.world, "rng": rngs})
+                         {**asdict(state), "sampler": sampler, "world_size": d.world, "rng": rngs}, base)
         log.info(f"saved {checkpoints.step_dir(out_dir, state.step)}")
     return checkpoints.step_dir(out_dir, state.step)
 
@@ -299,7 +273,7 @@ def load_checkpoint(ckpt: Path, model, opt, d: Dist) -> tuple[LoopState, dict]:
     data position."""
     saved = checkpoints.load(ckpt, model, opt)
     if saved["world_size"] == d.world:
-        set_rng_state(saved["rng"][d.rank])
+        checkpoints.set_rng_state(saved["rng"][d.rank])
     else:  # data order and dropout then differ from the uninterrupted run
         log.warning(f"{ckpt} was saved by {saved['world_size']} ranks, now {d.world}: "
                     "training continues, but not bit-exactly")
@@ -307,21 +281,39 @@ def load_checkpoint(ckpt: Path, model, opt, d: Dist) -> tuple[LoopState, dict]:
     return LoopState(**{k: v for k, v in saved.items() if k in names}), saved["sampler"]
 
 
-def find_resume(cfg: TrainConfig, out_dir: Path) -> Path | None:
-    """--resume=auto: newest checkpoint that passes its checks (damaged ones are skipped)."""
+def find_resume(cfg: TrainConfig, out_dir: Path, base: dict) -> Path | None:
+    """The checkpoint to resume from: --resume=PATH, or for "auto" the newest in out_dir that passes
+    its checks (damaged ones skipped; all damaged is an error, not a fresh start over them). It
+    must come from a run of this config (max_steps may grow) and on this base model."""
     if not cfg.resume:
         return None
-    if cfg.resume != "auto":
-        problem = checkpoints.problem(Path(cfg.resume))
-        if problem:
-            raise ConfigError(f"cannot resume from {cfg.resume}: {problem}")
-        return Path(cfg.resume)
-    for ckpt in reversed(checkpoints.listed(out_dir)):
+    if cfg.resume == "auto":
+        saved, problems, ckpt = checkpoints.listed(out_dir), {}, None
+        for c in reversed(saved):
+            problems[c] = checkpoints.problem(c)
+            if problems[c] is None:
+                ckpt = c
+                break
+            log.warning(f"skipping checkpoint {c}: {problems[c]}")
+        if ckpt is None and saved:
+            raise ConfigError(f"--resume=auto: none of the {len(saved)} checkpoints in {out_dir} can be used "
+                              f"({'; '.join(f'{c.name}: {why}' for c, why in problems.items())}); nothing was "
+                              "changed. Move them away to train from step 0, or --resume=PATH a copy of a good one")
+        if ckpt is None:
+            return None  # nothing saved yet: the run starts at step 0
+    else:
+        ckpt = Path(cfg.resume)
         problem = checkpoints.problem(ckpt)
-        if problem is None:
-            return ckpt
-        log.warning(f"skipping checkpoint {ckpt}: {problem}")
-    return None
+        if problem:
+            raise ConfigError(f"cannot resume from {ckpt}: {problem}")
+        diff = config.differences(config.load_run_config(ckpt), cfg)
+        if diff:
+            raise ConfigError(f"cannot resume from {ckpt}: its run has another config ({'; '.join(diff[:5])}); "
+                              "resume with that run's config (max_steps may be larger)")
+    mismatch = checkpoints.base_mismatch(ckpt, base)
+    if mismatch:
+        raise ConfigError(f"cannot resume: {mismatch}")
+    return ckpt
 
 
 def subset(n: int, k: int) -> list[int]:
@@ -414,12 +406,14 @@ def validate(model: SignTranslator, val_ds: data.SignDataset, indices: list[int]
 # ----------------------------------------------------------------------------- the run
 
 def record(out_dir: Path, row: dict) -> None:
+    """One line of metrics.jsonl; NaN and infinities are written as null (strict JSON has neither)."""
+    row = {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in row.items()}
     with open(out_dir / "metrics.jsonl", "a") as f:
-        f.write(json.dumps(row) + "\n")
+        f.write(json.dumps(row, allow_nan=False) + "\n")
 
 
 def trim_metrics(out_dir: Path, step: int) -> None:
-    """After a resume, forget what the interrupted run logged past its checkpoint."""
+    """At the start (step 0) or a resume, forget what an earlier attempt logged past that step."""
     path = out_dir / "metrics.jsonl"
     if path.is_file():
         rows = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
@@ -439,9 +433,11 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
 
 
-def prepare_run(cfg: TrainConfig, d: Dist) -> tuple[Path, int]:
+def prepare_run(cfg: TrainConfig, d: Dist) -> tuple[Path, int, dict, Path | None]:
     """Everything that can fail before the model is loaded: batch arithmetic, out_dir, first-use
-    assets, data and base checkpoint present, the pose cache. Saves the resolved config."""
+    assets, data and base checkpoint present, the checkpoint to resume from and its base, the pose
+    cache. Saves the resolved config. Returns out_dir, grad_accum, the base's fingerprint and the
+    checkpoint to resume from."""
     out_dir = Path(cfg.out_dir)
     accum = accumulation(cfg, d.world)
     check_run_dir(cfg, out_dir)
@@ -451,31 +447,39 @@ def prepare_run(cfg: TrainConfig, d: Dist) -> tuple[Path, int]:
         dist.barrier()
     setup_logging(out_dir, d)
     if d.main:
+        for left in checkpoints.clean(out_dir):
+            log.info(f"removed {left}, left by an interrupted save")
         create_first_use_assets(cfg)
     if d.world > 1:
         dist.barrier()
     check_inputs(cfg)
+    base = {"model_dir": cfg.model_dir, "fingerprint": loader.fingerprint(cfg.model_dir)}
+    ckpt = find_resume(cfg, out_dir, base)  # every rank: each reads the same files, the same answer
     data.ensure_cache(cfg.data, d.rank, d.world)
     if d.main:
         log.info("config:\n" + "\n".join(f"  {k} = {v!r}" for k, v in config.flat(cfg).items()))
         log.info(f"{d.world} process(es) on {d.device.type}; samples per step = batch_size {cfg.batch_size} "
                  f"x grad_accum {accum} x world_size {d.world} = {cfg.batch_size * accum * d.world}")
         config.save_run_config(cfg, out_dir / "config.json")
-    return out_dir, accum
+    return out_dir, accum, base, ckpt
 
 
 def evaluate_test(model: SignTranslator, tok: Tokenizer, cfg: TrainConfig, out_dir: Path, d: Dist) -> dict | None:
-    """test_at_end: the best checkpoint's weights on the test split, as eval.py reports them."""
+    """test_at_end: the best checkpoint's weights (else the last one's, in the model) on the test
+    split, as eval.py reports them (predictions file included)."""
     best = out_dir / "best"
+    ckpt = best.resolve() if best.exists() else checkpoints.step_dir(out_dir, cfg.max_steps)
     if best.exists():
-        checkpoints.load_trained(model, best.resolve())
+        checkpoints.load_trained(model, ckpt)
     test_ds = data.SignDataset(cfg.data, "test", tok)
     model.eval()
     rows = gather(ev.decode(model, tok, test_ds, list(range(len(test_ds)))[d.rank::d.world],
                             cfg.eval_batch_size, cfg.max_new_tokens, 1, d.device), d)
     if not d.main:
         return None
-    ev.write_predictions(rows, out_dir / "predictions.jsonl")
+    out = ev.predictions_path(out_dir, "test", ckpt, num_beams=1)
+    ev.write_predictions(rows, out)
+    log.info(f"test split, {'best' if best.exists() else 'last'} checkpoint {ckpt.name}; predictions in {out}")
     return ev.compute_metrics([r["hypothesis"] for r in rows], [r["reference"] for r in rows])
 
 
@@ -495,31 +499,38 @@ class Run:
     val_idx: list[int]
     state: LoopState
     stop: StopSignal
+    base: dict                    # the base model's fingerprint, saved in every checkpoint
 
 
 def setup(cfg: TrainConfig, d: Dist) -> Run:
     """Checks, data, model, optimizer, and the checkpoint to resume from (if any)."""
-    out_dir, accum = prepare_run(cfg, d)
+    out_dir, accum, base, ckpt = prepare_run(cfg, d)
     tok = Tokenizer.from_dir(cfg.model_dir)
     train_ds = data.SignDataset(cfg.data, "train", tok, augment=cfg.data.pose.augment)
     val_ds = data.SignDataset(cfg.data, "val", tok)
+    for name, ds in (("train", train_ds), ("val", val_ds)):
+        if ds.truncated and d.main:
+            log.warning(f"{name} split: {ds.truncated} answers longer than max_answer_tokens="
+                        f"{cfg.data.max_answer_tokens} are cut to that length")
     sampler = data.BucketSampler(train_ds.lengths, cfg.batch_size, d.world, d.rank, seed=cfg.seed, drop_last=True)
     if len(sampler) == 0:
         raise ConfigError(f"the train split has {len(train_ds)} clips, fewer than batch_size x world_size "
                           f"= {cfg.batch_size} x {d.world}: lower batch_size or use more data")
     seed_everything(cfg.seed)  # the same initial weights on every rank
-    model = build_model(cfg, tok, d.device)
+    with redirect_stdout(io.StringIO()) as said:  # stdout carries the results only, and once
+        model = build_model(cfg, tok, d.device)
+    if d.main:
+        log.info(said.getvalue().strip())
     opt = make_optimizer(model, cfg)
     batches = data.Batches(train_ds, sampler, collate_fn(model, tok), cfg.seed, cfg.num_workers, d.rank)
     seed_everything(cfg.seed + 1 + d.rank)  # dropout differs between ranks
     state = LoopState()
-    ckpt = broadcast(find_resume(cfg, out_dir) if d.main else None, d)
     if ckpt is not None:
         state, position = load_checkpoint(ckpt, model, opt, d)
         batches.load_state_dict(position)
         log.info(f"resumed from {ckpt} at step {state.step}")
-        if d.main:
-            trim_metrics(out_dir, state.step)
+    if d.main:
+        trim_metrics(out_dir, state.step)
     ddp = model
     if d.world > 1:
         for p in model.parameters():  # instead of DDP's init sync, which would also send the frozen base
@@ -529,7 +540,7 @@ def setup(cfg: TrainConfig, d: Dist) -> Run:
                   init_sync=False, forward_sync_buffers=False)
     model.train()
     return Run(cfg, d, out_dir, accum, tok, model, ddp, opt, batches, val_ds, subset(len(val_ds), cfg.eval_samples),
-               state, StopSignal())
+               state, StopSignal(), base)
 
 
 def maybe_validate(run: Run) -> bool:
@@ -543,7 +554,7 @@ def maybe_validate(run: Run) -> bool:
              (f"\n  {example['reference']!r}\n  -> {example['hypothesis']!r}" if example else ""))
     if run.d.main:
         record(run.out_dir, {"step": state.step, **m})
-    if m["val_bleu4"] <= state.best_bleu:
+    if m["val_bleu4"] < state.best_bleu:  # a tie goes to the later checkpoint, trained longer
         return False
     state.best_bleu, state.best_step = m["val_bleu4"], state.step
     return True
@@ -581,7 +592,7 @@ def train_loop(run: Run) -> int:
         diverged = state.bad_in_row >= cfg.max_bad_steps
         state.seconds = time.time() - t_start
         if step % cfg.save_every == 0 or step == cfg.max_steps or out["stop"] or new_best or diverged:
-            ckpt = save_checkpoint(run.out_dir, run.model, opt, state, run.batches.state_dict(), d)
+            ckpt = save_checkpoint(run.out_dir, run.model, opt, state, run.batches.state_dict(), run.base, d)
             if d.main:
                 if new_best:
                     checkpoints.point_best(run.out_dir, ckpt)
@@ -613,8 +624,6 @@ def train(cfg: TrainConfig, d: Dist) -> int:
     if cfg.test_at_end and state.step == cfg.max_steps:
         metrics = evaluate_test(run.model, run.tok, cfg, run.out_dir, d)
         if d.main:
-            log.info(f"test split, best checkpoint {(run.out_dir / 'best').resolve().name}; "
-                     f"predictions in {run.out_dir / 'predictions.jsonl'}")
             print(json.dumps(metrics), flush=True)
     if d.world > 1:  # leave together: a rank tearing down gloo while rank 0 still saves can abort
         dist.barrier()
@@ -633,10 +642,15 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             if d.world > 1:
                 dist.destroy_process_group()
-    except (ConfigError, FileNotFoundError) as e:
+    except (ConfigError, data.DataError, FileNotFoundError) as e:
         if rank0:
             print(f"error: {e}", file=sys.stderr)
         return 2
+    except Exception:
+        if not log.handlers:  # before the run's log exists: Python's own report
+            raise
+        log.exception("the run stopped on an error")  # the traceback in logs/rank{r}.log (and on the console)
+        return 1
 
 
 if __name__ == "__main__":

@@ -63,6 +63,60 @@ def error_line(capsys):
     return err[-1]
 
 
+# ----------------------------------------------------------------------------- 1. exports
+
+def test_1_exports_refuse_a_folder_that_holds_a_run_or_a_model(shared, run_dir, tmp_path, capsys):
+    run, base = copy_run(run_dir, tmp_path / "run"), tmp_path / "base"
+    shutil.copytree(shared / "base", base)
+    before_run, before_base = snapshot(run), snapshot(base)
+    assert ev.main([str(run), "--export_merged", str(run)]) == 2
+    assert "already holds config.json" in error_line(capsys)
+    assert ev.main([str(run), "--export_merged", str(base)]) == 2
+    assert "new or empty folder" in error_line(capsys)
+    assert snapshot(run) == before_run and snapshot(base) == before_base
+    # the library functions refuse as well, before writing anything
+    llm = loader.load_model(base)
+    lora.apply_lora(llm, r=2, alpha=4, targets=("q_proj",))
+    with pytest.raises(FileExistsError, match="config.json, model.safetensors"):
+        lora.export_merged(llm, base)
+    lora.save_peft_adapter(llm, tmp_path / "adapter")
+    with pytest.raises(FileExistsError, match="adapter_config.json"):
+        lora.save_peft_adapter(llm, tmp_path / "adapter")
+    assert snapshot(base) == before_base
+
+
+# ----------------------------------------------------------------------------- 2. every checkpoint damaged
+
+def test_2_resume_auto_with_every_checkpoint_damaged_refuses_and_keeps_them(shared, run_dir, tmp_path, capsys):
+    run = copy_run(run_dir, tmp_path / "run")
+    for ckpt in checkpoints.listed(run):
+        (ckpt / "trained.safetensors").write_bytes(b"damaged")
+    before = snapshot(run)
+    assert train.main(tiny_args(shared, run, max_steps=4, grad_accum=1, eval_every=2, save_every=2,
+                                resume="auto")) == 2
+    line = error_line(capsys)
+    assert "none of the 2 checkpoints" in line and "ckpt-000004: trained.safetensors" in line and "Move them away" in line
+    after = snapshot(run)
+    assert {k: v for k, v in after.items() if k.parts[0] != "logs"} == {k: v for k, v in before.items() if k.parts[0] != "logs"}
+
+
+def test_2_a_start_at_step_0_forgets_the_metrics_of_an_attempt_that_saved_nothing(shared, tmp_path, monkeypatch,
+                                                                                  capsys):
+    """Also 10 (a tie in validation BLEU-4 goes to the later checkpoint) and 16 (stdout: nothing
+    but results)."""
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "metrics.jsonl").write_text('{"step": 1, "loss": 99.0}\n{"step": 2, "loss": 99.0}\n')
+    flat = {"val_loss": 1.0, "val_bleu1": 0.0, "val_bleu2": 0.0, "val_bleu3": 0.0, "val_bleu4": 0.0,
+            "val_rougeL": 0.0, "val_chrf": 0.0, "val_n": 4, "example": None}
+    monkeypatch.setattr(train, "validate", lambda *a: dict(flat))
+    assert train.main(tiny_args(shared, out, max_steps=4, grad_accum=1, eval_every=2, save_every=2)) == 0
+    rows = [m for m in metrics(out) if "loss" in m]
+    assert [m["step"] for m in rows] == [1, 2, 3, 4] and all(m["loss"] != 99.0 for m in rows)
+    assert (out / "best").resolve().name == "ckpt-000004"        # 0.0 at step 2 and at step 4: the later one
+    assert capsys.readouterr().out == ""                          # the LoRA summary went to the log
+
+
 # ----------------------------------------------------------------------------- 3. a cache of other settings
 
 def test_3_prepare_with_other_settings_keeps_the_cache_unless_forced(fixtures_dir, tmp_path, capsys):
@@ -82,6 +136,32 @@ def test_3_prepare_with_other_settings_keeps_the_cache_unless_forced(fixtures_di
     line = error_line(capsys)
     assert "no row of the corpus could be used" in line and "layout lacks points" in line and "skipped.jsonl" in line
     assert not data.is_fresh(cfg)
+
+
+# ----------------------------------------------------------------------------- 4. predictions
+
+def test_4_predictions_are_per_split_and_checkpoint_and_never_half_written(run_dir, tmp_path, monkeypatch, capsys):
+    # --out into a missing folder: an error before any decoding, not after it
+    monkeypatch.setattr(ev, "decode", lambda *a, **k: pytest.fail("decoded before checking --out"))
+    assert ev.main([str(run_dir), "--out", str(tmp_path / "nowhere" / "p.jsonl")]) == 2
+    assert "cannot write in" in error_line(capsys)
+    # a write that fails (disk full) leaves the earlier file as it was
+    path = tmp_path / "p.jsonl"
+    path.write_text('{"uid": "old"}\n')
+    real = type(path).write_text
+
+    def full_disk(self, text, *a, **k):
+        real(self, text[:5])
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(type(path), "write_text", full_disk)
+    with pytest.raises(OSError):
+        ev.write_predictions([{"uid": "new", "reference": "a", "hypothesis": "b"}], path)
+    monkeypatch.undo()
+    assert path.read_text() == '{"uid": "old"}\n' and [p.name for p in tmp_path.iterdir()] == ["p.jsonl"]
+    # the default file names the split and the checkpoint: evaluating val does not replace test's
+    ckpt = checkpoints.pick(run_dir)
+    assert ev.predictions_path(run_dir, "val", ckpt, 1) == run_dir / f"predictions-val-{ckpt.name}.jsonl"
+    assert ev.predictions_path(run_dir, "test", ckpt, 4).name == f"predictions-test-{ckpt.name}-beams4.jsonl"
 
 
 # ----------------------------------------------------------------------------- 5. float16 overflow
@@ -109,6 +189,22 @@ def other_base(shared, dst):
     tensors[name] = tensors[name] + 0.01
     save_file(tensors, str(dst / "model.safetensors"), metadata={"format": "pt"})
     return dst
+
+
+def test_6_a_checkpoint_refuses_another_base_of_the_same_shapes(shared, run_dir, tmp_path, capsys):
+    other = other_base(shared, tmp_path / "other")
+    moved = shutil.copytree(shared / "base", tmp_path / "moved")
+    assert loader.fingerprint(moved) == loader.fingerprint(shared / "base") != loader.fingerprint(other)
+    assert (other / "model.safetensors").stat().st_size == (shared / "base" / "model.safetensors").stat().st_size
+    run = copy_run(run_dir, tmp_path / "run")
+    saved = (run / "config.json").read_text()
+    assert train.main(tiny_args(shared, run, max_steps=4, grad_accum=1, eval_every=2, save_every=2,
+                                resume="auto", model_dir=str(other))) == 2
+    line = error_line(capsys)
+    assert "was trained on the base model in" in line and str(other) in line and "--model_dir" in line
+    assert (run / "config.json").read_text() == saved             # not rewritten with the other base
+    assert ev.main([str(run), "--model_dir", str(other), "--pose", str(ROOT / "README.md")]) == 2
+    assert "fingerprint" in error_line(capsys)
 
 
 # ----------------------------------------------------------------------------- 7, 11, 12. corpus rows
@@ -171,6 +267,12 @@ def test_8_14_impossible_values_are_refused_before_loading(override, key):
 
 @pytest.mark.parametrize("args", [["--num_beams", "0"], ["--num_beams", "-3"], ["--max_new_tokens", "0"],
                                   ["--batch_size", "0"]])
+def test_8_13_eval_refuses_impossible_arguments(args, tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        ev.main([str(tmp_path), *args])
+    assert e.value.code == 2 and "must be >= 1" in capsys.readouterr().err
+
+
 def test_8_max_steps_0_test_at_end_never_reports_an_untrained_model(shared, tmp_path, capsys):
     assert train.main(tiny_args(shared, tmp_path / "r", max_steps=0, test_at_end=True)) == 2
     assert "'max_steps' must be >= 1, got 0" in error_line(capsys) and not (tmp_path / "r").exists()
@@ -206,4 +308,89 @@ def test_11_an_empty_first_person_beside_the_signer(fixtures_dir, tmp_path):
     cfg = poses.PoseConfig()
     np.testing.assert_array_equal(poses.load_pose(tmp_path / "two.pose", cfg),
                                   poses.load_pose(fixtures_dir / "holistic_576.pose", cfg))
+
+
+# ----------------------------------------------------------------------------- 13. eval.py's errors
+
+def test_13_eval_errors_are_one_line(shared, run_dir, fixtures_dir, tmp_path, capsys):
+    assert ev.main([str(tmp_path)]) == 2
+    assert "no usable checkpoint" in error_line(capsys)
+    assert ev.main([str(run_dir), "--pose", str(tmp_path / "missing.pose")]) == 2
+    assert "missing.pose: no such file" in error_line(capsys)
+    (tmp_path / "garbage.pose").write_bytes(np.random.default_rng(0).bytes(3000))
+    assert ev.main([str(run_dir), "--pose", str(tmp_path / "garbage.pose")]) == 2
+    assert "garbage.pose: not a readable .pose file" in error_line(capsys)
+    assert ev.main([str(run_dir), "--pose", str(fixtures_dir / "openpose_137.pose")]) == 2
+    assert "trained on layout='holistic'" in error_line(capsys)
+    # a corpus without a test split
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    (corpus / "poses").symlink_to(shared / "corpus" / "poses")
+    rows = [r for r in data.read_rows(config.load_run_config(run_dir).data)]
+    for split in ("train", "val"):
+        write_csv(corpus / f"{split}.csv", [(r.uid, r.text) for r in rows if r.split == split])
+    assert ev.main([str(run_dir), "--data_dir", str(corpus), "--out", str(tmp_path / "p.jsonl")]) == 2
+    assert "the test split of" in error_line(capsys) and not (tmp_path / "p.jsonl").exists()
+
+
+# ----------------------------------------------------------------------------- 15. faults and resuming
+
+def test_15_disk_full_leaves_no_temporary_and_logs_the_traceback(shared, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "run"
+    real = checkpoints.save_file
+
+    def full_at_step_4(tensors, path, *a, **k):
+        if "ckpt-000004" in path:
+            open(path, "wb").write(b"partial")
+            raise SafetensorError('Error while serializing: IoError(Os { code: 28, kind: StorageFull })')
+        return real(tensors, path, *a, **k)
+    monkeypatch.setattr(checkpoints, "save_file", full_at_step_4)
+    assert train.main(tiny_args(shared, out, max_steps=4, grad_accum=1, eval_every=2, save_every=2)) == 1
+    log = (out / "logs" / "rank0.log").read_text()
+    assert "Traceback" in log and "could not write checkpoint" in log and "GiB free" in log and "StorageFull" in log
+    assert not list(out.glob(".tmp-*")) and checkpoints.listed(out) == [out / "ckpt-000002"]
+    assert checkpoints.problem(out / "ckpt-000002") is None
+    capsys.readouterr()
+
+
+def test_15_resume_from_another_run_or_a_bad_meta_is_refused(shared, run_dir, tmp_path, capsys):
+    ckpt = run_dir / "ckpt-000004"
+    for override, diff in ((dict(lora_r=8), "lora_r: 4 there, 8 now"), (dict(max_steps=3), "max_steps: 4 there, 3 now")):
+        args = {**dict(max_steps=4, grad_accum=1, eval_every=2, save_every=2, resume=str(ckpt)), **override}
+        assert train.main(tiny_args(shared, tmp_path / "new", **args)) == 2
+        assert f"cannot resume from {ckpt}" in (line := error_line(capsys)) and diff in line
+    bad = shutil.copytree(ckpt, tmp_path / "ckpt-000004")
+    (bad / "meta.json").write_text("{}")
+    assert "no step or file list" in checkpoints.problem(bad)
+    # a trained tensor of another shape is named, with both shapes
+    import translator
+    from tokenizer import Tokenizer
+    cfg = config.load_run_config(run_dir)
+    cfg.lora_r = 8
+    model = translator.build_model(cfg, Tokenizer.from_dir(cfg.model_dir), torch.device("cpu"))
+    with pytest.raises(ValueError, match=r"lora_A.weight has shape \(4, 64\) there, \(8, 64\) in the model"):
+        checkpoints.load_trained(model, ckpt)
+
+
+# ----------------------------------------------------------------------------- 16. smaller ones
+
+def test_16_a_finished_run_is_extended_with_a_larger_max_steps(shared, run_dir, tmp_path):
+    run = copy_run(run_dir, tmp_path / "run")
+    (run / ".tmp-ckpt-000003").mkdir()                             # left by a save that was killed
+    (run / ".tmp-ckpt-000003" / "trained.safetensors").write_bytes(b"half")
+    assert train.main(tiny_args(shared, run, max_steps=6, grad_accum=1, eval_every=2, save_every=2,
+                                resume="auto")) == 0
+    assert [m["step"] for m in metrics(run) if "loss" in m] == [1, 2, 3, 4, 5, 6]
+    assert checkpoints.listed(run)[-1].name == "ckpt-000006" and not list(run.glob(".tmp-*"))
+    assert json.loads((run / "config.json").read_text())["max_steps"] == 6
+    assert "resumed from" in (run / "logs" / "rank0.log").read_text()
+
+
+def test_16_metrics_hold_null_for_nan_and_inf(tmp_path):
+    train.record(tmp_path, {"step": 3, "loss": float("nan"), "grad_norm": float("inf"), "lr": 1e-4})
+
+    def refuse(name):
+        raise ValueError(f"not strict JSON: {name}")
+    row = json.loads((tmp_path / "metrics.jsonl").read_text(), parse_constant=refuse)
+    assert row == {"step": 3, "loss": None, "grad_norm": None, "lr": 1e-4} and not math.isnan(row["lr"])
 
