@@ -394,3 +394,8 @@ def test_16_metrics_hold_null_for_nan_and_inf(tmp_path):
     row = json.loads((tmp_path / "metrics.jsonl").read_text(), parse_constant=refuse)
     assert row == {"step": 3, "loss": None, "grad_norm": None, "lr": 1e-4} and not math.isnan(row["lr"])
 
+
+def test_16_bench_subcommand_help_is_its_own():
+    res = subprocess.run([sys.executable, str(ROOT / "bench.py"), "data", "--help"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0 and "usage: bench.py data" in res.stdout
