@@ -299,7 +299,8 @@ def changed_poses(cfg: DataConfig, rows: list[Row] | None = None) -> list[str]:
     if not path.is_file():
         return []
     then = json.loads(path.read_text())
-    return [r.pose for r, s in zip(read_rows(cfg) if rows is None else rows, then) if s is not None and s != _stat(r.pose)]
+    rows = read_rows(cfg) if rows is None else rows
+    return [r.pose for r, s in zip(rows, then) if s is not None and s != _stat(r.pose)]
 
 
 def _usable(summary: dict, out: Path) -> dict:

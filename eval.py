@@ -204,7 +204,8 @@ def evaluate(args: argparse.Namespace) -> None:
     if not (Path(cfg.model_dir) / "config.json").is_file():
         raise FileNotFoundError(f"model_dir {cfg.model_dir} (the run's base model) holds no config.json; "
                                 "pass --model_dir=DIR where it is now")
-    mismatch = checkpoints.base_mismatch(ckpt, {"model_dir": cfg.model_dir, "fingerprint": loader.fingerprint(cfg.model_dir)})
+    base = {"model_dir": cfg.model_dir, "fingerprint": loader.fingerprint(cfg.model_dir)}
+    mismatch = checkpoints.base_mismatch(ckpt, base)
     if mismatch:
         raise ConfigError(mismatch)
     max_new = cfg.max_new_tokens if args.max_new_tokens is None else args.max_new_tokens
