@@ -726,8 +726,10 @@ def main(argv=None):
     benches = {"kernels": bench_kernels, "fused": bench_fused, "model": bench_model, "data": bench_data,
                "train": bench_train, "decode": bench_decode}
     parser.add_argument("what", choices=list(benches))
-    args, rest = parser.parse_known_args(argv)
-    benches[args.what](rest)
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] not in benches:  # the top-level help, or the error naming the choices
+        parser.parse_args(argv)
+    benches[argv[0]](argv[1:])  # its own parser: `bench.py model --help` shows the model options
 
 
 if __name__ == "__main__":

@@ -5,7 +5,8 @@
         trained.safetensors       the trained tensors only (LoRA, pose encoder), by parameter name
         optimizer.safetensors     AdamW's state by parameter name: 'NAME:exp_avg', ':exp_avg_sq', ':step'
         state.json                step, world size, data position, every rank's RNG state, ...
-        meta.json                 written last: step, time, and every file's size and sha256
+        meta.json                 written last: step, time, the base model's fingerprint, and every
+                                  file's size and sha256
     OUT_DIR/best -> ckpt-000600   relative link to the best checkpoint by validation BLEU
 
 A checkpoint is written into a hidden temporary directory, every file fsynced, then renamed: a
@@ -13,14 +14,17 @@ half-written one is never seen under its name. meta.json lets a reader check eac
 truncated or corrupt checkpoint is recognised (problem) and skipped. The frozen base is never
 saved: a checkpoint is a few MB to a few hundred MB whatever the base model's size.
 """
+import base64
 import hashlib
 import json
 import os
+import random
 import shutil
 import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
@@ -45,7 +49,12 @@ def problem(ckpt: Path) -> str | None:
         meta = json.loads((ckpt / META).read_text())
     except (OSError, ValueError) as e:
         return f"unreadable {META} ({e.__class__.__name__}: {e})"
-    for name, want in meta.get("files", {}).items():
+    if not isinstance(meta, dict) or not isinstance(meta.get("step"), int) or not isinstance(meta.get("files"), dict):
+        return f"{META} has no step or file list (damaged, or not written by checkpoints.save)"
+    unlisted = [name for name in (TRAINED, OPTIMIZER, STATE) if name not in meta["files"]]
+    if unlisted:
+        return f"{META} does not list {', '.join(unlisted)}"
+    for name, want in meta["files"].items():
         path = ckpt / name
         if not path.is_file():
             return f"{name} is missing"
@@ -77,6 +86,22 @@ def pick(path: Path) -> Path:
     raise FileNotFoundError(f"{path}: no usable checkpoint (expected ckpt-NNNNNN/ with {META})")
 
 
+def base_mismatch(ckpt: Path, base: dict) -> str | None:
+    """Why `base` ({"model_dir", "fingerprint"}: loader.fingerprint) is not the base model the
+    checkpoint was trained on (None if it is). A base of the same shapes (Qwen2.5-7B for
+    7B-Instruct) would load without an error and quietly give other results."""
+    saved = json.loads((ckpt / META).read_text()).get("base")
+    if saved is None:
+        print(f"warning: {ckpt / META} holds no base fingerprint (an older checkpoint): the base model "
+              "cannot be checked", file=sys.stderr)
+        return None
+    if saved["fingerprint"] == base["fingerprint"]:
+        return None
+    return (f"{ckpt} was trained on the base model in {saved['model_dir']} (fingerprint {saved['fingerprint']}), "
+            f"but model_dir {base['model_dir']} holds another one (fingerprint {base['fingerprint']}); "
+            f"pass --model_dir=DIR of the base it was trained on")
+
+
 def trained_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
     """What a checkpoint stores of a model: its parameters that require grad, by name."""
     return {n: p for n, p in model.named_parameters() if p.requires_grad}
@@ -90,6 +115,11 @@ def load_trained(model: nn.Module, ckpt: Path) -> None:
         diff = sorted(set(tensors) ^ set(own))
         raise ValueError(f"{ckpt / TRAINED}: tensors do not match the model built from the run's "
                          f"config ({len(diff)} differ, e.g. {diff[:3]})")
+    for name, p in own.items():
+        if tensors[name].shape != p.shape:
+            raise ValueError(f"{ckpt / TRAINED}: tensor {name} has shape {tuple(tensors[name].shape)} there, "
+                             f"{tuple(p.shape)} in the model built from the run's config (another lora_r, "
+                             "encoder_width or base?)")
     with torch.no_grad():
         for name, p in own.items():
             p.copy_(tensors[name])
@@ -104,6 +134,28 @@ def load(ckpt: Path, model: nn.Module, opt: torch.optim.Optimizer) -> dict:
         if state:
             opt.state[p] = {k: v.to(p.device) for k, v in state.items()}  # fused AdamW: step too
     return json.loads((ckpt / STATE).read_text())
+
+
+# ----------------------------------------------------------------------------- RNG state (state.json)
+
+def rng_state() -> dict:
+    """Every generator this process draws from (dropout, augmentation), JSON-ready."""
+    np_state = np.random.get_state()
+    return {"torch": base64.b64encode(torch.get_rng_state().numpy().tobytes()).decode(),
+            "cuda": [base64.b64encode(s.numpy().tobytes()).decode() for s in torch.cuda.get_rng_state_all()]
+            if torch.cuda.is_available() else [],
+            "numpy": [np_state[0], np_state[1].tolist(), *np_state[2:]],
+            "python": [random.getstate()[0], list(random.getstate()[1]), random.getstate()[2]]}
+
+
+def set_rng_state(s: dict) -> None:
+    def tensor(b64):
+        return torch.frombuffer(bytearray(base64.b64decode(b64)), dtype=torch.uint8)
+    torch.set_rng_state(tensor(s["torch"]))
+    if s["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([tensor(x) for x in s["cuda"]])
+    np.random.set_state((s["numpy"][0], np.array(s["numpy"][1], dtype=np.uint32), *s["numpy"][2:]))
+    random.setstate((s["python"][0], tuple(s["python"][1]), s["python"][2]))
 
 
 # ----------------------------------------------------------------------------- writing (rank 0)
@@ -127,11 +179,38 @@ def step_dir(out_dir: Path, step: int) -> Path:
     return out_dir / f"ckpt-{step:06d}"
 
 
-def save(out_dir: Path, step: int, model: nn.Module, opt: torch.optim.Optimizer, state: dict) -> Path:
-    """Write OUT_DIR/ckpt-STEP atomically: trained tensors, AdamW state, `state` (JSON), meta.json."""
+def clean(out_dir: Path) -> list[Path]:
+    """Remove the .tmp-ckpt-* directories that killed saves left; returns them. Only where no
+    other process writes into out_dir (rank 0, at the start of a run)."""
+    left = sorted(p for p in Path(out_dir).glob(".tmp-ckpt-*") if p.is_dir())
+    for path in left:
+        shutil.rmtree(path)
+    return left
+
+
+def save(out_dir: Path, step: int, model: nn.Module, opt: torch.optim.Optimizer, state: dict, base: dict) -> Path:
+    """Write OUT_DIR/ckpt-STEP atomically: trained tensors, AdamW state, `state` (JSON), meta.json
+    (with `base`, the base model's {"model_dir", "fingerprint"}). A failed write (disk full)
+    removes its temporary directory and leaves every earlier checkpoint as it was."""
     final = step_dir(out_dir, step)
     tmp = out_dir / f".tmp-{final.name}"  # never matched by ckpt-* while incomplete
     shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        _write_checkpoint(tmp, step, model, opt, state, base)
+    except Exception as e:  # safetensors reports a full disk as its own SafetensorError, not an OSError
+        shutil.rmtree(tmp, ignore_errors=True)
+        free = shutil.disk_usage(out_dir).free / 2**30
+        raise OSError(f"could not write checkpoint {final} ({type(e).__name__}: {e}); {free:.2f} GiB free in "
+                      f"{out_dir}. Earlier checkpoints are untouched: free some space, then --resume=auto") from e
+    if final.exists():  # a re-save of the same step (e.g. after a resume): replace it whole
+        shutil.rmtree(final)
+    os.rename(tmp, final)
+    _fsync_dir(out_dir)
+    return final
+
+
+def _write_checkpoint(tmp: Path, step: int, model: nn.Module, opt: torch.optim.Optimizer, state: dict,
+                      base: dict) -> None:
     tmp.mkdir(parents=True)
     trained = trained_tensors(model)
     tensors = {k: v.detach().cpu().contiguous() for k, v in trained.items()}
@@ -141,14 +220,9 @@ def save(out_dir: Path, step: int, model: nn.Module, opt: torch.optim.Optimizer,
     _write(tmp / OPTIMIZER, lambda p: save_file(moments, str(p)))
     _write(tmp / STATE, lambda p: p.write_text(json.dumps(state)))
     files = {f.name: {"bytes": f.stat().st_size, "sha256": sha256(f)} for f in sorted(tmp.iterdir())}
-    meta = {"step": step, "time": time.strftime("%Y-%m-%d %H:%M:%S"), "files": files}
+    meta = {"step": step, "time": time.strftime("%Y-%m-%d %H:%M:%S"), "base": base, "files": files}
     _write(tmp / META, lambda p: p.write_text(json.dumps(meta, indent=1)))
     _fsync_dir(tmp)
-    if final.exists():  # a re-save of the same step (e.g. after a resume): replace it whole
-        shutil.rmtree(final)
-    os.rename(tmp, final)
-    _fsync_dir(out_dir)
-    return final
 
 
 def prune(out_dir: Path, keep_last: int) -> None:

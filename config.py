@@ -14,7 +14,9 @@ parsed as a Python literal unless the field is a string.
 A run saves its config as OUT_DIR/config.json (nested, as the tree) and everything that reads a
 run (eval.py, --resume) loads it back as the same TrainConfig (`load_run_config`). Fields marked
 `runtime` (where files are, how often to log or save) may change between a run and its
-resumption; any other difference means another run, and train.py refuses to mix them.
+resumption; any other difference means another run, and train.py refuses to mix them (except
+max_steps, which may grow: a finished run is extended by resuming it with a larger one).
+`check` tests every value that can be wrong before anything is loaded (load_config calls it).
 
     cfg = load_config(["configs/tiny.py", "--max_steps=200"])
     cfg.data.pose.max_frames, flat(cfg)["max_frames"]        # the same value
@@ -24,6 +26,7 @@ from __future__ import annotations
 import ast
 import dataclasses
 import json
+import math
 import os
 import runpy
 import types
@@ -32,6 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from data import DataConfig
+from poses import LAYOUTS
 
 
 def runtime(default, **kw):
@@ -76,8 +80,10 @@ class TrainConfig:
     aux_only_steps: int = 0          # first steps: the encoder learns the words alone (no LLM)
     gradient_checkpointing: bool = False
     # optimisation: samples per step = batch_size x grad_accum x world_size
-    batch_size: int = 4              # clips per micro-batch per process
-    grad_accum: int = 8
+    # batch_size and grad_accum are runtime: a resumed run may split its steps into other
+    # micro-batches (after an out-of-memory step: half the batch, twice the accumulation)
+    batch_size: int = runtime(4)     # clips per micro-batch per process
+    grad_accum: int = runtime(8)
     global_batch: int = 0            # > 0: grad_accum = global_batch / (batch_size x world_size)
     max_steps: int = 3000
     lr: float = 1e-4                 # LoRA (and modules_to_save)
@@ -211,7 +217,60 @@ def load_config(argv: list[str]) -> TrainConfig:
                 raise ConfigError(f"{path}: unknown config key {k!r}")
             values[k] = v
     values.update(parse_override(a) for a in argv)
-    return build(values)
+    cfg = build(values)
+    check(cfg)
+    return cfg
+
+
+# ----------------------------------------------------------------------------- values checked before loading
+
+def _positive(v) -> bool:
+    return math.isfinite(v) and v > 0
+
+
+def _fraction(v) -> bool:
+    return 0 <= v < 1
+
+
+# key -> (test, what it must be): every value that can be wrong is caught here, before a model
+# or a corpus is loaded, instead of as a ZeroDivisionError one step into training.
+RULES = {
+    **{k: (lambda v: v >= 1, ">= 1") for k in (
+        "batch_size", "grad_accum", "max_steps", "max_bad_steps", "eval_every", "eval_batch_size",
+        "max_new_tokens", "save_every", "log_every", "lora_r", "encoder_width", "max_answer_tokens",
+        "max_frames", "min_frames")},
+    **{k: (lambda v: v >= 0, ">= 0") for k in (
+        "global_batch", "warmup_steps", "eval_samples", "num_workers", "cpu_threads", "synth_n",
+        "weight_decay", "grad_clip", "encoder_lr", "aug_rotate_deg", "aug_scale", "aug_shear", "aug_shift",
+        "aug_noise")},
+    **{k: (_fraction, "in [0, 1)") for k in ("lora_dropout", "encoder_dropout", "aug_speed", "aug_frame_drop")},
+    "lr": (_positive, "> 0"),
+    "lora_alpha": (_positive, "> 0"),
+    "min_lr_ratio": (lambda v: 0 <= v <= 1, "in [0, 1]"),
+    "fps": (lambda v: v is None or _positive(v), "None or > 0"),
+    "split_ratios": (lambda v: len(v) == 3 and all(x >= 0 for x in v) and sum(v) > 0,
+                     "three numbers >= 0 (train, val, test) with a positive sum"),
+    "quantize": (lambda v: v in ("nf4", "none"), "'nf4' or 'none'"),
+}
+
+
+def check(cfg: TrainConfig) -> None:
+    """Every value (and combination) that can be checked without loading anything; load_config
+    calls it, so a bad --key=value stops the run before its first file is read."""
+    values = flat(cfg)
+    for key, (ok, rule) in RULES.items():
+        if not ok(values[key]):
+            raise ConfigError(f"config key {key!r} must be {rule}, got {values[key]!r}")
+    if cfg.data.pose.min_frames > cfg.data.pose.max_frames:
+        raise ConfigError(f"min_frames ({cfg.data.pose.min_frames}) is above max_frames ({cfg.data.pose.max_frames})")
+    if cfg.data.pose.layout not in ("auto", *LAYOUTS):
+        raise ConfigError(f"config key 'layout' must be 'auto' or one of {', '.join(LAYOUTS)}, "
+                          f"got {cfg.data.pose.layout!r}")
+    if cfg.double_quant and cfg.quantize != "nf4":
+        raise ConfigError("double_quant=True needs quantize='nf4'")
+    if cfg.offload_embeddings and any(m.split(".")[-1] == "embed_tokens" for m in cfg.modules_to_save):
+        raise ConfigError("offload_embeddings=True keeps embed_tokens frozen in host memory; it cannot "
+                          "also be in modules_to_save (trained)")
 
 
 # ----------------------------------------------------------------------------- a run's saved config
@@ -248,7 +307,11 @@ def load_run_config(path: str | Path) -> TrainConfig:
         raise ConfigError(f"{path}: not a config this version can read ({e})") from None
 
 
+GROWS = {"max_steps"}  # may be raised when a run is resumed (a finished run is extended), never lowered
+
+
 def differences(old: TrainConfig, new: TrainConfig) -> list[str]:
     """The non-runtime keys whose values differ, as 'key: old there, new now' lines."""
     a, b = flat(old), flat(new)
-    return [f"{k}: {a[k]!r} there, {b[k]!r} now" for k in KEYS if not KEYS[k].runtime and a[k] != b[k]]
+    return [f"{k}: {a[k]!r} there, {b[k]!r} now" for k in KEYS
+            if not KEYS[k].runtime and a[k] != b[k] and not (k in GROWS and b[k] > a[k])]

@@ -11,6 +11,7 @@ goes on (metrics.jsonl has every value).
 """
 import json
 import logging
+import math
 from pathlib import Path
 
 log = logging.getLogger("train")
@@ -35,9 +36,11 @@ def tensorboard_writer(out_dir: Path, step: int):
 
 
 def record(out_dir: Path, row: dict, tb=None) -> None:
-    """Append one row ({"step": N, ...}) to metrics.jsonl, and its numbers to the writer `tb`."""
+    """Append one row ({"step": N, ...}) to metrics.jsonl, and its numbers to the writer `tb`.
+    NaN and infinities are written as null (strict JSON has neither)."""
+    row = {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in row.items()}
     with open(out_dir / "metrics.jsonl", "a") as f:
-        f.write(json.dumps(row) + "\n")
+        f.write(json.dumps(row, allow_nan=False) + "\n")
     if tb is not None:
         for key, value in row.items():
             if key != "step" and isinstance(value, (int, float)) and not isinstance(value, bool):
@@ -45,7 +48,7 @@ def record(out_dir: Path, row: dict, tb=None) -> None:
 
 
 def trim(out_dir: Path, step: int) -> None:
-    """After a resume, forget what the interrupted run logged past its checkpoint."""
+    """At the start (step 0) or a resume, forget what an earlier attempt logged past that step."""
     path = out_dir / "metrics.jsonl"
     if path.is_file():
         rows = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step]

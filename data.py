@@ -8,8 +8,9 @@ What this is:
   - Features of one file: poses.py (`poses.load_pose`, `PoseConfig` inside DataConfig.pose).
   - Cache: `prepare` converts every row once, in parallel, into features.npy (all frames, float16,
     memory-mapped) + index.json (offsets, texts, splits). Resumable (rows are committed in
-    shards), rebuilt when the CSV or the feature config changes, and never stopped by a bad row:
-    skipped rows go to skipped.jsonl with their reason.
+    shards), rebuilt when the CSV or a pose file changes, never replaced by a build of other
+    settings without force=True (DataError), and never stopped by a bad row or file: skipped
+    rows (a malformed CSV/JSONL row too) go to skipped.jsonl with their reason.
   - Batches: `SignDataset` (chat prompt with ONE pose placeholder, answer + <|im_end|>),
     `BucketSampler` (length buckets, DistributedSampler semantics, resumable mid-epoch),
     `collate` (placeholder expanded to the pose encoder's token count, padding, label masks) and
@@ -64,16 +65,22 @@ class DataConfig:
     system_prompt: str = "You are a sign language interpreter. You translate sign language into English."
     user_prompt: str = "{pose}\nTranslate this {language} into English."   # {pose}: the placeholder
     source_language: str = "Indian Sign Language"
+    max_answer_tokens: int = 128     # longer answers are cut to this many tokens (SignDataset.truncated)
     pose: PoseConfig = field(default_factory=PoseConfig)   # features of one file (poses.py)
 
 
 # ----------------------------------------------------------------------------- corpus rows and splits
+class DataError(ValueError):
+    """A corpus file that cannot be read at all, or a cache that would be lost if built as asked."""
+
+
 @dataclass
 class Row:
     uid: str
     text: str
-    pose: str     # path of the .pose file
+    pose: str          # path of the .pose file
     split: str
+    problem: str = ""  # why the corpus row itself is unusable (file and line named); prepare skips it
 
 
 def video_id(uid: str) -> str:
@@ -95,12 +102,65 @@ def split_by_video(uids: list[str], ratios=(0.8, 0.1, 0.1), seed: int = 0) -> li
     return [which[video_id(u)] for u in uids]
 
 
-def _read_csv(path: Path) -> list[tuple[str, str]]:
-    with open(path, newline="", encoding="utf-8") as f:
+def _utf8(text: str) -> bool:
+    """False when `text` holds bytes that were not UTF-8 (read with errors="surrogateescape")."""
+    try:
+        text.encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        return False
+
+
+def _read_csv(path: Path) -> list[tuple[str, str, str]]:
+    """(uid, text, problem) per data row, problem "" when the row is good. A UTF-8 BOM (as Excel
+    writes) is skipped; a row with bytes that are not UTF-8 or with more fields than the header
+    (an unquoted comma in the text) is kept with its problem, for prepare to report and skip."""
+    with open(path, newline="", encoding="utf-8-sig", errors="surrogateescape") as f:
         reader = csv.DictReader(f)
         if not {"uid", "text"} <= set(reader.fieldnames or []):
-            raise ValueError(f"{path}: needs columns uid,text; has {reader.fieldnames}")
-        return [(r["uid"].strip(), (r["text"] or "").strip()) for r in reader]
+            raise DataError(f"{path}: needs columns uid,text; has {reader.fieldnames} (the first line must "
+                            "name the columns, e.g. `uid,text`)")
+        out = []
+        for r in reader:
+            where, uid, text = f"{path} line {reader.line_num}", (r["uid"] or "").strip(), (r["text"] or "").strip()
+            problem = ""
+            if None in r:   # DictReader's key for the fields beyond the header's
+                problem = (f"{where}: {len(reader.fieldnames) + len(r[None])} fields, the header names "
+                           f"{len(reader.fieldnames)}; quote a text that holds a comma")
+            elif not _utf8(uid + text):
+                problem = f"{where}: bytes that are not UTF-8 (save the file as UTF-8)"
+            elif not uid:
+                problem = f"{where}: empty uid"
+            out.append((uid, text, problem))
+        return out
+
+
+def _read_manifest(path: Path, data_dir: Path) -> list[Row]:
+    """A JSONL manifest's rows ({"pose", "text", "split", optional "uid"}; pose relative to
+    data_dir). A line that is not such an object becomes a row with its problem."""
+    rows = []
+    with open(path, encoding="utf-8-sig", errors="surrogateescape") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            where = f"{path} line {n}"
+            try:
+                it = json.loads(line) if _utf8(line) else None
+            except ValueError as e:
+                rows.append(Row(f"line-{n}", "", "", "", f"{where}: not JSON ({e})"))
+                continue
+            problem = ("bytes that are not UTF-8 (save the file as UTF-8)" if it is None else
+                       "not a JSON object" if not isinstance(it, dict) else
+                       'no "pose" field (the .pose file\'s path, relative to the data directory)'
+                       if not isinstance(it.get("pose"), str) else
+                       f'"split" is {it["split"]!r}, not one of {", ".join(SPLITS)} (or empty: assigned by video)'
+                       if it.get("split") not in (None, "", *SPLITS) else "")
+            if problem:
+                rows.append(Row(f"line-{n}", "", "", "", f"{where}: {problem}"))
+            else:
+                rows.append(Row(str(it.get("uid") or Path(it["pose"]).stem), str(it.get("text") or "").strip(),
+                                str(data_dir / it["pose"]), it.get("split") or ""))
+    return rows
 
 
 def source_files(cfg: DataConfig) -> list[Path]:
@@ -119,15 +179,18 @@ def read_rows(cfg: DataConfig) -> list[Row]:
     """Every row of the corpus with its pose path and split, in file order."""
     d, files = Path(cfg.data_dir), source_files(cfg)
     if cfg.csv.endswith(".jsonl"):
-        items = [json.loads(line) for line in files[0].read_text(encoding="utf-8").splitlines() if line.strip()]
-        rows = [Row(str(it.get("uid") or Path(it["pose"]).stem), str(it.get("text") or "").strip(),
-                    str(d / it["pose"]), it.get("split") or "") for it in items]
-    elif files[0].name == "train.csv":
-        rows = [Row(u, t, "", f.stem) for f in files for u, t in _read_csv(f)]
-    else:
-        rows = [Row(u, t, "", "") for u, t in _read_csv(files[0])]
+        return _split_unsplit(_read_manifest(files[0], d), cfg)
+    split_files = files[0].name == "train.csv"
+    rows = [Row(u, t, "", f.stem if split_files else "", problem) for f in files for u, t, problem in _read_csv(f)]
+    pose_dir = os.path.normpath(d / cfg.pose_dir)
     for r in rows:
-        r.pose = r.pose or str(d / cfg.pose_dir / f"{r.uid}.pose")
+        r.pose = str(d / cfg.pose_dir / f"{r.uid}.pose")
+        if not r.problem and not os.path.normpath(r.pose).startswith(pose_dir + os.sep):
+            r.problem = f"uid {r.uid!r} names a file outside {cfg.pose_dir}/ (a uid is a file name there)"
+    return _split_unsplit(rows, cfg)
+
+
+def _split_unsplit(rows: list[Row], cfg: DataConfig) -> list[Row]:
     unsplit = [r for r in rows if not r.split]
     for r, s in zip(unsplit, split_by_video([r.uid for r in unsplit], cfg.split_ratios, cfg.split_seed)):
         r.split = s
@@ -137,7 +200,7 @@ def read_rows(cfg: DataConfig) -> list[Row]:
 def split_texts(cfg: DataConfig, split: str) -> list[str]:
     """The non-empty texts of one split, read from the corpus files (no cache needed), e.g. to
     train a tokenizer."""
-    return [r.text for r in read_rows(cfg) if r.split == split and r.text]
+    return [r.text for r in read_rows(cfg) if r.split == split and r.text and not r.problem]
 
 
 # ----------------------------------------------------------------------------- the cache
@@ -199,15 +262,32 @@ def _save_npy(path: Path, arr: np.ndarray) -> None:
         np.save(f, arr)
 
 
-def _convert(item: tuple[int, str], cfg: DataConfig):
-    """Worker: (row number, pose path) -> (row number, float16 features or None, reason, detail)."""
-    i, path = item
+def _stat(path: str) -> list[int]:
+    """[size, mtime_ns] of a file, [] when there is none: what tells that a pose file was replaced."""
     try:
-        return i, poses.load_pose(path, cfg.pose).astype(np.float16), "", ""
+        st = os.stat(path)
+    except OSError:
+        return []
+    return [st.st_size, st.st_mtime_ns]
+
+
+def _convert(item: tuple[int, str], cfg: DataConfig):
+    """Worker: (row number, pose path) -> (row number, float16 features or None, reason, detail,
+    the file's stat before it was read)."""
+    i, path = item
+    stat = _stat(path)
+    try:
+        x = poses.load_pose(path, cfg.pose)
     except PoseError as e:
-        return i, None, e.kind, str(e)
+        return i, None, e.kind, str(e), stat
     except Exception as e:  # a bug or an odd file must not stop a 118k-file run: report it
-        return i, None, "unreadable pose file", f"{path}: {type(e).__name__}: {e}"
+        return i, None, "unreadable pose file", f"{path}: {type(e).__name__}: {e}", stat
+    with np.errstate(over="ignore"):
+        f16 = x.astype(np.float16)
+    if not np.isfinite(f16).all():  # beyond float16's 65504 the cache would hold inf, and every batch a NaN loss
+        return i, None, "value too large", (f"{path}: a feature reaches {np.abs(x).max():.3g}, beyond the "
+                                            "float16 cache's 65504 (a coordinate far outside the frame?)"), stat
+    return i, f16, "", "", stat
 
 
 def _commit_shard(shards: Path, results: list) -> None:
@@ -215,39 +295,86 @@ def _commit_shard(shards: Path, results: list) -> None:
     if not results:
         return
     k = len(list(shards.glob("shard-*.json")))
-    feats = [f for _, f, _, _ in results if f is not None]
+    feats = [f for _, f, *_ in results if f is not None]
     arr = np.concatenate(feats) if feats else np.zeros((0, 0), np.float16)
     _write_atomic(shards / f"shard-{k:06d}.npy", lambda p: _save_npy(p, arr))
-    rows = [[i, 0 if f is None else len(f), reason, detail] for i, f, reason, detail in results]
+    rows = [[i, 0 if f is None else len(f), reason, detail, stat] for i, f, reason, detail, stat in results]
     _write_atomic(shards / f"shard-{k:06d}.json", lambda p: p.write_text(json.dumps(rows)))
     results.clear()
 
 
-def prepare(cfg: DataConfig, workers: int | None = None, progress: bool = True) -> dict:
-    """Build (or finish) the cache; returns {"ok": N, "skipped": M, "reasons": {...}, ...}."""
+def _refuse_other_settings(out: Path, sig: dict) -> None:
+    """A cache (complete or unfinished) of other settings may be hours of work: only force replaces it."""
+    for path, what in ((out / "DONE", "a pose cache"), (out / "shards" / "signature.json", "an unfinished pose cache")):
+        try:
+            there = json.loads(path.read_text())["settings"]
+        except (OSError, ValueError, KeyError):
+            continue
+        diff = [f"{k}: {there.get(k)!r} there, {v!r} now" for k, v in sig["settings"].items() if there.get(k) != v]
+        if diff:
+            raise DataError(f"{out} holds {what} built with other settings ({'; '.join(diff)}). To keep it, "
+                            "build this one in another folder (train.py --cache_dir=DIR, data.py prepare --cache "
+                            "DIR); to replace it, run data.py prepare with --force, or delete the folder")
+
+
+def changed_poses(cfg: DataConfig, rows: list[Row] | None = None) -> list[str]:
+    """Pose files replaced, added or removed (size or mtime) since the complete cache read them."""
+    path = cache_dir(cfg) / "poses.json"
+    if not path.is_file():
+        return []
+    then = json.loads(path.read_text())
+    rows = read_rows(cfg) if rows is None else rows
+    return [r.pose for r, s in zip(rows, then) if s is not None and s != _stat(r.pose)]
+
+
+def _usable(summary: dict, out: Path) -> dict:
+    """The summary, unless no row at all could be used: then the first reason, as an error."""
+    if summary["ok"]:
+        return summary
+    lines = (out / "skipped.jsonl").read_text().splitlines()
+    example = f"; e.g. {json.loads(lines[0])['detail']}" if lines else ""
+    raise DataError(f"no row of the corpus could be used ({summary['reasons'] or 'it has no rows'}{example}); "
+                    f"every skipped row and its reason is in {out / 'skipped.jsonl'}")
+
+
+def prepare(cfg: DataConfig, workers: int | None = None, progress: bool = True, force: bool = False) -> dict:
+    """Build (or finish) the cache; returns {"ok": N, "skipped": M, "reasons": {...}, ...}.
+
+    Built again when the corpus files changed, or a pose file did (size or mtime); a cache of
+    other settings is refused (DataError) unless force=True, which also rebuilds in any case."""
     t0, sig, out = time.time(), signature(cfg), cache_dir(cfg)
-    if is_fresh(cfg):
-        return json.loads((out / "DONE").read_text())["summary"]
     rows = read_rows(cfg)
     cfg = resolve_layout(cfg, rows)
+    if not force:
+        _refuse_other_settings(out, sig)
+        if is_fresh(cfg):
+            changed = changed_poses(cfg, rows)
+            if not changed:
+                return _usable(json.loads((out / "DONE").read_text())["summary"], out)
+            print(f"{len(changed)} pose files changed since the cache was built (e.g. {changed[0]}): "
+                  "building it again", file=sys.stderr)
     shards = out / "shards"
     progress_file = shards / "signature.json"
-    if shards.exists() and (not progress_file.is_file() or json.loads(progress_file.read_text())["hash"] != sig["hash"]):
-        shutil.rmtree(shards)                     # left by an older corpus or setting: start over
+    if shards.exists() and (force or not progress_file.is_file()
+                            or json.loads(progress_file.read_text())["hash"] != sig["hash"]):
+        shutil.rmtree(shards)                     # left by an older corpus, or forced: start over
     shards.mkdir(parents=True, exist_ok=True)
     progress_file.write_text(json.dumps(sig))
     (out / "DONE").unlink(missing_ok=True)
     done = {r[0] for f in shards.glob("shard-*.json") for r in json.loads(f.read_text())}
     seen, results, todo = set(), [], []
     for i, r in enumerate(rows):
-        duplicate = r.uid in seen
-        seen.add(r.uid)
+        duplicate = not r.problem and r.uid in seen
+        if not r.problem:
+            seen.add(r.uid)
         if i in done:
             continue
-        if not r.text:
-            results.append((i, None, "empty text", f"{r.uid}: empty text"))
+        if r.problem:
+            results.append((i, None, "bad corpus row", r.problem, None))
+        elif not r.text:
+            results.append((i, None, "empty text", f"{r.uid}: empty text", None))
         elif duplicate:
-            results.append((i, None, "duplicate uid", f"{r.uid}: uid already used by an earlier row"))
+            results.append((i, None, "duplicate uid", f"{r.uid}: uid already used by an earlier row", None))
         else:
             todo.append((i, r.pose))
     workers = workers or os.cpu_count() or 1
@@ -269,16 +396,17 @@ def prepare(cfg: DataConfig, workers: int | None = None, progress: bool = True) 
     sig["summary"] = summary
     _write_atomic(out / "DONE", lambda p: p.write_text(json.dumps(sig)))
     shutil.rmtree(shards)
-    return summary
+    return _usable(summary, out)
 
 
 def _merge(cfg: DataConfig, rows: list[Row], shards: Path, out: Path) -> dict:
-    """Copy the shards' frames, in corpus order, into features.npy; write index.json and
-    skipped.jsonl. Returns the summary."""
-    kept, skipped = [], []                        # kept: (row, shard file, start in shard, frames)
+    """Copy the shards' frames, in corpus order, into features.npy; write index.json,
+    skipped.jsonl and poses.json (each row's pose file stat). Returns the summary."""
+    kept, skipped, stats = [], [], {}             # kept: (row, shard file, start in shard, frames)
     for f in sorted(shards.glob("shard-*.json")):
         start = 0
-        for i, n, reason, detail in json.loads(f.read_text()):
+        for i, n, reason, detail, *stat in json.loads(f.read_text()):   # no stat: a shard of an older version
+            stats[i] = stat[0] if stat else None
             if reason:
                 skipped.append({"uid": rows[i].uid, "pose": rows[i].pose, "reason": reason, "detail": detail})
             else:
@@ -304,6 +432,7 @@ def _merge(cfg: DataConfig, rows: list[Row], shards: Path, out: Path) -> dict:
              "start": starts.tolist(), "length": lengths.tolist()}
     _write_atomic(out / "index.json", lambda p: p.write_text(json.dumps(index)))
     _write_atomic(out / "skipped.jsonl", lambda p: p.write_text("".join(json.dumps(s) + "\n" for s in skipped)))
+    _write_atomic(out / "poses.json", lambda p: p.write_text(json.dumps([stats.get(i) for i in range(len(rows))])))
     return {"ok": len(kept), "skipped": len(skipped), "layout": cfg.pose.layout,
             "reasons": dict(Counter(s["reason"] for s in skipped)),
             "splits": dict(Counter(index["split"])), "frames": int(lengths.sum()), "cache": str(out)}
@@ -316,6 +445,9 @@ def ensure_cache(cfg: DataConfig, rank: int = 0, world_size: int = 1, timeout_s:
     if rank == 0:
         if not is_fresh(cfg):
             print(json.dumps(prepare(cfg)), file=sys.stderr)
+        elif changed := changed_poses(cfg):
+            print(f"warning: {len(changed)} pose files changed since the cache was built (e.g. {changed[0]}); "
+                  f"it holds the old ones. Delete {cache_dir(cfg) / 'DONE'} to have it rebuilt", file=sys.stderr)
         return cache_dir(cfg)
     t0 = time.time()
     while not is_fresh(cfg):
@@ -335,6 +467,15 @@ def build_prompt(tokenizer, cfg: DataConfig) -> list[int]:
     if ids.count(tokenizer.pose_token_id) != 1:
         raise ValueError(f"DataConfig.user_prompt {cfg.user_prompt!r} must hold '{{pose}}' exactly once")
     return ids
+
+
+def cap_answers(texts_ids: list[list[int]], limit: int, end_id: int) -> tuple[list[list[int]], int]:
+    """The answers as the model learns them: each text's tokens + the end of the turn. A text of
+    more than `limit` tokens keeps its first `limit` and no end token (nothing teaches the model
+    to stop there), so one outlier cannot set the memory of every batch it falls in. Returns the
+    answers and how many were cut; references for the metrics stay the whole texts."""
+    return [ids + [end_id] if len(ids) <= limit else ids[:limit] for ids in texts_ids], \
+        sum(len(ids) > limit for ids in texts_ids)
 
 
 STOP_WORDS = frozenset("a an the is are am was were be been being to of do does did".split())
@@ -359,7 +500,8 @@ class SignDataset(torch.utils.data.Dataset):
     """One split of the cache. Item: dict(uid, poses (T, F) float32, text, prompt_ids, answer_ids,
     and with n_words > 0 word_targets (n_words,) float32: 1 for each word of `words` in the text;
     `words` defaults to word_vocabulary(this split's texts, n_words)); answer_ids end with
-    <|im_end|>, the end of the assistant's turn."""
+    <|im_end|>, the end of the assistant's turn, unless cut to max_answer_tokens (`truncated`
+    counts those, see cap_answers)."""
 
     def __init__(self, cfg: DataConfig, split: str, tokenizer, augment: bool = False, n_words: int = 0,
                  words: list[str] | None = None):
@@ -376,7 +518,8 @@ class SignDataset(torch.utils.data.Dataset):
         self.starts = np.array([index["start"][k] for k in rows], np.int64)
         self.lengths = np.array([index["length"][k] for k in rows], np.int64)   # frames: the bucketing cost
         self.prompt_ids = build_prompt(tokenizer, cfg)
-        self.answer_ids = [ids + [tokenizer.im_end_id] for ids in tokenizer.encode_batch(self.texts)]
+        self.answer_ids, self.truncated = cap_answers(tokenizer.encode_batch(self.texts), cfg.max_answer_tokens,
+                                                      tokenizer.im_end_id)
         self.n_words, self.words, self.word_ids = n_words, [], None
         if n_words:
             self.words = words if words is not None else word_vocabulary(self.texts, n_words)
@@ -573,6 +716,7 @@ def main(argv=None) -> None:
     p.add_argument("--csv", default=DataConfig.csv, help="CSV (uid,text) or .jsonl manifest in DATA_DIR")
     p.add_argument("--layout", default=PoseConfig.layout, choices=["auto", *poses.LAYOUTS],
                    help="keypoint layout (default: auto, the first that the corpus's first readable file fits)")
+    p.add_argument("--force", action="store_true", help="rebuild from scratch, even over a cache of other settings")
     v = sub.add_parser("videos", help="a folder of videos -> a corpus in the iSign layout (video.py; "
                                       "pip install -r requirements-video.txt)")
     v.add_argument("video_dir")
@@ -595,7 +739,11 @@ def main(argv=None) -> None:
         print(json.dumps({"out_dir": args.out_dir, "n": args.n, "seed": args.seed}))
     else:
         cfg = DataConfig(data_dir=args.data_dir, cache_dir=args.cache, csv=args.csv, pose=PoseConfig(layout=args.layout))
-        print(json.dumps(prepare(cfg, workers=args.workers)))
+        try:
+            print(json.dumps(prepare(cfg, workers=args.workers, force=args.force)))
+        except (DataError, FileNotFoundError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            raise SystemExit(2)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,9 @@
 The run's saved config.json says how to rebuild the model: the frozen base checkpoint (4-bit
 NF4 by default), LoRA adapters on it, and the pose encoder whose soft tokens replace the pose
 placeholder of the chat prompt. A checkpoint holds only the trained tensors; they are loaded on
-top. Hypotheses come from `Qwen2.generate` with the KV cache (greedy or beam search).
+top, after its base fingerprint is checked against model_dir. Hypotheses come from
+`Qwen2.generate` with the KV cache (greedy or beam search). Predictions go to
+RUN/predictions-SPLIT-CKPT.jsonl, written only once complete; exports never overwrite files.
 
 Metrics (last line of stdout, one JSON object):
 - bleu1..bleu4: sacrebleu corpus BLEU with max n-gram order 1..4 (13a tokenizer, exp smoothing);
@@ -29,6 +31,7 @@ sacrebleu (Post 2018), ROUGE (Lin 2004).
 """
 import argparse
 import json
+import os
 import re
 import sys
 from contextlib import redirect_stdout
@@ -46,6 +49,7 @@ import data
 import loader
 import lora
 import poses
+from config import ConfigError
 from tokenizer import Tokenizer
 from translator import SignTranslator, autocast, build_model, collate_fn, to_device
 
@@ -142,14 +146,34 @@ def with_shuffled(metrics: dict, shuffled_rows: list[dict]) -> dict:
     return {**metrics, "bleu4_shuffled": m["bleu4"], "chrf_shuffled": m["chrf"]}
 
 
+def predictions_path(run_dir: Path, split: str, ckpt: Path, num_beams: int) -> Path:
+    """RUN/predictions-SPLIT-CKPT[-beamsN].jsonl: an evaluation of another split, checkpoint or
+    beam width never replaces this one's file."""
+    return Path(run_dir) / f"predictions-{split}-{ckpt.name}{f'-beams{num_beams}' if num_beams > 1 else ''}.jsonl"
+
+
 def write_predictions(rows: list[dict], path: Path) -> None:
-    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    """Written whole or not at all: a run that fails leaves an earlier file as it was."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    os.replace(tmp, path)
 
 
 def translate_file(model: SignTranslator, tok: Tokenizer, dcfg: data.DataConfig, pose_path: str,
                    max_new_tokens: int, num_beams: int, device: torch.device, static: bool = False) -> str:
     """One .pose file -> its English translation."""
-    item = {"uid": Path(pose_path).stem, "poses": torch.from_numpy(poses.load_pose(pose_path, dcfg.pose)), "text": "",
+    try:
+        feats = poses.load_pose(pose_path, dcfg.pose)
+    except poses.PoseError as e:
+        if e.kind != "layout lacks points":
+            raise
+        raise poses.PoseError(e.kind, f"{e}. This run's model was trained on layout={dcfg.pose.layout!r} "
+                                      "and reads only that layout's points") from None
+    item = {"uid": Path(pose_path).stem, "poses": torch.from_numpy(feats), "text": "",
             "prompt_ids": data.build_prompt(tok, dcfg), "answer_ids": []}
     batch = to_device(collate_fn(model, tok, for_generation=True)([item]), device)
     model.eval()
@@ -165,24 +189,33 @@ def pose_of_video(video_path: str, save_pose: str | None) -> str:
     import video
     try:
         pose = video.estimate_pose(video_path)
-    except (video.VideoExtraMissing, video.VideoError, FileNotFoundError) as e:
-        sys.exit(f"error: {e}")
+    except video.VideoExtraMissing as e:
+        raise ConfigError(str(e)) from None
     path = save_pose or str(Path(tempfile.mkdtemp()) / f"{Path(video_path).stem}.pose")
     video.write_pose(pose, path)
     return path
 
 
-def main(argv: list[str] | None = None) -> None:
+def at_least_1(text: str) -> int:
+    """argparse type: an int >= 1 (0 beams or 0 new tokens is no decoding at all)."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run", help="a run directory (its best checkpoint, else the newest) or a ckpt-NNNNNN directory")
     parser.add_argument("--split", default="test", choices=data.SPLITS)
     parser.add_argument("--data_dir", help="corpus to evaluate on (default: the run's)")
-    parser.add_argument("--num_beams", type=int, default=1, help="1: greedy")
+    parser.add_argument("--model_dir", help="the run's base model, if it moved (default: the run's)")
+    parser.add_argument("--num_beams", type=at_least_1, default=1, help="1: greedy")
     parser.add_argument("--static", action="store_true",
                         help="greedy steps replayed from one CUDA graph per batch (model.StaticDecoder); same tokens")
-    parser.add_argument("--batch_size", type=int, default=16)
-    parser.add_argument("--max_new_tokens", type=int, help="default: the run's")
-    parser.add_argument("--out", help="predictions file (default: RUN/predictions.jsonl, or CKPT/../)")
+    parser.add_argument("--batch_size", type=at_least_1, default=16)
+    parser.add_argument("--max_new_tokens", type=at_least_1, help="default: the run's")
+    parser.add_argument("--out", help="predictions file (default: RUN/predictions-SPLIT-CKPT.jsonl)")
     parser.add_argument("--no_shuffled", action="store_true",
                         help="skip the second decoding with shuffled poses (bleu4_shuffled, chrf_shuffled)")
     parser.add_argument("--pose", help="translate this one .pose file and print the English")
@@ -198,18 +231,45 @@ def main(argv: list[str] | None = None) -> None:
         parser.error("give --pose or --video, not both")
     if args.save_pose and not args.video:
         parser.error("--save_pose needs --video")
+    return args
 
+
+def check_outputs(args: argparse.Namespace, out: Path) -> None:
+    """What eval would write, checked before the model is loaded: nothing is overwritten and the
+    predictions' folder exists."""
+    if args.export_adapter:
+        lora.refuse_overwrite(args.export_adapter, lora.ADAPTER_FILES)
+    if args.export_merged:
+        lora.refuse_overwrite(args.export_merged, lora.MERGED_FILES)
+    if args.pose and not Path(args.pose).is_file():
+        raise FileNotFoundError(f"--pose {args.pose}: no such file")
+    if not (args.export_adapter or args.export_merged or args.pose or args.video) and not os.access(out.parent, os.W_OK):
+        raise ConfigError(f"--out {out}: cannot write in {out.parent} (no such folder, or not writable)")
+
+
+def evaluate(args: argparse.Namespace) -> None:
     if args.plot:  # a checkpoint directory means its run
         run = Path(args.run)
         print(curves.plot(run if (run / "metrics.jsonl").exists() else run.resolve().parent))
         return
     ckpt = checkpoints.pick(Path(args.run))
     cfg = config.load_run_config(ckpt)
-    if args.data_dir:
-        cfg.data.data_dir = args.data_dir
-    max_new = args.max_new_tokens or cfg.max_new_tokens
+    cfg.data.data_dir = args.data_dir or cfg.data.data_dir
+    cfg.model_dir = args.model_dir or cfg.model_dir
+    out = Path(args.out) if args.out else predictions_path(ckpt.resolve().parent, args.split, ckpt, args.num_beams)
+    check_outputs(args, out)
+    if not (Path(loader.model_path(cfg.model_dir)) / "config.json").is_file():
+        raise FileNotFoundError(f"model_dir {cfg.model_dir} (the run's base model) holds no config.json; "
+                                "pass --model_dir=DIR where it is now")
+    base = {"model_dir": cfg.model_dir, "fingerprint": loader.fingerprint(loader.model_path(cfg.model_dir))}
+    mismatch = checkpoints.base_mismatch(ckpt, base)
+    if mismatch:
+        raise ConfigError(mismatch)
+    max_new = cfg.max_new_tokens if args.max_new_tokens is None else args.max_new_tokens
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dcfg = cfg.data
+    if args.video:  # before the model: a video that fails costs no model load
+        args.pose = pose_of_video(args.video, args.save_pose)
     tok = Tokenizer.from_dir(loader.model_path(cfg.model_dir))
     with redirect_stdout(sys.stderr):  # stdout carries the results only
         model = build_model(cfg, tok, device)
@@ -221,13 +281,13 @@ def main(argv: list[str] | None = None) -> None:
         if args.export_merged:
             print(lora.export_merged(model.llm, args.export_merged, dtype=torch.bfloat16))
         return
-    if args.video:
-        args.pose = pose_of_video(args.video, args.save_pose)
     if args.pose:
         print(translate_file(model, tok, dcfg, args.pose, max_new, args.num_beams, device, args.static))
         return
     data.ensure_cache(dcfg)
     dataset = data.SignDataset(dcfg, args.split, tok)
+    if not len(dataset):
+        raise ConfigError(f"the {args.split} split of {data.cache_dir(dcfg)} has no clips; choose another --split")
     every = list(range(len(dataset)))
     run = lambda poses_from=None: decode(model, tok, dataset, every, args.batch_size, max_new,  # noqa: E731
                                          args.num_beams, device, progress=True, static=args.static,
@@ -239,11 +299,22 @@ def main(argv: list[str] | None = None) -> None:
         metrics = with_shuffled(metrics, shuffled)
         for r, s in zip(rows, shuffled):
             r["hypothesis_shuffled"] = s["hypothesis"]
-    out = Path(args.out) if args.out else ckpt.resolve().parent / "predictions.jsonl"
     write_predictions(rows, out)
     print(f"{len(rows)} predictions in {out}", file=sys.stderr)
     print(json.dumps(metrics))
 
 
+def main(argv: list[str] | None = None) -> int:
+    """A bad input (no checkpoint, a missing or unreadable file, a folder that holds files) is one
+    line `error: ...` on stderr and exit code 2, as train.py does; bugs keep their traceback."""
+    args = parse_args(argv)
+    try:
+        evaluate(args)
+    except (ValueError, OSError) as e:  # ConfigError, DataError, PoseError; FileNotFoundError, FileExistsError
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

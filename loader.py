@@ -10,6 +10,7 @@ module stores (gpt-fast keeps quantization as a conversion step beside the model
                    *before* loading, so the 16-bit weights never exist for the whole model at once;
                    a checkpoint that bitsandbytes saved in 4 bits (`*-bnb-4bit`) is read as stored
     quant_cache    the quantized tensors saved on the first load, read back by later ones
+    fingerprint    a cheap identity of a checkpoint's files (a run's checkpoints refuse another base)
     offload_embeddings  the frozen input table kept in host memory (model.HostEmbedding)
     random_model   the same steps with random weights (benchmarks, the tiny demo)
     save_model     config.json + model.safetensors in the Hugging Face layout; a 4-bit model in
@@ -84,6 +85,27 @@ def _checkpoint_index(path: Path) -> dict[str, Path]:
     if single.exists():
         return _names_in(single)
     raise FileNotFoundError(f"{path}: neither model.safetensors nor model.safetensors.index.json found")
+
+
+def fingerprint(path: str | Path, sample: int = 256) -> str:
+    """A cheap identity of a base checkpoint, to tell a run's base from another of the same
+    shapes (Qwen2.5-7B and 7B-Instruct have equal headers and file sizes): sha256 over the
+    parsed config, tokenizer.json, and each tensor's name, dtype, shape and first `sample` bytes.
+    Any fine-tune (a merged LoRA too) changes the first row of the matrices it changed; reading
+    a few hundred bytes per tensor instead of 15 GB keeps this well under a second."""
+    path = Path(path)
+    h = hashlib.sha256(json.dumps(Qwen2Config.from_json(path / "config.json").to_dict(), sort_keys=True).encode())
+    if (path / "tokenizer.json").is_file():
+        h.update((path / "tokenizer.json").read_bytes())
+    for file in sorted(set(_checkpoint_index(path).values())):
+        with open(file, "rb") as f:  # safetensors: 8-byte header length, JSON header, then the data
+            n = int.from_bytes(f.read(8), "little")
+            header = json.loads(f.read(n))
+            for name, info in sorted((k, v) for k, v in header.items() if k != "__metadata__"):
+                start, end = info["data_offsets"]
+                f.seek(8 + n + start)
+                h.update(json.dumps([name, info["dtype"], info["shape"]]).encode() + f.read(min(sample, end - start)))
+    return h.hexdigest()[:16]
 
 
 def _names_in(file: Path) -> dict[str, Path]:

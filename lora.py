@@ -232,9 +232,23 @@ def _to_file(tensors: dict[str, torch.Tensor], path: Path) -> None:
               str(path), metadata={"format": "pt"})
 
 
+ADAPTER_FILES = (ADAPTER_CONFIG, ADAPTER_WEIGHTS)
+MERGED_FILES = ("config.json", "model.safetensors", "model.safetensors.index.json")  # an index would win over ours
+
+
+def refuse_overwrite(out_dir, names) -> None:
+    """An export never replaces files: a run's config.json or a base model's weights are work."""
+    held = [n for n in names if (Path(out_dir) / n).exists()]
+    if held:
+        raise FileExistsError(f"{out_dir} already holds {', '.join(held)}; export into a new or empty folder "
+                              "(nothing was written)")
+
+
 def save_peft_adapter(model: nn.Module, out_dir, base_model_name_or_path: str | None = None) -> Path:
     """Write adapter_config.json + adapter_model.safetensors as PEFT's save_pretrained does,
-    so `peft.PeftModel.from_pretrained(hf_model, out_dir)` (and vLLM) load it unchanged."""
+    so `peft.PeftModel.from_pretrained(hf_model, out_dir)` (and vLLM) load it unchanged. Files
+    already there are an error, not overwritten."""
+    refuse_overwrite(out_dir, ADAPTER_FILES)
     modules = lora_modules(model)
     if not modules:
         raise ValueError("model has no LoRA adapters: call apply_lora first")
@@ -311,7 +325,9 @@ def export_merged(model: nn.Module, out_dir, dtype: torch.dtype | None = None) -
     """Write a plain Hugging Face checkpoint (config.json + model.safetensors, HF names) with every
     adapter folded in: W' = dequantize(W) + (alpha / r) B A for 4-bit bases, W + (alpha / r) B A
     otherwise; unwrapped 4-bit linears are dequantized. `dtype` defaults to the dtype of the
-    model's embeddings (bf16 for a bf16-loaded model). Loads in loader.load_model and transformers."""
+    model's embeddings (bf16 for a bf16-loaded model). Loads in loader.load_model and transformers.
+    A folder that already holds a checkpoint's files is an error, not overwritten."""
+    refuse_overwrite(out_dir, MERGED_FILES)
     tensors, replaced = {}, []
     for name, m in model.named_modules():
         if name.startswith(tuple(replaced)):

@@ -198,7 +198,9 @@ def read_pose(path):
 
 
 def select_points(header, body, cfg: PoseConfig, path="<pose>") -> tuple[np.ndarray, np.ndarray]:
-    """The layout's points by name, first person: coords (T, K, C) float32, present (T, K) bool."""
+    """The layout's points by name, of the signer: coords (T, K, C) float32, present (T, K) bool.
+    The signer is the person whose two shoulders (the body anchor) show in the most frames, the
+    first one on a tie: a file may hold an empty first person beside the one who signs."""
     index = _point_index(header)
     wanted = [(part.component, p) for part in _layout(cfg).values() for p in part.points]
     missing = [w for w in wanted if w not in index]
@@ -219,8 +221,12 @@ def select_points(header, body, cfg: PoseConfig, path="<pose>") -> tuple[np.ndar
     if coords.shape[-1] < dims:
         raise PoseError("layout lacks points", f"{path}: use_z needs 3-D points, the file has {coords.shape[-1]}-D")
     idx = np.array([index[w] for w in wanted])
-    xyz = coords[:, 0, idx, :dims].astype(np.float32)                      # (T, K, C)
-    present = (conf[:, 0, idx] > 0) & np.isfinite(xyz).all(-1)             # (T, K)
+    body = _layout(cfg)["body"]
+    anchors = [index[(body.component, p)] for p in body.anchor]
+    shown = ((conf[:, :, anchors] > 0) & np.isfinite(coords[:, :, anchors]).all(-1)).all(-1).sum(0)  # (P,)
+    person = int(np.argmax(shown))                                         # argmax: the first on a tie
+    xyz = coords[:, person, idx, :dims].astype(np.float32)                 # (T, K, C)
+    present = (conf[:, person, idx] > 0) & np.isfinite(xyz).all(-1)        # (T, K)
     return xyz, present
 
 

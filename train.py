@@ -19,18 +19,19 @@ then cosine decay, gradient clipping; bf16 autocast on GPUs, float32 on the CPU.
 
 Surviving long runs (OUT_DIR/ckpt-000600/ every save_every steps, and best -> the best val BLEU):
 - a checkpoint holds the trained tensors only, optimizer state, step, data position and the RNG
-  state of every rank; rank 0 writes it atomically, with every file's size and sha256 in
-  meta.json (checkpoints.py), and a damaged one is skipped with a warning by --resume=auto.
-  keep_last bounds disk use (best is always kept).
-- --resume=auto continues from the newest good checkpoint; on the CPU with the same world size
-  the result is bit for bit that of a run that never stopped.
+  state of every rank; rank 0 writes it atomically, with every file's size and sha256 and the
+  base model's fingerprint in meta.json (checkpoints.py); a damaged one is skipped with a
+  warning by --resume=auto (all of them damaged: an error, never a fresh start over them).
+  keep_last bounds disk use (best is always kept; a tie in val BLEU goes to the later one).
+- --resume=auto continues from the newest good checkpoint, of the same config (max_steps may
+  grow: a finished run is extended) and the same base; on the CPU with the same world size the
+  result is bit for bit that of a run that never stopped.
 - SIGTERM / SIGINT: every rank stops at the next step boundary, rank 0 saves, exit code 0.
 - A non-finite loss or gradient skips the step on all ranks; max_bad_steps in a row stop the run.
 
 References: QLoRA (Dettmers et al. 2023, arXiv:2305.14314); SpaMo (Hwang et al. 2024,
 arXiv:2408.11915); Sign2GPT (Wong et al. 2024, arXiv:2405.04164); nanoGPT's train.py.
 """
-import base64
 import dataclasses
 import hashlib
 import json
@@ -144,8 +145,6 @@ def broadcast(obj, d: Dist):
 
 def accumulation(cfg: TrainConfig, world: int) -> int:
     """Micro-steps per optimizer step; global_batch (if set) must split evenly over the ranks."""
-    if cfg.batch_size < 1 or cfg.grad_accum < 1:
-        raise ConfigError(f"batch_size ({cfg.batch_size}) and grad_accum ({cfg.grad_accum}) must be >= 1")
     if not cfg.global_batch:
         return cfg.grad_accum
     per_round = cfg.batch_size * world
@@ -184,13 +183,6 @@ def check_inputs(cfg: TrainConfig) -> None:
         raise ConfigError(f"model_dir {cfg.model_dir} holds no checkpoint (config.json missing){searched}. Download "
                           f"it with: hf download {cfg.model_repo}{where}  "
                           "(pip install huggingface_hub; older versions: huggingface-cli download)")
-    if cfg.quantize not in ("nf4", "none"):
-        raise ConfigError(f"quantize must be 'nf4' or 'none', got {cfg.quantize!r}")
-    if cfg.double_quant and cfg.quantize != "nf4":
-        raise ConfigError("double_quant=True needs quantize='nf4'")
-    if cfg.offload_embeddings and any(m.split(".")[-1] == "embed_tokens" for m in cfg.modules_to_save):
-        raise ConfigError("offload_embeddings=True keeps embed_tokens frozen in host memory; it cannot "
-                          "also be in modules_to_save (trained)")
 
 
 def create_first_use_assets(cfg: TrainConfig) -> None:
@@ -227,27 +219,7 @@ def create_random_model(cfg: TrainConfig) -> None:
     log.info(f"created a random Qwen2 {spec} with a {tok.vocab_size}-token BPE in {cfg.model_dir}")
 
 
-# ----------------------------------------------------------------------------- RNG, schedule
-
-def rng_state() -> dict:
-    """Every generator this process draws from (dropout, augmentation), JSON-ready."""
-    np_state = np.random.get_state()
-    return {"torch": base64.b64encode(torch.get_rng_state().numpy().tobytes()).decode(),
-            "cuda": [base64.b64encode(s.numpy().tobytes()).decode() for s in torch.cuda.get_rng_state_all()]
-            if torch.cuda.is_available() else [],
-            "numpy": [np_state[0], np_state[1].tolist(), *np_state[2:]],
-            "python": [random.getstate()[0], list(random.getstate()[1]), random.getstate()[2]]}
-
-
-def set_rng_state(s: dict) -> None:
-    def tensor(b64):
-        return torch.frombuffer(bytearray(base64.b64decode(b64)), dtype=torch.uint8)
-    torch.set_rng_state(tensor(s["torch"]))
-    if s["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all([tensor(x) for x in s["cuda"]])
-    np.random.set_state((s["numpy"][0], np.array(s["numpy"][1], dtype=np.uint32), *s["numpy"][2:]))
-    random.setstate((s["python"][0], tuple(s["python"][1]), s["python"][2]))
-
+# ----------------------------------------------------------------------------- schedule, optimizer
 
 def lr_factor(step: int, cfg: TrainConfig) -> float:
     """Linear warmup over warmup_steps, then cosine decay to min_lr_ratio at max_steps."""
@@ -293,12 +265,12 @@ class LoopState:
     seconds: float = 0.0             # training time, summed over resumptions
 
 
-def save_checkpoint(out_dir: Path, model, opt, state: LoopState, sampler: dict, d: Dist) -> Path:
+def save_checkpoint(out_dir: Path, model, opt, state: LoopState, sampler: dict, base: dict, d: Dist) -> Path:
     """All ranks call this (every rank's RNG state is gathered); rank 0 writes ckpt-STEP."""
-    rngs = gather([rng_state()], d)
+    rngs = gather([checkpoints.rng_state()], d)
     if d.main:
         checkpoints.save(out_dir, state.step, model, opt,
-                         {**asdict(state), "sampler": sampler, "world_size": d.world, "rng": rngs})
+                         {**asdict(state), "sampler": sampler, "world_size": d.world, "rng": rngs}, base)
         log.info(f"saved {checkpoints.step_dir(out_dir, state.step)}")
     return checkpoints.step_dir(out_dir, state.step)
 
@@ -308,7 +280,7 @@ def load_checkpoint(ckpt: Path, model, opt, d: Dist) -> tuple[LoopState, dict]:
     data position."""
     saved = checkpoints.load(ckpt, model, opt)
     if saved["world_size"] == d.world:
-        set_rng_state(saved["rng"][d.rank])
+        checkpoints.set_rng_state(saved["rng"][d.rank])
     else:  # data order and dropout then differ from the uninterrupted run
         log.warning(f"{ckpt} was saved by {saved['world_size']} ranks, now {d.world}: "
                     "training continues, but not bit-exactly")
@@ -316,21 +288,39 @@ def load_checkpoint(ckpt: Path, model, opt, d: Dist) -> tuple[LoopState, dict]:
     return LoopState(**{k: v for k, v in saved.items() if k in names}), saved["sampler"]
 
 
-def find_resume(cfg: TrainConfig, out_dir: Path) -> Path | None:
-    """--resume=auto: newest checkpoint that passes its checks (damaged ones are skipped)."""
+def find_resume(cfg: TrainConfig, out_dir: Path, base: dict) -> Path | None:
+    """The checkpoint to resume from: --resume=PATH, or for "auto" the newest in out_dir that passes
+    its checks (damaged ones skipped; all damaged is an error, not a fresh start over them). It
+    must come from a run of this config (max_steps may grow) and on this base model."""
     if not cfg.resume:
         return None
-    if cfg.resume != "auto":
-        problem = checkpoints.problem(Path(cfg.resume))
-        if problem:
-            raise ConfigError(f"cannot resume from {cfg.resume}: {problem}")
-        return Path(cfg.resume)
-    for ckpt in reversed(checkpoints.listed(out_dir)):
+    if cfg.resume == "auto":
+        saved, problems, ckpt = checkpoints.listed(out_dir), {}, None
+        for c in reversed(saved):
+            problems[c] = checkpoints.problem(c)
+            if problems[c] is None:
+                ckpt = c
+                break
+            log.warning(f"skipping checkpoint {c}: {problems[c]}")
+        if ckpt is None and saved:
+            raise ConfigError(f"--resume=auto: none of the {len(saved)} checkpoints in {out_dir} can be used "
+                              f"({'; '.join(f'{c.name}: {why}' for c, why in problems.items())}); nothing was "
+                              "changed. Move them away to train from step 0, or --resume=PATH a copy of a good one")
+        if ckpt is None:
+            return None  # nothing saved yet: the run starts at step 0
+    else:
+        ckpt = Path(cfg.resume)
         problem = checkpoints.problem(ckpt)
-        if problem is None:
-            return ckpt
-        log.warning(f"skipping checkpoint {ckpt}: {problem}")
-    return None
+        if problem:
+            raise ConfigError(f"cannot resume from {ckpt}: {problem}")
+        diff = config.differences(config.load_run_config(ckpt), cfg)
+        if diff:
+            raise ConfigError(f"cannot resume from {ckpt}: its run has another config ({'; '.join(diff[:5])}); "
+                              "resume with that run's config (max_steps may be larger)")
+    mismatch = checkpoints.base_mismatch(ckpt, base)
+    if mismatch:
+        raise ConfigError(f"cannot resume: {mismatch}")
+    return ckpt
 
 
 def subset(n: int, k: int) -> list[int]:
@@ -479,9 +469,11 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
 
 
-def prepare_run(cfg: TrainConfig, d: Dist) -> tuple[Path, int]:
+def prepare_run(cfg: TrainConfig, d: Dist) -> tuple[Path, int, dict, Path | None]:
     """Everything that can fail before the model is loaded: batch arithmetic, out_dir, first-use
-    assets, data and base checkpoint present, the pose cache. Saves the resolved config."""
+    assets, data and base checkpoint present, the checkpoint to resume from and its base, the pose
+    cache. Saves the resolved config. Returns out_dir, grad_accum, the base's fingerprint and the
+    checkpoint to resume from."""
     out_dir = Path(cfg.out_dir)
     accum = accumulation(cfg, d.world)
     check_run_dir(cfg, out_dir)
@@ -491,6 +483,8 @@ def prepare_run(cfg: TrainConfig, d: Dist) -> tuple[Path, int]:
         dist.barrier()
     setup_logging(out_dir, d)
     if d.main:
+        for left in checkpoints.clean(out_dir):
+            log.info(f"removed {left}, left by an interrupted save")
         create_first_use_assets(cfg)
     if d.world > 1:
         dist.barrier()
@@ -500,27 +494,33 @@ def prepare_run(cfg: TrainConfig, d: Dist) -> tuple[Path, int]:
     if requested != cfg.data.pose.layout:
         log.info(f"layout 'auto': {cfg.data.pose.layout} (the first layout the corpus's pose files fit)")
         check_run_dir(cfg, out_dir)  # again: a resumed run must have resolved the same layout
+    base = {"model_dir": cfg.model_dir, "fingerprint": loader.fingerprint(loader.model_path(cfg.model_dir))}
+    ckpt = find_resume(cfg, out_dir, base)  # every rank: each reads the same files, the same answer
     data.ensure_cache(cfg.data, d.rank, d.world)
     if d.main:
         log.info("config:\n" + "\n".join(f"  {k} = {v!r}" for k, v in config.flat(cfg).items()))
         log.info(f"{d.world} process(es) on {d.device.type}; samples per step = batch_size {cfg.batch_size} "
                  f"x grad_accum {accum} x world_size {d.world} = {cfg.batch_size * accum * d.world}")
         config.save_run_config(cfg, out_dir / "config.json")
-    return out_dir, accum
+    return out_dir, accum, base, ckpt
 
 
 def evaluate_test(model: SignTranslator, tok: Tokenizer, cfg: TrainConfig, out_dir: Path, d: Dist) -> dict | None:
-    """test_at_end: the best checkpoint's weights on the test split, as eval.py reports them."""
+    """test_at_end: the best checkpoint's weights (else the last one's, in the model) on the test
+    split, as eval.py reports them (predictions file included)."""
     best = out_dir / "best"
+    ckpt = best.resolve() if best.exists() else checkpoints.step_dir(out_dir, cfg.max_steps)
     if best.exists():
-        checkpoints.load_trained(model, best.resolve())
+        checkpoints.load_trained(model, ckpt)
     test_ds = data.SignDataset(cfg.data, "test", tok)
     rows, shuffled = decode_both(model, tok, test_ds, list(range(len(test_ds))), cfg, d)
     if not d.main:
         return None
     for r, s in zip(rows, shuffled):
         r["hypothesis_shuffled"] = s["hypothesis"]
-    ev.write_predictions(rows, out_dir / "predictions.jsonl")
+    out = ev.predictions_path(out_dir, "test", ckpt, num_beams=1)
+    ev.write_predictions(rows, out)
+    log.info(f"test split, {'best' if best.exists() else 'last'} checkpoint {ckpt.name}; predictions in {out}")
     metrics = ev.compute_metrics([r["hypothesis"] for r in rows], [r["reference"] for r in rows])
     return ev.with_shuffled(metrics, shuffled) if shuffled else metrics
 
@@ -542,15 +542,20 @@ class Run:
     state: LoopState
     stop: StopSignal
     tb: object | None             # torch.utils.tensorboard.SummaryWriter on rank 0 with tensorboard=True
+    base: dict                    # the base model's fingerprint, saved in every checkpoint
 
 
 def setup(cfg: TrainConfig, d: Dist) -> Run:
     """Checks, data, model, optimizer, and the checkpoint to resume from (if any)."""
-    out_dir, accum = prepare_run(cfg, d)
+    out_dir, accum, base, ckpt = prepare_run(cfg, d)
     tok = Tokenizer.from_dir(loader.model_path(cfg.model_dir))
     train_ds = data.SignDataset(cfg.data, "train", tok, augment=cfg.data.pose.augment,
                                 n_words=cfg.aux_words if uses_words(cfg) else 0)
     val_ds = data.SignDataset(cfg.data, "val", tok)
+    for name, ds in (("train", train_ds), ("val", val_ds)):
+        if ds.truncated and d.main:
+            log.warning(f"{name} split: {ds.truncated} answers longer than max_answer_tokens="
+                        f"{cfg.data.max_answer_tokens} are cut to that length")
     sampler = data.BucketSampler(train_ds.lengths, cfg.batch_size, d.world, d.rank, seed=cfg.seed, drop_last=True)
     if len(sampler) == 0:
         raise ConfigError(f"the train split has {len(train_ds)} clips, fewer than batch_size x world_size "
@@ -563,13 +568,12 @@ def setup(cfg: TrainConfig, d: Dist) -> Run:
     batches = data.Batches(train_ds, sampler, collate_fn(model, tok), cfg.seed, cfg.num_workers, d.rank)
     seed_everything(cfg.seed + 1 + d.rank)  # dropout differs between ranks
     state = LoopState()
-    ckpt = broadcast(find_resume(cfg, out_dir) if d.main else None, d)
     if ckpt is not None:
         state, position = load_checkpoint(ckpt, model, opt, d)
         batches.load_state_dict(position)
         log.info(f"resumed from {ckpt} at step {state.step}")
-        if d.main:
-            curves.trim(out_dir, state.step)
+    if d.main:
+        curves.trim(out_dir, state.step)
     ddp = model
     if d.world > 1:
         for p in model.parameters():  # instead of DDP's init sync, which would also send the frozen base
@@ -581,7 +585,7 @@ def setup(cfg: TrainConfig, d: Dist) -> Run:
     model.train()
     tb = curves.tensorboard_writer(out_dir, state.step) if d.main and cfg.tensorboard else None
     return Run(cfg, d, out_dir, accum, tok, model, ddp, opt, batches, val_ds, subset(len(val_ds), cfg.eval_samples),
-               state, StopSignal(), tb)
+               state, StopSignal(), tb, base)
 
 
 def maybe_validate(run: Run) -> bool:
@@ -595,7 +599,7 @@ def maybe_validate(run: Run) -> bool:
              (f"\n  {example['reference']!r}\n  -> {example['hypothesis']!r}" if example else ""))
     if run.d.main:
         curves.record(run.out_dir, {"step": state.step, **m}, run.tb)
-    if m["val_bleu4"] <= state.best_bleu:
+    if m["val_bleu4"] < state.best_bleu:  # a tie goes to the later checkpoint, trained longer
         return False
     state.best_bleu, state.best_step = m["val_bleu4"], state.step
     return True
@@ -640,7 +644,7 @@ def train_loop(run: Run) -> int:
         diverged = state.bad_in_row >= cfg.max_bad_steps
         state.seconds = time.time() - t_start
         if step % cfg.save_every == 0 or step == cfg.max_steps or out["stop"] or new_best or diverged:
-            ckpt = save_checkpoint(run.out_dir, run.model, opt, state, run.batches.state_dict(), d)
+            ckpt = save_checkpoint(run.out_dir, run.model, opt, state, run.batches.state_dict(), run.base, d)
             if d.main:
                 if new_best:
                     checkpoints.point_best(run.out_dir, ckpt)
@@ -670,7 +674,7 @@ def out_of_memory(run: Run, error: torch.OutOfMemoryError, position: dict) -> in
         torch.cuda.empty_cache()
     ckpt = checkpoints.step_dir(run.out_dir, state.step)
     if d.world == 1 and state.step > 0 and not ckpt.exists():
-        save_checkpoint(run.out_dir, run.model, run.opt, state, position, d)
+        save_checkpoint(run.out_dir, run.model, run.opt, state, position, run.base, d)
     newest = checkpoints.listed(run.out_dir)[-1:]
     message = oom_message(cfg, run.accum, d.world, state.step + 1, peak, error, newest[0] if newest else None)
     log.error(message)
@@ -718,8 +722,6 @@ def train(cfg: TrainConfig, d: Dist) -> int:
     if cfg.test_at_end and state.step == cfg.max_steps:
         metrics = evaluate_test(run.model, run.tok, cfg, run.out_dir, d)
         if d.main:
-            log.info(f"test split, best checkpoint {(run.out_dir / 'best').resolve().name}; "
-                     f"predictions in {run.out_dir / 'predictions.jsonl'}")
             print(json.dumps(metrics), flush=True)
     if d.world > 1:  # leave together: a rank tearing down gloo while rank 0 still saves can abort
         dist.barrier()
@@ -738,10 +740,15 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             if d.world > 1:
                 dist.destroy_process_group()
-    except (ConfigError, FileNotFoundError) as e:
+    except (ConfigError, data.DataError, FileNotFoundError) as e:
         if rank0:
             print(f"error: {e}", file=sys.stderr)
         return 2
+    except Exception:
+        if not log.handlers:  # before the run's log exists: Python's own report
+            raise
+        log.exception("the run stopped on an error")  # the traceback in logs/rank{r}.log (and on the console)
+        return 1
 
 
 if __name__ == "__main__":

@@ -1,5 +1,5 @@
 """eval.py: metrics against the reference implementations (sacrebleu, rouge-score), and the
-command line on a tiny trained run (predictions.jsonl, the JSON line, one-file translation)."""
+command line on a tiny trained run (the predictions file, the JSON line, one-file translation)."""
 import importlib.util
 import json
 import subprocess
@@ -157,7 +157,7 @@ def test_video_without_the_extra_is_one_line(run_dir, tmp_path):
         pytest.skip("the video extra is installed here")
     res = subprocess.run([sys.executable, str(ROOT / "eval.py"), str(run_dir), "--video", str(tmp_path / "x.mp4")],
                          cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert res.returncode == 1 and res.stdout == ""
+    assert res.returncode == 2 and res.stdout == ""
     assert res.stderr.strip().splitlines()[-1] == ("error: video input needs the optional extra: "
                                                    "pip install -r requirements-video.txt")
 

@@ -82,5 +82,6 @@ def test_train_and_eval_read_model_and_tokenizer_from_the_cache(tmp_path_factory
                                 save_every=2, grad_accum=1)) == 0
     assert json.loads((out / "config.json").read_text())["model_dir"] == "tiny-org/tiny-base"
     assert not (tmp_path / "tiny-org").exists()
-    ev.main([str(out), "--split", "test", "--batch_size", "4"])
-    assert (out / "predictions.jsonl").read_text().count("\n") > 0
+    assert ev.main([str(out), "--split", "test", "--batch_size", "4"]) == 0
+    (predictions,) = out.glob("predictions-test-*.jsonl")
+    assert predictions.read_text().count("\n") > 0
