@@ -12,6 +12,11 @@ A checkpoint is written into a hidden temporary directory, every file fsynced, t
 half-written one is never seen under its name. meta.json lets a reader check each file, so a
 truncated or corrupt checkpoint is recognised (problem) and skipped. The frozen base is never
 saved: a checkpoint is a few MB to a few hundred MB whatever the base model's size.
+
+One format for DDP and FSDP: the tensors are whole. Under FSDP each rank holds a dim-0 chunk of
+every trained tensor and of its AdamW moments; `consolidated` gathers them for rank 0 to write,
+and loading gives each rank its chunk again (loader.local_part), so a checkpoint resumes with any
+world size, under FSDP or DDP, and eval.py reads it in one process.
 """
 import hashlib
 import json
@@ -24,6 +29,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
+
+from loader import gathered, local_part
 
 TRAINED, OPTIMIZER, STATE, META = "trained.safetensors", "optimizer.safetensors", "state.json", "meta.json"
 
@@ -92,7 +99,7 @@ def load_trained(model: nn.Module, ckpt: Path) -> None:
                          f"config ({len(diff)} differ, e.g. {diff[:3]})")
     with torch.no_grad():
         for name, p in own.items():
-            p.copy_(tensors[name])
+            p.copy_(local_part(p, tensors[name]))
 
 
 def load(ckpt: Path, model: nn.Module, opt: torch.optim.Optimizer) -> dict:
@@ -101,9 +108,22 @@ def load(ckpt: Path, model: nn.Module, opt: torch.optim.Optimizer) -> dict:
     moments = load_file(str(ckpt / OPTIMIZER))
     for name, p in trained_tensors(model).items():
         state = {k.split(":", 1)[1]: v for k, v in moments.items() if k.split(":", 1)[0] == name}
-        if state:
-            opt.state[p] = {k: v.to(p.device) for k, v in state.items()}  # fused AdamW: step too
+        if state:  # the moments are laid out as their parameter; fused AdamW keeps step on its device too
+            opt.state[p] = {k: local_part(p, v) if v.shape == p.shape else v.to(p.device) for k, v in state.items()}
     return json.loads((ckpt / STATE).read_text())
+
+
+def consolidated(model: nn.Module, opt: torch.optim.Optimizer, keep: bool) -> tuple[dict, dict]:
+    """What a checkpoint holds: the trained tensors, and AdamW's state as 'NAME:exp_avg' etc., whole
+    and in host memory. Under FSDP each is gathered from every rank's chunk, one at a time, so
+    every rank must call this; only where `keep` (rank 0, which writes) are they kept."""
+    tensors, moments = {}, {}
+    for name, p in trained_tensors(model).items():
+        for key, t in [("", p.detach()), *((f":{k}", v) for k, v in opt.state.get(p, {}).items())]:
+            whole = gathered(t)
+            if keep:
+                (moments if key else tensors)[name + key] = whole.cpu()
+    return tensors, moments
 
 
 # ----------------------------------------------------------------------------- writing (rank 0)
@@ -127,18 +147,15 @@ def step_dir(out_dir: Path, step: int) -> Path:
     return out_dir / f"ckpt-{step:06d}"
 
 
-def save(out_dir: Path, step: int, model: nn.Module, opt: torch.optim.Optimizer, state: dict) -> Path:
-    """Write OUT_DIR/ckpt-STEP atomically: trained tensors, AdamW state, `state` (JSON), meta.json."""
+def save(out_dir: Path, step: int, tensors: dict, moments: dict, state: dict) -> Path:
+    """Write OUT_DIR/ckpt-STEP atomically: trained tensors and AdamW state (from consolidated),
+    `state` (JSON), meta.json."""
     final = step_dir(out_dir, step)
     tmp = out_dir / f".tmp-{final.name}"  # never matched by ckpt-* while incomplete
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    trained = trained_tensors(model)
-    tensors = {k: v.detach().cpu().contiguous() for k, v in trained.items()}
-    _write(tmp / TRAINED, lambda p: save_file(tensors, str(p)))
-    moments = {f"{name}:{key}": value.detach().cpu().contiguous()
-               for name, p in trained.items() for key, value in opt.state.get(p, {}).items()}
-    _write(tmp / OPTIMIZER, lambda p: save_file(moments, str(p)))
+    _write(tmp / TRAINED, lambda p: save_file({k: v.contiguous() for k, v in tensors.items()}, str(p)))
+    _write(tmp / OPTIMIZER, lambda p: save_file({k: v.contiguous() for k, v in moments.items()}, str(p)))
     _write(tmp / STATE, lambda p: p.write_text(json.dumps(state)))
     files = {f.name: {"bytes": f.stat().st_size, "sha256": sha256(f)} for f in sorted(tmp.iterdir())}
     meta = {"step": step, "time": time.strftime("%Y-%m-%d %H:%M:%S"), "files": files}

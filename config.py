@@ -67,6 +67,11 @@ class TrainConfig:
     encoder_width: int = 512
     encoder_dropout: float = 0.1
     gradient_checkpointing: bool = False
+    fsdp: bool = runtime(False)      # shard the model over all processes (FSDP2) instead of a whole copy on
+                                     # each (DDP): for models larger than one GPU (README). Checkpoints
+                                     # are the same either way: a run may resume with the other
+    fsdp_cpu_offload: bool = runtime(False)  # FSDP: keep the shards, their gradients and AdamW in host
+                                     # memory, copied to the GPU per layer (CPUOffloadPolicy); slower
     # optimisation: samples per step = batch_size x grad_accum x world_size
     batch_size: int = 4              # clips per micro-batch per process
     grad_accum: int = 8

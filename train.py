@@ -17,6 +17,12 @@ computed only at those positions. DDP averages gradients over processes once per
 on the other micro-steps). AdamW (separate learning rates for LoRA and encoder), linear warmup
 then cosine decay, gradient clipping; bf16 autocast on GPUs, float32 on the CPU.
 
+--fsdp=True: for models larger than one GPU, FSDP2 (torch.distributed.fsdp.fully_shard) instead
+of DDP. Each decoder layer, then the root, is sharded over all processes: a rank keeps a dim-0
+chunk of every tensor (the 4-bit base too: quant.Linear4bit), all-gathers a layer just before it
+runs, and reduce-scatters the gradients (once per step). No rank ever loads the whole model
+(loader.load_shards); checkpoints hold whole tensors, as under DDP (checkpoints.py).
+
 Surviving long runs (OUT_DIR/ckpt-000600/ every save_every steps, and best -> the best val BLEU):
 - a checkpoint holds the trained tensors only, optimizer state, step, data position and the RNG
   state of every rank; rank 0 writes it atomically, with every file's size and sha256 in
@@ -49,6 +55,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
+from torch.distributed.fsdp import FSDPModule
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
@@ -56,9 +63,11 @@ import checkpoints
 import config
 import data
 import eval as ev
+import loader
+import sharding
 from config import ConfigError, TrainConfig
 from tokenizer import Tokenizer
-from translator import SignTranslator, autocast, build_model, collate_fn, to_device
+from translator import SignTranslator, autocast, base_dtype, build_model, collate_fn, to_device
 
 log = logging.getLogger("train")
 
@@ -181,6 +190,8 @@ def check_inputs(cfg: TrainConfig) -> None:
     if cfg.offload_embeddings and any(m.split(".")[-1] == "embed_tokens" for m in cfg.modules_to_save):
         raise ConfigError("offload_embeddings=True keeps embed_tokens frozen in host memory; it cannot "
                           "also be in modules_to_save (trained)")
+    if cfg.fsdp_cpu_offload and not cfg.fsdp:
+        raise ConfigError("fsdp_cpu_offload=True offloads FSDP's shards; it needs fsdp=True")
 
 
 def create_first_use_assets(cfg: TrainConfig) -> None:
@@ -268,7 +279,7 @@ def weights_digest(model: SignTranslator) -> str:
     h = hashlib.sha256()
     for name, p in sorted(checkpoints.trained_tensors(model).items()):
         h.update(name.encode())
-        h.update(p.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+        h.update(loader.gathered(p.detach()).cpu().contiguous().view(torch.uint8).numpy().tobytes())
     return h.hexdigest()[:16]
 
 
@@ -285,10 +296,11 @@ class LoopState:
 
 
 def save_checkpoint(out_dir: Path, model, opt, state: LoopState, sampler: dict, d: Dist) -> Path:
-    """All ranks call this (every rank's RNG state is gathered); rank 0 writes ckpt-STEP."""
+    """All ranks call this (every rank's RNG state is gathered, and FSDP's shards); rank 0 writes ckpt-STEP."""
     rngs = gather([rng_state()], d)
+    tensors, moments = checkpoints.consolidated(model, opt, keep=d.main)
     if d.main:
-        checkpoints.save(out_dir, state.step, model, opt,
+        checkpoints.save(out_dir, state.step, tensors, moments,
                          {**asdict(state), "sampler": sampler, "world_size": d.world, "rng": rngs})
         log.info(f"saved {checkpoints.step_dir(out_dir, state.step)}")
     return checkpoints.step_dir(out_dir, state.step)
@@ -357,6 +369,14 @@ def fault_injected(name: str, step: int, rank: int) -> bool:
     return os.environ.get(f"TRAIN_TEST_{name}") == f"{step}:{rank}"
 
 
+def grad_sync(model: torch.nn.Module, last: bool):
+    """Gradients are averaged over the processes on a step's last micro-batch only: DDP's no_sync()
+    on the others; FSDP does no reduce-scatter there (its unsharded gradients accumulate)."""
+    if isinstance(model, FSDPModule):
+        model.set_requires_gradient_sync(last)
+    return model.no_sync() if isinstance(model, DDP) and not last else nullcontext()
+
+
 def train_step(ddp: torch.nn.Module, micro: list[dict], opt: torch.optim.Optimizer, cfg: TrainConfig, step: int,
                d: Dist, stop_requested: bool) -> dict:
     """Forward/backward over the micro-batches, then one optimizer step unless the loss or the
@@ -365,13 +385,13 @@ def train_step(ddp: torch.nn.Module, micro: list[dict], opt: torch.optim.Optimiz
     (n_global,) = all_sum([n_local], d)
     device_loss_sum = torch.zeros((), dtype=torch.float64, device=d.device)  # on the device: one sync a step
     for i, batch in enumerate(micro):
-        last = i == len(micro) - 1
-        with (ddp.no_sync() if d.world > 1 and not last else nullcontext()), autocast(d.device):
+        with grad_sync(ddp, last=i == len(micro) - 1), autocast(d.device):
             loss_sum, _ = ddp(to_device(batch, d.device))
             if fault_injected("NAN", step, d.rank):
                 loss_sum = loss_sum * float("nan")
-            # Each rank scales by world/N: DDP's average over ranks then yields sum / N_global,
-            # the mean over every answer token of the step, however tokens fall on micro-batches.
+            # Each rank scales by world/N: the average over ranks (DDP's; FSDP's sum / world) then
+            # yields sum / N_global, the mean over every answer token of the step, however tokens
+            # fall on micro-batches.
             (loss_sum * d.world / n_global).backward()
         device_loss_sum += loss_sum.detach().double()
     loss_local = device_loss_sum.item()
@@ -394,15 +414,18 @@ def validate(model: SignTranslator, val_ds: data.SignDataset, indices: list[int]
              d: Dist) -> dict:
     """Validation loss and translation metrics on a fixed subset, sharded over the ranks."""
     model.eval()
-    mine = indices[d.rank::d.world]
+    mine, count = sharding.share(indices, d.rank, d.world, lockstep=isinstance(model, FSDPModule))
     collate = collate_fn(model, tok)
     loss, n = 0.0, 0
-    for k in range(0, len(mine), cfg.eval_batch_size):
-        batch = collate([val_ds[i] for i in mine[k:k + cfg.eval_batch_size]])
+    for k in range(0, count, cfg.eval_batch_size):
+        part = mine[k:k + cfg.eval_batch_size]
+        batch = collate([val_ds[i] for i in part or indices[:1]])
         with autocast(d.device):
             s, c = model(to_device(batch, d.device))
-        loss, n = loss + s.item(), n + int(c)
-    rows = ev.decode(model, tok, val_ds, mine, cfg.eval_batch_size, cfg.max_new_tokens, 1, d.device)
+        if part:
+            loss, n = loss + s.item(), n + int(c)
+    rows = sharding.decode_share(model, tok, val_ds, indices, cfg.eval_batch_size, cfg.max_new_tokens, d.rank,
+                                 d.world, d.device)
     loss, n = all_sum([loss, n], d)
     rows = gather(rows, d)
     model.train()
@@ -444,6 +467,9 @@ def prepare_run(cfg: TrainConfig, d: Dist) -> tuple[Path, int]:
     assets, data and base checkpoint present, the pose cache. Saves the resolved config."""
     out_dir = Path(cfg.out_dir)
     accum = accumulation(cfg, d.world)
+    if cfg.fsdp and not dist.is_initialized():
+        raise ConfigError("fsdp=True shards the model over the processes of a torchrun job: start it with "
+                          "torchrun --nproc_per_node N train.py ... (N >= 1)")
     check_run_dir(cfg, out_dir)
     if d.main:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -471,8 +497,8 @@ def evaluate_test(model: SignTranslator, tok: Tokenizer, cfg: TrainConfig, out_d
         checkpoints.load_trained(model, best.resolve())
     test_ds = data.SignDataset(cfg.data, "test", tok)
     model.eval()
-    rows = gather(ev.decode(model, tok, test_ds, list(range(len(test_ds)))[d.rank::d.world],
-                            cfg.eval_batch_size, cfg.max_new_tokens, 1, d.device), d)
+    rows = gather(sharding.decode_share(model, tok, test_ds, list(range(len(test_ds))), cfg.eval_batch_size,
+                                        cfg.max_new_tokens, d.rank, d.world, d.device), d)
     if not d.main:
         return None
     ev.write_predictions(rows, out_dir / "predictions.jsonl")
@@ -488,13 +514,37 @@ class Run:
     accum: int
     tok: Tokenizer
     model: SignTranslator
-    ddp: torch.nn.Module          # the model, wrapped in DDP when world_size > 1
+    ddp: torch.nn.Module          # the model, wrapped in DDP when world_size > 1 (FSDP shards it in place)
     opt: torch.optim.AdamW
     batches: data.Batches
     val_ds: data.SignDataset
     val_idx: list[int]
     state: LoopState
     stop: StopSignal
+
+
+def shard(cfg: TrainConfig, tok: Tokenizer, d: Dist) -> SignTranslator:
+    """--fsdp: the model built around a base still on the meta device, each decoder layer and then
+    the root (the encoder, embeddings, final norm, lm_head) sharded over all ranks by FSDP2's
+    fully_shard, then this rank's chunks of the base read from the checkpoint (loader.load_shards)."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import CPUOffloadPolicy, OffloadPolicy, fully_shard
+
+    dtype = base_dtype(d.device)
+    llm = loader.empty_model(cfg.model_dir, dtype, None if cfg.quantize == "none" else cfg.quantize,
+                             cfg.double_quant, cfg.offload_embeddings)
+    model = build_model(cfg, tok, d.device, llm=llm)
+    mesh = init_device_mesh(d.device.type, (d.world,))
+    offload = CPUOffloadPolicy(pin_memory=d.device.type == "cuda") if cfg.fsdp_cpu_offload else OffloadPolicy()
+    for module in (*llm.model.layers, model):
+        fully_shard(module, mesh=mesh, offload_policy=offload)
+        # SUM, then / world_size, on every backend: gloo's AVG reduce-scatter sums (pytorch issue 162338)
+        module.set_force_sum_reduction_for_comms(True)
+    loader.load_shards(llm, cfg.model_dir, dtype, "cpu" if cfg.fsdp_cpu_offload else d.device, cfg.quant_cache or None)
+    model.encoder.set_embed_scale(loader.gathered(llm.model.embed_tokens.weight))
+    fully_shard.state(model)._lazy_init()  # the root is the root even if its first call is decoding
+    llm.stop_together = lambda done: all_sum([not done], d)[0] == 0
+    return model
 
 
 def setup(cfg: TrainConfig, d: Dist) -> Run:
@@ -508,8 +558,12 @@ def setup(cfg: TrainConfig, d: Dist) -> Run:
         raise ConfigError(f"the train split has {len(train_ds)} clips, fewer than batch_size x world_size "
                           f"= {cfg.batch_size} x {d.world}: lower batch_size or use more data")
     seed_everything(cfg.seed)  # the same initial weights on every rank
-    model = build_model(cfg, tok, d.device)
+    model = shard(cfg, tok, d) if cfg.fsdp else build_model(cfg, tok, d.device)
     opt = make_optimizer(model, cfg)
+    plan = sharding.memory_plan(model, list(model.llm.model.layers), d.device, d.world, cfg.fsdp,
+                                cfg.fsdp_cpu_offload, accum)
+    if d.main:
+        log.info(sharding.describe(plan, d.device))
     batches = data.Batches(train_ds, sampler, collate_fn(model, tok), cfg.seed, cfg.num_workers, d.rank)
     seed_everything(cfg.seed + 1 + d.rank)  # dropout differs between ranks
     state = LoopState()
@@ -521,7 +575,7 @@ def setup(cfg: TrainConfig, d: Dist) -> Run:
         if d.main:
             trim_metrics(out_dir, state.step)
     ddp = model
-    if d.world > 1:
+    if d.world > 1 and not cfg.fsdp:
         for p in model.parameters():  # instead of DDP's init sync, which would also send the frozen base
             if p.requires_grad:
                 dist.broadcast(p.data, src=0)
