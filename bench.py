@@ -299,22 +299,26 @@ def bench_shape(cfg, size: str | None, random_weights: bool):
     return qwen25_config(found.group(1)), f"Qwen2.5-{found.group(1)} shape (from model_repo)"
 
 
-def ours_qlora(cfg, config, random_weights: bool, device):
+def ours_qlora(cfg, config, random_weights: bool, device, d=None):
     """(SignTranslator, tokenizer) from translator.build_model, the product's one assembly (base ->
     LoRA -> pose encoder); with random weights its base is loader.random_model, built with the
-    dtype / quantization that build_model would load."""
+    dtype / quantization that build_model would load. Under FSDP (d: train.Dist) train.shard builds
+    it, each rank loading (or drawing) only its chunks."""
     from types import SimpleNamespace
 
     import torch
 
     import loader
+    import train
     import translator
     from tokenizer import Tokenizer
 
     if not random_weights:
         tok = Tokenizer.from_dir(cfg.model_dir)
-        return translator.build_model(cfg, tok, device), tok
+        return (train.shard(cfg, tok, d) if cfg.fsdp else translator.build_model(cfg, tok, device)), tok
     tok = SimpleNamespace(pose_token_id=config.vocab_size - 1, pad_id=0)  # all data.collate reads
+    if cfg.fsdp:
+        return train.shard(cfg, tok, d, random_shape=config), tok
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     llm = loader.random_model(config, dtype, device, None if cfg.quantize == "none" else cfg.quantize,
                               cfg.double_quant, offload_embeddings=cfg.offload_embeddings)
@@ -442,6 +446,11 @@ def train_flops(config, cfg, tokens: int, label_tokens: int) -> float:
     return tokens * (4 * frozen + 6 * lora) + label_tokens * head
 
 
+def local_tensors(tensors) -> list:
+    """What this process holds of each tensor: its chunk of one that FSDP shards (a DTensor)."""
+    return [t.to_local() if hasattr(t, "device_mesh") else t for t in tensors]
+
+
 def storage_bytes(tensors) -> int:
     """Bytes of the distinct storages behind `tensors` (views and tied weights counted once)."""
     seen = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in tensors if t.device.type != "meta"}
@@ -473,7 +482,7 @@ def cpu_peak(step, tensors) -> tuple[int, str]:
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):
             out = func(*args, **(kwargs or {}))
             for t in tree_leaves(out):
-                if isinstance(t, torch.Tensor) and t.device.type == "cpu":
+                if type(t) in (torch.Tensor, torch.nn.Parameter) and t.device.type == "cpu":  # a DTensor: its local part
                     storage = t.untyped_storage()
                     ptr, n = storage.data_ptr(), storage.nbytes()
                     if n and ptr not in self.seen:
@@ -489,19 +498,19 @@ def cpu_peak(step, tensors) -> tuple[int, str]:
     return live.peak, live.at
 
 
-def time_steps(model, cfg, batch: dict, steps: int, warmup: int, device, profile: int = 0) -> dict:
+def time_steps(model, cfg, batch: dict, steps: int, warmup: int, device, profile: int = 0, d=None) -> dict:
     """train.train_step (forward + backward + clip + AdamW) on the same micro-batch: median seconds
     of `steps` steps after `warmup` untimed ones (Triton autotuning, allocator warm-up), and the
     peak memory: on a GPU max_memory_allocated over the timed steps (AdamW's moments, made by the
     first step, are in it; one-off warm-up buffers such as the autotuner's are not), on the CPU
-    the tensor bytes of one more step counted by cpu_peak."""
+    the tensor bytes of one more step counted by cpu_peak. d: the train.Dist of a torchrun job (FSDP)."""
     import statistics
     import time
 
     import torch
 
     import train
-    d = train.Dist(0, 1, 0, device)
+    d = d or train.Dist(0, 1, 0, device)
     opt = train.make_optimizer(model, cfg)
     model.train()
     cuda = device.type == "cuda"
@@ -521,7 +530,7 @@ def time_steps(model, cfg, batch: dict, steps: int, warmup: int, device, profile
     else:
         state = [t for s in opt.state.values() for t in s.values() if torch.is_tensor(t)]
         peak, at = cpu_peak(lambda: train.train_step(model, [batch], opt, cfg, warmup + steps, d, False),
-                            [*model.parameters(), *model.buffers(), *state])
+                            local_tensors([*model.parameters(), *model.buffers(), *state]))
     if profile:  # one more step under the profiler: where the time goes, by kernel
         with torch.profiler.profile() as prof:
             train.train_step(model, [batch], opt, cfg, warmup + steps + 1, d, False)
@@ -548,7 +557,13 @@ def bench_train(args):
     A step is train.train_step on one micro-batch (bf16 autocast on GPUs, float32 on the CPU).
     Reported: median step time, tokens/s (all sequence positions, as train.py logs), samples/s,
     peak memory during the steps (GPU: max_memory_allocated; CPU: tensor bytes, cpu_peak), the
-    model's own memory (its tensors), and MFU = train_flops / step time / peak."""
+    model's own memory (its tensors), and MFU = train_flops / step time / peak.
+
+        torchrun --nproc_per_node 4 bench.py train --fsdp --config configs/qwen72b.py --random-weights
+
+    --fsdp: the model sharded over the job's processes as train.py --fsdp shards it (random weights:
+    each rank draws its own chunks); each rank steps on its own batch; tokens/s are the job's,
+    memory is rank 0's (its local shards, and its peak); ours only."""
     import gc
     import os
     from types import SimpleNamespace
@@ -572,12 +587,26 @@ def bench_train(args):
     p.add_argument("--stacks", default="ours,hf", help="ours, hf (transformers + PEFT + bitsandbytes)")
     p.add_argument("--threads", type=int, default=2, help="CPU threads")
     p.add_argument("--profile", type=int, default=0, help="after timing, profile one step and print the N costliest ops")
+    p.add_argument("--fsdp", action="store_true", help="under torchrun: shard the model over the processes (FSDP2)")
     a, overrides = p.parse_known_args(args)
     cfg = configs.load_config(([a.config] if a.config else []) + overrides)
     if a.batch:
         cfg.batch_size = a.batch
     cuda = torch.cuda.is_available()
     device = torch.device("cuda" if cuda else "cpu")
+    d = None
+    if a.fsdp:
+        import contextlib
+        import io
+
+        import train
+        if "RANK" not in os.environ:
+            raise SystemExit("bench.py train --fsdp: start it with torchrun --nproc_per_node N bench.py train --fsdp ...")
+        cfg.fsdp, a.stacks = True, "ours"
+        d = train.setup_distributed()
+        device = d.device
+        if not d.main:  # one table: rank 0's
+            contextlib.redirect_stdout(io.StringIO()).__enter__()
     steps, warmup = a.steps or (10 if cuda else 3), a.warmup if a.warmup is not None else (3 if cuda else 1)
     if not cuda:
         torch.set_num_threads(a.threads)
@@ -606,8 +635,9 @@ def bench_train(args):
             before = torch.cuda.memory_allocated(device)
         torch.manual_seed(0)
         if stack == "ours":
-            model, tok = ours_qlora(cfg, config, a.random_weights, device)
-            label = f"ours ({'NF4' if cfg.quantize == 'nf4' else '16-bit'} + LoRA)"
+            model, tok = ours_qlora(cfg, config, a.random_weights, device, d)
+            label = (f"ours ({'NF4' if cfg.quantize == 'nf4' else '16-bit'} + LoRA"
+                     f"{f', FSDP x{d.world}' if d else ''})")
         elif stack == "hf":
             try:
                 model = hf_qlora(cfg, config, config.vocab_size - 1, feature_dim, device)
@@ -624,9 +654,10 @@ def bench_train(args):
             prompt[a.prompt_tokens // 2] = tok.pose_token_id  # where the pose sits in the ChatML prompt
         batch = synthetic_batch(tok, prompt, feature_dim, cfg.batch_size, a.frames, (20, 40), config.vocab_size)
         model_gib = ((torch.cuda.memory_allocated(device) - before) if cuda else
-                     storage_bytes([*model.parameters(), *model.buffers()])) / 2**30
-        r = time_steps(model, cfg, batch, steps, warmup, device, a.profile)
-        r.update(model_gib=model_gib, label_tokens=int((batch["labels"][:, 1:] != -100).sum()),
+                     storage_bytes(local_tensors([*model.parameters(), *model.buffers()]))) / 2**30
+        r = time_steps(model, cfg, batch, steps, warmup, device, a.profile, d)
+        world = d.world if d else 1  # train_step's token count is the job's: every rank steps on this batch
+        r.update(model_gib=model_gib, label_tokens=world * int((batch["labels"][:, 1:] != -100).sum()),
                  batch=tuple(batch["input_ids"].shape))
         r["flops"] = train_flops(config, cfg, r["tokens"], r["label_tokens"])
         r["mfu"] = r["flops"] / r["step_s"] / peak_flops if peak_flops else None
@@ -636,7 +667,8 @@ def bench_train(args):
     if not rows:
         return results
     r0 = rows[0][1]
-    print(f"batch: {cfg.batch_size} clips, input_ids {r0['batch']}, {r0['tokens']} tokens ({r0['label_tokens']} "
+    ranks = f" on each of {d.world} ranks" if d else ""
+    print(f"batch: {cfg.batch_size} clips{ranks}, input_ids {r0['batch']}, {r0['tokens']} tokens ({r0['label_tokens']} "
           f"labels) per step; {r0['flops'] / 1e12:.3f} TFLOP per step (train_flops); median of {steps} steps "
           f"after {warmup} warm-up")
     print(f"{'stack':<28}{'step ms':>10}{'tokens/s':>10}{'samples/s':>11}{'peak GiB':>10}{'model GiB':>11}"
@@ -644,13 +676,16 @@ def bench_train(args):
     for label, r in rows:
         mfu = f"{100 * r['mfu']:6.1f}%" if r["mfu"] is not None else f"{'-':>7}"
         print(f"{label:<28}{r['step_s'] * 1e3:10.1f}{r['tokens'] / r['step_s']:10.0f}"
-              f"{cfg.batch_size / r['step_s']:11.2f}{r['peak_gib']:10.2f}{r['model_gib']:11.2f}{mfu}{r['loss']:8.3f}")
+              f"{cfg.batch_size * (d.world if d else 1) / r['step_s']:11.2f}{r['peak_gib']:10.2f}{r['model_gib']:11.2f}{mfu}{r['loss']:8.3f}")
     if not cuda:
         print("CPU memory: tensor bytes (bench.cpu_peak); peak reached in " +
               "; ".join(f"{label.split(' ')[0]}: {r['peak_at']}" for label, r in rows))
     if len(rows) == 2:
         print(f"ours / theirs: {rows[1][1]['step_s'] / rows[0][1]['step_s']:.2f}x tokens/s, "
               f"{rows[0][1]['peak_gib'] / rows[1][1]['peak_gib']:.2f}x peak memory")
+    if d:  # leave together (a rank tearing down gloo early can abort the others)
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
     return results
 
 

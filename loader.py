@@ -243,13 +243,15 @@ def random_model(config: Qwen2Config, dtype: torch.dtype = torch.float32, device
 
 # ----------------------------------------------------------------------------- FSDP: each rank loads its rows
 
-def empty_model(path: str | Path, dtype: torch.dtype = torch.float32, quantize: str | None = None,
+def empty_model(source: str | Path | Qwen2Config, dtype: torch.dtype = torch.float32, quantize: str | None = None,
                 double_quant: bool = False, offload_embeddings: bool = False) -> Qwen2:
-    """The model of checkpoint `path` as load_model builds it, left on the meta device: FSDP shards
-    it (fully_shard) before anything is loaded, then load_shards fills this rank's chunks."""
-    path = Path(path)
-    return _skeleton(Qwen2Config.from_json(path / "config.json"), str(path / "config.json"), dtype, quantize,
-                     double_quant, offload_embeddings)[0]
+    """The model of checkpoint directory `source` (or of a Qwen2Config) as load_model builds it, left
+    on the meta device: FSDP shards it (fully_shard) before anything is loaded, then load_shards (or
+    random_shards) fills this rank's chunks."""
+    if isinstance(source, Qwen2Config):
+        return _skeleton(source, "empty_model", dtype, quantize, double_quant, offload_embeddings)[0]
+    file = Path(source) / "config.json"
+    return _skeleton(Qwen2Config.from_json(file), str(file), dtype, quantize, double_quant, offload_embeddings)[0]
 
 
 def local_rows(n: int, rank: int, world: int) -> slice:

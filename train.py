@@ -523,15 +523,16 @@ class Run:
     stop: StopSignal
 
 
-def shard(cfg: TrainConfig, tok: Tokenizer, d: Dist) -> SignTranslator:
+def shard(cfg: TrainConfig, tok: Tokenizer, d: Dist, random_shape=None) -> SignTranslator:
     """--fsdp: the model built around a base still on the meta device, each decoder layer and then
     the root (the encoder, embeddings, final norm, lm_head) sharded over all ranks by FSDP2's
-    fully_shard, then this rank's chunks of the base read from the checkpoint (loader.load_shards)."""
+    fully_shard, then this rank's chunks of the base read from the checkpoint (loader.load_shards),
+    or drawn at random for a model.Qwen2Config `random_shape` (bench.py)."""
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import CPUOffloadPolicy, OffloadPolicy, fully_shard
 
     dtype = base_dtype(d.device)
-    llm = loader.empty_model(cfg.model_dir, dtype, None if cfg.quantize == "none" else cfg.quantize,
+    llm = loader.empty_model(random_shape or cfg.model_dir, dtype, None if cfg.quantize == "none" else cfg.quantize,
                              cfg.double_quant, cfg.offload_embeddings)
     model = build_model(cfg, tok, d.device, llm=llm)
     mesh = init_device_mesh(d.device.type, (d.world,))
@@ -540,7 +541,11 @@ def shard(cfg: TrainConfig, tok: Tokenizer, d: Dist) -> SignTranslator:
         fully_shard(module, mesh=mesh, offload_policy=offload)
         # SUM, then / world_size, on every backend: gloo's AVG reduce-scatter sums (pytorch issue 162338)
         module.set_force_sum_reduction_for_comms(True)
-    loader.load_shards(llm, cfg.model_dir, dtype, "cpu" if cfg.fsdp_cpu_offload else d.device, cfg.quant_cache or None)
+    home = "cpu" if cfg.fsdp_cpu_offload else d.device
+    if random_shape:
+        loader.random_shards(llm, dtype, home)
+    else:
+        loader.load_shards(llm, cfg.model_dir, dtype, home, cfg.quant_cache or None)
     model.encoder.set_embed_scale(loader.gathered(llm.model.embed_tokens.weight))
     fully_shard.state(model)._lazy_init()  # the root is the root even if its first call is decoding
     llm.stop_together = lambda done: all_sum([not done], d)[0] == 0
