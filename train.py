@@ -539,14 +539,15 @@ def shard(cfg: TrainConfig, tok: Tokenizer, d: Dist, random_shape=None) -> SignT
     offload = CPUOffloadPolicy(pin_memory=d.device.type == "cuda") if cfg.fsdp_cpu_offload else OffloadPolicy()
     for module in (*llm.model.layers, model):
         fully_shard(module, mesh=mesh, offload_policy=offload)
-        # SUM, then / world_size, on every backend: gloo's AVG reduce-scatter sums (pytorch issue 162338)
+        # SUM, then / world_size: what every backend does alike (FSDP2's AVG on gloo was reported to
+        # sum, pytorch issue 162338; tests/test_fsdp.py checks the gradients against DDP's)
         module.set_force_sum_reduction_for_comms(True)
     home = "cpu" if cfg.fsdp_cpu_offload else d.device
     if random_shape:
         loader.random_shards(llm, dtype, home)
     else:
         loader.load_shards(llm, cfg.model_dir, dtype, home, cfg.quant_cache or None)
-    model.encoder.set_embed_scale(loader.gathered(llm.model.embed_tokens.weight))
+    model.encoder.set_embed_scale(llm.model.embed_tokens.weight)
     fully_shard.state(model)._lazy_init()  # the root is the root even if its first call is decoding
     llm.stop_together = lambda done: all_sum([not done], d)[0] == 0
     return model

@@ -56,7 +56,7 @@ class PoseEncoder(nn.Module):
         # the float32 norm of each row without a float32 copy of the table (1.45 GiB at 14B in bf16)
         hidden = embedding_weight.shape[-1]
         rms = torch.linalg.vector_norm(embedding_weight, dim=-1, dtype=torch.float32) / hidden**0.5
-        self.embed_scale.copy_(rms.median())
+        self.embed_scale.copy_(loader.gathered(rms.median()))  # FSDP's table: only the rows' RMS are gathered
 
     @staticmethod
     def output_lengths(frames: Tensor | int) -> Tensor | int:
