@@ -166,3 +166,44 @@ def test_sharded_loading_equals_rows_of_whole_load_and_reads_only_them(tmp_path)
         dq_logits = dq_whole(input_ids=ids)
     for _, record in dq:
         assert torch.equal(torch.tensor(record["logits"]), dq_logits)
+
+
+# ----------------------------------------------------------------------------- the large configs
+
+QWEN_CONFIGS = ROOT.parent / "shared" / "fixtures" / "qwen_configs"  # published config.json files
+
+
+@pytest.mark.parametrize("config_file, published", [
+    ("qwen72b.py", "Qwen2.5-72B-Instruct.json"), ("qwen2_72b.py", "Qwen2-72B.json"),
+    ("qwen2_7b.py", "Qwen2-7B.json"), ("qwen32b.py", "Qwen2.5-32B.json")])
+def test_large_configs_load_a_real_layout_checkpoint_at_tiny_width(config_file, published, tmp_path):
+    """The published config.json with its widths shrunk (same fields otherwise: eps, rope_theta,
+    sliding-window keys, vocabulary), a checkpoint transformers writes for it (sharded, with an
+    index, as on the Hub), then the config file's own load settings. Logits equal transformers'
+    in 16 bits; the 4-bit load takes the config's quantize / double_quant / offload_embeddings."""
+    from transformers import Qwen2Config as HFConfig, Qwen2ForCausalLM
+
+    import config
+    if not (QWEN_CONFIGS / published).is_file():
+        pytest.fail(f"published Qwen configs not found in {QWEN_CONFIGS}")
+    fields = json.loads((QWEN_CONFIGS / published).read_text())
+    ratio = fields["num_attention_heads"] // fields["num_key_value_heads"]
+    fields.update(hidden_size=16 * ratio, intermediate_size=48 * ratio, num_hidden_layers=2,
+                  num_attention_heads=ratio, num_key_value_heads=1)  # head_dim 16, the GQA ratio kept
+    torch.manual_seed(0)
+    hf = Qwen2ForCausalLM(HFConfig(**fields)).eval()
+    hf.save_pretrained(tmp_path, max_shard_size="20MB")
+    (tmp_path / "config.json").write_text(json.dumps(fields))  # the published fields, not transformers' rewrite
+    assert (tmp_path / "model.safetensors.index.json").is_file()
+    cfg = config.load_config([str(ROOT / "configs" / config_file), f"--model_dir={tmp_path}"])
+    ours = loader.load_model(tmp_path)
+    assert (ours.config.rms_norm_eps, ours.config.rope_theta, ours.config.vocab_size) == \
+        (fields["rms_norm_eps"], fields["rope_theta"], fields["vocab_size"])
+    ids = torch.tensor([[1, 5, 9, 151643, 7]])
+    with torch.no_grad():
+        torch.testing.assert_close(ours(input_ids=ids), hf(input_ids=ids).logits, rtol=1e-4, atol=1e-5)
+        nf4 = loader.load_model(tmp_path, quantize=cfg.quantize, double_quant=cfg.double_quant,
+                                offload_embeddings=cfg.offload_embeddings)
+        assert torch.isfinite(nf4(input_ids=ids)).all()
+    assert any(isinstance(m, quant.Linear4bit) for m in nf4.modules()) and cfg.offload_embeddings
+    assert cfg.fsdp == (config_file != "qwen2_7b.py")
