@@ -343,8 +343,8 @@ def load_shards(model: nn.Module, path: str | Path, dtype: torch.dtype, device,
     safe_open(...).get_slice, so only those rows are read. A 4-bit projection reads the rows under
     its chunks of the packed bytes and absmax and quantizes them (Linear4bit.quantize_part: the
     same bytes as quantizing the whole; double_quant all-gathers each matrix's float32 absmax for
-    its offset). Buffers (a HostEmbedding's table) are loaded whole. Peak host memory: this
-    rank's chunks plus one tensor's rows. quant_cache=DIR: the 4-bit chunks are saved there on
+    its offset). Buffers (a HostEmbedding's table) are loaded whole. Peak memory: this rank's
+    chunks (on `device`) plus one tensor's rows in host memory. quant_cache=DIR: the 4-bit chunks are saved there on
     the first load, one file per rank (...-shard{r}of{world}), and read back by later loads with
     the same world size. Names and shapes are checked strictly, as by load_model."""
     path = Path(path)
@@ -369,7 +369,8 @@ def load_shards(model: nn.Module, path: str | Path, dtype: torch.dtype, device,
         readers = {name: partial(_read_rows, opened[file], name) for name, file in where.items()}
         tied = model.lm_head.weight is model.model.embed_tokens.weight
         if config.tie_word_embeddings and not tied:  # lm_head untied to be trained (lora._untie): a copy
-            readers["lm_head.weight"] = readers["model.embed_tokens.weight"]
+            # (cloned: safetensors returns views of the mapped file, and both would be the same memory)
+            readers["lm_head.weight"] = lambda rows: readers["model.embed_tokens.weight"](rows).clone()
         _fill_shards(model, readers, dtype, device, cache)
     if tied:
         model.tie_weights()

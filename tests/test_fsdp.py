@@ -168,6 +168,17 @@ def test_sharded_loading_equals_rows_of_whole_load_and_reads_only_them(tmp_path)
         assert torch.equal(torch.tensor(record["logits"]), dq_logits)
 
 
+def test_sharded_loading_of_tied_embeddings_with_lm_head_trained(tmp_path):
+    """A tied checkpoint (no lm_head.weight in the file) with lm_head in modules_to_save: LoRA unties
+    it (as PEFT does), so each rank's lm_head chunk is a float32 copy of its embedding rows."""
+    path, _ = make_hf_checkpoint(tmp_path / "ckpt", vocab_size=129, tie_word_embeddings=True)
+    whole = loader.load_model(path, quantize="nf4")
+    for r, (local, _) in enumerate(load_in_shards(tmp_path / "tied", path, modules_to_save="['lm_head']")):
+        rows = whole.model.embed_tokens.weight[loader.local_rows(129, r, 2)]
+        assert torch.equal(local["model.embed_tokens.weight"], rows)
+        assert local["lm_head.weight"].dtype == torch.float32 and torch.equal(local["lm_head.weight"], rows)
+
+
 # ----------------------------------------------------------------------------- the large configs
 
 QWEN_CONFIGS = ROOT.parent / "shared" / "fixtures" / "qwen_configs"  # published config.json files
