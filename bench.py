@@ -278,8 +278,9 @@ def bench_shape(cfg, size: str | None, random_weights: bool):
     import re
     from pathlib import Path
 
+    import loader
     import model as qwen
-    ckpt = Path(cfg.model_dir) / "config.json"
+    ckpt = loader.model_path(cfg.model_dir) / "config.json"
     if not random_weights:
         if size or not ckpt.is_file():
             raise SystemExit(f"bench.py train: {ckpt} not found (or --shape given): pass --random-weights "
@@ -314,7 +315,7 @@ def ours_qlora(cfg, config, random_weights: bool, device, d=None):
     from tokenizer import Tokenizer
 
     if not random_weights:
-        tok = Tokenizer.from_dir(cfg.model_dir)
+        tok = Tokenizer.from_dir(loader.model_path(cfg.model_dir))
         return (train.shard(cfg, tok, d) if cfg.fsdp else translator.build_model(cfg, tok, device)), tok
     tok = SimpleNamespace(pose_token_id=config.vocab_size - 1, pad_id=0)  # all data.collate reads
     if cfg.fsdp:
@@ -361,7 +362,7 @@ def hf_qlora(cfg, config, pose_token_id: int, feature_dim: int, device):
             return tokens * mask[..., None], mask
 
     class HFSignTranslator(nn.Module):
-        """eval.SignTranslator's interface (forward(batch) -> (loss sum, label count); .llm, .encoder)
+        """translator.SignTranslator's interface (forward(batch) -> translator.Losses; .llm, .encoder)
         over the PEFT model, so train.make_optimizer and train.train_step run both stacks alike.
         The loss is transformers' own: logits at every position, mean cross-entropy over labels."""
 
@@ -369,14 +370,14 @@ def hf_qlora(cfg, config, pose_token_id: int, feature_dim: int, device):
             super().__init__()
             self.llm, self.encoder, self.pose_token_id = llm, encoder, pose_token_id
 
-        def forward(self, batch):
+        def forward(self, batch, lm: bool = True):
             tokens, mask = self.encoder(batch["poses"], batch["pose_mask"])
             embeds = self.llm.get_input_embeddings()(batch["input_ids"])  # (B, T, H)
             embeds = translator.splice_pose_tokens(embeds, batch["input_ids"], self.pose_token_id, tokens, mask)
             out = self.llm(inputs_embeds=embeds, attention_mask=batch["attention_mask"], labels=batch["labels"],
                            use_cache=False)
             n = (batch["labels"][:, 1:] != -100).sum()
-            return out.loss * n, n
+            return translator.Losses(out.loss * n, n, torch.zeros((), device=n.device))
 
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     quant = transformers.BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
@@ -613,6 +614,8 @@ def bench_train(args):
     config, source = bench_shape(cfg, a.shape, a.random_weights)
     if a.layers:
         config.num_hidden_layers = a.layers
+    if cfg.data.pose.layout == "auto":  # synthetic batches: the features of iSign's files
+        cfg.data.pose.layout = "holistic"
     feature_dim = poses.feature_dim(cfg.data.pose)
 
     name = torch.cuda.get_device_name() if cuda else f"CPU ({os.cpu_count()} cores, {a.threads} threads)"

@@ -65,7 +65,15 @@ class TrainConfig:
     lora_targets: list = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
     modules_to_save: list = field(default_factory=list)  # e.g. ["embed_tokens", "lm_head"]
     encoder_width: int = 512
+    encoder_layers: int = 2          # transformer blocks over the downsampled frames (translator.PoseEncoder)
+    encoder_heads: int = 4
     encoder_dropout: float = 0.1
+    answer_dropout: float = 0.0      # training: answer tokens given as input replaced by padding (translator)
+    # the encoder's word objective (translator.word_presence_loss): which words of the training
+    # texts (the aux_words most frequent, stop words left out) a clip signs
+    aux_words: int = 1024
+    aux_weight: float = 0.0          # weight of the word loss beside the language-model loss
+    aux_only_steps: int = 0          # first steps: the encoder learns the words alone (no LLM)
     gradient_checkpointing: bool = False
     fsdp: bool = runtime(False)      # shard the model over all processes (FSDP2) instead of a whole copy on
                                      # each (DDP): for models larger than one GPU (README). Checkpoints
@@ -93,6 +101,8 @@ class TrainConfig:
     save_every: int = runtime(500)
     keep_last: int = runtime(3)
     log_every: int = runtime(10)
+    tensorboard: bool = runtime(False)  # also write metrics.jsonl's numbers as TensorBoard events in
+                                     # out_dir/tb/ (needs `pip install tensorboard`)
     out_dir: str = runtime("runs/default")
     resume: str = runtime("")        # "auto": newest good checkpoint in out_dir; or a ckpt path
     seed: int = 0

@@ -22,9 +22,11 @@ References:
 Run:
     python data.py synth data/synth --n 500 --seed 0       # synthetic corpus (synth.py)
     python data.py prepare data/synth --workers 2          # cache; last line: JSON summary
+    python data.py videos my_videos data/mine              # videos -> .pose files + CSV (video.py)
 """
 import argparse
 import csv
+import dataclasses
 import hashlib
 import json
 import os
@@ -46,7 +48,7 @@ from tqdm import tqdm
 import poses
 from poses import PoseConfig, PoseError
 
-FEATURE_VERSION = 1  # bump when the feature computation changes: every cache becomes stale
+FEATURE_VERSION = 2  # bump when the feature computation changes: every cache becomes stale
 SHARD_ROWS = 256     # rows per committed shard while preparing (the unit of resumption)
 SPLITS = ("train", "val", "test")
 
@@ -143,11 +145,33 @@ def cache_dir(cfg: DataConfig) -> Path:
     return Path(cfg.cache_dir) if cfg.cache_dir else Path(cfg.data_dir) / "cache"
 
 
+def resolve_layout(cfg: DataConfig, rows: list[Row] | None = None) -> DataConfig:
+    """cfg with layout "auto" replaced by the first layout (poses.fitting_layouts) of the corpus's
+    first readable pose file: chosen once per corpus, then required of every file (a file that
+    does not fit is skipped with its reason). Looks at most at the first 100 pose files."""
+    if cfg.pose.layout != "auto":
+        return cfg
+    problems = []
+    for r in (rows if rows is not None else read_rows(cfg))[:100]:
+        try:
+            header, _ = poses.read_pose(r.pose)
+            layout = poses.detect_layout(header, r.pose)
+        except PoseError as e:
+            problems.append(str(e))
+            continue
+        return dataclasses.replace(cfg, pose=dataclasses.replace(cfg.pose, layout=layout))
+    raise FileNotFoundError(f"{cfg.data_dir}: layout 'auto' found no readable pose file to choose the layout "
+                            f"from among its first rows ({len(problems)} tried; first: "
+                            f"{problems[0] if problems else 'the corpus has no rows'})")
+
+
 def signature(cfg: DataConfig) -> dict:
-    """What the cache depends on: the feature settings and the corpus files (size, mtime)."""
+    """What the cache depends on: the feature settings (layout "auto" resolved) and the corpus
+    files (size, mtime)."""
+    cfg = resolve_layout(cfg)
     keys = ("csv", "pose_dir", "split_ratios", "split_seed")
     settings = {k: getattr(cfg, k) for k in keys}
-    settings.update({k: getattr(cfg.pose, k) for k in ("layout", "use_z", "fps", "max_frames", "min_frames")})
+    settings.update({k: getattr(cfg.pose, k) for k in ("layout", "use_z", "place", "fps", "max_frames", "min_frames")})
     settings["split_ratios"] = list(settings["split_ratios"])
     settings["version"] = FEATURE_VERSION
     sources = [[f.name, f.stat().st_size, f.stat().st_mtime_ns] for f in source_files(cfg)]
@@ -205,6 +229,7 @@ def prepare(cfg: DataConfig, workers: int | None = None, progress: bool = True) 
     if is_fresh(cfg):
         return json.loads((out / "DONE").read_text())["summary"]
     rows = read_rows(cfg)
+    cfg = resolve_layout(cfg, rows)
     shards = out / "shards"
     progress_file = shards / "signature.json"
     if shards.exists() and (not progress_file.is_file() or json.loads(progress_file.read_text())["hash"] != sig["hash"]):
@@ -274,12 +299,13 @@ def _merge(cfg: DataConfig, rows: list[Row], shards: Path, out: Path) -> dict:
                 feats[dst:dst + n] = arr[src:src + n]
         feats.flush()
     _write_atomic(out / "features.npy", write_features)
-    index = {"feature_dim": poses.feature_dim(cfg.pose), "uid": [rows[i].uid for i, *_ in kept],
+    index = {"feature_dim": poses.feature_dim(cfg.pose), "layout": cfg.pose.layout, "uid": [rows[i].uid for i, *_ in kept],
              "text": [rows[i].text for i, *_ in kept], "split": [rows[i].split for i, *_ in kept],
              "start": starts.tolist(), "length": lengths.tolist()}
     _write_atomic(out / "index.json", lambda p: p.write_text(json.dumps(index)))
     _write_atomic(out / "skipped.jsonl", lambda p: p.write_text("".join(json.dumps(s) + "\n" for s in skipped)))
-    return {"ok": len(kept), "skipped": len(skipped), "reasons": dict(Counter(s["reason"] for s in skipped)),
+    return {"ok": len(kept), "skipped": len(skipped), "layout": cfg.pose.layout,
+            "reasons": dict(Counter(s["reason"] for s in skipped)),
             "splits": dict(Counter(index["split"])), "frames": int(lengths.sum()), "cache": str(out)}
 
 
@@ -311,17 +337,39 @@ def build_prompt(tokenizer, cfg: DataConfig) -> list[int]:
     return ids
 
 
-class SignDataset(torch.utils.data.Dataset):
-    """One split of the cache. Item: dict(uid, poses (T, F) float32, text, prompt_ids, answer_ids);
-    answer_ids end with <|im_end|>, the end of the assistant's turn."""
+STOP_WORDS = frozenset("a an the is are am was were be been being to of do does did".split())
+_WORD = re.compile(r"[a-z0-9']+")
 
-    def __init__(self, cfg: DataConfig, split: str, tokenizer, augment: bool = False):
+
+def words_of(text: str) -> set[str]:
+    """The words of a text that may have a sign of their own: lowercased, without the articles,
+    copulas and auxiliaries that sign languages mostly do not sign ('not' stays: it is signed)."""
+    return {w for w in _WORD.findall(text.lower()) if w not in STOP_WORDS}
+
+
+def word_vocabulary(texts: list[str], size: int) -> list[str]:
+    """The `size` most frequent words (words_of) of `texts`, ties in alphabetical order: the
+    targets of the pose encoder's word head. The training split's texts give the same list on
+    every rank and on every resumption."""
+    counts = Counter(w for t in texts for w in words_of(t))
+    return [w for w, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:size]]
+
+
+class SignDataset(torch.utils.data.Dataset):
+    """One split of the cache. Item: dict(uid, poses (T, F) float32, text, prompt_ids, answer_ids,
+    and with n_words > 0 word_targets (n_words,) float32: 1 for each word of `words` in the text;
+    `words` defaults to word_vocabulary(this split's texts, n_words)); answer_ids end with
+    <|im_end|>, the end of the assistant's turn."""
+
+    def __init__(self, cfg: DataConfig, split: str, tokenizer, augment: bool = False, n_words: int = 0,
+                 words: list[str] | None = None):
         if not is_fresh(cfg):
             raise FileNotFoundError(f"{cache_dir(cfg)}: pose cache missing or stale; run "
                                     f"`python data.py prepare {cfg.data_dir}` (or ensure_cache)")
         index = json.loads((cache_dir(cfg) / "index.json").read_text())
         rows = [k for k, s in enumerate(index["split"]) if s == split]
         self.cfg, self.augment = cfg, augment
+        self.pose_cfg = dataclasses.replace(cfg.pose, layout=index["layout"])   # "auto" resolved by prepare
         self.features = np.load(cache_dir(cfg) / "features.npy", mmap_mode="r")   # (all frames, F) float16
         self.uids = [index["uid"][k] for k in rows]
         self.texts = [index["text"][k] for k in rows]
@@ -329,6 +377,11 @@ class SignDataset(torch.utils.data.Dataset):
         self.lengths = np.array([index["length"][k] for k in rows], np.int64)   # frames: the bucketing cost
         self.prompt_ids = build_prompt(tokenizer, cfg)
         self.answer_ids = [ids + [tokenizer.im_end_id] for ids in tokenizer.encode_batch(self.texts)]
+        self.n_words, self.words, self.word_ids = n_words, [], None
+        if n_words:
+            self.words = words if words is not None else word_vocabulary(self.texts, n_words)
+            where = {w: k for k, w in enumerate(self.words[:n_words])}
+            self.word_ids = [[where[w] for w in words_of(t) if w in where] for t in self.texts]
 
     def __len__(self) -> int:
         return len(self.uids)
@@ -337,9 +390,13 @@ class SignDataset(torch.utils.data.Dataset):
         s = self.starts[i]
         x = torch.from_numpy(np.array(self.features[s:s + self.lengths[i]])).float()   # (T, F); torch: faster fp16 cast
         if self.augment:   # seeded from torch, so DataLoader workers differ and runs repeat
-            x = torch.from_numpy(poses.augment(x.numpy(), self.cfg.pose, np.random.default_rng(int(torch.randint(2**62, ())))))
-        return {"uid": self.uids[i], "poses": x, "text": self.texts[i],
+            x = torch.from_numpy(poses.augment(x.numpy(), self.pose_cfg, np.random.default_rng(int(torch.randint(2**62, ())))))
+        item = {"uid": self.uids[i], "poses": x, "text": self.texts[i],
                 "prompt_ids": self.prompt_ids, "answer_ids": self.answer_ids[i]}
+        if self.word_ids is not None:
+            item["word_targets"] = np.zeros(self.n_words, np.float32)
+            item["word_targets"][self.word_ids[i]] = 1
+        return item
 
 
 class BucketSampler:
@@ -413,9 +470,10 @@ def collate(batch: list[dict], tokenizer, tokens_per_pose: Callable[[int], int],
     The single pose placeholder of each prompt becomes tokens_per_pose(frames) copies of it (the
     pose encoder's output length). Training: prompt + answer, right-padded, labels -100 except on
     the answer (+ <|im_end|>). Generation: the prompt alone, left-padded (as generate expects).
-    Always: poses (B, Tmax, F) zero-padded, pose_mask (B, Tmax) bool, uids, texts.
+    Always: poses (B, Tmax, F) zero-padded, pose_mask (B, Tmax) bool, uids, texts; word_targets
+    (B, V) when the items have them.
     """
-    # built in numpy and wrapped once: torch.tensor(list) and small torch copies cost ~10x more
+    # built in numpy and wrapped once: torch.tensor(list) and many small torch copies cost far more
     pid, B = tokenizer.pose_token_id, len(batch)
     frames = [len(s["poses"]) for s in batch]
     poses = np.zeros((B, max(frames), batch[0]["poses"].shape[1]), np.float32)    # (B, Tmax, F)
@@ -441,6 +499,8 @@ def collate(batch: list[dict], tokenizer, tokens_per_pose: Callable[[int], int],
            "uids": [s["uid"] for s in batch], "texts": [s["text"] for s in batch]}
     if not for_generation:
         out["labels"] = torch.from_numpy(labels)
+    if "word_targets" in batch[0]:
+        out["word_targets"] = torch.from_numpy(np.stack([s["word_targets"] for s in batch]))   # (B, V)
     return out
 
 
@@ -511,9 +571,25 @@ def main(argv=None) -> None:
     p.add_argument("--cache", default=None, help="cache folder (default DATA_DIR/cache)")
     p.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
     p.add_argument("--csv", default=DataConfig.csv, help="CSV (uid,text) or .jsonl manifest in DATA_DIR")
-    p.add_argument("--layout", default=PoseConfig.layout, choices=sorted(poses.LAYOUTS))
+    p.add_argument("--layout", default=PoseConfig.layout, choices=["auto", *poses.LAYOUTS],
+                   help="keypoint layout (default: auto, the first that the corpus's first readable file fits)")
+    v = sub.add_parser("videos", help="a folder of videos -> a corpus in the iSign layout (video.py; "
+                                      "pip install -r requirements-video.txt)")
+    v.add_argument("video_dir")
+    v.add_argument("out_dir")
+    v.add_argument("--texts", default=None, help="CSV uid,text (uid: a video's file name without extension; "
+                                                 "default VIDEO_DIR/texts.csv if present)")
     args = parser.parse_args(argv)
-    if args.cmd == "synth":
+    if args.cmd == "videos":
+        import video
+        try:
+            s = video.videos_to_corpus(args.video_dir, args.out_dir, texts=args.texts)
+        except video.VideoExtraMissing as e:
+            sys.exit(f"error: {e}")
+        for k in s["skipped"]:
+            print(f"skipped {k['video']}: {k['reason']}", file=sys.stderr)
+        print(json.dumps({k: len(x) if isinstance(x, list) else x for k, x in s.items()}))
+    elif args.cmd == "synth":
         import synth   # the generator lives in its own file; only this command needs it
         synth.generate_corpus(args.out_dir, n=args.n, seed=args.seed)
         print(json.dumps({"out_dir": args.out_dir, "n": args.n, "seed": args.seed}))

@@ -3,8 +3,10 @@
     python eval.py runs/tiny                      # best checkpoint of a run (else the newest)
     python eval.py runs/tiny/ckpt-000600 --split test --num_beams 4 --batch_size 16
     python eval.py runs/tiny --pose clip.pose     # print the English translation of one file
+    python eval.py runs/tiny --video clip.mp4     # the same from a video (requirements-video.txt)
     python eval.py runs/tiny --export_adapter DIR # the LoRA adapter in PEFT's format
     python eval.py runs/tiny --export_merged DIR  # base + LoRA merged, a 16-bit HF checkpoint
+    python eval.py runs/tiny --plot               # RUN/curves.png from RUN/metrics.jsonl (matplotlib)
 
 The run's saved config.json says how to rebuild the model: the frozen base checkpoint (4-bit
 NF4 by default), LoRA adapters on it, and the pose encoder whose soft tokens replace the pose
@@ -15,7 +17,10 @@ Metrics (last line of stdout, one JSON object):
 - bleu1..bleu4: sacrebleu corpus BLEU with max n-gram order 1..4 (13a tokenizer, exp smoothing);
 - rougeL: mean sentence-level ROUGE-L F1 x 100, equal to rouge-score's `rougeL` with its default
   tokenizer (lowercase, non-alphanumerics to spaces, no stemming), computed here by hand;
-- chrf: sacrebleu chrF; n: number of sentences; signature: sacrebleu's signatures.
+- chrf: sacrebleu chrF; n: number of sentences; signature: sacrebleu's signatures;
+- bleu4_shuffled, chrf_shuffled: the same decoding with each clip's poses replaced by another
+  clip's of the split (a fixed derangement). How much of the score comes from the signs, and how
+  much from the language prior: a model that ignores its input scores the same on both.
 
 The model is assembled by translator.build_model from the run's saved config (config.py);
 train.py imports this file (decoding, metrics); this file never imports train.py.
@@ -29,13 +34,16 @@ import sys
 from contextlib import redirect_stdout
 from pathlib import Path
 
+import numpy as np
 import torch
 from sacrebleu.metrics import BLEU, CHRF
 from tqdm import tqdm
 
 import checkpoints
 import config
+import curves
 import data
+import loader
 import lora
 import poses
 from tokenizer import Tokenizer
@@ -97,21 +105,41 @@ def compute_metrics(hypotheses: list[str], references: list[str]) -> dict:
 @torch.no_grad()
 def decode(model: SignTranslator, tok: Tokenizer, dataset, indices: list[int], batch_size: int,
            max_new_tokens: int, num_beams: int, device: torch.device, progress: bool = False,
-           static: bool = False) -> list[dict]:
+           static: bool = False, poses_from: list[int] | None = None) -> list[dict]:
     """Translate dataset[i] for i in indices, batching clips of similar length (less padding);
-    returns {uid, reference, hypothesis} rows in the order of `indices`."""
+    returns {uid, reference, hypothesis} rows in the order of `indices`. With poses_from, clip
+    indices[k] is decoded from the poses of clip poses_from[k] instead of its own."""
     model.eval()
-    order = sorted(indices, key=lambda i: int(dataset.lengths[i]))
+    source = dict(zip(indices, poses_from or indices))   # clip -> the clip whose poses it gets
+    order = sorted(indices, key=lambda i: int(dataset.lengths[source[i]]))
     collate = collate_fn(model, tok, for_generation=True)
     rows = {}
     for k in tqdm(range(0, len(order), batch_size), desc="decode", disable=not progress, file=sys.stderr):
         chunk = order[k:k + batch_size]
-        batch = to_device(collate([dataset[i] for i in chunk]), device)
+        items = [dataset[i] if source[i] == i else {**dataset[i], "poses": dataset[source[i]]["poses"]} for i in chunk]
+        batch = to_device(collate(items), device)
         with autocast(device):
             hyps = model.translate(batch, tok, max_new_tokens, num_beams, static)
         for i, uid, ref, hyp in zip(chunk, batch["uids"], batch["texts"], hyps):
             rows[i] = {"uid": uid, "reference": ref, "hypothesis": hyp}
     return [rows[i] for i in indices]
+
+
+def derangement(n: int, seed: int = 0) -> list[int]:
+    """A fixed permutation of range(n) that moves every element (n >= 2): one random cycle."""
+    order = np.random.default_rng(seed).permutation(n)
+    out = [0] * n
+    for a, b in zip(order, np.roll(order, -1)):
+        out[a] = int(b)
+    return out
+
+
+def with_shuffled(metrics: dict, shuffled_rows: list[dict]) -> dict:
+    """Add bleu4_shuffled and chrf_shuffled: the same decoding with every clip's poses replaced by
+    another clip's of the same set (derangement). A model that reads the signs loses most of its
+    score; one that writes the corpus's likeliest sentences whatever it sees loses nothing."""
+    m = compute_metrics([r["hypothesis"] for r in shuffled_rows], [r["reference"] for r in shuffled_rows])
+    return {**metrics, "bleu4_shuffled": m["bleu4"], "chrf_shuffled": m["chrf"]}
 
 
 def write_predictions(rows: list[dict], path: Path) -> None:
@@ -129,6 +157,21 @@ def translate_file(model: SignTranslator, tok: Tokenizer, dcfg: data.DataConfig,
         return model.translate(batch, tok, max_new_tokens, num_beams, static)[0]
 
 
+def pose_of_video(video_path: str, save_pose: str | None) -> str:
+    """MediaPipe Holistic poses of a video (video.py, the optional extra), written to save_pose
+    or a temporary .pose file; returns that file's path."""
+    import tempfile
+
+    import video
+    try:
+        pose = video.estimate_pose(video_path)
+    except (video.VideoExtraMissing, video.VideoError, FileNotFoundError) as e:
+        sys.exit(f"error: {e}")
+    path = save_pose or str(Path(tempfile.mkdtemp()) / f"{Path(video_path).stem}.pose")
+    video.write_pose(pose, path)
+    return path
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run", help="a run directory (its best checkpoint, else the newest) or a ckpt-NNNNNN directory")
@@ -140,12 +183,26 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch_size", type=int, default=16)
     parser.add_argument("--max_new_tokens", type=int, help="default: the run's")
     parser.add_argument("--out", help="predictions file (default: RUN/predictions.jsonl, or CKPT/../)")
+    parser.add_argument("--no_shuffled", action="store_true",
+                        help="skip the second decoding with shuffled poses (bleu4_shuffled, chrf_shuffled)")
     parser.add_argument("--pose", help="translate this one .pose file and print the English")
+    parser.add_argument("--video", help="translate this video: its poses by MediaPipe Holistic (video.py, "
+                                        "pip install -r requirements-video.txt), then as --pose")
+    parser.add_argument("--save_pose", metavar="OUT.pose", help="with --video: also write the estimated poses there")
     parser.add_argument("--export_adapter", metavar="DIR", help="write the LoRA adapter in PEFT's format and exit")
     parser.add_argument("--export_merged", metavar="DIR",
                         help="write base + LoRA merged as a 16-bit Hugging Face checkpoint and exit")
+    parser.add_argument("--plot", action="store_true", help="draw RUN/metrics.jsonl into RUN/curves.png and exit")
     args = parser.parse_args(argv)
+    if args.video and args.pose:
+        parser.error("give --pose or --video, not both")
+    if args.save_pose and not args.video:
+        parser.error("--save_pose needs --video")
 
+    if args.plot:  # a checkpoint directory means its run
+        run = Path(args.run)
+        print(curves.plot(run if (run / "metrics.jsonl").exists() else run.resolve().parent))
+        return
     ckpt = checkpoints.pick(Path(args.run))
     cfg = config.load_run_config(ckpt)
     if args.data_dir:
@@ -153,7 +210,7 @@ def main(argv: list[str] | None = None) -> None:
     max_new = args.max_new_tokens or cfg.max_new_tokens
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dcfg = cfg.data
-    tok = Tokenizer.from_dir(cfg.model_dir)
+    tok = Tokenizer.from_dir(loader.model_path(cfg.model_dir))
     with redirect_stdout(sys.stderr):  # stdout carries the results only
         model = build_model(cfg, tok, device)
     checkpoints.load_trained(model, ckpt)
@@ -164,17 +221,28 @@ def main(argv: list[str] | None = None) -> None:
         if args.export_merged:
             print(lora.export_merged(model.llm, args.export_merged, dtype=torch.bfloat16))
         return
+    if args.video:
+        args.pose = pose_of_video(args.video, args.save_pose)
     if args.pose:
         print(translate_file(model, tok, dcfg, args.pose, max_new, args.num_beams, device, args.static))
         return
     data.ensure_cache(dcfg)
     dataset = data.SignDataset(dcfg, args.split, tok)
-    rows = decode(model, tok, dataset, list(range(len(dataset))), args.batch_size, max_new, args.num_beams,
-                  device, progress=True, static=args.static)
+    every = list(range(len(dataset)))
+    run = lambda poses_from=None: decode(model, tok, dataset, every, args.batch_size, max_new,  # noqa: E731
+                                         args.num_beams, device, progress=True, static=args.static,
+                                         poses_from=poses_from)
+    rows = run()
+    metrics = compute_metrics([r["hypothesis"] for r in rows], [r["reference"] for r in rows])
+    if not args.no_shuffled and len(every) > 1:
+        shuffled = run(derangement(len(every)))
+        metrics = with_shuffled(metrics, shuffled)
+        for r, s in zip(rows, shuffled):
+            r["hypothesis_shuffled"] = s["hypothesis"]
     out = Path(args.out) if args.out else ckpt.resolve().parent / "predictions.jsonl"
     write_predictions(rows, out)
     print(f"{len(rows)} predictions in {out}", file=sys.stderr)
-    print(json.dumps(compute_metrics([r["hypothesis"] for r in rows], [r["reference"] for r in rows])))
+    print(json.dumps(metrics))
 
 
 if __name__ == "__main__":

@@ -3,14 +3,17 @@
 model.py is the architecture; this file is everything that touches files or changes what a
 module stores (gpt-fast keeps quantization as a conversion step beside the model, likewise):
 
+    model_path     model_dir as given, or a Hub repo id's snapshot in the local Hugging Face cache
     load_model     config.json + safetensors (single file or sharded) -> an eval-mode Qwen2,
                    streamed tensor by tensor into a model built on the meta device; with
                    quantize="nf4" the seven projections of every layer become quant.Linear4bit
-                   *before* loading, so the 16-bit weights never exist for the whole model at once
+                   *before* loading, so the 16-bit weights never exist for the whole model at once;
+                   a checkpoint that bitsandbytes saved in 4 bits (`*-bnb-4bit`) is read as stored
     quant_cache    the quantized tensors saved on the first load, read back by later ones
     offload_embeddings  the frozen input table kept in host memory (model.HostEmbedding)
     random_model   the same steps with random weights (benchmarks, the tiny demo)
-    save_model     config.json + model.safetensors in the Hugging Face layout
+    save_model     config.json + model.safetensors in the Hugging Face layout; a 4-bit model in
+                   bitsandbytes' layout, which transformers' from_pretrained loads
     empty_model, load_shards   FSDP: the model on the meta device, sharded by fully_shard, then
                    each rank reads and quantizes only the rows it holds (no rank has the whole)
 
@@ -18,13 +21,17 @@ Names are the Hugging Face names (model.layers.0.self_attn.q_proj.weight); loadi
 a missing, unexpected or misshapen tensor is an error that names it and its file.
 
     llm = load_model("checkpoints/Qwen2.5-7B-Instruct", dtype=torch.bfloat16, device="cuda", quantize="nf4")
-    python -m pytest -q tests/test_model.py     # logits equal transformers' to 1e-5
+    llm = load_model("Qwen/Qwen2.5-7B-Instruct", ...)              # a repo id: its Hugging Face cache snapshot
+    llm = load_model("unsloth/Qwen2.5-7B-Instruct-bnb-4bit", ..., quantize="nf4")   # 4-bit as stored
+    save_model(llm, "my-bnb-4bit")              # transformers + bitsandbytes load it
+    python -m pytest -q tests/test_model.py tests/test_bnb_checkpoints.py   # against transformers, bitsandbytes
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import os
+import re
 from collections import defaultdict
 from contextlib import ExitStack
 from functools import partial
@@ -39,6 +46,35 @@ from torch.distributed.tensor import DTensor
 
 import quant
 from model import HostEmbedding, Qwen2, Qwen2Config
+
+
+REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*")  # "Qwen/Qwen2.5-7B-Instruct"
+
+
+def hub_cache() -> Path:
+    """The Hugging Face cache, found as huggingface_hub finds it: HF_HUB_CACHE, else HF_HOME/hub,
+    else ~/.cache/huggingface/hub."""
+    if os.environ.get("HF_HUB_CACHE"):
+        return Path(os.environ["HF_HUB_CACHE"]).expanduser()
+    return Path(os.environ.get("HF_HOME") or "~/.cache/huggingface").expanduser() / "hub"
+
+
+def model_path(model_dir: str | Path) -> Path:
+    """Where a model's files are: model_dir itself when it is a folder; for a Hub repo id that is
+    not a folder, the snapshot of its main branch in the local Hugging Face cache (what `hf
+    download` or transformers' from_pretrained left there: models--OWNER--NAME/refs/main names the
+    snapshots/<commit>/ folder), found without the hub client or the network; else model_dir
+    unchanged, for the callers' "not found" errors to name."""
+    path = Path(model_dir)
+    if path.is_dir() or not REPO_ID.fullmatch(str(model_dir)):
+        return path
+    repo = hub_cache() / ("models--" + str(model_dir).replace("/", "--"))
+    ref = repo / "refs" / "main"
+    if ref.is_file():
+        snapshot = repo / "snapshots" / ref.read_text().strip()
+        if (snapshot / "config.json").is_file():
+            return snapshot
+    return path
 
 
 def _checkpoint_index(path: Path, config: Qwen2Config) -> dict[str, Path]:
@@ -190,30 +226,171 @@ def _skeleton(config: Qwen2Config, source: str, dtype: torch.dtype, quantize: st
     return model, shapes
 
 
+# ----------------------------------------------------------------------------- bitsandbytes 4-bit checkpoints
+#
+# How bitsandbytes (through transformers' save_pretrained) stores a 4-bit projection P, in the
+# same safetensors files as the other tensors; config.json has a quantization_config:
+#     P.weight                            uint8 (n/2, 1)   packed NF4 codes: our Linear4bit.weight
+#     P.weight.absmax                     float32 (blocks,) one per 64 weights: our absmax
+#                                         (double quantization: uint8 (blocks,), our 8-bit codes)
+#     P.weight.quant_map                  float32 (16,)    the NF4 levels
+#     P.weight.nested_absmax              float32 (ceil(blocks/256),)   double quantization only: our absmax_scale
+#     P.weight.nested_quant_map           float32 (256,)   the signed 8-bit dynamic map
+#     P.weight.quant_state.bitsandbytes__nf4   uint8: UTF-8 JSON {"quant_type", "blocksize", "dtype",
+#                                         "shape", and nested_blocksize / nested_dtype / nested_offset
+#                                         (our absmax_offset)}
+# bitsandbytes dequantizes the absmax as nested_quant_map[code] * nested_absmax[block] + offset:
+# quant.dequantize_absmax, operation for operation. So the tensors are moved, never converted.
+
+BNB_STATE = "weight.quant_state.bitsandbytes__nf4"
+
+
+def _bnb_4bit(config: dict, source: str) -> bool:
+    """True when config.json says bitsandbytes saved the checkpoint in 4-bit NF4; a quantization this
+    loader cannot read (8-bit, FP4, another method or storage type) is an error naming it."""
+    q = config.get("quantization_config")
+    if q is None:
+        return False
+    supported = "only bitsandbytes 4-bit NF4 checkpoints and unquantized ones can be loaded"
+    if q.get("quant_method") != "bitsandbytes" or not q.get("load_in_4bit"):
+        kind = f"{q.get('quant_method')!r}" + (" 8-bit" if q.get("load_in_8bit") else "")
+        raise ValueError(f"{source}: quantization_config is {kind}; {supported}")
+    if q.get("bnb_4bit_quant_type", "fp4") != "nf4":  # bitsandbytes' own default is fp4
+        raise ValueError(f"{source}: bnb_4bit_quant_type is {q.get('bnb_4bit_quant_type', 'fp4')!r}; {supported}")
+    if q.get("bnb_4bit_quant_storage", "uint8") != "uint8":
+        raise ValueError(f"{source}: bnb_4bit_quant_storage is {q['bnb_4bit_quant_storage']!r}, not 'uint8'; {supported}")
+    return True
+
+
+def _load_bnb_4bit(model: nn.Module, where: dict[str, Path], device) -> set[str]:
+    """Fill every projection that the checkpoint stores in bitsandbytes' 4-bit layout, as stored.
+    Removes the tensors it reads from `where`; returns the names of the weights it filled."""
+    modules, files, filled = dict(model.named_modules()), dict(where), set()
+    with ExitStack() as stack:
+        opened = {}
+
+        def read(name: str) -> Tensor:
+            if name not in where:
+                prefix = name.split(".weight")[0]
+                raise ValueError(f"missing tensor {name}: {prefix} has a bitsandbytes quant_state (in "
+                                 f"{files[f'{prefix}.{BNB_STATE}']}) but not this part of it")
+            file = where.pop(name)
+            if file not in opened:
+                opened[file] = stack.enter_context(safe_open(file, framework="pt", device="cpu"))
+            return opened[file].get_tensor(name)
+
+        for key in sorted(k for k in where if ".quant_state.bitsandbytes__" in k):
+            prefix = key.rsplit(".weight.quant_state.", 1)[0]
+            if not key.endswith(BNB_STATE):
+                raise ValueError(f"tensor {key} in {files[key]}: bitsandbytes {key.rsplit('__', 1)[1]} weights are "
+                                 "not supported, only nf4 (quantize with bnb_4bit_quant_type='nf4')")
+            module = modules.get(prefix)
+            if not isinstance(module, quant.Linear4bit):
+                raise ValueError(f"tensor {key} in {files[key]}: {prefix} is stored in 4 bits, but only the "
+                                 "seven projections of each layer can be 4-bit here")
+            _fill_from_bnb(module, prefix, read, files, device)
+            filled.add(f"{prefix}.weight")
+    return filled
+
+
+def _fill_from_bnb(m: quant.Linear4bit, prefix: str, read, files: dict[str, Path], device) -> None:
+    """One projection's buffers from its bitsandbytes tensors (read(name) -> tensor), checked
+    against the layout above. A double-quantized absmax goes to a module that keeps float32 absmax
+    expanded exactly as bitsandbytes expands it; a float32 one to a double_quant module is quantized."""
+    w, key = f"{prefix}.weight", f"{prefix}.{BNB_STATE}"
+
+    def check(ok: bool, name: str, what: str) -> None:
+        if not ok:
+            raise ValueError(f"tensor {name} in {files[name]}: {what}; only bitsandbytes NF4 in blocks of "
+                             f"{m.blocksize} (double quantization: of 256) is supported")
+
+    state = json.loads(bytes(read(key).tolist()).decode())
+    n, blocks, nested = m.in_features * m.out_features, m.absmax.numel(), "nested_offset" in state
+    check(state.get("quant_type") == "nf4", key, f"quant_type is {state.get('quant_type')!r}")
+    check(state.get("blocksize") == m.blocksize, key, f"blocksize is {state.get('blocksize')}")
+    check(state.get("shape") == [m.out_features, m.in_features], key,
+          f"shape is {state.get('shape')}, expected {[m.out_features, m.in_features]}")
+    packed, levels, absmax = read(w), read(f"{w}.quant_map"), read(f"{w}.absmax")
+    check(packed.dtype == torch.uint8 and packed.numel() == (n + 1) // 2, w,
+          f"{packed.dtype} {tuple(packed.shape)}, expected uint8 ({(n + 1) // 2}, 1)")
+    check(torch.equal(levels, quant.NF4_LEVELS), f"{w}.quant_map", "not the 16 NF4 levels")
+    check(absmax.dtype == (torch.uint8 if nested else torch.float32) and absmax.shape == (blocks,), f"{w}.absmax",
+          f"{absmax.dtype} {tuple(absmax.shape)}, expected ({blocks},) {'uint8' if nested else 'float32'}")
+    if nested:
+        scale, dyn = read(f"{w}.nested_absmax"), read(f"{w}.nested_quant_map")
+        check(state.get("nested_blocksize") == 256, key, f"nested_blocksize is {state.get('nested_blocksize')}")
+        check(scale.dtype == torch.float32 and scale.shape == (-(-blocks // 256),), f"{w}.nested_absmax",
+              f"{scale.dtype} {tuple(scale.shape)}, expected ({-(-blocks // 256)},) float32")
+        check(torch.equal(dyn, quant.DYNAMIC_MAP_8BIT), f"{w}.nested_quant_map", "not the signed 8-bit dynamic map")
+        offset = torch.tensor(state["nested_offset"], dtype=torch.float32)  # the JSON float is the float32 exactly
+        if not m.double_quant:
+            absmax = quant.dequantize_absmax(absmax, scale, offset)
+    if m.double_quant:
+        absmax, scale, offset = (absmax, scale, offset) if nested else quant.quantize_absmax(absmax)
+        _put(m, "absmax_scale", scale.to(device))
+        _put(m, "absmax_offset", offset.to(device))
+    _put(m, "weight", packed.reshape(-1).to(device))
+    _put(m, "absmax", absmax.to(device))
+
+
+def _bnb_tensors(prefix: str, m: quant.Linear4bit) -> dict[str, Tensor]:
+    """One 4-bit projection as bitsandbytes saves it (the layout above), byte for byte. The
+    tables are copied: safetensors refuses to write one tensor under several names."""
+    w = f"{prefix}.weight"
+    state = {"quant_type": "nf4", "blocksize": m.blocksize, "dtype": str(m.compute_dtype).removeprefix("torch."),
+             "shape": [m.out_features, m.in_features]}
+    out = {w: m.weight.reshape(-1, 1), f"{w}.absmax": m.absmax, f"{w}.quant_map": quant.NF4_LEVELS.clone()}
+    if m.double_quant:
+        state.update(nested_blocksize=256, nested_dtype="float32", nested_offset=m.absmax_offset.item())
+        out.update({f"{w}.nested_absmax": m.absmax_scale, f"{w}.nested_quant_map": quant.DYNAMIC_MAP_8BIT.clone()})
+    out[f"{prefix}.{BNB_STATE}"] = torch.tensor(list(json.dumps(state).encode()), dtype=torch.uint8)
+    return out
+
+
+def _bnb_quantization_config(m: quant.Linear4bit) -> dict:
+    """config.json's quantization_config for a model whose projections are all like `m`."""
+    return {"quant_method": "bitsandbytes", "load_in_4bit": True, "load_in_8bit": False,
+            "bnb_4bit_quant_type": "nf4", "bnb_4bit_use_double_quant": m.double_quant,
+            "bnb_4bit_compute_dtype": str(m.compute_dtype).removeprefix("torch."),
+            "bnb_4bit_quant_storage": "uint8", "llm_int8_skip_modules": ["lm_head"]}
+
+
 def load_model(path: str | Path, dtype: torch.dtype = torch.float32, device="cpu", quantize: str | None = None,
                double_quant: bool = False, quant_cache: str | Path | None = None,
                offload_embeddings: bool = False) -> Qwen2:
     """Load a Hugging Face Qwen2 directory (config.json + safetensors) into an eval-mode Qwen2.
+    `path` may also be a Hub repo id already in the local Hugging Face cache (model_path).
 
     quantize="nf4" stores the seven projections of every layer in 4 bits (blocks of 64; with
     double_quant their absmax in 8 bits too, QLoRA's "DQ": 4.127 instead of 4.5 bits per weight);
-    lm_head, embeddings and norms stay in `dtype`. quant_cache=DIR saves the quantized tensors
-    there on the first load and reads them back on later loads of the same (unchanged) checkpoint.
-    offload_embeddings=True keeps the (frozen) input embedding table in host memory (HostEmbedding;
-    untied models only)."""
-    path = Path(path)
-    model, hf_shapes = _skeleton(Qwen2Config.from_json(path / "config.json"), str(path / "config.json"), dtype,
-                                 quantize, double_quant, offload_embeddings)
-    where = _checkpoint_index(path, model.config)
+    lm_head, embeddings and norms stay in `dtype`. A checkpoint that bitsandbytes saved in 4-bit
+    NF4 (a quantization_config in config.json, e.g. the `*-bnb-4bit` repositories) needs
+    quantize="nf4" and is read as stored, with no round trip through 16 bits. quant_cache=DIR saves
+    the quantized tensors there on the first load of a 16-bit checkpoint and reads them back on
+    later loads of the same (unchanged) one. offload_embeddings=True keeps the (frozen) input
+    embedding table in host memory (HostEmbedding; untied models only)."""
+    _check_quantize(quantize, double_quant)
+    path = model_path(path)
+    raw = json.loads((path / "config.json").read_text())
+    config = Qwen2Config.from_dict(raw, source=str(path / "config.json"))
+    prequantized = _bnb_4bit(raw, str(path / "config.json"))
+    if prequantized and quantize != "nf4":
+        raise ValueError(f"{path / 'config.json'}: this checkpoint is in bitsandbytes 4-bit NF4 "
+                         "(quantization_config); load it with quantize='nf4', or load the 16-bit one")
+    where = _checkpoint_index(path, config)
+    model, hf_shapes = _skeleton(config, str(path / "config.json"), dtype, quantize, double_quant, offload_embeddings)
     cached = None
-    if quantize == "nf4" and quant_cache is not None:
+    if quantize == "nf4" and quant_cache is not None and not prequantized:
         cached = _quant_cache_file(path, where, dtype, double_quant, Path(quant_cache))
     if cached is not None and cached.exists():
         _stream_into(model, _names_in(cached), _expected_shapes(model), None, device)
-    else:
-        _stream_into(model, where, hf_shapes, dtype, device)
-        if cached is not None:
-            _save_state(model, cached)
+        return model.eval()
+    if prequantized:  # the 4-bit projections first, then everything else as in a 16-bit checkpoint
+        filled = _load_bnb_4bit(model, where, device)
+        hf_shapes = {k: v for k, v in hf_shapes.items() if k not in filled}
+    _stream_into(model, where, hf_shapes, dtype, device)
+    if cached is not None:
+        _save_file(_state(model), cached)
     return model.eval()
 
 
@@ -250,7 +427,7 @@ def empty_model(source: str | Path | Qwen2Config, dtype: torch.dtype = torch.flo
     random_shards) fills this rank's chunks."""
     if isinstance(source, Qwen2Config):
         return _skeleton(source, "empty_model", dtype, quantize, double_quant, offload_embeddings)[0]
-    file = Path(source) / "config.json"
+    file = model_path(source) / "config.json"
     return _skeleton(Qwen2Config.from_json(file), str(file), dtype, quantize, double_quant, offload_embeddings)[0]
 
 
@@ -331,7 +508,7 @@ def _fill_shards(model: nn.Module, readers: dict, dtype: torch.dtype, device, ca
             t = read(_rows_held(target)).to("cpu" if isinstance(module, HostEmbedding) else device, dtype)
             _put(module, attr, t.to(target.dtype) if target.requires_grad else t)  # trained: float32 (build_model)
     if cached is None and cache is not None:
-        _save_tensors(pieces, cache)
+        _save_file(pieces, cache)
 
 
 @torch.no_grad()
@@ -347,8 +524,12 @@ def load_shards(model: nn.Module, path: str | Path, dtype: torch.dtype, device,
     chunks (on `device`) plus one tensor's rows in host memory. quant_cache=DIR: the 4-bit chunks are saved there on
     the first load, one file per rank (...-shard{r}of{world}), and read back by later loads with
     the same world size. Names and shapes are checked strictly, as by load_model."""
-    path = Path(path)
-    config = Qwen2Config.from_json(path / "config.json")
+    path = model_path(path)
+    raw = json.loads((path / "config.json").read_text())
+    config = Qwen2Config.from_dict(raw, source=str(path / "config.json"))
+    if _bnb_4bit(raw, str(path / "config.json")):
+        raise ValueError(f"{path / 'config.json'}: a checkpoint bitsandbytes saved in 4 bits cannot be loaded "
+                         "sharded (--fsdp) yet; use the 16-bit checkpoint, which each rank quantizes in part")
     with torch.device("meta"):
         expected = _expected_shapes(Qwen2(config))
     where = _checkpoint_index(path, config)
@@ -391,28 +572,38 @@ def random_shards(model: nn.Module, dtype: torch.dtype, device, std: float = 0.0
     model.tie_weights()
 
 
-def _save_state(model: Qwen2, file: Path) -> None:
-    """model.state_dict() (without a tied lm_head) as one safetensors file, written atomically."""
-    _save_tensors({k: v for k, v in model.state_dict().items()
-                   if not (k == "lm_head.weight" and model.config.tie_word_embeddings)}, file)
+def _state(model: Qwen2) -> dict[str, Tensor]:
+    """model.state_dict() without a tied lm_head (a checkpoint stores the shared matrix once)."""
+    return {k: v for k, v in model.state_dict().items()
+            if not (k == "lm_head.weight" and model.config.tie_word_embeddings)}
 
 
-def _save_tensors(tensors: dict[str, Tensor], file: Path) -> None:
+def _save_file(state: dict[str, Tensor], file: Path) -> None:
+    """Tensors as one safetensors file, written atomically."""
     file.parent.mkdir(parents=True, exist_ok=True)
     tmp = file.with_name(f"{file.name}.tmp{os.getpid()}")
-    save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata={"format": "pt"})
+    save_file({k: v.contiguous() for k, v in state.items()}, str(tmp), metadata={"format": "pt"})
     os.replace(tmp, file)  # readers never see a half-written file
 
 
 def save_model(model: Qwen2, out_dir: str | Path) -> None:
-    """Write config.json + model.safetensors in the Hugging Face layout (full-precision models only)."""
+    """Write config.json + model.safetensors in the Hugging Face layout. A model loaded with
+    quantize="nf4" is written as bitsandbytes writes one (its 4-bit tensors as they are, a
+    quantization_config in config.json): transformers' from_pretrained loads it with bitsandbytes
+    installed, and load_model reads it back as stored. LoRA models: lora.export_merged."""
+    four_bit = {name: m for name, m in model.named_modules() if isinstance(m, quant.Linear4bit)}
+    state = {k: v for k, v in _state(model).items() if k.rsplit(".", 1)[0] not in four_bit or k.endswith(".bias")}
+    for name, m in four_bit.items():
+        state.update(_bnb_tensors(name, m))
     with torch.device("meta"):
         names = set(_expected_shapes(Qwen2(model.config)))
-    extra = sorted(set(_expected_shapes(model)) ^ names)
+    extra = sorted(k for k in set(state) ^ names if k.rsplit(".weight", 1)[0] not in four_bit)
     if extra:
-        raise ValueError(f"save_model writes plain Qwen2 checkpoints, but this model has other tensors ({extra[:3]}, "
-                         "4-bit or LoRA modules?); use lora.export_merged for those")
+        raise ValueError(f"save_model writes Qwen2 checkpoints, 16-bit or 4-bit, but this model has other tensors "
+                         f"({extra[:3]}, LoRA modules?); use lora.export_merged for those")
     out_dir = Path(out_dir)
-    _save_state(model, out_dir / "model.safetensors")
-    dtype = str(model.model.embed_tokens.weight.dtype).removeprefix("torch.")
-    (out_dir / "config.json").write_text(json.dumps({**model.config.to_dict(), "dtype": dtype}, indent=2))
+    _save_file(state, out_dir / "model.safetensors")
+    config = {**model.config.to_dict(), "dtype": str(model.model.embed_tokens.weight.dtype).removeprefix("torch.")}
+    if four_bit:
+        config["quantization_config"] = _bnb_quantization_config(next(iter(four_bit.values())))
+    (out_dir / "config.json").write_text(json.dumps(config, indent=2))

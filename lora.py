@@ -9,7 +9,7 @@ module shape as torchtune's `LoRALinear`.
 
     model = load_model(path, quantize="nf4")                # model.py
     apply_lora(model, r=16, alpha=32, targets=("q_proj", "k_proj", "v_proj", "o_proj"))
-    ... train (only LoRA, modules_to_save and any `pose_encoder*` submodule have gradients) ...
+    ... train (only LoRA and modules_to_save have gradients) ...
     save_peft_adapter(model, "adapter", base_model_name_or_path="Qwen/Qwen2.5-7B-Instruct")
     load_peft_adapter(load_model(path, quantize="nf4"), "adapter")   # ours, or one PEFT wrote
     export_merged(model, "merged")      # HF checkpoint with W + (alpha/r) B A baked in
@@ -164,11 +164,10 @@ def apply_lora(model: nn.Module, r: int = 16, alpha: float = 32, dropout: float 
                targets=("q_proj", "k_proj", "v_proj", "o_proj"), modules_to_save=(), device=None) -> int:
     """Wrap, in place, every linear whose last name component is in `targets` (q_proj, k_proj,
     v_proj, o_proj, gate_proj, up_proj, down_proj for Qwen2), then freeze the rest of `model`
-    except `modules_to_save` (e.g. "lm_head", "embed_tokens") and submodules named pose_encoder*.
-    A module in modules_to_save that shares its weight (tied embeddings) gets its own copy, as in
-    PEFT. The adapters are made on `device` (default: each base's; a base still on the meta
-    device, which FSDP loads after sharding, gets them on the training device). Returns and
-    prints the number of trainable parameters."""
+    except `modules_to_save` (e.g. "lm_head", "embed_tokens"). A module in modules_to_save that
+    shares its weight (tied embeddings) gets its own copy, as in PEFT. The adapters are made on
+    `device` (default: each base's; a base still on the meta device, which FSDP loads after
+    sharding, gets them on the training device). Returns the number of trainable parameters."""
     _check_hparams(r, alpha, dropout)
     targets = (targets,) if isinstance(targets, str) else tuple(targets)
     modules_to_save = (modules_to_save,) if isinstance(modules_to_save, str) else tuple(modules_to_save)
@@ -196,12 +195,9 @@ def apply_lora(model: nn.Module, r: int = 16, alpha: float = 32, dropout: float 
         if isinstance(module, LoRALinear):
             module.lora_A.requires_grad_(True)
             module.lora_B.requires_grad_(True)
-        elif name in saved or name.startswith("pose_encoder"):
+        elif name in saved:
             module.requires_grad_(True)
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    print(f"lora: wrapped {len(chosen)} linears ({', '.join(targets)}), r={r}, alpha={alpha}; "
-          f"{trainable:,} trainable parameters")
-    return trainable
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
 def lora_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -316,8 +312,7 @@ def export_merged(model: nn.Module, out_dir, dtype: torch.dtype | None = None) -
     """Write a plain Hugging Face checkpoint (config.json + model.safetensors, HF names) with every
     adapter folded in: W' = dequantize(W) + (alpha / r) B A for 4-bit bases, W + (alpha / r) B A
     otherwise; unwrapped 4-bit linears are dequantized. `dtype` defaults to the dtype of the
-    model's embeddings (bf16 for a bf16-loaded model). Loads in model.load_model and transformers.
-    A `pose_encoder` submodule, if any, is not part of the LLM checkpoint and is left out."""
+    model's embeddings (bf16 for a bf16-loaded model). Loads in loader.load_model and transformers."""
     tensors, replaced = {}, []
     for name, m in model.named_modules():
         if name.startswith(tuple(replaced)):
@@ -332,8 +327,7 @@ def export_merged(model: nn.Module, out_dir, dtype: torch.dtype | None = None) -
         if bias is not None:
             tensors[f"{name}.bias"] = bias
         replaced.append(name + ".")
-    rest = {k: v for k, v in model.state_dict().items()
-            if not k.startswith((*replaced, "pose_encoder"))}
+    rest = {k: v for k, v in model.state_dict().items() if not k.startswith(tuple(replaced))}
     dtype = dtype or next(v.dtype for v in rest.values() if v.is_floating_point())
     seen = set()
     for k, v in rest.items():

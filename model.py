@@ -257,7 +257,7 @@ class HostEmbedding(nn.Module):
     """A frozen token-embedding table kept in host (CPU) memory while the model runs on a GPU.
 
     An untied LLM reads only the B x T rows of its input table that a step needs, so the table
-    (vocab x hidden: 1.02 GiB for Qwen2.5-7B, 1.45 GiB for 14B in bf16) need not take GPU memory:
+    (vocab x hidden x 2 bytes in bf16: 152064 x 3584 = 1.02 GiB at 7B) need not take GPU memory:
     the rows are gathered where the table is and only they (B, T, H) are copied to the device of
     the ids. The table is a buffer named "weight": frozen, left alone by DDP (which would refuse
     parameters on two kinds of device), and the state_dict name stays model.embed_tokens.weight."""
@@ -341,8 +341,8 @@ class Qwen2(nn.Module):
         for layer in self.model.layers:
             if recompute:  # keep only each layer's input; recompute its activations in backward
                 # Reentrant: the first forward runs without autograd (no graph, no saved-tensor
-                # hooks), which took ~30% less CPU time per step than use_reentrant=False for a
-                # 28-layer model (BENCHMARKS.md); a GPU training step is bound by that CPU time.
+                # hooks), which costs less CPU time per step than use_reentrant=False (BENCHMARKS.md,
+                # "CPU work per training step"); a GPU training step is bound by that CPU time.
                 x = checkpoint(layer, x, cos, sin, mask, kv_cache, use_reentrant=True)
             else:
                 x = layer(x, cos, sin, mask, kv_cache)

@@ -20,6 +20,7 @@ References:
 
     x = load_pose("clip.pose", PoseConfig())      # (T, F) float32; raises PoseError
 """
+import dataclasses
 import math
 from dataclasses import dataclass
 from functools import lru_cache
@@ -33,8 +34,9 @@ from pose_format.utils.reader import BufferReader
 
 @dataclass
 class PoseConfig:
-    layout: str = "holistic"         # a key of LAYOUTS: which points, from which components
+    layout: str = "auto"             # a key of LAYOUTS, or "auto": the first that fits (fitting_layouts)
     use_z: bool = False              # x, y (+ z) per point, then the presence channel
+    place: bool = True               # each hand's (and the face's) place beside its shape: see part_slices
     fps: float | None = None         # subsample to at most this frame rate (None: keep the file's)
     max_frames: int = 300            # longer clips are subsampled uniformly to this length
     min_frames: int = 4              # shorter clips are skipped ("too few frames")
@@ -43,7 +45,7 @@ class PoseConfig:
     aug_rotate_deg: float = 10.0
     aug_scale: float = 0.1
     aug_shear: float = 0.1
-    aug_shift: float = 0.05          # body only (hands and face are relative to their anchors)
+    aug_shift: float = 0.05          # points measured from the body (body_frame), not the shapes
     aug_noise: float = 0.01          # std of Gaussian noise on present points
     aug_speed: float = 0.2           # play 0.8x .. 1.2x as fast
     aug_frame_drop: float = 0.05     # probability of dropping each frame
@@ -74,13 +76,26 @@ OP_FACE = tuple([f"FEB_{i}" for i in range(17, 27)] + [f"FE_{i}" for i in range(
                 + [f"FN_{i}" for i in (27, 30, 31, 33, 35)] + [f"FLO_{i}" for i in range(48, 60)]
                 + [f"FLI_{i}" for i in range(60, 68)])
 LAYOUTS = {
-    "holistic": {   # MediaPipe Holistic (iSign): 9 + 21 + 21 + 43 points
+    # MediaPipe Holistic (iSign's 576 points; also the 586 of a refined face mesh, whose first 468
+    # points are the same): 9 + 21 + 21 + 43 points
+    "holistic": {
         "body": Part("POSE_LANDMARKS", ("LEFT_SHOULDER", "RIGHT_SHOULDER", "NOSE", "LEFT_ELBOW", "RIGHT_ELBOW",
                                         "LEFT_WRIST", "RIGHT_WRIST", "LEFT_HIP", "RIGHT_HIP"),
                      ("LEFT_SHOULDER", "RIGHT_SHOULDER")),
         "left_hand": Part("LEFT_HAND_LANDMARKS", MP_HAND, ("WRIST",)),
         "right_hand": Part("RIGHT_HAND_LANDMARKS", MP_HAND, ("WRIST",)),
         "face": Part("FACE_LANDMARKS", MP_FACE, ("1",)),
+    },
+    # pose-format's reduce_holistic (POSE 8, FACE 128, hands: 178 points), as several sign-language
+    # corpora and tools ship poses: no NOSE in the body, no nose in the face, so the face is
+    # anchored between the inner eye corners. 8 + 21 + 21 + 38 points.
+    "holistic_reduced": {
+        "body": Part("POSE_LANDMARKS", ("LEFT_SHOULDER", "RIGHT_SHOULDER", "LEFT_ELBOW", "RIGHT_ELBOW",
+                                        "LEFT_WRIST", "RIGHT_WRIST", "LEFT_HIP", "RIGHT_HIP"),
+                     ("LEFT_SHOULDER", "RIGHT_SHOULDER")),
+        "left_hand": Part("LEFT_HAND_LANDMARKS", MP_HAND, ("WRIST",)),
+        "right_hand": Part("RIGHT_HAND_LANDMARKS", MP_HAND, ("WRIST",)),
+        "face": Part("FACE_LANDMARKS", MP_FACE[:-5], ("133", "362")),
     },
     "openpose": {   # OpenPose BODY_25 + face 70 + hands: 9 + 21 + 21 + 47 points
         "body": Part("pose_keypoints_2d", ("LShoulder", "RShoulder", "Nose", "LElbow", "RElbow", "LWrist", "RWrist",
@@ -102,26 +117,64 @@ class PoseError(ValueError):
 
 def _layout(cfg: PoseConfig) -> dict:
     if cfg.layout not in LAYOUTS:
-        raise ValueError(f"PoseConfig.layout={cfg.layout!r}: known layouts are {', '.join(LAYOUTS)}")
+        known = ", ".join(LAYOUTS)
+        raise ValueError(f"PoseConfig.layout={cfg.layout!r}: known layouts are {known}" +
+                         (" (resolve 'auto' from a file first: fitting_layouts)" if cfg.layout == "auto" else ""))
     return LAYOUTS[cfg.layout]
 
 
+def _point_index(header) -> dict[tuple[str, str], int]:
+    """(component, point name) -> index among all the file's points."""
+    offset, index = 0, {}
+    for comp in header.components:
+        index.update({(comp.name, p): offset + i for i, p in enumerate(comp.points)})
+        offset += len(comp.points)
+    return index
+
+
+def fitting_layouts(header) -> list[str]:
+    """The layouts whose every point the header has, in LAYOUTS order ("auto" takes the first)."""
+    index = _point_index(header)
+    return [name for name, lay in LAYOUTS.items()
+            if all((part.component, p) in index for part in lay.values() for p in part.points)]
+
+
+def part_slices(cfg: PoseConfig) -> dict[str, slice]:
+    """Each part's slice of the feature points, in feature order: its layout points (its shape,
+    relative to its anchor), then, for every part but the body when cfg.place, one more point:
+    its anchor relative to the body's (where the part is)."""
+    out, start = {}, 0
+    for name, part in _layout(cfg).items():
+        n = len(part.points) + (cfg.place and name != "body")
+        out[name] = slice(start, start + n)
+        start += n
+    return out
+
+
 def num_points(cfg: PoseConfig) -> int:
-    return sum(len(p.points) for p in _layout(cfg).values())
+    return max(sl.stop for sl in part_slices(cfg).values())
+
+
+def channels(cfg: PoseConfig) -> int:
+    """Numbers per feature point: x, y (+ z), then presence (1 or 0)."""
+    return 3 + cfg.use_z
 
 
 def feature_dim(cfg: PoseConfig) -> int:
-    """F = points * (x, y[, z], present)."""
-    return num_points(cfg) * (3 + cfg.use_z)
+    """F = feature points * channels."""
+    return num_points(cfg) * channels(cfg)
 
 
-def part_slices(cfg: PoseConfig) -> dict:
-    """Each part's slice of the point axis, in feature order."""
-    out, start = {}, 0
-    for name, part in _layout(cfg).items():
-        out[name] = slice(start, start + len(part.points))
-        start += len(part.points)
-    return out
+def body_frame(cfg: PoseConfig) -> np.ndarray:
+    """(feature points,) bool: the points measured from the body's origin (the body part and the
+    place points), which a shift of the whole signer moves; the others are relative to their part."""
+    mask = np.zeros(num_points(cfg), bool)
+    for name, sl in part_slices(cfg).items():
+        if name == "body":
+            mask[sl] = True
+        elif cfg.place:
+            mask[sl.stop - 1] = True
+    return mask
 
 
 # ----------------------------------------------------------------------------- one file -> features
@@ -146,10 +199,7 @@ def read_pose(path):
 
 def select_points(header, body, cfg: PoseConfig, path="<pose>") -> tuple[np.ndarray, np.ndarray]:
     """The layout's points by name, first person: coords (T, K, C) float32, present (T, K) bool."""
-    offset, index = 0, {}
-    for comp in header.components:
-        index.update({(comp.name, p): offset + i for i, p in enumerate(comp.points)})
-        offset += len(comp.points)
+    index = _point_index(header)
     wanted = [(part.component, p) for part in _layout(cfg).values() for p in part.points]
     missing = [w for w in wanted if w not in index]
     if missing:
@@ -158,8 +208,7 @@ def select_points(header, body, cfg: PoseConfig, path="<pose>") -> tuple[np.ndar
             by_comp.setdefault(comp, []).append(p)
         names = "; ".join(f"{c}: {', '.join(ps)}" if c in comps else f"{c} (no such component)"
                           for c, ps in by_comp.items())
-        fits = [name for name, lay in LAYOUTS.items()
-                if all((part.component, p) in index for part in lay.values() for p in part.points)]
+        fits = fitting_layouts(header)
         hint = f"; layout={fits[0]!r} fits it" if fits else ""
         raise PoseError("layout lacks points", f"{path}: layout {cfg.layout!r} needs points this file lacks: "
                                                f"{names} [file components: {', '.join(comps)}{hint}]")
@@ -175,6 +224,16 @@ def select_points(header, body, cfg: PoseConfig, path="<pose>") -> tuple[np.ndar
     return xyz, present
 
 
+def detect_layout(header, path="<pose>") -> str:
+    """The first layout that fits the header; PoseError when none does."""
+    fits = fitting_layouts(header)
+    if not fits:
+        comps = ", ".join(f"{c.name} ({len(c.points)})" for c in header.components)
+        raise PoseError("layout lacks points", f"{path}: no known layout fits its points [components: {comps}; "
+                                               f"known layouts: {', '.join(LAYOUTS)}]")
+    return fits[0]
+
+
 def frame_indices(n: int, fps: float, cfg: PoseConfig) -> np.ndarray:
     """Frames kept: every (fps / cfg.fps)-th when the file is faster than cfg.fps, then at most
     cfg.max_frames spread uniformly."""
@@ -186,32 +245,46 @@ def frame_indices(n: int, fps: float, cfg: PoseConfig) -> np.ndarray:
 
 
 def normalise(xyz: np.ndarray, present: np.ndarray, cfg: PoseConfig, path="<pose>") -> np.ndarray:
-    """(T, K, C) coords + (T, K) presence -> (T, K*(C+1)) features, each part relative to its
-    anchor and divided by the median shoulder width. A point is zeros when it, or its part's
-    anchor, is missing in that frame."""
+    """(T, K, C) layout points + (T, K) presence -> (T, F) features (part_slices' order): each part
+    relative to its anchor, the place of each part but the body (its anchor relative to the
+    shoulder midpoint), all divided by the median shoulder width. A point is zeros when it, or an
+    anchor it is measured from, is missing in that frame."""
     T, K, C = xyz.shape
     layout, slices = _layout(cfg), part_slices(cfg)
     body = layout["body"]
-    ls, rs = (slices["body"].start + body.points.index(a) for a in body.anchor)
+    ls, rs = (body.points.index(a) for a in body.anchor)       # the body is the first part
     both = present[:, ls] & present[:, rs]
     width = np.linalg.norm(xyz[:, ls, :2] - xyz[:, rs, :2], axis=-1)       # (T,)
     scale = float(np.median(width[both])) if both.any() else 0.0
     if not scale > 0:   # also catches NaN
         raise PoseError("too few frames", f"{path}: no frame shows both shoulders (cannot normalise)")
-    out = np.zeros((T, K, C + 1), np.float32)
+    body_origin = (xyz[:, ls] + xyz[:, rs])[:, None] / 2                    # (T, 1, C)
+    out = np.zeros((T, num_points(cfg), C + 1), np.float32)
+    start = 0                                                              # into the layout points
     for name, part in layout.items():
-        sl = slices[name]
-        a = [sl.start + part.points.index(p) for p in part.anchor]
-        origin = xyz[:, a].mean(1, keepdims=True)                          # (T, 1, C)
-        ok = present[:, sl] & present[:, a].all(1, keepdims=True)          # (T, k)
-        out[:, sl, :C] = np.where(ok[..., None], (xyz[:, sl] - origin) / scale, 0.0)
-        out[:, sl, C] = ok
-    return out.reshape(T, K * (C + 1))
+        src = slice(start, start + len(part.points))
+        start = src.stop
+        a = [src.start + part.points.index(p) for p in part.anchor]
+        origin, origin_ok = xyz[:, a].mean(1, keepdims=True), present[:, a].all(1, keepdims=True)   # (T, 1, C|1)
+        dst = slices[name]
+        shape = slice(dst.start, dst.start + len(part.points))
+        ok = present[:, src] & origin_ok                                   # (T, k)
+        out[:, shape, :C] = np.where(ok[..., None], (xyz[:, src] - origin) / scale, 0.0)
+        out[:, shape, C] = ok
+        if name != "body" and cfg.place:
+            ok = origin_ok & both[:, None]                                 # (T, 1)
+            out[:, dst.stop - 1, :C] = np.where(ok, (origin - body_origin)[:, 0] / scale, 0.0)
+            out[:, dst.stop - 1, C] = ok[:, 0]
+    return out.reshape(T, -1)
 
 
 def load_pose(path, cfg: PoseConfig) -> np.ndarray:
-    """One .pose file -> normalised features (T, F) float32, T <= cfg.max_frames. Raises PoseError."""
+    """One .pose file -> normalised features (T, F) float32, T <= cfg.max_frames. Raises PoseError.
+    With layout "auto" the file's own first fitting layout is used (a corpus resolves it once:
+    data.resolve_layout)."""
     header, body = read_pose(path)
+    if cfg.layout == "auto":
+        cfg = dataclasses.replace(cfg, layout=detect_layout(header, path))
     xyz, present = select_points(header, body, cfg, path)
     idx = frame_indices(len(xyz), float(body.fps), cfg)
     if len(idx) < cfg.min_frames:
@@ -225,8 +298,8 @@ def _noise_bank() -> np.ndarray:
 
 
 def _noise(rng: np.random.Generator, shape: tuple) -> np.ndarray:
-    """Unit Gaussian noise: a random window of a fixed bank of 2**20 draws. Fresh draws cost
-    ~30 ns each on a small CPU, more than the rest of `augment` together."""
+    """Unit Gaussian noise: a random window of a fixed bank of 2**20 draws. Fresh draws would
+    cost more than the rest of `augment` together (BENCHMARKS.md, "Data loading")."""
     bank, n = _noise_bank(), math.prod(shape)
     o = int(rng.integers(0, len(bank) - n))
     return bank[o:o + n].reshape(shape)
@@ -242,7 +315,7 @@ def augment(x: np.ndarray, cfg: PoseConfig, rng: np.random.Generator) -> np.ndar
     if keep.sum() >= max(cfg.min_frames, n // 2):
         idx = idx[keep]
     x = x[idx]                                                             # (T', F), a copy
-    p = x.reshape(len(idx), -1, 3 + cfg.use_z)                             # (T', K, C+1) view
+    p = x.reshape(len(idx), -1, channels(cfg))                             # (T', K, C+1) view
     X, Y, present = p[..., 0], p[..., 1], p[..., -1]                       # (T', K) views
     th = math.radians(rng.uniform(-cfg.aug_rotate_deg, cfg.aug_rotate_deg))
     shear = rng.uniform(-cfg.aug_shear, cfg.aug_shear)
@@ -250,7 +323,7 @@ def augment(x: np.ndarray, cfg: PoseConfig, rng: np.random.Generator) -> np.ndar
     (a, b), (c, d) = s * np.array([[math.cos(th), -math.sin(th)], [math.sin(th), math.cos(th)]]) @ [[1, shear], [0, 1]]
     # one plane per coordinate: numpy is several times slower on (..., 2)-shaped broadcasts
     X2, Y2 = np.float32(a) * X + np.float32(b) * Y, np.float32(c) * X + np.float32(d) * Y
-    body = part_slices(cfg)["body"]
+    body = body_frame(cfg)
     dx, dy = rng.uniform(-cfg.aug_shift, cfg.aug_shift, 2)
     X2[:, body] += np.float32(dx)
     Y2[:, body] += np.float32(dy)

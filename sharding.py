@@ -1,8 +1,10 @@
 """What changes in a training run when FSDP2 shards the model (train.py --fsdp), besides the wrapping.
 
-    share, decode_share    evaluation in step over the ranks: under FSDP every call of a layer
-    root_gathered          all-gathers its weights (a collective), so all ranks must make the same
-                           calls, and decoding calls the root's own modules outside its forward
+    share, root_gathered   evaluation in step over the ranks: under FSDP every call of a layer
+                           all-gathers its weights (a collective), so all ranks must make the same
+                           calls (train.answer_loss, decode_both), and decoding calls the root's own
+                           modules outside its forward
+    average_whole_grads    the gradients of the scalar parameters FSDP leaves whole
     memory_plan, describe  the bytes of model tensors a rank holds, and the per-device peak they
                            plan (train.py logs both at the start of a run)
 
@@ -12,11 +14,10 @@ loader.load_shards the loading; checkpoints.py keeps one format for DDP and FSDP
 from contextlib import contextmanager
 
 import torch
+import torch.distributed as dist
 from torch import nn
 from torch.distributed.fsdp import FSDPModule
 from torch.distributed.tensor import DTensor
-
-import eval as ev
 
 
 def share(indices: list[int], rank: int, world: int, lockstep: bool) -> tuple[list[int], int]:
@@ -41,15 +42,14 @@ def root_gathered(model: nn.Module):
         model.reshard()
 
 
-def decode_share(model: nn.Module, tok, ds, indices: list[int], batch_size: int, max_new_tokens: int, rank: int,
-                 world: int, device: torch.device) -> list[dict]:
-    """eval.decode of this rank's share of `indices` (greedy), in step with the other ranks under FSDP
-    (where the model's llm.stop_together also makes every rank decode as many tokens)."""
-    mine, count = share(indices, rank, world, lockstep=isinstance(model, FSDPModule))
-    with root_gathered(model):
-        rows = ev.decode(model, tok, ds, mine + indices[:1] * (count - len(mine)), batch_size, max_new_tokens, 1,
-                         device)
-    return rows[:len(mine)]
+def average_whole_grads(model: nn.Module, world: int) -> None:
+    """FSDP2 shards along dim 0, so a scalar parameter (the encoder's log_gain) stays whole on every
+    rank, outside FSDP (train.shard's ignored_params): its gradient is averaged here, as DDP
+    averages, once per step after the last micro-step's backward."""
+    for p in model.parameters():
+        if p.grad is not None and not isinstance(p.grad, DTensor):
+            dist.all_reduce(p.grad)
+            p.grad.div_(world)
 
 
 def _nbytes(tensors) -> int:

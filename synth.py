@@ -645,11 +645,11 @@ def render(sentence: Sentence, signer: Signer, rng: np.random.Generator) -> tupl
     return _camera(_skeleton(sentence, signer, rng), signer, rng)
 
 
-def write_pose(path: Path, data: np.ndarray, conf: np.ndarray, header: bytes) -> None:
+def write_pose(path: Path, data: np.ndarray, conf: np.ndarray, header: bytes, fps: float = FPS) -> None:
     """One .pose file as pose-format's Pose.write writes it: the header, serialised once per
     corpus because writing its 576 point names is a good part of the cost, then the body."""
     mask = np.repeat((conf == 0)[:, None, :, None], 3, axis=3)
-    body = NumPyPoseBody(fps=FPS, data=np.ma.masked_array(data[:, None], mask=mask), confidence=conf[:, None])
+    body = NumPyPoseBody(fps=fps, data=np.ma.masked_array(data[:, None], mask=mask), confidence=conf[:, None])
     with open(path, "wb") as f:
         f.write(header)
         body.write(VERSION, f)

@@ -2,7 +2,10 @@
 
 What this is:
   - `Tokenizer.from_dir(ckpt)`: the byte-level BPE of a Qwen2 / Qwen2.5 checkpoint, read from
-    its tokenizer.json (+ tokenizer_config.json / generation_config.json for the stop tokens).
+    its tokenizer.json (+ tokenizer_config.json / generation_config.json for the stop tokens),
+    or, where a repository ships no tokenizer.json, built from vocab.json + merges.txt with
+    Qwen2's normaliser and pre-tokenizer and the added tokens of tokenizer_config.json's
+    `added_tokens_decoder` / added_tokens.json at their own ids (as transformers' Qwen2Tokenizer).
   - `Tokenizer.chat(messages, add_generation_prompt)`: the ChatML prompt exactly as
     Qwen2.5-Instruct's chat template renders it (no tools), as token ids:
         <|im_start|>system\\n{system}<|im_end|>\\n<|im_start|>user\\n{user}<|im_end|>\\n<|im_start|>assistant\\n
@@ -18,14 +21,16 @@ References:
     Face Hub, e.g. Qwen/Qwen2.5-7B-Instruct.
   - ChatML: https://github.com/openai/openai-python/blob/release-v0.28.0/chatml.md
   - Hugging Face `tokenizers`: https://huggingface.co/docs/tokenizers
+  - transformers, models/qwen2/tokenization_qwen2.py (the pipeline built from vocab + merges)
 
 Run: nothing to run; `python -m pytest -q tests/test_tokenizer.py` checks it against
-transformers' `apply_chat_template` with the real Qwen2.5 template.
+transformers' `apply_chat_template` with the real Qwen2.5 template, and
+`tests/test_qwen_files.py` on the real Qwen2 vocabulary (../shared/fixtures/qwen2_tokenizer).
 """
 import json
 from pathlib import Path
 
-from tokenizers import Regex, decoders, models, normalizers, pre_tokenizers, processors, trainers
+from tokenizers import AddedToken, Regex, decoders, models, normalizers, pre_tokenizers, processors, trainers
 from tokenizers import Tokenizer as _HFTokenizer
 
 # Qwen2's pre-tokenizer split (tokenizer.json): like GPT-4's but digits one at a time (\p{N}).
@@ -98,18 +103,22 @@ class Tokenizer:
 
     @classmethod
     def from_dir(cls, path) -> "Tokenizer":
-        """Read tokenizer.json; stop and pad tokens from generation_config.json / tokenizer_config.json."""
+        """Read tokenizer.json, else vocab.json + merges.txt (+ the added tokens); stop and pad
+        tokens from generation_config.json / tokenizer_config.json."""
         path = Path(path)
-        if not (path / "tokenizer.json").is_file():
-            raise FileNotFoundError(f"{path}: no tokenizer.json")
-        tok = _HFTokenizer.from_file(str(path / "tokenizer.json"))
         tc = json.loads((path / "tokenizer_config.json").read_text()) if (path / "tokenizer_config.json").is_file() else {}
         gc = json.loads((path / "generation_config.json").read_text()) if (path / "generation_config.json").is_file() else {}
+        if (path / "tokenizer.json").is_file():
+            tok, name = _HFTokenizer.from_file(str(path / "tokenizer.json")), str(path / "tokenizer.json")
+        elif (path / "vocab.json").is_file() and (path / "merges.txt").is_file():
+            tok, name = _from_vocab_merges(path, tc), str(path / "vocab.json")
+        else:
+            raise FileNotFoundError(f"{path}: no tokenizer.json (nor vocab.json + merges.txt)")
         eos = gc.get("eos_token_id")
         if eos is None and _token_name(tc.get("eos_token")):
             eos = tok.token_to_id(_token_name(tc["eos_token"]))
         eos_ids = [eos] if isinstance(eos, int) else list(eos or [])
-        return cls(tok, eos_ids, _token_name(tc.get("pad_token")), name=str(path / "tokenizer.json"))
+        return cls(tok, eos_ids, _token_name(tc.get("pad_token")), name=name)
 
     def encode(self, text: str) -> list[int]:
         """Plain text -> ids. Nothing is added; like Hugging Face, special-token strings in the
@@ -138,14 +147,7 @@ def train_bpe(texts, vocab_size: int, out_dir) -> Tokenizer:
     alphabet = pre_tokenizers.ByteLevel.alphabet()
     if n_base < len(alphabet):
         raise ValueError(f"train_bpe: vocab_size {vocab_size} < 256 bytes + {len(SPECIAL_TOKENS)} special tokens")
-    tok = _HFTokenizer(models.BPE())
-    tok.normalizer = normalizers.NFC()
-    tok.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex(QWEN_SPLIT), behavior="isolated"),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-    ])
-    tok.decoder = decoders.ByteLevel()
-    tok.post_processor = processors.ByteLevel(trim_offsets=False)
+    tok = _qwen_pipeline(_HFTokenizer(models.BPE()))
     trainer = trainers.BpeTrainer(vocab_size=n_base, initial_alphabet=alphabet, show_progress=False)
     tok.train_from_iterator(texts, trainer)
     tok.add_special_tokens(SPECIAL_TOKENS)
@@ -156,3 +158,43 @@ def train_bpe(texts, vocab_size: int, out_dir) -> Tokenizer:
               "pad_token": "<|endoftext|>", "model_max_length": 32768, "clean_up_tokenization_spaces": False}
     (out_dir / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n")
     return Tokenizer.from_dir(out_dir)
+
+
+def _qwen_pipeline(tok: _HFTokenizer) -> _HFTokenizer:
+    """Qwen2's text pipeline around a BPE model, as in its tokenizer.json: NFC, the QWEN_SPLIT
+    regex, byte-level mapping without a prefix space; byte-level decoding."""
+    tok.normalizer = normalizers.NFC()
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(QWEN_SPLIT), behavior="isolated"),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+    ])
+    tok.decoder = decoders.ByteLevel()
+    tok.post_processor = processors.ByteLevel(trim_offsets=False)
+    return tok
+
+
+def _from_vocab_merges(path: Path, tc: dict) -> _HFTokenizer:
+    """The tokenizer of a directory that has vocab.json + merges.txt and no tokenizer.json.
+
+    The added tokens and their ids come from tokenizer_config.json's `added_tokens_decoder`
+    (with their flags: Qwen2.5 marks <tool_call> and the FIM tokens not special) and from
+    added_tokens.json (content -> id; those are taken as special, as Qwen2's own
+    tokenizer_config.json declares its three). The `tokenizers` library numbers a new added
+    token with the next free id, so they are added in id order and each id is checked."""
+    tok = _qwen_pipeline(_HFTokenizer(models.BPE.from_file(str(path / "vocab.json"), str(path / "merges.txt"))))
+    added: dict[int, AddedToken] = {}
+    if (path / "added_tokens.json").is_file():
+        for content, i in json.loads((path / "added_tokens.json").read_text()).items():
+            added[int(i)] = AddedToken(content, special=True, normalized=False)
+    for i, t in (tc.get("added_tokens_decoder") or {}).items():
+        added[int(i)] = AddedToken(t["content"], special=t.get("special", False),
+                                   normalized=t.get("normalized", not t.get("special", False)),
+                                   lstrip=t.get("lstrip", False), rstrip=t.get("rstrip", False),
+                                   single_word=t.get("single_word", False))
+    for i in sorted(added):
+        t = added[i]
+        (tok.add_special_tokens if t.special else tok.add_tokens)([t])
+        if tok.token_to_id(t.content) != i:
+            raise ValueError(f"{path}: added token {t.content!r} has id {i} but would get "
+                             f"{tok.token_to_id(t.content)} (ids must follow the vocabulary without gaps)")
+    return tok

@@ -44,6 +44,7 @@ import logging
 import math
 import os
 import random
+import re
 import shutil
 import signal
 import sys
@@ -61,13 +62,14 @@ from tqdm import tqdm
 
 import checkpoints
 import config
+import curves
 import data
 import eval as ev
 import loader
 import sharding
 from config import ConfigError, TrainConfig
 from tokenizer import Tokenizer
-from translator import SignTranslator, autocast, base_dtype, build_model, collate_fn, to_device
+from translator import SignTranslator, autocast, base_dtype, build_model, collate_fn, to_device, uses_words
 
 log = logging.getLogger("train")
 
@@ -165,7 +167,11 @@ def check_run_dir(cfg: TrainConfig, out_dir: Path) -> None:
     """An out_dir that holds another run is an error, not something to overwrite or mix with."""
     saved = out_dir / "config.json"
     if saved.is_file():
-        diff = config.differences(config.load_run_config(saved), cfg)
+        old = config.load_run_config(saved)
+        if cfg.data.pose.layout == "auto":  # resolves to what the run resolved (prepare_run checks again)
+            pose = dataclasses.replace(cfg.data.pose, layout=old.data.pose.layout)
+            cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, pose=pose))
+        diff = config.differences(old, cfg)
         if diff:
             raise ConfigError(f"{out_dir} holds a run with a different config ({'; '.join(diff[:5])}); "
                               "use another --out_dir, or the same config to resume")
@@ -179,9 +185,12 @@ def check_inputs(cfg: TrainConfig) -> None:
     if not Path(cfg.data.data_dir).is_dir():
         raise ConfigError(f"data_dir {cfg.data.data_dir} does not exist (see README: getting iSign, or "
                           "`python data.py synth DIR` for a synthetic corpus)")
-    if not (Path(cfg.model_dir) / "config.json").is_file():
-        raise ConfigError(f"model_dir {cfg.model_dir} holds no checkpoint (config.json missing). Download "
-                          f"it with: hf download {cfg.model_repo} --local-dir {cfg.model_dir}  "
+    if not (loader.model_path(cfg.model_dir) / "config.json").is_file():
+        searched = (f", nor is it in the Hugging Face cache {loader.hub_cache()}"
+                    if loader.REPO_ID.fullmatch(cfg.model_dir) else "")
+        where = "" if cfg.model_dir == cfg.model_repo else f" --local-dir {cfg.model_dir}"  # a repo id: the cache
+        raise ConfigError(f"model_dir {cfg.model_dir} holds no checkpoint (config.json missing){searched}. Download "
+                          f"it with: hf download {cfg.model_repo}{where}  "
                           "(pip install huggingface_hub; older versions: huggingface-cli download)")
     if cfg.quantize not in ("nf4", "none"):
         raise ConfigError(f"quantize must be 'nf4' or 'none', got {cfg.quantize!r}")
@@ -205,14 +214,13 @@ def create_first_use_assets(cfg: TrainConfig) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
         synth.generate_corpus(tmp, n=cfg.synth_n, seed=cfg.synth_seed)
         os.rename(tmp, data_dir)
-    if cfg.init_model and not (Path(cfg.model_dir) / "config.json").exists():
+    if cfg.init_model and not (loader.model_path(cfg.model_dir) / "config.json").exists():
         create_random_model(cfg)
 
 
 def create_random_model(cfg: TrainConfig) -> None:
     """A BPE tokenizer trained on the training texts, and a Qwen2 of init_model's sizes
     initialised as transformers does (N(0, initializer_range), zero biases, unit norms)."""
-    import loader
     import tokenizer
     from model import Qwen2Config
     dcfg = cfg.data
@@ -279,7 +287,7 @@ def weights_digest(model: SignTranslator) -> str:
     h = hashlib.sha256()
     for name, p in sorted(checkpoints.trained_tensors(model).items()):
         h.update(name.encode())
-        h.update(loader.gathered(p.detach()).cpu().contiguous().view(torch.uint8).numpy().tobytes())
+        h.update(loader.gathered(p.detach()).cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()[:16]
 
 
@@ -364,8 +372,9 @@ class StopSignal:
 
 
 def fault_injected(name: str, step: int, rank: int) -> bool:
-    """Fault injection for the tests only: TRAIN_TEST_NAN / TRAIN_TEST_SIGTERM = "STEP:RANK"
-    make that rank's loss NaN, or send it SIGTERM, at that step. Unset in real runs."""
+    """Fault injection for the tests only: TRAIN_TEST_NAN / TRAIN_TEST_SIGTERM / TRAIN_TEST_OOM =
+    "STEP:RANK" make that rank's loss NaN, send it SIGTERM, or raise CUDA's out-of-memory error
+    (after the first micro-batch's backward), at that step. Unset in real runs."""
     return os.environ.get(f"TRAIN_TEST_{name}") == f"{step}:{rank}"
 
 
@@ -380,73 +389,112 @@ def grad_sync(model: torch.nn.Module, last: bool):
 def train_step(ddp: torch.nn.Module, micro: list[dict], opt: torch.optim.Optimizer, cfg: TrainConfig, step: int,
                d: Dist, stop_requested: bool) -> dict:
     """Forward/backward over the micro-batches, then one optimizer step unless the loss or the
-    gradient is non-finite anywhere (decided from all-reduced numbers: every rank agrees)."""
+    gradient is non-finite anywhere (decided from all-reduced numbers: every rank agrees).
+
+    The step's loss: the mean cross-entropy over every answer token of the step, plus aux_weight
+    x the mean word loss over its clips (translator.word_presence_loss); during the first
+    aux_only_steps the word loss alone, without running the LLM."""
+    lm = step >= cfg.aux_only_steps
+    word_weight = cfg.aux_weight if lm else 1.0
     n_local = sum(int((b["labels"][:, 1:] != -100).sum()) for b in micro)
-    (n_global,) = all_sum([n_local], d)
-    device_loss_sum = torch.zeros((), dtype=torch.float64, device=d.device)  # on the device: one sync a step
+    n_global, clips_global = all_sum([n_local, sum(len(b["uids"]) for b in micro)], d)
+    sums = torch.zeros(2, dtype=torch.float64, device=d.device)  # LM and word loss, on the device: one sync a step
     for i, batch in enumerate(micro):
         with grad_sync(ddp, last=i == len(micro) - 1), autocast(d.device):
-            loss_sum, _ = ddp(to_device(batch, d.device))
+            out = ddp(to_device(batch, d.device), lm=lm)
+            loss = out.lm / n_global + word_weight * out.words / clips_global
             if fault_injected("NAN", step, d.rank):
-                loss_sum = loss_sum * float("nan")
-            # Each rank scales by world/N: the average over ranks (DDP's; FSDP's sum / world) then
-            # yields sum / N_global, the mean over every answer token of the step, however tokens
-            # fall on micro-batches.
-            (loss_sum * d.world / n_global).backward()
-        device_loss_sum += loss_sum.detach().double()
-    loss_local = device_loss_sum.item()
+                loss = loss * float("nan")
+            # Each rank scales by world: the average over ranks (DDP's; FSDP's sum / world) then
+            # yields the sums over every rank divided by the global counts, however tokens and
+            # clips fall on micro-batches.
+            (loss * d.world).backward()
+            if fault_injected("OOM", step, d.rank):
+                raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB. (TRAIN_TEST_OOM)")
+        sums += torch.stack((out.lm.detach(), out.words.detach())).double()
+    if isinstance(ddp, FSDPModule):
+        sharding.average_whole_grads(ddp, d.world)
+    lm_local, words_local = sums.tolist()
     tokens = sum(int(b["attention_mask"].sum()) for b in micro)
-    loss, bad, stop, tokens = all_sum([loss_local, not math.isfinite(loss_local), stop_requested, tokens], d)
+    lm_sum, word_sum, bad, stop, tokens = all_sum(
+        [lm_local, words_local, not math.isfinite(lm_local + words_local), stop_requested, tokens], d)
     params = [p for g in opt.param_groups for p in g["params"]]
     norm = float("nan") if bad else float(torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip or float("inf")))
     skipped = bool(bad) or not math.isfinite(norm)  # the norm is of the all-reduced grads: same on every rank
     if skipped:
-        log.warning(f"step {step}: non-finite loss or gradient (loss {loss / n_global:.4g}, grad norm "
-                    f"{norm:.4g}); step skipped on all ranks")
+        log.warning(f"step {step}: non-finite loss or gradient (loss {lm_sum / n_global:.4g}, word loss "
+                    f"{word_sum / clips_global:.4g}, grad norm {norm:.4g}); step skipped on all ranks")
     else:
         opt.step()
     opt.zero_grad(set_to_none=True)
-    return {"loss": loss / n_global, "grad_norm": norm, "skipped": skipped, "stop": bool(stop), "tokens": tokens}
+    return {"loss": lm_sum / n_global if lm else None, "word_loss": word_sum / clips_global, "grad_norm": norm,
+            "skipped": skipped, "stop": bool(stop), "tokens": tokens}
 
 
 @torch.no_grad()
 def validate(model: SignTranslator, val_ds: data.SignDataset, indices: list[int], tok: Tokenizer, cfg: TrainConfig,
              d: Dist) -> dict:
-    """Validation loss and translation metrics on a fixed subset, sharded over the ranks."""
+    """Validation loss and translation metrics on a fixed subset, sharded over the ranks: with each
+    clip's own poses, and with shuffled poses (a model that uses the signs does much worse there)."""
     model.eval()
-    mine, count = sharding.share(indices, d.rank, d.world, lockstep=isinstance(model, FSDPModule))
-    collate = collate_fn(model, tok)
-    loss, n = 0.0, 0
-    for k in range(0, count, cfg.eval_batch_size):
-        part = mine[k:k + cfg.eval_batch_size]
-        batch = collate([val_ds[i] for i in part or indices[:1]])
-        with autocast(d.device):
-            s, c = model(to_device(batch, d.device))
-        if part:
-            loss, n = loss + s.item(), n + int(c)
-    rows = sharding.decode_share(model, tok, val_ds, indices, cfg.eval_batch_size, cfg.max_new_tokens, d.rank,
-                                 d.world, d.device)
-    loss, n = all_sum([loss, n], d)
-    rows = gather(rows, d)
+    shuffled_from = [indices[k] for k in ev.derangement(len(indices))] if len(indices) > 1 else indices
+    losses = [answer_loss(model, tok, val_ds, indices, src, cfg, d) for src in (indices, shuffled_from)]
+    (loss, n, loss_shuffled, _) = all_sum([*losses[0], *losses[1]], d)
+    rows, shuffled = decode_both(model, tok, val_ds, indices, cfg, d)
     model.train()
     m = ev.compute_metrics([r["hypothesis"] for r in rows], [r["reference"] for r in rows])
-    return {"val_loss": loss / max(n, 1), **{f"val_{k}": v for k, v in m.items() if k != "signature"},
-            "example": rows[0] if rows else None}
+    if shuffled:
+        m = ev.with_shuffled(m, shuffled)
+    return {"val_loss": loss / max(n, 1), "val_loss_shuffled": loss_shuffled / max(n, 1),
+            **{f"val_{k}": v for k, v in m.items() if k != "signature"}, "example": rows[0] if rows else None}
+
+
+def answer_loss(model: SignTranslator, tok: Tokenizer, ds: data.SignDataset, indices: list[int],
+                poses_from: list[int], cfg: TrainConfig, d: Dist) -> tuple[float, int]:
+    """(summed cross-entropy, answer tokens) of this rank's share of ds[indices], clip k given the
+    poses of poses_from[k]. Under FSDP every rank runs as many batches (sharding.share): one short
+    of clips runs its last on indices[0] and drops the result."""
+    mine, count = sharding.share(indices, d.rank, d.world, lockstep=isinstance(model, FSDPModule))
+    src = poses_from[d.rank::d.world]
+    collate, loss, n = collate_fn(model, tok), 0.0, 0
+    for k in range(0, count, cfg.eval_batch_size):
+        chunk = list(zip(mine[k:k + cfg.eval_batch_size], src[k:k + cfg.eval_batch_size]))
+        batch = collate([{**ds[i], "poses": ds[j]["poses"]} if i != j else ds[i] for i, j in chunk] or [ds[indices[0]]])
+        with autocast(d.device):
+            out = model(to_device(batch, d.device))
+        if chunk:
+            loss, n = loss + out.lm.item(), n + int(out.tokens)
+    return loss, n
+
+
+def decode_both(model: SignTranslator, tok: Tokenizer, ds: data.SignDataset, indices: list[int], cfg: TrainConfig,
+                d: Dist) -> tuple[list[dict], list[dict]]:
+    """Greedy translations of ds[indices], and of the same clips with shuffled poses (a derangement
+    over all of `indices`: eval.with_shuffled), sharded over the ranks and gathered on every rank."""
+    mine, count = sharding.share(indices, d.rank, d.world, lockstep=isinstance(model, FSDPModule))
+    pad = indices[:1] * (count - len(mine))  # FSDP: as many clips on every rank, the extra one dropped
+
+    def decode(poses_from: list[int] | None = None) -> list[dict]:
+        with sharding.root_gathered(model):
+            rows = ev.decode(model, tok, ds, mine + pad, cfg.eval_batch_size, cfg.max_new_tokens, 1, d.device,
+                             poses_from=poses_from and poses_from + pad)
+        return gather(rows[:len(mine)], d)
+
+    if len(indices) < 2:
+        return decode(), []
+    shuffled_from = [indices[k] for k in ev.derangement(len(indices))]
+    return decode(), decode(shuffled_from[d.rank::d.world])
 
 
 # ----------------------------------------------------------------------------- the run
 
-def record(out_dir: Path, row: dict) -> None:
-    with open(out_dir / "metrics.jsonl", "a") as f:
-        f.write(json.dumps(row) + "\n")
-
-
-def trim_metrics(out_dir: Path, step: int) -> None:
-    """After a resume, forget what the interrupted run logged past its checkpoint."""
-    path = out_dir / "metrics.jsonl"
-    if path.is_file():
-        rows = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
-        path.write_text("".join(r + "\n" for r in rows))
+def mean_losses(losses: list[tuple[float | None, float]], words: bool) -> dict:
+    """{"loss": mean LM loss (None in the word warm-up), "word_loss": mean word loss (with words)}."""
+    lm = [a for a, _ in losses if a is not None]
+    out = {"loss": sum(lm) / len(lm) if lm else None}
+    if words:
+        out["word_loss"] = sum(w for _, w in losses) / max(len(losses), 1)
+    return out
 
 
 def peak_memory_gb(device: torch.device) -> float:
@@ -481,6 +529,11 @@ def prepare_run(cfg: TrainConfig, d: Dist) -> tuple[Path, int]:
     if d.world > 1:
         dist.barrier()
     check_inputs(cfg)
+    requested = cfg.data.pose.layout
+    cfg.data = data.resolve_layout(cfg.data)  # the run's config records the layout its files have
+    if requested != cfg.data.pose.layout:
+        log.info(f"layout 'auto': {cfg.data.pose.layout} (the first layout the corpus's pose files fit)")
+        check_run_dir(cfg, out_dir)  # again: a resumed run must have resolved the same layout
     data.ensure_cache(cfg.data, d.rank, d.world)
     if d.main:
         log.info("config:\n" + "\n".join(f"  {k} = {v!r}" for k, v in config.flat(cfg).items()))
@@ -496,13 +549,14 @@ def evaluate_test(model: SignTranslator, tok: Tokenizer, cfg: TrainConfig, out_d
     if best.exists():
         checkpoints.load_trained(model, best.resolve())
     test_ds = data.SignDataset(cfg.data, "test", tok)
-    model.eval()
-    rows = gather(sharding.decode_share(model, tok, test_ds, list(range(len(test_ds))), cfg.eval_batch_size,
-                                        cfg.max_new_tokens, d.rank, d.world, d.device), d)
+    rows, shuffled = decode_both(model, tok, test_ds, list(range(len(test_ds))), cfg, d)
     if not d.main:
         return None
+    for r, s in zip(rows, shuffled):
+        r["hypothesis_shuffled"] = s["hypothesis"]
     ev.write_predictions(rows, out_dir / "predictions.jsonl")
-    return ev.compute_metrics([r["hypothesis"] for r in rows], [r["reference"] for r in rows])
+    metrics = ev.compute_metrics([r["hypothesis"] for r in rows], [r["reference"] for r in rows])
+    return ev.with_shuffled(metrics, shuffled) if shuffled else metrics
 
 
 @dataclass
@@ -521,6 +575,7 @@ class Run:
     val_idx: list[int]
     state: LoopState
     stop: StopSignal
+    tb: object | None             # torch.utils.tensorboard.SummaryWriter on rank 0 with tensorboard=True
 
 
 def shard(cfg: TrainConfig, tok: Tokenizer, d: Dist, random_shape=None) -> SignTranslator:
@@ -537,8 +592,9 @@ def shard(cfg: TrainConfig, tok: Tokenizer, d: Dist, random_shape=None) -> SignT
     model = build_model(cfg, tok, d.device, llm=llm)
     mesh = init_device_mesh(d.device.type, (d.world,))
     offload = CPUOffloadPolicy(pin_memory=d.device.type == "cuda") if cfg.fsdp_cpu_offload else OffloadPolicy()
+    scalars = {p for p in model.parameters() if p.dim() == 0}  # FSDP2 shards dim 0: these stay whole
     for module in (*llm.model.layers, model):
-        fully_shard(module, mesh=mesh, offload_policy=offload)
+        fully_shard(module, mesh=mesh, offload_policy=offload, ignored_params=scalars)
         # SUM, then / world_size: what every backend does alike (FSDP2's AVG on gloo was reported to
         # sum, pytorch issue 162338; tests/test_fsdp.py checks the gradients against DDP's)
         module.set_force_sum_reduction_for_comms(True)
@@ -556,8 +612,9 @@ def shard(cfg: TrainConfig, tok: Tokenizer, d: Dist, random_shape=None) -> SignT
 def setup(cfg: TrainConfig, d: Dist) -> Run:
     """Checks, data, model, optimizer, and the checkpoint to resume from (if any)."""
     out_dir, accum = prepare_run(cfg, d)
-    tok = Tokenizer.from_dir(cfg.model_dir)
-    train_ds = data.SignDataset(cfg.data, "train", tok, augment=cfg.data.pose.augment)
+    tok = Tokenizer.from_dir(loader.model_path(cfg.model_dir))
+    train_ds = data.SignDataset(cfg.data, "train", tok, augment=cfg.data.pose.augment,
+                                n_words=cfg.aux_words if uses_words(cfg) else 0)
     val_ds = data.SignDataset(cfg.data, "val", tok)
     sampler = data.BucketSampler(train_ds.lengths, cfg.batch_size, d.world, d.rank, seed=cfg.seed, drop_last=True)
     if len(sampler) == 0:
@@ -565,6 +622,8 @@ def setup(cfg: TrainConfig, d: Dist) -> Run:
                           f"= {cfg.batch_size} x {d.world}: lower batch_size or use more data")
     seed_everything(cfg.seed)  # the same initial weights on every rank
     model = shard(cfg, tok, d) if cfg.fsdp else build_model(cfg, tok, d.device)
+    count = lambda m: sum(p.numel() for p in m.parameters() if p.requires_grad)  # noqa: E731
+    log.info(f"trained parameters: LLM {count(model.llm):,} (LoRA and modules_to_save), encoder {count(model.encoder):,}")
     opt = make_optimizer(model, cfg)
     plan = sharding.memory_plan(model, list(model.llm.model.layers), d.device, d.world, cfg.fsdp,
                                 cfg.fsdp_cpu_offload, accum)
@@ -579,17 +638,19 @@ def setup(cfg: TrainConfig, d: Dist) -> Run:
         batches.load_state_dict(position)
         log.info(f"resumed from {ckpt} at step {state.step}")
         if d.main:
-            trim_metrics(out_dir, state.step)
+            curves.trim(out_dir, state.step)
     ddp = model
     if d.world > 1 and not cfg.fsdp:
         for p in model.parameters():  # instead of DDP's init sync, which would also send the frozen base
             if p.requires_grad:
                 dist.broadcast(p.data, src=0)
-        ddp = DDP(model, device_ids=[d.local_rank] if d.device.type == "cuda" else None,
-                  init_sync=False, forward_sync_buffers=False)
+        # find_unused_parameters: the LLM takes no part in the encoder's word warm-up (aux_only_steps)
+        ddp = DDP(model, device_ids=[d.local_rank] if d.device.type == "cuda" else None, init_sync=False,
+                  forward_sync_buffers=False, find_unused_parameters=cfg.aux_only_steps > 0)
     model.train()
+    tb = curves.tensorboard_writer(out_dir, state.step) if d.main and cfg.tensorboard else None
     return Run(cfg, d, out_dir, accum, tok, model, ddp, opt, batches, val_ds, subset(len(val_ds), cfg.eval_samples),
-               state, StopSignal())
+               state, StopSignal(), tb)
 
 
 def maybe_validate(run: Run) -> bool:
@@ -602,7 +663,7 @@ def maybe_validate(run: Run) -> bool:
     log.info(f"step {state.step}: " + ", ".join(f"{k} {v:.3f}" for k, v in m.items()) +
              (f"\n  {example['reference']!r}\n  -> {example['hypothesis']!r}" if example else ""))
     if run.d.main:
-        record(run.out_dir, {"step": state.step, **m})
+        curves.record(run.out_dir, {"step": state.step, **m}, run.tb)
     if m["val_bleu4"] <= state.best_bleu:
         return False
     state.best_bleu, state.best_step = m["val_bleu4"], state.step
@@ -621,21 +682,28 @@ def train_loop(run: Run) -> int:
         if fault_injected("SIGTERM", step, d.rank):
             os.kill(os.getpid(), signal.SIGTERM)
         t0 = time.time()
+        position = run.batches.state_dict()  # before this step's batches: where a checkpoint of `step` resumes
         micro = [next(run.batches) for _ in range(run.accum)]
-        out = train_step(run.ddp, micro, opt, cfg, step, d, run.stop.signum is not None)
+        try:
+            out = train_step(run.ddp, micro, opt, cfg, step, d, run.stop.signum is not None)
+        except torch.OutOfMemoryError as e:
+            bar.close()
+            state.seconds = time.time() - t_start
+            return out_of_memory(run, e, position)
         state.step = step = step + 1
         state.skipped += out["skipped"]
         state.bad_in_row = state.bad_in_row + 1 if out["skipped"] else 0
         state.tokens += int(out["tokens"])
-        losses += [] if out["skipped"] else [out["loss"]]
+        losses += [] if out["skipped"] else [(out["loss"], out["word_loss"])]
         row = {"step": step, "lr": opt.param_groups[0]["lr"], "grad_norm": out["grad_norm"],
                "tokens_per_s": out["tokens"] / (time.time() - t0), "peak_mem_gb": peak_memory_gb(d.device),
                "skipped": state.skipped}
         bar.update(1)
-        bar.set_postfix(loss=f"{out['loss']:.3f}", lr=f"{row['lr']:.2e}", tok_s=f"{row['tokens_per_s']:.0f}",
-                        mem=f"{row['peak_mem_gb']:.1f}G")
+        shown = {"loss": out["loss"]} if out["loss"] is not None else {"word_loss": out["word_loss"]}
+        bar.set_postfix(**{k: f"{v:.3f}" for k, v in shown.items()}, lr=f"{row['lr']:.2e}",
+                        tok_s=f"{row['tokens_per_s']:.0f}", mem=f"{row['peak_mem_gb']:.1f}G")
         if d.main and (step % cfg.log_every == 0 or step == cfg.max_steps):
-            record(run.out_dir, {**row, "loss": sum(losses) / max(len(losses), 1)})  # mean since last record
+            curves.record(run.out_dir, {**row, **mean_losses(losses, uses_words(cfg))}, run.tb)  # since the last row
             losses = []
         new_best = maybe_validate(run)
         diverged = state.bad_in_row >= cfg.max_bad_steps
@@ -659,12 +727,58 @@ def train_loop(run: Run) -> int:
     return 0
 
 
+def out_of_memory(run: Run, error: torch.OutOfMemoryError, position: dict) -> int:
+    """A step ran out of GPU memory: save the last completed step unless it is saved already, then
+    stop with one message saying what to change (exit code 1). With several processes the others
+    wait in a collective that this one will never join, so nothing can be saved consistently: it
+    leaves at once (torchrun then stops the others), and the newest checkpoint is where to go on."""
+    cfg, d, state = run.cfg, run.d, run.state
+    run.opt.zero_grad(set_to_none=True)  # the failed step's partial gradients
+    peak = peak_memory_gb(d.device)
+    if d.device.type == "cuda":
+        torch.cuda.empty_cache()
+    ckpt = checkpoints.step_dir(run.out_dir, state.step)
+    if d.world == 1 and state.step > 0 and not ckpt.exists():
+        save_checkpoint(run.out_dir, run.model, run.opt, state, position, d)
+    newest = checkpoints.listed(run.out_dir)[-1:]
+    message = oom_message(cfg, run.accum, d.world, state.step + 1, peak, error, newest[0] if newest else None)
+    log.error(message)
+    if d.world == 1:
+        return 1
+    if not d.main:  # only rank 0 logs to the console
+        print(f"error (rank {d.rank}): {message}", file=sys.stderr, flush=True)
+    logging.shutdown()
+    os._exit(1)
+
+
+def oom_message(cfg: TrainConfig, accum: int, world: int, step: int, peak_gb: float, error: Exception,
+                ckpt: Path | None) -> str:
+    """What ran out, with which settings, and what to change, first what costs nothing: half the
+    batch_size with twice the grad_accum is the same optimizer step in smaller micro-batches."""
+    asked = re.search(r"Tried to allocate [\d.]+ \w+", str(error))
+    b, frames = cfg.batch_size, cfg.data.pose.max_frames
+    # with global_batch set, grad_accum follows batch_size by itself
+    changes = [f"--batch_size={b // 2}" + ("" if cfg.global_batch else f" --grad_accum={accum * 2}")
+               + (f" (the same {b * accum * world} samples per step)" if b % 2 == 0 else "")] if b > 1 else []
+    changes += ["--gradient_checkpointing=True"] if not cfg.gradient_checkpointing else []
+    changes += [f"--max_frames={frames // 2}", "offload_embeddings=True or a smaller base model"]
+    return "\n".join([
+        f"step {step} ran out of GPU memory ({asked.group(0) if asked else error.__class__.__name__}) with "
+        f"batch_size={b}, grad_accum={accum}, max_frames={frames}, gradient_checkpointing="
+        f"{cfg.gradient_checkpointing}; peak memory so far {peak_gb:.2f} GB.",
+        f"Change first: {changes[0]}; then {', then '.join(changes[1:])}.",
+        f"To go on from {ckpt.name}: the same command with the new values and --resume={ckpt} --out_dir=NEW_DIR "
+        "(this out_dir keeps its config)." if ckpt else "No checkpoint was saved: start again with the new values."])
+
+
 def train(cfg: TrainConfig, d: Dist) -> int:
     run = setup(cfg, d)
     # Signal handlers only now: processes forked earlier (the cache's pool) must keep the default
     # ones, or Pool.terminate()'s SIGTERM would be caught and ignored by them.
     with run.stop:
         exit_code = train_loop(run)
+    if run.tb is not None:
+        run.tb.close()
     state = run.state
     log.info(f"done: step {state.step}/{cfg.max_steps} in {state.seconds / 60:.1f} min, "
              f"{state.tokens / max(state.seconds, 1e-9):.0f} tokens/s, {state.skipped} skipped steps, "

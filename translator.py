@@ -14,7 +14,9 @@ frozen LLM); Sign2GPT (Wong et al. 2024, arXiv:2405.04164); QLoRA (Dettmers et a
 """
 from __future__ import annotations
 
+import math
 from contextlib import nullcontext
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -34,26 +36,44 @@ from tokenizer import Tokenizer
 class PoseEncoder(nn.Module):
     """(B, frames, F) pose features -> (B, T', hidden) soft tokens in the LLM's embedding space.
 
-    per-frame Linear(F -> width) + GELU + LayerNorm
-    -> 2 x [Conv1d(width, width, kernel 5, stride 2, padding 2) + GELU]: T' = ceil(ceil(T/2)/2)
-    -> projector Linear(width -> hidden) + GELU + Linear(hidden -> hidden)
-    -> RMS-normalised and multiplied by `embed_scale`, the typical RMS of the LLM's embedding
-       rows, so soft tokens have the magnitude the frozen LLM expects of an input embedding.
-    Padded frames are zeroed before each convolution, so a padded sample yields exactly the
-    tokens of the same sample unpadded (a conv window past the end sees zeros either way)."""
+    1. Per part (body, each hand, face: poses.part_slices), a Linear of the part's features and
+       of their frame-to-frame differences (motion) to `width`; the parts' vectors are summed
+       (GELU, LayerNorm, dropout). Each part has its own weights, so the face's many points do
+       not drown a hand's, and a hand's shape and its place arrive together (Uni-Sign, Li et al.
+       2025: per-part pose embeddings, the body's wrist added to each hand).
+    2. 2 x [Conv1d(width, width, kernel 5, stride 2, padding 2) + GELU]: T' = ceil(ceil(T/2)/2)
+       tokens, each seeing ~13 frames (SpaMo's temporal-conv adapter, Hwang et al. 2024).
+    3. `layers` pre-norm transformer blocks over the T' tokens (sinusoidal positions, padding
+       masked), so a token can see the whole clip (a few seconds of signing).
+    4. Projector Linear(width -> hidden) + GELU + Linear(hidden -> hidden), RMS-normalised and
+       multiplied by `embed_scale` (the typical RMS of the LLM's embedding rows, so soft tokens
+       have the magnitude the LLM expects of an input) times exp(log_gain), a trained scalar.
+    Word head (aux_words > 0): Linear(width -> aux_words) on step 3's tokens, per-token logits
+    of which vocabulary words are signed there (word_presence_loss).
+    Padded frames are zeroed before each convolution and masked in attention, so a padded sample
+    yields the tokens of the same sample unpadded."""
 
-    def __init__(self, in_features: int, hidden_size: int, width: int = 256, dropout: float = 0.1):
+    def __init__(self, parts: dict[str, slice], channels: int, hidden_size: int, width: int = 256,
+                 layers: int = 2, heads: int = 4, dropout: float = 0.1, aux_words: int = 0):
         super().__init__()
-        self.frame = nn.Sequential(nn.Linear(in_features, width), nn.GELU(), nn.LayerNorm(width), nn.Dropout(dropout))
+        self.parts, self.channels = parts, channels                # feature points per part, numbers per point
+        self.embed = nn.ModuleDict({name: nn.Linear((2 * channels - 1) * (sl.stop - sl.start), width)
+                                    for name, sl in parts.items()})
+        self.frame = nn.Sequential(nn.GELU(), nn.LayerNorm(width), nn.Dropout(dropout))
         self.convs = nn.ModuleList(nn.Conv1d(width, width, kernel_size=5, stride=2, padding=2) for _ in range(2))
+        self.blocks = nn.ModuleList(nn.TransformerEncoderLayer(width, heads, 2 * width, dropout, activation="gelu",
+                                                               batch_first=True, norm_first=True)
+                                    for _ in range(layers))
         self.proj = nn.Sequential(nn.Dropout(dropout), nn.Linear(width, hidden_size), nn.GELU(),
                                   nn.Linear(hidden_size, hidden_size))
+        self.words = nn.Linear(width, aux_words) if aux_words else None
+        self.log_gain = nn.Parameter(torch.zeros(()))
         self.register_buffer("embed_scale", torch.tensor(1.0))
 
     @torch.no_grad()
     def set_embed_scale(self, embedding_weight: Tensor) -> None:
         """embed_scale = median RMS of the embedding rows (median: unused vocab rows can be ~0)."""
-        # the float32 norm of each row without a float32 copy of the table (1.45 GiB at 14B in bf16)
+        # the float32 norm of each row without a float32 copy of the table (vocab x hidden x 4 bytes)
         hidden = embedding_weight.shape[-1]
         rms = torch.linalg.vector_norm(embedding_weight, dim=-1, dtype=torch.float32) / hidden**0.5
         self.embed_scale.copy_(loader.gathered(rms.median()))  # FSDP's table: only the rows' RMS are gathered
@@ -65,20 +85,62 @@ class PoseEncoder(nn.Module):
             frames = (frames + 1) // 2
         return frames
 
-    def forward(self, poses: Tensor, pose_mask: Tensor) -> tuple[Tensor, Tensor]:
-        """poses (B, T, F), pose_mask (B, T) True on real frames (right padding) ->
-        tokens (B, T', hidden) and token_mask (B, T') bool."""
+    def _frames(self, poses: Tensor) -> Tensor:
+        """(B, T, F) features -> (B, T, width): each part's points and their motion, embedded and summed."""
+        B, T, _ = poses.shape
+        p = poses.view(B, T, -1, self.channels)                              # (B, T, K, C+1)
+        xy, present = p[..., :-1], p[..., -1:]
+        both = present[:, 1:] * present[:, :-1]                              # seen in this frame and the last
+        motion = torch.cat((torch.zeros_like(xy[:, :1]), (xy[:, 1:] - xy[:, :-1]) * both), 1)   # (B, T, K, C)
+        x = 0
+        for name, sl in self.parts.items():
+            part = torch.cat((p[:, :, sl].flatten(2), motion[:, :, sl].flatten(2)), -1)
+            x = x + self.embed[name](part)
+        return self.frame(x)
+
+    def forward(self, poses: Tensor, pose_mask: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
+        """poses (B, T, F), pose_mask (B, T) True on real frames (right padding) -> tokens
+        (B, T', hidden), token_mask (B, T') bool, and word logits (B, T', aux_words) or None."""
         lengths = pose_mask.sum(1)  # (B,)
-        x = self.frame(poses)  # (B, T, W)
+        x = self._frames(poses)  # (B, T, W)
         for conv in self.convs:
             keep = torch.arange(x.shape[1], device=x.device) < lengths[:, None]  # (B, T_i)
             x = x * keep[..., None]
             x = F.gelu(conv(x.transpose(1, 2)).transpose(1, 2))  # (B, ceil(T_i/2), W)
             lengths = (lengths + 1) // 2
+        token_mask = torch.arange(x.shape[1], device=x.device) < lengths[:, None]  # (B, T')
+        if self.blocks:
+            x = x + sinusoids(x.shape[1], x.shape[2], x.device, x.dtype)
+            for block in self.blocks:
+                x = block(x, src_key_padding_mask=~token_mask)
+        words = self.words(x) if self.words is not None else None
         x = self.proj(x)  # (B, T', hidden)
-        x = F.rms_norm(x, (x.shape[-1],)) * self.embed_scale
-        token_mask = torch.arange(x.shape[1], device=x.device) < lengths[:, None]
-        return x * token_mask[..., None], token_mask
+        x = F.rms_norm(x, (x.shape[-1],)) * (self.embed_scale * self.log_gain.exp())
+        return x * token_mask[..., None], token_mask, words
+
+
+def sinusoids(T: int, dim: int, device, dtype) -> Tensor:
+    """(T, dim) sine/cosine positions (Vaswani et al. 2017), for clips of any length."""
+    pos = torch.arange(T, device=device, dtype=torch.float32)[:, None]
+    freq = torch.exp(torch.arange(0, dim, 2, device=device, dtype=torch.float32) * (-math.log(10000.0) / dim))
+    out = torch.zeros(T, dim, device=device)
+    out[:, 0::2], out[:, 1::2] = torch.sin(pos * freq), torch.cos(pos * freq)
+    return out.to(dtype)
+
+
+def word_presence_loss(logits: Tensor, token_mask: Tensor, targets: Tensor) -> Tensor:
+    """Sum over the batch of a balanced binary cross-entropy of which words a clip signs.
+
+    logits (B, T', V) per token; a word's clip-level logit is their log-mean-exp over the clip's
+    tokens (a soft maximum: the word is there if some tokens say so; Sign2GPT's pseudo-gloss
+    pretraining, Wong et al. 2024, trains an encoder on such word targets). targets (B, V) 0/1.
+    Per clip: the mean loss of its present words plus the mean loss of its absent ones, so the
+    few present words weigh as much as the many absent."""
+    n = token_mask.sum(1, keepdim=True).clamp(min=1)                         # (B, 1)
+    pooled = logits.float().masked_fill(~token_mask[..., None], float("-inf")).logsumexp(1) - n.log()  # (B, V)
+    bce = F.binary_cross_entropy_with_logits(pooled, targets, reduction="none")
+    pos, neg = targets.sum(1).clamp(min=1), (1 - targets).sum(1).clamp(min=1)
+    return ((bce * targets).sum(1) / pos + (bce * (1 - targets)).sum(1) / neg).sum()
 
 
 def splice_pose_tokens(inputs_embeds: Tensor, input_ids: Tensor, pose_token_id: int, tokens: Tensor,
@@ -97,39 +159,66 @@ def splice_pose_tokens(inputs_embeds: Tensor, input_ids: Tensor, pose_token_id: 
 
 # ----------------------------------------------------------------------------- the model
 
+class Losses(NamedTuple):
+    lm: Tensor           # summed cross-entropy over the answer tokens (0 when lm=False)
+    tokens: Tensor       # answer tokens
+    words: Tensor        # summed word_presence_loss over the clips (0 without word targets)
+
+
 class SignTranslator(nn.Module):
     """Pose encoder + Qwen2 (+ LoRA). Soft tokens replace the pose placeholders of the prompt.
 
-    Parameter names ("llm.model.layers.0.self_attn.q_proj.lora_A.weight", "encoder.frame.0.weight")
+    Parameter names ("llm.model.layers.0.self_attn.q_proj.lora_A.weight", "encoder.proj.1.weight")
     are the names in checkpoints."""
 
-    def __init__(self, llm: Qwen2, encoder: PoseEncoder, pose_token_id: int):
+    def __init__(self, llm: Qwen2, encoder: PoseEncoder, pose_token_id: int, pad_id: int = 0,
+                 answer_dropout: float = 0.0):
         super().__init__()
         self.llm, self.encoder, self.pose_token_id = llm, encoder, pose_token_id
+        self.pad_id, self.answer_dropout = pad_id, answer_dropout
 
-    def embed(self, batch: dict) -> torch.Tensor:
-        """Prompt (+ answer) embeddings with the soft pose tokens spliced in: (B, T, H)."""
-        tokens, token_mask = self.encoder(batch["poses"], batch["pose_mask"])  # (B, T', H), (B, T')
-        embeds = self.llm.model.embed_tokens(batch["input_ids"])  # (B, T, H)
-        return splice_pose_tokens(embeds, batch["input_ids"], self.pose_token_id, tokens, token_mask)
+    def embed(self, batch: dict) -> tuple[Tensor, Tensor | None, Tensor]:
+        """Prompt (+ answer) embeddings with the soft pose tokens spliced in (B, T, H); the encoder's
+        word logits (B, T', V) or None, and its token mask (B, T').
 
-    def forward(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
-        """(sum of the cross-entropy over answer tokens, number of answer tokens).
+        Training with answer_dropout p: each answer token given as input (not as target) is the
+        pad token with probability p, so the next word cannot always be guessed from the words
+        before it and must come from the signs (word dropout, Bowman et al. 2016)."""
+        tokens, token_mask, words = self.encoder(batch["poses"], batch["pose_mask"])  # (B, T', H), (B, T')
+        ids = batch["input_ids"]
+        if self.training and self.answer_dropout > 0 and "labels" in batch:
+            drop = (batch["labels"] != -100) & (torch.rand(ids.shape, device=ids.device) < self.answer_dropout)
+            ids = ids.masked_fill(drop, self.pad_id)
+        embeds = self.llm.model.embed_tokens(ids)  # (B, T, H)
+        return splice_pose_tokens(embeds, ids, self.pose_token_id, tokens, token_mask), words, token_mask
+
+    def forward(self, batch: dict, lm: bool = True) -> Losses:
+        """The language-model loss over the answer tokens, and the encoder's word loss when the
+        batch has word targets. lm=False skips the LLM (the encoder's warm-up on words alone).
 
         The vocabulary projection runs only where a label is: (N, V) logits for N answer tokens
         instead of (B, T, V), which for Qwen's 152k vocabulary would dwarf everything else."""
-        hidden = self.llm(inputs_embeds=self.embed(batch), attention_mask=batch["attention_mask"],
-                          return_hidden=True)  # (B, T, H)
         targets = batch["labels"][:, 1:]  # position t predicts token t + 1
         at = targets != -100  # (B, T-1)
-        logits = self.llm.lm_head(hidden[:, :-1][at]).float()  # (N, V)
-        return F.cross_entropy(logits, targets[at], reduction="sum"), at.sum()
+        if lm:
+            embeds, words, token_mask = self.embed(batch)
+            hidden = self.llm(inputs_embeds=embeds, attention_mask=batch["attention_mask"],
+                              return_hidden=True)  # (B, T, H)
+            logits = self.llm.lm_head(hidden[:, :-1][at]).float()  # (N, V)
+            lm_sum = F.cross_entropy(logits, targets[at], reduction="sum")
+        else:
+            _, token_mask, words = self.encoder(batch["poses"], batch["pose_mask"])
+            lm_sum = torch.zeros((), device=at.device)
+        word_sum = torch.zeros((), device=at.device)
+        if words is not None and "word_targets" in batch:
+            word_sum = word_presence_loss(words, token_mask, batch["word_targets"])
+        return Losses(lm_sum, at.sum(), word_sum)
 
     @torch.no_grad()
     def translate(self, batch: dict, tok: Tokenizer, max_new_tokens: int, num_beams: int = 1,
                   static: bool = False) -> list[str]:
         """Decode a left-padded generation batch (data.collate(..., for_generation=True))."""
-        new = self.llm.generate(inputs_embeds=self.embed(batch), attention_mask=batch["attention_mask"],
+        new = self.llm.generate(inputs_embeds=self.embed(batch)[0], attention_mask=batch["attention_mask"],
                                 max_new_tokens=max_new_tokens, eos_token_id=tok.eos_ids,
                                 pad_token_id=tok.pad_id, num_beams=num_beams, static=static)  # (B, n_new)
         return [tok.decode(row).strip() for row in new.tolist()]
@@ -149,15 +238,22 @@ def build_model(cfg, tok: Tokenizer, device: torch.device, llm: Qwen2 | None = N
     lora.apply_lora(llm, r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout,
                     targets=cfg.lora_targets, modules_to_save=cfg.modules_to_save, device=device)
     llm.gradient_checkpointing = cfg.gradient_checkpointing
-    encoder = PoseEncoder(poses.feature_dim(cfg.data.pose), llm.config.hidden_size,
-                          width=cfg.encoder_width, dropout=cfg.encoder_dropout).to(device)
+    pcfg = cfg.data.pose
+    encoder = PoseEncoder(poses.part_slices(pcfg), poses.channels(pcfg), llm.config.hidden_size,
+                          width=cfg.encoder_width, layers=cfg.encoder_layers, heads=cfg.encoder_heads,
+                          dropout=cfg.encoder_dropout, aux_words=cfg.aux_words if uses_words(cfg) else 0).to(device)
     if not llm.model.embed_tokens.weight.is_meta:
         encoder.set_embed_scale(llm.model.embed_tokens.weight)
-    model = SignTranslator(llm, encoder, tok.pose_token_id)
+    model = SignTranslator(llm, encoder, tok.pose_token_id, tok.pad_id, cfg.answer_dropout)
     for p in model.parameters():
         if p.requires_grad:  # AdamW updates would round away in a 16-bit trained tensor
             p.data = p.data.float()
     return model
+
+
+def uses_words(cfg) -> bool:
+    """Whether the run trains the encoder's word head (config: aux_weight, aux_only_steps)."""
+    return cfg.aux_words > 0 and (cfg.aux_weight > 0 or cfg.aux_only_steps > 0)
 
 
 def base_dtype(device: torch.device) -> torch.dtype:

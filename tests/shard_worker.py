@@ -45,7 +45,7 @@ class LargestFloat(TorchDispatchMode):
 
 def main() -> None:
     out, overrides = Path(sys.argv[1]), sys.argv[2:]
-    cfg = config.load_config(["--fsdp=True", *overrides])
+    cfg = config.load_config(["--fsdp=True", "--layout=holistic", *overrides])  # no corpus to detect it from
     d = train.setup_distributed()
     reads, read_rows = [], loader._read_rows
 

@@ -57,10 +57,10 @@ def good_rows(n, videos=4):
 
 # ----------------------------------------------------------------------------- features
 def test_holistic_features_by_hand(fixtures_dir):
-    cfg = poses.PoseConfig()
+    cfg = poses.PoseConfig(layout="holistic")
     x = poses.load_pose(fixtures_dir / "holistic_576.pose", cfg)
     pose = read_fixture(fixtures_dir)
-    assert x.shape == (97, poses.feature_dim(cfg)) == (97, 94 * 3) and x.dtype == np.float32
+    assert x.shape == (97, poses.feature_dim(cfg)) == (97, (94 + 3) * 3) and x.dtype == np.float32  # + 3 places
     assert np.isfinite(x).all() and np.abs(x).max() < 5
 
     # the same numbers from pose-format's arrays, by component and point name
@@ -75,24 +75,33 @@ def test_holistic_features_by_hand(fixtures_dir):
     ls, ls_ok = point("POSE_LANDMARKS", "LEFT_SHOULDER")
     rs, rs_ok = point("POSE_LANDMARKS", "RIGHT_SHOULDER")
     scale = np.median(np.linalg.norm(ls - rs, axis=1)[ls_ok & rs_ok])
-    f = x.reshape(97, 94, 3)
-    K = {name: k for k, name in enumerate(p for part in poses.LAYOUTS["holistic"].values() for p in part.points)}
-    # body: elbow relative to the shoulder midpoint (body points come first)
+    f = x.reshape(97, 97, 3)
+    mid = (ls + rs) / 2
+    # body: elbow relative to the shoulder midpoint (body points come first: 9)
     el, _ = point("POSE_LANDMARKS", "LEFT_ELBOW")
-    np.testing.assert_allclose(f[:, K["LEFT_ELBOW"], :2], (el - (ls + rs) / 2) / scale, rtol=1e-4, atol=1e-5)
-    # right hand: index fingertip relative to the right wrist; presence = confidence > 0
+    np.testing.assert_allclose(f[:, 3, :2], (el - mid) / scale, rtol=1e-4, atol=1e-5)
+    # right hand (after the body's 9 and the left hand's 21 + its place): index fingertip
+    # relative to the right wrist; presence = confidence > 0
     tip, tip_ok = point("RIGHT_HAND_LANDMARKS", "INDEX_FINGER_TIP")
     wr, wr_ok = point("RIGHT_HAND_LANDMARKS", "WRIST")
-    k = 9 + 21 + 8   # body 9, left hand 21, right hand: INDEX_FINGER_TIP is its 9th point
+    k = 9 + 22 + 8   # INDEX_FINGER_TIP is the right hand's 9th point
     ok = tip_ok & wr_ok
     assert ok.any() and (~ok).any(), "the fixture has frames with and without the right hand"
     np.testing.assert_array_equal(f[:, k, 2], ok)
     np.testing.assert_allclose(f[ok, k, :2], ((tip - wr) / scale)[ok], rtol=1e-4, atol=1e-5)
     assert (f[~ok, k] == 0).all()
-    # face: upper lip (mesh 0) relative to the nose tip (mesh 1)
+    # ... and its place, the right wrist relative to the shoulder midpoint: the hand's last point
+    place = 9 + 22 + 21
+    np.testing.assert_array_equal(f[:, place, 2], wr_ok & ls_ok & rs_ok)
+    np.testing.assert_allclose(f[wr_ok, place, :2], ((wr - mid) / scale)[wr_ok], rtol=1e-4, atol=1e-5)
+    # face (after both hands, 22 each): upper lip (mesh 0) relative to the nose tip (mesh 1), then
+    # the nose tip relative to the shoulder midpoint
     lip, _ = point("FACE_LANDMARKS", "0")
     nose, _ = point("FACE_LANDMARKS", "1")
-    np.testing.assert_allclose(f[:, K["0"], :2], (lip - nose) / scale, rtol=1e-4, atol=1e-5)
+    face = 9 + 22 + 22
+    np.testing.assert_allclose(f[:, face + poses.MP_FACE.index("0"), :2], (lip - nose) / scale, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(f[:, face + 43, :2], (nose - mid) / scale, rtol=1e-4, atol=1e-5)
+    assert poses.body_frame(cfg).nonzero()[0].tolist() == [*range(9), 30, 52, 96]
     # the median shoulder width is 1 after normalisation
     w = np.linalg.norm(f[:, 0, :2] - f[:, 1, :2], axis=1)
     assert abs(np.median(w[f[:, 0, 2] * f[:, 1, 2] > 0]) - 1) < 1e-4
@@ -106,7 +115,8 @@ def test_frames_fps_and_max_frames(fixtures_dir):
     short = poses.load_pose(path, poses.PoseConfig(max_frames=40))
     assert len(short) == 40
     np.testing.assert_array_equal(short[[0, -1]], full[[0, -1]])     # uniform: both ends kept
-    assert poses.load_pose(path, poses.PoseConfig(use_z=True)).shape == (97, 94 * 4)
+    assert poses.load_pose(path, poses.PoseConfig(use_z=True)).shape == (97, 97 * 4)
+    assert poses.load_pose(path, poses.PoseConfig(place=False)).shape == (97, 94 * 3)
     with pytest.raises(poses.PoseError, match="need at least 200") as e:
         poses.load_pose(path, poses.PoseConfig(min_frames=200))
     assert e.value.kind == "too few frames"
@@ -119,21 +129,27 @@ def test_zero_confidence_is_masked_never_nan(fixtures_dir, tmp_path):
     pose.body.confidence[30, 0, :] = 0                 # one frame without anything
     with open(tmp_path / "x.pose", "wb") as f:
         pose.write(f)
-    x = poses.load_pose(tmp_path / "x.pose", poses.PoseConfig()).reshape(97, 94, 3)
+    x = poses.load_pose(tmp_path / "x.pose", poses.PoseConfig()).reshape(97, 97, 3)
     assert np.isfinite(x).all()
-    assert (x[10:20, 30:51] == 0).all() and (x[30] == 0).all()
+    assert (x[10:20, 31:53] == 0).all() and (x[30] == 0).all()   # the right hand: 21 points and its place
 
 
 def test_other_layouts_work_or_name_missing_points(fixtures_dir):
+    holistic = poses.PoseConfig(layout="holistic")
     with pytest.raises(poses.PoseError) as e:
-        poses.load_pose(fixtures_dir / "holistic_reduced_178.pose", poses.PoseConfig())
+        poses.load_pose(fixtures_dir / "holistic_reduced_178.pose", holistic)
     assert e.value.kind == "layout lacks points"
     assert "holistic_reduced_178.pose" in str(e.value) and "NOSE" in str(e.value) and "FACE_LANDMARKS: 1, 2" in str(e.value)
+    assert "layout='holistic_reduced' fits it" in str(e.value)
     with pytest.raises(poses.PoseError, match="pose_keypoints_2d.*layout='openpose' fits it"):
-        poses.load_pose(fixtures_dir / "openpose_137.pose", poses.PoseConfig())
+        poses.load_pose(fixtures_dir / "openpose_137.pose", holistic)
     cfg = poses.PoseConfig(layout="openpose")
     x = poses.load_pose(fixtures_dir / "openpose_137.pose", cfg)
-    assert x.shape == (93, poses.feature_dim(cfg)) == (93, 98 * 3) and np.isfinite(x).all()
+    assert x.shape == (93, poses.feature_dim(cfg)) == (93, (98 + 3) * 3) and np.isfinite(x).all()
+    # "auto" takes the first layout a file fits: the same features as naming it
+    np.testing.assert_array_equal(poses.load_pose(fixtures_dir / "openpose_137.pose", poses.PoseConfig()), x)
+    reduced = poses.load_pose(fixtures_dir / "holistic_reduced_178.pose", poses.PoseConfig())
+    assert reduced.shape == (278, (8 + 22 + 22 + 39) * 3) and np.isfinite(reduced).all()
     with pytest.raises(poses.PoseError, match="3-D"):
         poses.load_pose(fixtures_dir / "openpose_137.pose", poses.PoseConfig(layout="openpose", use_z=True))
 
@@ -148,7 +164,7 @@ def test_truncated_v01_file_is_caught(fixtures_dir, tmp_path):
 
 
 def test_augment_keeps_masks_and_shapes(fixtures_dir):
-    cfg = poses.PoseConfig()
+    cfg = poses.PoseConfig(layout="holistic")
     x = poses.load_pose(fixtures_dir / "holistic_576.pose", cfg)
     rng = np.random.default_rng(0)
     for _ in range(20):
@@ -157,7 +173,7 @@ def test_augment_keeps_masks_and_shapes(fixtures_dir):
         p = y.reshape(len(y), -1, 3)
         assert ((p[..., 0] == 0) | (p[..., 2] == 1)).all() and ((p[..., 1] == 0) | (p[..., 2] == 1)).all()
     # no randomness: identity
-    still = poses.PoseConfig(aug_rotate_deg=0, aug_scale=0, aug_shear=0, aug_shift=0, aug_noise=0,
+    still = poses.PoseConfig(layout="holistic", aug_rotate_deg=0, aug_scale=0, aug_shear=0, aug_shift=0, aug_noise=0,
                             aug_speed=0, aug_frame_drop=0)
     np.testing.assert_allclose(poses.augment(x, still, rng), x, atol=1e-7)
 
@@ -297,7 +313,8 @@ def test_dataset_and_collate_labels_only_on_answer(fixtures_dir, tmp_path, tok):
     ds = data.SignDataset(cfg, "train", tok)
     assert len(ds) == 6 and list(ds.lengths) == [97, 60, 31, 97, 60, 31]
     items = [ds[i] for i in (0, 1, 2)]
-    assert items[0]["poses"].shape == (97, poses.feature_dim(cfg.pose)) and items[0]["poses"].dtype == torch.float32
+    F = poses.feature_dim(data.resolve_layout(cfg).pose)
+    assert items[0]["poses"].shape == (97, F) and items[0]["poses"].dtype == torch.float32
     # the un-expanded sequence is the ChatML conversation with the answer, as the chat template writes it
     for s in items:
         user = cfg.user_prompt.format(pose=tok.pose_token, language=cfg.source_language)
@@ -308,7 +325,7 @@ def test_dataset_and_collate_labels_only_on_answer(fixtures_dir, tmp_path, tok):
 
     b = data.collate(items, tok, tokens_per_pose)
     B, L = b["input_ids"].shape
-    assert b["poses"].shape == (3, 97, poses.feature_dim(cfg.pose)) and b["pose_mask"].sum(1).tolist() == [97, 60, 31]
+    assert b["poses"].shape == (3, 97, F) and b["pose_mask"].sum(1).tolist() == [97, 60, 31]
     assert (b["poses"][2, 31:] == 0).all() and b["uids"] == [s["uid"] for s in items]
     for i, s in enumerate(items):
         n = int(b["attention_mask"][i].sum())

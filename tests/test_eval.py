@@ -1,5 +1,6 @@
 """eval.py: metrics against the reference implementations (sacrebleu, rouge-score), and the
 command line on a tiny trained run (predictions.jsonl, the JSON line, one-file translation)."""
+import importlib.util
 import json
 import subprocess
 import sys
@@ -67,6 +68,13 @@ def test_perfect_output_scores_100():
     assert m["bleu4"] == pytest.approx(100.0) and m["rougeL"] == pytest.approx(100.0)
 
 
+def test_derangement_moves_every_clip():
+    for n in (2, 3, 10, 97):
+        d = ev.derangement(n)
+        assert sorted(d) == list(range(n)) and all(d[k] != k for k in range(n))
+        assert d == ev.derangement(n)  # fixed: the same clips are swapped every evaluation
+
+
 def test_length_mismatch_is_an_error():
     with pytest.raises(ValueError, match="2 hypotheses but 1 references"):
         ev.compute_metrics(["a", "b"], ["a"])
@@ -102,10 +110,16 @@ def test_eval_writes_predictions_and_json_line(run_dir, tmp_path):
     hyps, refs = [r["hypothesis"] for r in rows], [r["reference"] for r in rows]
     assert metrics["bleu4"] == BLEU().corpus_score(hyps, [refs]).score
     assert metrics["chrf"] == CHRF().corpus_score(hyps, [refs]).score
-    assert set(metrics) == {"bleu1", "bleu2", "bleu3", "bleu4", "rougeL", "chrf", "n", "signature"}
+    assert set(metrics) == {"bleu1", "bleu2", "bleu3", "bleu4", "rougeL", "chrf", "n", "signature",
+                            "bleu4_shuffled", "chrf_shuffled"}
+    shuffled = [r["hypothesis_shuffled"] for r in rows]
+    assert metrics["bleu4_shuffled"] == BLEU().corpus_score(shuffled, [refs]).score
+    assert metrics["chrf_shuffled"] == CHRF().corpus_score(shuffled, [refs]).score
     # the hypotheses are what the model decodes: greedy in batches of 3 == one at a time in-process,
     # there through StaticDecoder (eval.py --static)
     assert hyps == decode_one_by_one(run_dir / "ckpt-000004", [r["uid"] for r in rows])
+    # every clip has the same prompt, so a clip decoded from clip j's poses says what clip j said
+    assert shuffled == [hyps[j] for j in ev.derangement(len(rows))]
 
 
 def decode_one_by_one(ckpt, uids):
@@ -136,6 +150,16 @@ def test_translate_real_pose_fixture(run_dir, fixtures_dir):
     res = eval_cli(run_dir, "--pose", fixtures_dir / "holistic_576.pose", "--static")
     assert "checkpoint:" in res.stderr
     assert len(res.stdout.splitlines()) == 1  # exactly one line: the translation (maybe short, the model is tiny)
+
+
+def test_video_without_the_extra_is_one_line(run_dir, tmp_path):
+    if importlib.util.find_spec("mediapipe"):  # tests/test_video.py covers the environment that has it
+        pytest.skip("the video extra is installed here")
+    res = subprocess.run([sys.executable, str(ROOT / "eval.py"), str(run_dir), "--video", str(tmp_path / "x.mp4")],
+                         cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 1 and res.stdout == ""
+    assert res.stderr.strip().splitlines()[-1] == ("error: video input needs the optional extra: "
+                                                   "pip install -r requirements-video.txt")
 
 
 def test_export_adapter_and_merged_load_in_peft_and_transformers(run_dir, tmp_path):

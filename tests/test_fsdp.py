@@ -54,16 +54,18 @@ def log(run_dir, rank=0) -> str:
 def test_fsdp_and_ddp_end_with_the_same_trained_tensors_and_losses(ddp, fsdp):
     a, b = tensors(ddp / "ckpt-000012"), tensors(fsdp / "ckpt-000012")
     assert a.keys() == b.keys() and any(".lora_A." in k for k in a) and any(k.startswith("encoder.") for k in a)
-    for k in a:  # the gradient norm (clipping) is summed in another order: float32 round-off
-        torch.testing.assert_close(b[k], a[k], rtol=1e-4, atol=1e-6, msg=k)
+    # The gradient norm (clipping) is summed in another order: float32 round-off, which AdamW's
+    # m / sqrt(v) turns into ~1e-6 absolute in parameters whose gradients are tiny (a bias that
+    # starts at 0 moves by up to lr = 3e-3 a step whatever its gradient's size)
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=1e-4, atol=1e-5, msg=k)
     rows = lambda r, key: [m[key] for m in metrics(r) if key in m]
     assert rows(fsdp, "skipped") == rows(ddp, "skipped") and rows(fsdp, "skipped")[-1] == 1
     for key in ("loss", "val_loss", "grad_norm"):  # grad_norm: AdamW and clipping would hide a sum for a mean
         torch.testing.assert_close(rows(fsdp, key), rows(ddp, key), rtol=1e-5, atol=0, equal_nan=True)
     for r in (0, 1):
         assert "step 2: non-finite loss" in log(fsdp, r)
-    # the test split decoded in step over the two ranks: the same translations as DDP's
-    assert (fsdp / "predictions.jsonl").read_text() == (ddp / "predictions.jsonl").read_text()
+    # (the test split's translations are checked against eval.py's in one process, below)
 
 
 def test_each_rank_holds_half_the_model(ddp, fsdp):
@@ -86,7 +88,8 @@ def test_fsdp_checkpoint_resumes_under_ddp_on_one_process_and_evaluates(shared, 
     assert train.main(tiny_args(shared, out, **{**RUN, "test_at_end": False}, resume="auto")) == 0
     assert "was saved by 2 ranks, now 1" in log(out) and "resumed from" in log(out)
     assert [m["step"] for m in metrics(out) if "loss" in m][-1] == 12
-    # eval.py, one process, on the FSDP run's best checkpoint: what the run decoded at its end
+    # eval.py, one process, on the FSDP run's best checkpoint: what the run decoded at its end, in
+    # step over two ranks (and with shuffled poses too)
     capsys.readouterr()
     ev.main([str(fsdp), "--batch_size", "4", "--out", str(tmp_path / "predictions.jsonl")])
     assert json.loads(capsys.readouterr().out.splitlines()[-1])["n"] == 6

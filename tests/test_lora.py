@@ -133,10 +133,9 @@ def test_merge_unmerge(ckpt):
 @pytest.mark.parametrize("quantize", [None, "nf4"])
 def test_only_adapters_train(ckpt, quantize):
     m = ours(ckpt, quantize)
-    m.pose_encoder = nn.Linear(3, 4)  # any pose_encoder* submodule stays trainable
     n = lora.apply_lora(m, r=R, alpha=ALPHA, targets=("q_proj", "down_proj"), modules_to_save=("lm_head",))
     expected = {n for n, _ in m.named_parameters()
-                if ".lora_" in n or n.startswith(("lm_head.", "pose_encoder."))}
+                if ".lora_" in n or n.startswith("lm_head.")}
     assert {n for n, p in m.named_parameters() if p.requires_grad} == expected
     assert n == sum(p.numel() for name, p in m.named_parameters() if name in expected)
     assert len([k for k in expected if k.endswith("lora_B.weight")]) == 2 * 2  # 2 layers x 2 targets
@@ -146,7 +145,7 @@ def test_only_adapters_train(ckpt, quantize):
             lora.merge_lora(m)
     before = {k: v.clone() for k, v in m.state_dict().items()}
     opt = torch.optim.AdamW(m.parameters(), lr=1e-2, weight_decay=0.1)
-    loss = m(IDS).float().square().mean() + m.pose_encoder(torch.ones(3)).sum()
+    loss = m(IDS).float().square().mean()
     loss.backward()
     opt.step()
     for name, p in m.named_parameters():
@@ -202,7 +201,6 @@ def test_export_merged(ckpt, tmp_path, quantize, tied):
     if tied:
         ckpt = make_hf_checkpoint(tmp_path / "tied", tie_word_embeddings=True)[0]
     m = ours(ckpt, quantize)
-    m.pose_encoder = nn.Linear(3, 4)  # not part of the LLM checkpoint: must be left out
     lora.apply_lora(m, r=R, alpha=ALPHA, targets=ALL)
     randomize([(n, p) for n, p in m.named_parameters() if p.requires_grad], seed=5)
     expected = our_logits(m)

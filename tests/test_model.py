@@ -8,7 +8,6 @@ from safetensors.torch import load_file, save_file
 
 import loader
 import model as M
-import translator
 from conftest import bnb_dequantize, make_hf_checkpoint
 
 TOL = 1e-5
@@ -281,6 +280,8 @@ def test_nf4_load_matches_bitsandbytes_dequantized_reference(tiny_checkpoint, tm
         monkeypatch.setattr(quant.Linear4bit, "quantize_", lambda *a: pytest.fail("cache not used"))
         cached = loader.load_model(path, quantize="nf4", quant_cache=tmp_path / "qcache")
         torch.testing.assert_close(cached(ids), want, rtol=0, atol=1e-4)
+    import lora  # a 4-bit model saves in bitsandbytes' layout (test_bnb_checkpoints); a LoRA one does not
+    lora.apply_lora(cached, r=2)
     with pytest.raises(ValueError, match="export_merged"):
         loader.save_model(cached, tmp_path / "nope")
 
@@ -320,48 +321,6 @@ def test_nf4_double_quant_load_matches_bitsandbytes_nested_quantization(tiny_che
         torch.testing.assert_close(cached(ids), dq(ids), rtol=0, atol=0)
     with pytest.raises(ValueError, match="double_quant=True needs quantize='nf4'"):
         loader.load_model(path, double_quant=True)
-
-
-# ----------------------------------------------------------------------------- pose encoder
-
-
-def test_pose_encoder_lengths_and_padding():
-    torch.manual_seed(0)
-    enc = translator.PoseEncoder(in_features=12, hidden_size=32, width=16).eval()
-    # each stride-2 stage maps n -> ceil(n / 2), computed by hand
-    assert [enc.output_lengths(n) for n in (1, 2, 4, 5, 8, 9, 300)] == [1, 1, 1, 2, 2, 3, 75]
-    assert enc.output_lengths(torch.tensor([9, 300])).tolist() == [3, 75]
-    frames = [9, 23, 16]
-    poses = torch.randn(3, 23, 12)
-    pose_mask = torch.arange(23)[None] < torch.tensor(frames)[:, None]
-    poses[~pose_mask] = 1e3  # garbage in the padding must not leak into real tokens
-    with torch.no_grad():
-        tokens, token_mask = enc(poses, pose_mask)
-        assert tokens.shape == (3, 6, 32) and token_mask.sum(1).tolist() == [3, 6, 4]
-        for i, n in enumerate(frames):
-            alone, alone_mask = enc(poses[i:i + 1, :n], pose_mask[i:i + 1, :n])
-            assert alone_mask.all()
-            torch.testing.assert_close(tokens[i, token_mask[i]], alone[0], rtol=0, atol=1e-5)
-
-
-def test_pose_tokens_have_embedding_norm_and_splice_at_placeholders():
-    torch.manual_seed(0)
-    enc = translator.PoseEncoder(in_features=12, hidden_size=32, width=16).eval()
-    embedding = 0.02 * torch.randn(100, 32)
-    enc.set_embed_scale(embedding)
-    tokens, token_mask = enc(torch.randn(2, 8, 12), torch.tensor([[True] * 8, [True] * 4 + [False] * 4]))
-    rms = tokens[token_mask].pow(2).mean(-1).sqrt()
-    torch.testing.assert_close(rms, torch.full_like(rms, embedding.pow(2).mean(-1).sqrt().median().item()))
-
-    P = 99  # pose placeholder id; sample 0 has 2 soft tokens, sample 1 has 1
-    input_ids = torch.tensor([[5, P, P, 7, 8], [5, 6, P, 7, 8]])
-    embeds = torch.randn(2, 5, 32)
-    out = translator.splice_pose_tokens(embeds, input_ids, P, tokens, token_mask)
-    assert torch.equal(out[0, 1:3], tokens[0, :2]) and torch.equal(out[1, 2], tokens[1, 0])
-    keep = input_ids != P
-    assert torch.equal(out[keep], embeds[keep])
-    with pytest.raises(ValueError, match="sample 1: its prompt has 2 pose placeholders"):
-        translator.splice_pose_tokens(embeds, torch.tensor([[5, P, P, 7, 8], [5, P, P, 7, 8]]), P, tokens, token_mask)
 
 
 @pytest.mark.parametrize("tied", [False, True])
