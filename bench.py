@@ -1,6 +1,7 @@
 """Micro-benchmarks: each measures one piece of the system and prints a table.
 
-    python bench.py kernels   # NF4 matmul kernels vs bf16 matmul (and bitsandbytes if present)
+    python bench.py kernels   # NF4 kernels (fused, dequantize + cuBLAS) vs bf16 matmul and bitsandbytes
+    python bench.py fused     # fused RMSNorm, RoPE, SwiGLU kernels vs their PyTorch references
     python bench.py model     # hand-written Qwen2 vs transformers' Qwen2, same weights
     python bench.py data      # pose cache -> padded batches, and `prepare` files/s
     python bench.py train     # full QLoRA training steps at a config's shape
@@ -14,24 +15,16 @@ import sys
 
 
 def bench_kernels(args):
-    """NF4 matmuls at Qwen2.5-7B/14B layer shapes (N = out, K = in) and M = batch x tokens rows:
-    the NF4 forward (Triton on a GPU; M = 1 takes the GEMV kernel, 2 <= M <= 16 the split-K decode
-    matmul, so the M=2 row also shows what M=1 cost before the GEMV kernel) and backward dx,
-    against the 16-bit matmul on the dequantized weight (cuBLAS on a GPU) and bitsandbytes'
-    matmul_4bit when installed. GPU times: medians of triton.testing.do_bench (L2 flushed between
-    runs). err: |out - ref| / |ref| against the same product in float64 on the dequantized weight
-    (the correctness check on the device; 16-bit operands land near 1e-3). Bytes: packed weight +
-    absmax (NF4) or the 16-bit weight, plus x and y. Peaks assumed:
-    H100 SXM 3.35 TB/s and 989 dense bf16 TFLOP/s, H200 4.8 TB/s and 989 TFLOP/s. On a CPU only the
-    torch path runs, on one shape: that tests this script; its times say nothing about a GPU."""
+    """The NF4 kernels at Qwen2.5-7B/14B layer shapes (N = out, K = in) and M = batch x tokens rows:
+    nf4_kernels.benchmark, whose docstring says what each row is and how it is timed (fused kernels,
+    dequantize + cuBLAS, 16-bit cuBLAS, bitsandbytes). Peaks assumed for the % columns: H100 SXM
+    3.35 TB/s and 989 dense bf16 TFLOP/s, H200 4.8 TB/s and 989 TFLOP/s (datasheets). On a CPU only
+    the torch path runs, on one shape: that tests this script; its times say nothing about a GPU."""
     import os
-    import statistics
-    import time
 
     import torch
-    import torch.nn.functional as F
 
-    import quant
+    import nf4_kernels
 
     cuda = torch.cuda.is_available()
     p = argparse.ArgumentParser(prog="bench.py kernels")
@@ -43,72 +36,38 @@ def bench_kernels(args):
     a = p.parse_args(args)
     if a.quick:
         a.shapes, a.m = "256x512", "1,16"
-    device, dtype = ("cuda" if cuda else "cpu"), getattr(torch, a.dtype)
+    dtype = getattr(torch, a.dtype)
     name = torch.cuda.get_device_name() if cuda else f"CPU ({os.cpu_count()} cores, 1 thread)"
     if not cuda:
         torch.set_num_threads(1)  # other jobs on a small machine make multi-threaded timings erratic
     peak = next((v for k, v in {"H100": (3.35e12, 989e12), "H200": (4.8e12, 989e12)}.items() if k in name), None)
-    bnb = None
-    if cuda:  # bitsandbytes' 4-bit matmul is a GPU kernel; on the CPU it dequantizes like ours
-        try:
-            import bitsandbytes as bnb
-            import bitsandbytes.functional as bnb_f
-        except ImportError:
-            pass
-
-    def timed(fn) -> float:
-        """Seconds per call (median)."""
-        if cuda:
-            import triton.testing
-            return triton.testing.do_bench(fn, return_mode="median") * 1e-3
-        fn()  # warm-up
-        times = []
-        for _ in range(3):
-            t0 = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t0)
-        return statistics.median(times)
-
     print(f"device: {name}, {dtype}, torch {torch.__version__}, peak assumed: "
           + (f"{peak[0] / 1e12:.2f} TB/s, {peak[1] / 1e12:.0f} TFLOP/s" if peak else "unknown (no % columns)"))
-    print(f"{'kernel':<20}{'N x K':>12}{'M':>6}{'ms':>10}{'TFLOP/s':>9}{'GB/s':>8}{'%BW':>6}{'%FLOP':>7}{'err':>9}"
-          f"{'speedup':>9}")
-    for n, k in [tuple(int(v) for v in s.split("x")) for s in a.shapes.split(",")]:
-        torch.manual_seed(0)
-        w = torch.randn(n, k, device=device, dtype=dtype) * 0.02
-        packed, absmax = quant.quantize_nf4(w)
-        w16 = quant.dequantize_nf4(packed, absmax, (n, k), 64, dtype)
-        nf4, dense = packed.numel() + 4 * absmax.numel(), dtype.itemsize * n * k
-        if bnb is not None:
-            bnb_packed, bnb_state = bnb_f.quantize_4bit(w, blocksize=64, quant_type="nf4")
-        matmul, matmul_dx = ((quant.nf4_matmul_triton, quant.nf4_matmul_dx_triton) if cuda
-                             else (quant.nf4_matmul_torch, quant.nf4_matmul_dx_torch))
-        backend = "triton" if cuda else "torch"
-        for m in [int(v) for v in a.m.split(",")]:
-            x = torch.randn(m, k, device=device, dtype=dtype)
-            dy = torch.randn(m, n, device=device, dtype=dtype)
-            act = dtype.itemsize * m * (n + k)
-            ref = {"fwd": x.double() @ w16.double().T, "dx": dy.double() @ w16.double()}
-            # (label, call, bytes moved, which product it computes, the 16-bit run it is compared with)
-            runs = [("16-bit fwd", lambda: F.linear(x, w16), dense + act, "fwd", None),
-                    ("16-bit dx", lambda: dy @ w16, dense + act, "dx", None),
-                    (f"{backend} nf4 fwd", lambda: matmul(x, packed, absmax, None, (n, k), 64), nf4 + act, "fwd",
-                     "16-bit fwd"),
-                    (f"{backend} nf4 dx", lambda: matmul_dx(dy, packed, absmax, (n, k), 64), nf4 + act, "dx",
-                     "16-bit dx")]
-            if bnb is not None:
-                runs.append(("bnb matmul_4bit fwd", lambda: bnb.matmul_4bit(x, bnb_packed.t(), bnb_state),
-                             nf4 + act, "fwd", "16-bit fwd"))
-            seconds = {}
-            for label, call, nbytes, product, baseline in runs:
-                out = call()
-                err = ((out.double() - ref[product]).norm() / ref[product].norm()).item()
-                t = seconds[label] = timed(call)
-                flops, bw = 2 * m * n * k / t, nbytes / t
-                pct = f"{100 * bw / peak[0]:6.0f}{100 * flops / peak[1]:7.1f}" if peak else f"{'-':>6}{'-':>7}"
-                speedup = f"{seconds[baseline] / t:8.2f}x" if baseline else ""
-                print(f"{label:<20}{f'{n}x{k}':>12}{m:>6}{t * 1e3:10.3f}{flops / 1e12:9.3f}{bw / 1e9:8.1f}{pct}"
-                      f"{err:9.1e}{speedup}")
+    return nf4_kernels.benchmark([tuple(int(v) for v in s.split("x")) for s in a.shapes.split(",")],
+                                 [int(v) for v in a.m.split(",")], dtype, peak)
+
+
+def bench_fused(args):
+    """The fused RMSNorm, RoPE and SwiGLU kernels against their PyTorch references at a layer's
+    shape (default Qwen2.5-7B's, 4096 positions): fused_ops.benchmark, whose docstring says how.
+    On a CPU only the references run, at a small shape: that tests this script."""
+    import torch
+
+    import fused_ops
+
+    cuda = torch.cuda.is_available()
+    p = argparse.ArgumentParser(prog="bench.py fused")
+    p.add_argument("--tokens", type=int, default=4096 if cuda else 256, help="positions (rows)")
+    p.add_argument("--dtype", default="bfloat16" if cuda else "float32", choices=["bfloat16", "float16", "float32"])
+    p.add_argument("--quick", action="store_true", help="smoke run: 64 positions of a 256-wide layer")
+    a = p.parse_args(args)
+    if not cuda:
+        torch.set_num_threads(1)
+    name = torch.cuda.get_device_name() if cuda else "CPU (1 thread)"
+    print(f"device: {name}, {a.dtype}, torch {torch.__version__}")
+    shape = ({"tokens": 64, "hidden": 256, "intermediate": 512, "heads": (4, 2), "head_dim": 64} if a.quick
+             else {"tokens": a.tokens})
+    return fused_ops.benchmark(**shape, dtype=getattr(torch, a.dtype))
 
 
 def bench_model(args):
@@ -545,7 +504,7 @@ def time_steps(model, cfg, batch: dict, steps: int, warmup: int, device, profile
 def bench_train(args):
     """QLoRA training steps at a config's real shape, ours vs transformers + PEFT + bitsandbytes.
 
-        python bench.py train --config configs/qwen7b_instruct.py --random-weights --batch 4 \\
+        python bench.py train --config configs/qwen7b_instruct.py --random-weights --batch 4,8,16,32 \\
             --gradient_checkpointing=True          # any --key=value overrides a config field
         python bench.py train --config configs/tiny.py --random-weights --steps 2   # CPU smoke run
 
@@ -555,16 +514,18 @@ def bench_train(args):
     random ones quantized one matrix at a time on the device (speed and memory do not depend on
     the values). Batches: --frames pose frames (+-10%, iSign's mean is ~215), 20..40 answer
     tokens, a --prompt_tokens ChatML prompt (with a tokenizer in model_dir: the real prompt).
-    A step is train.train_step on one micro-batch (bf16 autocast on GPUs, float32 on the CPU).
-    Reported: median step time, tokens/s (all sequence positions, as train.py logs), samples/s,
-    peak memory during the steps (GPU: max_memory_allocated; CPU: tensor bytes, cpu_peak), the
+    A step is train.train_step on one micro-batch (bf16 autocast on GPUs, float32 on the CPU) of
+    each --batch size in turn, the model built once per stack (a size that runs out of GPU memory
+    is reported and skipped; --profile profiles the last size). Reported per stack and size:
+    median step time, tokens/s (all sequence positions, as train.py logs), samples/s, peak
+    memory during the steps (GPU: max_memory_allocated; CPU: tensor bytes, cpu_peak), the
     model's own memory (its tensors), and MFU = train_flops / step time / peak.
 
         torchrun --nproc_per_node 4 bench.py train --fsdp --config configs/qwen72b.py --random-weights
 
     --fsdp: the model sharded over the job's processes as train.py --fsdp shards it (random weights:
-    each rank draws its own chunks); each rank steps on its own batch; tokens/s are the job's,
-    memory is rank 0's (its local shards, and its peak); ours only."""
+    each rank draws its own chunks); every rank steps on the same synthetic batch; tokens, labels
+    and samples/s are the job's, memory is rank 0's (its local shards, and its peak); ours only."""
     import gc
     import os
     from types import SimpleNamespace
@@ -580,7 +541,8 @@ def bench_train(args):
     p.add_argument("--random-weights", action="store_true", help="random weights of the config's shape")
     p.add_argument("--shape", help=f"force a Qwen2.5 shape: {', '.join(QWEN25_SHAPES)}")
     p.add_argument("--layers", type=int, help="keep only the first N layers (profiling on the CPU)")
-    p.add_argument("--batch", type=int, help="clips per step (default: the config's batch_size)")
+    p.add_argument("--batch", help="clips per step, or a comma-separated list (4,8,16,32): each stack is built "
+                   "once and timed at every size (default: the config's batch_size)")
     p.add_argument("--steps", type=int, default=None, help="timed steps (default 10 on GPU, 3 on CPU)")
     p.add_argument("--warmup", type=int, default=None, help="untimed steps first (default 3 on GPU, 1 on CPU)")
     p.add_argument("--frames", type=int, default=215, help="mean pose frames per clip")
@@ -591,11 +553,10 @@ def bench_train(args):
     p.add_argument("--fsdp", action="store_true", help="under torchrun: shard the model over the processes (FSDP2)")
     a, overrides = p.parse_known_args(args)
     cfg = configs.load_config(([a.config] if a.config else []) + overrides)
-    if a.batch:
-        cfg.batch_size = a.batch
+    sizes = [int(b) for b in a.batch.split(",")] if a.batch else [cfg.batch_size]
     cuda = torch.cuda.is_available()
     device = torch.device("cuda" if cuda else "cpu")
-    d = None
+    d, world = None, 1
     if a.fsdp:
         import contextlib
         import io
@@ -605,7 +566,7 @@ def bench_train(args):
             raise SystemExit("bench.py train --fsdp: start it with torchrun --nproc_per_node N bench.py train --fsdp ...")
         cfg.fsdp, a.stacks = True, "ours"
         d = train.setup_distributed()
-        device = d.device
+        device, world = d.device, d.world
         if not d.main:  # one table: rank 0's
             contextlib.redirect_stdout(io.StringIO()).__enter__()
     steps, warmup = a.steps or (10 if cuda else 3), a.warmup if a.warmup is not None else (3 if cuda else 1)
@@ -639,8 +600,7 @@ def bench_train(args):
         torch.manual_seed(0)
         if stack == "ours":
             model, tok = ours_qlora(cfg, config, a.random_weights, device, d)
-            label = (f"ours ({'NF4' if cfg.quantize == 'nf4' else '16-bit'} + LoRA"
-                     f"{f', FSDP x{d.world}' if d else ''})")
+            label = f"ours ({'NF4' if cfg.quantize == 'nf4' else '16-bit'} + LoRA{f', FSDP x{world}' if d else ''})"
         elif stack == "hf":
             try:
                 model = hf_qlora(cfg, config, config.vocab_size - 1, feature_dim, device)
@@ -655,37 +615,52 @@ def bench_train(args):
                   [1 + k % (config.vocab_size - 2) for k in range(a.prompt_tokens)])
         if not hasattr(tok, "chat"):
             prompt[a.prompt_tokens // 2] = tok.pose_token_id  # where the pose sits in the ChatML prompt
-        batch = synthetic_batch(tok, prompt, feature_dim, cfg.batch_size, a.frames, (20, 40), config.vocab_size)
         model_gib = ((torch.cuda.memory_allocated(device) - before) if cuda else
                      storage_bytes(local_tensors([*model.parameters(), *model.buffers()]))) / 2**30
-        r = time_steps(model, cfg, batch, steps, warmup, device, a.profile, d)
-        world = d.world if d else 1  # train_step's token count is the job's: every rank steps on this batch
-        r.update(model_gib=model_gib, label_tokens=world * int((batch["labels"][:, 1:] != -100).sum()),
-                 batch=tuple(batch["input_ids"].shape))
-        r["flops"] = train_flops(config, cfg, r["tokens"], r["label_tokens"])
-        r["mfu"] = r["flops"] / r["step_s"] / peak_flops if peak_flops else None
-        results[stack] = r
-        rows.append((label, r))
+        for size in sizes:  # the same model at every size; a fresh optimizer and peak count for each
+            cfg.batch_size = size
+            batch = synthetic_batch(tok, prompt, feature_dim, size, a.frames, (20, 40), config.vocab_size)
+            try:
+                r = time_steps(model, cfg, batch, steps, warmup, device, a.profile if size == sizes[-1] else 0, d)
+            except torch.cuda.OutOfMemoryError:
+                print(f"{label}, batch {size}: out of memory")
+                batch = None
+                gc.collect()
+                torch.cuda.empty_cache()
+                continue
+            # train_step counts the job's tokens: every rank steps on this batch
+            r.update(model_gib=model_gib, label_tokens=world * int((batch["labels"][:, 1:] != -100).sum()),
+                     batch=tuple(batch["input_ids"].shape))
+            r["flops"] = train_flops(config, cfg, r["tokens"], r["label_tokens"])
+            r["mfu"] = r["flops"] / r["step_s"] / peak_flops if peak_flops else None
+            results.setdefault(stack, {})[size] = r
+            rows.append((label, size, r))
+        if stack == "ours" and cfg.quantize == "nf4":
+            import quant
+            for what, chosen in quant.dispatch_choices().items():  # empty without a GPU: nothing is timed
+                for key, value in chosen.items():
+                    print(f"{label}: first-use choice {what} {tuple(str(k) for k in key)}: {value}")
         del model
     if not rows:
         return results
-    r0 = rows[0][1]
-    ranks = f" on each of {d.world} ranks" if d else ""
-    print(f"batch: {cfg.batch_size} clips{ranks}, input_ids {r0['batch']}, {r0['tokens']} tokens ({r0['label_tokens']} "
-          f"labels) per step; {r0['flops'] / 1e12:.3f} TFLOP per step (train_flops); median of {steps} steps "
-          f"after {warmup} warm-up")
-    print(f"{'stack':<28}{'step ms':>10}{'tokens/s':>10}{'samples/s':>11}{'peak GiB':>10}{'model GiB':>11}"
-          f"{'MFU':>7}{'loss':>8}")
-    for label, r in rows:
+    ranks = f" on each of {world} ranks (tokens, labels, TFLOP, samples/s: the job's)" if d else ""
+    print(f"per step: one micro-batch of `batch` clips{ranks}, input_ids (clips, positions), tokens = every position "
+          f"(labels: answer tokens); TFLOP: train_flops; median of {steps} steps after {warmup} warm-up")
+    print(f"{'stack':<28}{'batch':>6}{'input_ids':>12}{'tokens':>8}{'labels':>7}{'TFLOP':>8}{'step ms':>10}"
+          f"{'tokens/s':>10}{'samples/s':>11}{'peak GiB':>10}{'model GiB':>11}{'MFU':>7}{'loss':>8}")
+    for label, size, r in rows:
         mfu = f"{100 * r['mfu']:6.1f}%" if r["mfu"] is not None else f"{'-':>7}"
-        print(f"{label:<28}{r['step_s'] * 1e3:10.1f}{r['tokens'] / r['step_s']:10.0f}"
-              f"{cfg.batch_size * (d.world if d else 1) / r['step_s']:11.2f}{r['peak_gib']:10.2f}{r['model_gib']:11.2f}{mfu}{r['loss']:8.3f}")
+        print(f"{label:<28}{size:>6}{'x'.join(map(str, r['batch'])):>12}{r['tokens']:>8}{r['label_tokens']:>7}"
+              f"{r['flops'] / 1e12:8.3f}{r['step_s'] * 1e3:10.1f}{r['tokens'] / r['step_s']:10.0f}"
+              f"{size * world / r['step_s']:11.2f}{r['peak_gib']:10.2f}{r['model_gib']:11.2f}{mfu}{r['loss']:8.3f}")
     if not cuda:
         print("CPU memory: tensor bytes (bench.cpu_peak); peak reached in " +
-              "; ".join(f"{label.split(' ')[0]}: {r['peak_at']}" for label, r in rows))
-    if len(rows) == 2:
-        print(f"ours / theirs: {rows[1][1]['step_s'] / rows[0][1]['step_s']:.2f}x tokens/s, "
-              f"{rows[0][1]['peak_gib'] / rows[1][1]['peak_gib']:.2f}x peak memory")
+              "; ".join(f"{label.split(' ')[0]} batch {size}: {r['peak_at']}" for label, size, r in rows))
+    if len(results) == 2:
+        ours, theirs = results.values()
+        for size in sorted(set(ours) & set(theirs)):
+            print(f"batch {size}: ours / theirs {theirs[size]['step_s'] / ours[size]['step_s']:.2f}x tokens/s, "
+                  f"{ours[size]['peak_gib'] / theirs[size]['peak_gib']:.2f}x peak memory")
     if d:  # leave together (a rank tearing down gloo early can abort the others)
         torch.distributed.barrier()
         torch.distributed.destroy_process_group()
@@ -782,8 +757,8 @@ def bench_decode(args):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    benches = {"kernels": bench_kernels, "model": bench_model, "data": bench_data, "train": bench_train,
-               "decode": bench_decode}
+    benches = {"kernels": bench_kernels, "fused": bench_fused, "model": bench_model, "data": bench_data,
+               "train": bench_train, "decode": bench_decode}
     parser.add_argument("what", choices=list(benches))
     args, rest = parser.parse_known_args(argv)
     benches[args.what](rest)

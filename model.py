@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-import kernels
+import fused_ops
 
 # ----------------------------------------------------------------------------- config
 
@@ -116,7 +116,7 @@ class Qwen2Config:
 
 class RMSNorm(nn.Module):
     """y = w * x / sqrt(mean(x^2) + eps), normalised in fp32 and cast back *before* the weight (as HF).
-    One fused kernel on a GPU (kernels.rms_norm), else kernels.rms_norm_torch."""
+    One fused kernel on a GPU (fused_ops.rms_norm), else fused_ops.rms_norm_torch."""
 
     def __init__(self, dim: int, eps: float):
         super().__init__()
@@ -124,7 +124,7 @@ class RMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: Tensor) -> Tensor:
-        return kernels.rms_norm(x, self.weight, self.eps)
+        return fused_ops.rms_norm(x, self.weight, self.eps)
 
 
 def rope_cos_sin(position_ids: Tensor, head_dim: int, theta: float, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
@@ -204,7 +204,7 @@ class Attention(nn.Module):
         q = self.q_proj(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # (B, nh, T, hd)
         k = self.k_proj(x).view(B, T, self.n_kv, self.head_dim).transpose(1, 2)  # (B, n_kv, T, hd)
         v = self.v_proj(x).view(B, T, self.n_kv, self.head_dim).transpose(1, 2)
-        q, k = kernels.rope(q, k, cos, sin)  # rotate pairs (x[i], x[i + hd/2]) by their angle
+        q, k = fused_ops.rope(q, k, cos, sin)  # rotate pairs (x[i], x[i + hd/2]) by their angle
         if cache is not None:
             k, v = cache.update(self.layer_idx, k, v)  # (B, n_kv, S, hd), S = past + T
         if T == 1:
@@ -237,7 +237,7 @@ class MLP(nn.Module):
         self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=False)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.down_proj(kernels.swiglu(self.gate_proj(x), self.up_proj(x)))
+        return self.down_proj(fused_ops.swiglu(self.gate_proj(x), self.up_proj(x)))
 
 
 class Block(nn.Module):

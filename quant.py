@@ -1,4 +1,4 @@
-"""NF4 4-bit weights: the format, Triton kernels that compute with it, and the Linear4bit module.
+"""NF4 4-bit weights: the format (byte-identical to bitsandbytes) and the Linear4bit module.
 
 References
 - QLoRA (Dettmers et al. 2023, "QLoRA: Efficient Finetuning of Quantized LLMs", arXiv:2305.14314):
@@ -11,76 +11,40 @@ Format. W (out, in) is flattened row-major and cut into blocks of `blocksize` (6
 block stores absmax = max|w| (float32) and, per weight, the index (0..15) of the NF4 level nearest
 to w / absmax. Two indices per byte, the first element in the high nibble. 4 bits + 32/64 bits
 per weight = 4.5 bits; double quantization stores the absmax in 8 bits (blocks of 256) instead:
-4 + 8/64 + 32/(64*256) ~ 4.127 bits.
+4 + 8/64 + 32/(64*256) ~ 4.127 bits. This file holds the encoder (quantize_nf4, quantize_absmax);
+the decoding side, which is what the kernels compute, is in nf4_kernels.py beside them (the level
+tables, dequantize_nf4, dequantize_absmax; re-exported here).
 
-Compute. `y = x @ W^T + b` never builds the 16-bit W in GPU memory: the Triton kernels load a tile
-of packed bytes, one quantization block of K at a time, turn it into 16-bit values in registers
-(nibble -> level -> * absmax) and feed it to the tensor cores. Each kernel sits beside the
-pure-torch reference it is tested against:
-    _nf4_tile                  <-> dequantize_nf4
-    _nf4_matmul_kernel         <-> nf4_matmul_torch      (forward, and split-K decode for M <= 16)
-    _nf4_gemv_kernel           <-> nf4_matmul_torch      (forward for one row: batch-1 decoding,
-                                                          split-K or direct, whichever is faster)
-    _nf4_matmul_dx_kernel      <-> nf4_matmul_dx_torch   (backward for the input: dx = dy @ W)
-QUANT_BACKEND=triton|torch picks the path (default: triton for CUDA tensors, torch elsewhere).
-Without a CUDA device the kernels are built for Triton's interpreter, so QUANT_BACKEND=triton
-runs them on CPU tensors (slowly: tests only). Run the tests: python -m pytest tests/test_quant.py
-Speed on an H200 (BENCHMARKS.md, `python bench.py kernels`): 0.27-0.39x bf16 cuBLAS at M=4096,
-0.17-0.39x at M=1 (the split-K matmul, before the GEMV kernel, which is not timed yet); far from
-what the format allows, and the next thing to work on.
+Compute. Linear4bit's y = x @ W^T + b and its input gradient dy @ W each run one of three paths,
+chosen by `_path` (the reason for each branch is there): the pure-torch reference (dequantize,
+then matmul: CPU tensors, QUANT_BACKEND=torch), the fused Triton kernels of nf4_kernels.py (W never
+in 16 bits: decoding, few rows), or one Triton kernel that dequantizes W into a scratch buffer
+shared by every layer, then cuBLAS (many rows, where the fused kernels lose; the crossover is timed
+per shape on first use on a GPU). QUANT_BACKEND=triton|torch (default: Triton for CUDA tensors;
+without a CUDA device Triton runs in its interpreter: tests only). Speeds: BENCHMARKS.md, "NF4
+kernels".
+
+How to run: python -m pytest tests/test_quant.py; python bench.py kernels
 """
-import math
-import os
+from functools import partial
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-try:
-    import triton
-    import triton.language as tl
-except ImportError:  # the torch path needs nothing else
-    triton = None
+import nf4_kernels
+import triton_support
+from nf4_kernels import (  # noqa: F401 (the format's API)
+    DYNAMIC_MAP_8BIT,
+    NF4_LEVELS,
+    dequantize_absmax,
+    dequantize_nf4,
+    dynamic_map_8bit,
+    nf4_matmul_dx_torch,
+    nf4_matmul_torch,
+)
 
-# The 16 NF4 levels (QLoRA appendix; bitsandbytes `get_4bit_type("nf4")`): quantiles of N(0, 1)
-# scaled to [-1, 1], with an exact 0. Asymmetric (7 negative, 8 positive) so that 0 is a level.
-NF4_LEVELS = torch.tensor([
-    -1.0, -0.6961928009986877, -0.5250730514526367, -0.39491748809814453,
-    -0.28444138169288635, -0.18477343022823334, -0.09105003625154495, 0.0,
-    0.07958029955625534, 0.16093020141124725, 0.24611230194568634, 0.33791524171829224,
-    0.44070982933044434, 0.5626170039176941, 0.7229568362236023, 1.0], dtype=torch.float32)
-
-# byte b -> (level of its high nibble b >> 4, level of its low nibble b & 15): one lookup per byte.
-_BYTE_TO_LEVELS = torch.stack([NF4_LEVELS.repeat_interleave(16), NF4_LEVELS.repeat(16)], dim=1)  # (256, 2)
-
-
-def dynamic_map_8bit() -> Tensor:
-    """bitsandbytes' signed 8-bit dynamic map (`create_dynamic_map()`), used to store the absmax
-    in double quantization: 1 sign bit, a run of zeros giving the decimal exponent 10^-6..10^0,
-    the remaining bits a linear fraction in [0.1, 1]. 256 sorted float32 values in [-0.993, 1]."""
-    data = []
-    for i in range(7):
-        edges = torch.linspace(0.1, 1, 2**i + 1, dtype=torch.float32)
-        means = (edges[:-1] + edges[1:]) / 2.0
-        data += ((10 ** (-6 + i)) * means).tolist() + (-(10 ** (-6 + i)) * means).tolist()
-    return torch.tensor(sorted(data + [0.0, 1.0]), dtype=torch.float32)
-
-
-DYNAMIC_MAP_8BIT = dynamic_map_8bit()
-_ON_DEVICE: dict[tuple[int, torch.device], Tensor] = {}
-
-
-def _on(device: torch.device, table: Tensor) -> Tensor:
-    """One of this file's constant tables on `device`, copied there once per process. A copy per
-    call would cost more than its bytes: a host-to-device copy from pageable memory first waits
-    for the CUDA stream to drain, so the CPU could never run ahead of the GPU."""
-    key = (id(table), torch.device(device))
-    if key not in _ON_DEVICE:
-        _ON_DEVICE[key] = table.to(device)
-    return _ON_DEVICE[key]
-
-
-# ----------------------------------------------------------------------------- format (pure torch)
+# ----------------------------------------------------------------------------- format: the encoder (pure torch)
 
 
 def _blockwise_codes(a: Tensor, levels: Tensor, blocksize: int) -> tuple[Tensor, Tensor]:
@@ -103,17 +67,6 @@ def _blockwise_codes(a: Tensor, levels: Tensor, blocksize: int) -> tuple[Tensor,
     return torch.bucketize(scaled.clamp(-1, 1), midpoints.to(a.device), out_int32=True), absmax
 
 
-def _scale_blocks(values: Tensor, absmax: Tensor, blocksize: int) -> Tensor:
-    """values (n,) float32 * the absmax of each one's block -> (n,) float32 (the last block may be partial).
-    Whole blocks (every weight matrix of a real model) are scaled in place: `values` must be a
-    fresh tensor the caller owns; that saves a padded copy and a product the size of W."""
-    n = values.numel()
-    pad = -n % blocksize
-    if pad == 0:
-        return values.view(-1, blocksize).mul_(absmax[:, None]).view(-1)
-    return (F.pad(values, (0, pad)).view(-1, blocksize) * absmax[:, None]).view(-1)[:n]
-
-
 def quantize_nf4(w: Tensor, blocksize: int = 64) -> tuple[Tensor, Tensor]:
     """Any-shape float tensor -> (packed uint8 (ceil(numel/2),), absmax float32 (ceil(numel/blocksize),)).
 
@@ -128,16 +81,6 @@ def quantize_nf4(w: Tensor, blocksize: int = 64) -> tuple[Tensor, Tensor]:
     return (codes[0::2] << 4) | codes[1::2], absmax
 
 
-def dequantize_nf4(packed: Tensor, absmax: Tensor, shape, blocksize: int = 64,
-                   dtype: torch.dtype = torch.float32) -> Tensor:
-    """Inverse of quantize_nf4: level * absmax in float32, then rounded once to `dtype` (as bnb)."""
-    n = math.prod(shape)
-    # index_select with int32 indices: on the CPU ~2x faster than indexing with packed.long(),
-    # whose int64 copy alone is 8 bytes per byte read. A fresh (n/2, 2) tensor, scaled in place.
-    values = _on(packed.device, _BYTE_TO_LEVELS).index_select(0, packed.int()).view(-1)[:n]  # (n,) high nibble first
-    return _scale_blocks(values, absmax.float(), blocksize).view(shape).to(dtype)
-
-
 def quantize_absmax(absmax: Tensor, blocksize: int = 256) -> tuple[Tensor, Tensor, Tensor]:
     """Double quantization (QLoRA section 3): absmax (b,) float32 -> (codes uint8 (b,), scale float32
     (ceil(b/256),), offset float32 ()). The absmax are all positive, so their mean is subtracted
@@ -150,369 +93,174 @@ def quantize_absmax(absmax: Tensor, blocksize: int = 256) -> tuple[Tensor, Tenso
     return codes.to(torch.uint8), scale, offset
 
 
-def dequantize_absmax(codes: Tensor, scale: Tensor, offset: Tensor, blocksize: int = 256) -> Tensor:
-    """Inverse of quantize_absmax -> absmax float32 (b,)."""
-    values = _on(codes.device, DYNAMIC_MAP_8BIT)[codes.long()]
-    return _scale_blocks(values, scale, blocksize) + offset
+# ----------------------------------------------------------------------------- dispatch: which path computes
 
 
-# ----------------------------------------------------------------------------- matmul references (pure torch)
+def _path(a: Tensor, nf4: tuple, shape: tuple[int, int], blocksize: int, direction: str) -> str:
+    """Which implementation computes a product with this 4-bit weight (nf4: packed, absmax, and
+    double quantization's scale and offset or None): direction "fwd" is a @ W^T (a = x), "dx" is
+    a @ W (a = dy), both with M = a.shape[0] rows.
+        "torch"    QUANT_BACKEND=torch, or unset and `a` is not on a GPU: the pure-torch reference
+                   (dequantize, then matmul; without a GPU Triton has only its interpreter, for tests)
+        "dequant"  the fused kernels do not take this shape (rows of K that are not whole blocks), or
+                   M is at or above the crossover: one Triton kernel writes W in 16 bits into the
+                   shared scratch buffer, then cuBLAS multiplies at its full tensor-core rate;
+                   with many rows that pays for writing W once
+        "fused"    fewer rows (decoding, small batches): the fused kernels read only the packed
+                   bytes (0.56 byte per weight) and never write W, where the other path moves 4.56"""
+    if not triton_support.use_triton("QUANT_BACKEND", a):
+        return "torch"
+    if not nf4_kernels.fused_shape_ok(shape[1], blocksize):
+        return "dequant"
+    return "dequant" if _two_kernels_faster(a, nf4, shape, blocksize, direction) else "fused"
 
 
-def nf4_matmul_torch(x: Tensor, packed: Tensor, absmax: Tensor, bias: Tensor | None, shape: tuple[int, int],
-                     blocksize: int) -> Tensor:
-    """y = x @ W^T (+ bias), x (M, K), W (N, K) = shape: dequantize W to x.dtype for this call only."""
-    return F.linear(x, dequantize_nf4(packed, absmax, shape, blocksize, x.dtype), bias)
+# The crossover in rows where nothing can be timed (the interpreter; a CUDA graph capture, which
+# would record the timing loop). Arithmetic, per weight of W and row of x, for a GPU of bandwidth B
+# and tensor-core peak P, a kernel reaching a share e of P:
+#   dequant + cuBLAS: (0.5625 + 2) / B to read the packed bytes and write W in 16 bits, then
+#                     cuBLAS, max(2 / B, 2 M / (e_c P)): bound by reading W up to M ~ e_c P / B
+#   fused:            max(0.5625 / B, 2 M / (e_f P)), e_f < e_c: the dequantization's ALU and L1 work
+#                     shares the SMs with the tensor cores
+# Below M ~ e_f P / (4 B) the fused kernels move 8x fewer bytes; above it they are compute-bound and
+# lose once 2 M / (e_f P) exceeds 4.5625 / B, at M* = 4.5625 e_f (P / B) / 2. P / B is 206 FLOP per
+# byte for the H200's datasheet peaks; with e_f as measured at M = 4096 (BENCHMARKS.md, "NF4 kernels",
+# which works this out), M* is about a hundred rows: 128, a power of two like the kernels' M buckets.
+# The fused kernels measured so far are far from the bandwidth at small M too (same table): that is
+# why a GPU times the choice instead.
+CROSSOVER_M = 128
+_TWO_KERNELS: dict[tuple, bool] = {}  # (device, N, K, dtype, M bucket, direction) -> two kernels are faster
 
 
-def nf4_matmul_dx_torch(dy: Tensor, packed: Tensor, absmax: Tensor, shape: tuple[int, int],
-                        blocksize: int) -> Tensor:
-    """dx = dy @ W, dy (M, N) -> (M, K): the gradient of x @ W^T with respect to x."""
-    return dy @ dequantize_nf4(packed, absmax, shape, blocksize, dy.dtype)
+def _two_kernels_faster(a: Tensor, nf4: tuple, shape: tuple[int, int], blocksize: int, direction: str) -> bool:
+    """Whether dequantize + cuBLAS beats the fused kernels at a's M rows. On a GPU both are timed
+    whole on first use per (device, shape, dtype, M bucket, direction), the fused one after its
+    autotuning, and the faster is kept. Buckets as the kernels' autotuner keys them (M = 1; then
+    powers of two from 16), so no M is timed that the fused kernels would not also tune for. Else
+    M >= CROSSOVER_M, not remembered."""
+    M = a.shape[0]
+    key = (a.device, *shape, a.dtype, 1 if M == 1 else max(16, 1 << (M - 1).bit_length()), direction)
+    if key not in _TWO_KERNELS:
+        if triton_support.INTERPRET or triton_support.capturing():
+            return M >= CROSSOVER_M
+        run = partial(_matmul, bias=None) if direction == "fwd" else _matmul_dx
+        t = {path: triton_support.seconds(partial(run, path, a, nf4, shape=shape, blocksize=blocksize), rep_ms=25)
+             for path in ("fused", "dequant")}
+        _TWO_KERNELS[key] = t["dequant"] < t["fused"]
+    return _TWO_KERNELS[key]
 
 
-# ----------------------------------------------------------------------------- Triton kernels
-
-if triton is not None:
-    # Triton 3.x reads TRITON_INTERPRET when a function is decorated, i.e. at import. Without a
-    # CUDA device the interpreter is the only way the kernels can run, so build them for it; the
-    # test suite can then import this file in any order and still run the kernels on the CPU.
-    # triton.language's own @jit helpers (tl.cdiv, tl.zeros, tl.sum, tl.interleave) may have been
-    # decorated for the GPU before this line, so the kernels below use only builtins (tl.reduce with
-    # their own _add for a sum).
-    INTERPRET = os.environ.get("TRITON_INTERPRET") == "1" or not torch.cuda.is_available()
-    if INTERPRET:
-        triton.knobs.runtime.interpret = True
-
-    def _configs(interpreted: dict, gpu: list[tuple], keys=("BLOCK_M", "BLOCK_N", "SPLIT_K", "SWAP"),
-                 **fixed) -> list:
-        """One small config under the interpreter (autotuning there would run every config on the
-        CPU), else the GPU list: tuples of the `keys` values, then num_warps and num_stages."""
-        if INTERPRET:
-            return [triton.Config(interpreted)]
-        return [triton.Config({**dict(zip(keys, c[:-2])), **fixed}, num_warps=c[-2], num_stages=c[-1]) for c in gpu]
-
-    # H100/H200 choices, (BLOCK_M, BLOCK_N, SPLIT_K, SWAP, num_warps, num_stages). The k-step is
-    # always one quantization block (BS = 64 weights), so that a row of a W tile has one absmax.
-    # Large M: 128-256 x 128 output tiles amortise the dequantization of a W tile (ALU and L1 work
-    # the tensor cores do not share) over many rows of x.
-    GEMM_CONFIGS = [(128, 128, 1, False, 8, 3), (128, 256, 1, False, 8, 3), (256, 128, 1, False, 8, 3),
-                    (128, 128, 1, True, 8, 3), (128, 128, 1, True, 4, 4), (256, 128, 1, True, 8, 3),
-                    (64, 128, 1, True, 4, 4), (128, 64, 1, False, 4, 4)]
-    # dx: the output tile is BLOCK_M x BS (one block of K), the sum runs over N in BLOCK_N steps.
-    DX_CONFIGS = [(128, 64, 1, False, 4, 4), (128, 128, 1, False, 8, 3), (256, 64, 1, False, 8, 3),
-                  (256, 128, 1, False, 8, 3), (64, 128, 1, False, 4, 4), (128, 64, 1, True, 4, 4),
-                  (128, 128, 1, True, 8, 3), (256, 64, 1, True, 8, 3)]
-    # Few rows (decode): memory bound. BLOCK_M = 16 (x padded by the mask); with SWAP the W tile
-    # is wgmma's 64- or 128-row side. Split-K gives every SM several CTAs streaming packed bytes.
-    DECODE_CONFIGS = [(16, 64, 1, True, 4, 4), (16, 64, 2, True, 4, 4), (16, 64, 4, True, 4, 4),
-                      (16, 128, 2, True, 4, 4), (16, 64, 8, True, 4, 5), (16, 32, 1, False, 4, 4),
-                      (16, 32, 4, False, 4, 4), (16, 64, 4, False, 4, 4)]
-    _TINY = dict(BLOCK_M=16, BLOCK_N=32, SPLIT_K=1, SWAP=False, GROUP_M=2)
-
-    @triton.jit
-    def _nf4_level(codes, levels_ptr, ASM: tl.constexpr):
-        """The NF4 level (float32) of each 4-bit code, from the 16-entry table: 64 bytes, one L1 line,
-        so a warp's 32 lookups are served at once. On a GPU the load is written in PTX because
-        inside a tl.dot loop Triton's sm_90 pipeliner turns a tl.load gather into one 4-byte async
-        copy per element through shared memory (seen in the TTGIR of the first version, which ran
-        20-30x slower than cuBLAS on an H200). The interpreter cannot run PTX: it takes tl.load."""
-        if ASM:
-            return tl.inline_asm_elementwise("ld.global.nc.f32 $0, [$1];", "=f,l", [levels_ptr + codes],
-                                             dtype=tl.float32, is_pure=True, pack=1)
-        return tl.load(levels_ptr + codes)
-
-    @triton.jit
-    def _nf4_tile(w_ptr, absmax_ptr, levels_ptr, offs_n, k0, N, K, BS: tl.constexpr, ASM: tl.constexpr):
-        """W[offs_n, k0 : k0 + BS] dequantized -> (len(offs_n), BS) float32. K % BS == 0 and k0 % BS
-        == 0, so the tile is one quantization block per row: one absmax per row, loaded as a
-        (BN,) vector (a per-weight absmax gather would be pipelined like the levels, see above)."""
-        row_ok = offs_n < N
-        byte = tl.load(w_ptr + offs_n[:, None] * (K // 2) + (k0 // 2 + tl.arange(0, BS // 2))[None, :],
-                       mask=row_ok[:, None], other=0)                                 # (BN, BS/2) uint8
-        scale = tl.load(absmax_ptr + offs_n * (K // BS) + k0 // BS, mask=row_ok, other=0.0)[:, None]  # (BN, 1)
-        hi = _nf4_level(byte >> 4, levels_ptr, ASM) * scale                        # W[n, k0 + 2j]
-        lo = _nf4_level(byte & 15, levels_ptr, ASM) * scale                        # W[n, k0 + 2j + 1]
-        return tl.reshape(tl.join(hi, lo), (hi.shape[0], 2 * hi.shape[1]))      # (BN, BS): hi0 lo0 hi1 lo1 ...
-
-    @triton.autotune(configs=_configs(_TINY, GEMM_CONFIGS, GROUP_M=8), key=["M_BUCKET", "N", "K"])
-    @triton.jit
-    def _nf4_matmul_kernel(x_ptr, w_ptr, absmax_ptr, levels_ptr, bias_ptr, y_ptr, M, N, K, M_BUCKET,
-                           stride_xm, stride_ym, BS: tl.constexpr, HAS_BIAS: tl.constexpr, ATOMIC: tl.constexpr,
-                           PRECISION: tl.constexpr, ASM: tl.constexpr, BLOCK_M: tl.constexpr,
-                           BLOCK_N: tl.constexpr, SPLIT_K: tl.constexpr, SWAP: tl.constexpr, GROUP_M: tl.constexpr):
-        """y (M, N) = x (M, K) @ W (N, K)^T (+ bias). Program (tile, split): one BLOCK_M x BLOCK_N
-        tile of y over the quantization blocks split, split + SPLIT_K, ... of K. With ATOMIC the
-        fp32 y is added into (split-K: y zeroed by the caller), else stored in y's dtype."""
-        pid, split = tl.program_id(0), tl.program_id(1)
-        # Grouped ordering: GROUP_M row-tiles run side by side, so the W tiles they share stay in L2.
-        tiles_m, tiles_n = (M + BLOCK_M - 1) // BLOCK_M, (N + BLOCK_N - 1) // BLOCK_N
-        group = pid // (GROUP_M * tiles_n)
-        first_m = group * GROUP_M
-        size_m = tl.minimum(tiles_m - first_m, GROUP_M)
-        pid_m = first_m + (pid % (GROUP_M * tiles_n)) % size_m
-        pid_n = (pid % (GROUP_M * tiles_n)) // size_m
-        offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-        offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-        # SWAP computes the transposed tile y^T = W x^T: the dequantized W is then the MMA's first
-        # operand, which Hopper's wgmma reads from registers (the second is staged in shared memory),
-        # and a few rows of x (decode) become the MMA's narrow N side instead of a padded M side.
-        acc = tl.full((BLOCK_N, BLOCK_M) if SWAP else (BLOCK_M, BLOCK_N), 0.0, tl.float32)
-        for k0 in range(split * BS, K, BS * SPLIT_K):
-            x = tl.load(x_ptr + offs_m[:, None] * stride_xm + (k0 + tl.arange(0, BS))[None, :],
-                        mask=offs_m[:, None] < M, other=0.0)                           # (BM, BS)
-            w = _nf4_tile(w_ptr, absmax_ptr, levels_ptr, offs_n, k0, N, K, BS, ASM).to(x.dtype)  # (BN, BS)
-            if SWAP:
-                acc = tl.dot(w, tl.trans(x), acc, input_precision=PRECISION)          # (BN, BS) @ (BS, BM)
-            else:
-                acc = tl.dot(x, tl.trans(w), acc, input_precision=PRECISION)          # (BM, BS) @ (BS, BN)
-        if SWAP:
-            acc = tl.trans(acc)                                                       # (BM, BN)
-        if HAS_BIAS:
-            if split == 0:
-                acc += tl.load(bias_ptr + offs_n, mask=offs_n < N, other=0.0).to(tl.float32)[None, :]
-        y_ptrs = y_ptr + offs_m[:, None] * stride_ym + offs_n[None, :]
-        mask = (offs_m[:, None] < M) & (offs_n[None, :] < N)
-        if ATOMIC:
-            tl.atomic_add(y_ptrs, acc, mask=mask)
-        else:
-            tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=mask)
-
-    # The same kernel with the decode configs: a second autotuner over the same jit function.
-    _nf4_matmul_decode = triton.autotune(configs=_configs({**_TINY, "BLOCK_N": 16, "SPLIT_K": 2}, DECODE_CONFIGS,
-                                                          GROUP_M=8),
-                                         key=["M_BUCKET", "N", "K"], reset_to_zero=["y_ptr"])(_nf4_matmul_kernel.fn)
-
-    @triton.jit
-    def _add(a, b):
-        return a + b
-
-    @triton.jit
-    def _nf4_pair(byte, pairs_ptr, ASM: tl.constexpr):
-        """(level of byte >> 4, level of byte & 15), float32, from the 256 x 2 table _BYTE_TO_LEVELS
-        (2 KiB, L1-resident): one 8-byte lookup per byte instead of one 4-byte lookup per nibble,
-        which halves the load instructions of the M = 1 kernel, whose L1 traffic would otherwise
-        be the limit (~36 weights per clock per SM at the H200's bandwidth). PTX as in _nf4_level."""
-        pair = pairs_ptr + 2 * byte.to(tl.int32)
-        if ASM:
-            return tl.inline_asm_elementwise("ld.global.nc.v2.f32 {$0, $1}, [$2];", "=f,=f,l", [pair],
-                                             dtype=(tl.float32, tl.float32), is_pure=True, pack=1)
-        return tl.load(pair), tl.load(pair + 1)
-
-    # M = 1 (batch-1 decoding): (BLOCK_N rows, NB quantization blocks per step, SPLIT_K, warps,
-    # stages). Each row's step is NB x 32 contiguous bytes; enough CTAs in flight to cover the
-    # HBM latency matter more than the tile shape. Never tuned on a GPU yet (BENCHMARKS.md).
-    # Split-K: more CTAs for short rows, partial sums added into a zeroed float32 y (three kernels
-    # with the zeroing and the cast). Direct: a CTA sums whole rows and writes y itself (one kernel).
-    GEMV_SPLIT_CONFIGS = [(64, 2, 1, 4, 3), (32, 4, 1, 4, 3), (16, 8, 1, 4, 3), (64, 2, 4, 4, 3),
-                          (32, 4, 2, 4, 3), (128, 1, 2, 4, 3), (64, 4, 2, 8, 3), (16, 4, 8, 4, 4)]
-    GEMV_DIRECT_CONFIGS = [(8, 16, 1, 4, 3), (4, 32, 1, 4, 3), (16, 8, 1, 4, 3), (8, 32, 1, 8, 3),
-                           (4, 16, 1, 4, 3), (16, 16, 1, 8, 3), (32, 4, 1, 4, 3), (2, 32, 1, 4, 3)]
-
-    @triton.autotune(configs=_configs(dict(BLOCK_N=16, NB=2, SPLIT_K=2), GEMV_SPLIT_CONFIGS,
-                                      ("BLOCK_N", "NB", "SPLIT_K")), key=["N", "KB"], reset_to_zero=["y_ptr"])
-    @triton.jit
-    def _nf4_gemv_kernel(x_ptr, w_ptr, absmax_ptr, pairs_ptr, bias_ptr, y_ptr, N, KB, BS: tl.constexpr,
-                         HAS_BIAS: tl.constexpr, ATOMIC: tl.constexpr, ASM: tl.constexpr, BLOCK_N: tl.constexpr,
-                         NB: tl.constexpr, SPLIT_K: tl.constexpr):
-        """y (N,) = W (N, K) @ x (K,) (+ bias), for one row x: no tensor cores, no padding of x to
-        an MMA tile. K = KB blocks of BS. Program (rows, split): BLOCK_N rows over the block steps
-        split, split + SPLIT_K, ... of NB blocks each. Per byte: one pair lookup, two FMAs with x;
-        the absmax multiplies each block's sum (once per BS weights, not per weight). ATOMIC: y is
-        float32, zeroed by the caller, and the splits meet in it by atomic adds; else (SPLIT_K = 1)
-        y is stored in its own dtype."""
-        pid_n, split = tl.program_id(0), tl.program_id(1)
-        offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-        nb, jb = tl.arange(0, NB), tl.arange(0, BS // 2)   # block within the step, byte within the block
-        row_ok = offs_n < N
-        acc = tl.full((BLOCK_N, NB), 0.0, tl.float32)  # summed over NB after the loop: no shuffles inside
-        for b0 in range(split * NB, KB, NB * SPLIT_K):
-            blk = b0 + nb                                                              # (NB,) block index in the row
-            ok = row_ok[:, None] & (blk < KB)[None, :]                                 # (BN, NB)
-            # a row is KB * BS / 2 bytes: written so that the compiler sees 32-byte aligned blocks
-            byte = tl.load(w_ptr + offs_n[:, None, None] * (KB * (BS // 2)) + blk[None, :, None] * (BS // 2)
-                           + jb[None, None, :], mask=ok[:, :, None], other=0)          # (BN, NB, BS/2) uint8
-            xs = tl.load(x_ptr + blk[:, None] * BS + tl.arange(0, BS)[None, :], mask=(blk < KB)[:, None],
-                         other=0.0).to(tl.float32)                                     # (NB, BS), contiguous
-            x_even, x_odd = tl.split(tl.reshape(xs, (NB, BS // 2, 2)))                 # (NB, BS/2) each
-            hi, lo = _nf4_pair(byte, pairs_ptr, ASM)                                   # W[n, 2j], W[n, 2j+1] / absmax
-            block_sum = tl.reduce(hi * x_even[None, :, :] + lo * x_odd[None, :, :], 2, _add)  # (BN, NB)
-            scale = tl.load(absmax_ptr + offs_n[:, None] * KB + blk[None, :], mask=ok, other=0.0)  # (BN, NB)
-            acc += block_sum * scale
-        y = tl.reduce(acc, 1, _add)                                                    # (BN,)
-        if HAS_BIAS:
-            if split == 0:
-                y += tl.load(bias_ptr + offs_n, mask=row_ok, other=0.0).to(tl.float32)
-        if ATOMIC:
-            tl.atomic_add(y_ptr + offs_n, y, mask=row_ok)
-        else:
-            tl.store(y_ptr + offs_n, y.to(y_ptr.dtype.element_ty), mask=row_ok)
-
-    # The same kernel with the direct configs: a second autotuner over the same jit function.
-    _nf4_gemv_direct = triton.autotune(configs=_configs(dict(BLOCK_N=16, NB=2, SPLIT_K=1), GEMV_DIRECT_CONFIGS,
-                                                        ("BLOCK_N", "NB", "SPLIT_K")), key=["N", "KB"])(_nf4_gemv_kernel.fn)
-
-    @triton.autotune(configs=_configs(_TINY, DX_CONFIGS, GROUP_M=8), key=["M_BUCKET", "N", "K"])
-    @triton.jit
-    def _nf4_matmul_dx_kernel(dy_ptr, w_ptr, absmax_ptr, levels_ptr, dx_ptr, M, N, K, M_BUCKET,
-                              stride_dym, stride_dxm, BS: tl.constexpr, PRECISION: tl.constexpr,
-                              ASM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                              SPLIT_K: tl.constexpr, SWAP: tl.constexpr, GROUP_M: tl.constexpr):
-        """dx (M, K) = dy (M, N) @ W (N, K). Program: one BLOCK_M x BS tile of dx (one block of K),
-        summing over N in BLOCK_N steps; W tiles are read in their natural (n, k) order."""
-        pid = tl.program_id(0)
-        tiles_m, tiles_k = (M + BLOCK_M - 1) // BLOCK_M, K // BS
-        group = pid // (GROUP_M * tiles_k)
-        first_m = group * GROUP_M
-        size_m = tl.minimum(tiles_m - first_m, GROUP_M)
-        pid_m = first_m + (pid % (GROUP_M * tiles_k)) % size_m
-        k0 = (pid % (GROUP_M * tiles_k)) // size_m * BS
-        offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-        acc = tl.full((BS, BLOCK_M) if SWAP else (BLOCK_M, BS), 0.0, tl.float32)     # SWAP: as in the forward
-        for n0 in range(0, N, BLOCK_N):
-            offs_n = n0 + tl.arange(0, BLOCK_N)
-            dy = tl.load(dy_ptr + offs_m[:, None] * stride_dym + offs_n[None, :],
-                         mask=(offs_m[:, None] < M) & (offs_n[None, :] < N), other=0.0)  # (BM, BN)
-            w = _nf4_tile(w_ptr, absmax_ptr, levels_ptr, offs_n, k0, N, K, BS, ASM).to(dy.dtype)  # (BN, BS)
-            if SWAP:
-                acc = tl.dot(tl.trans(w), tl.trans(dy), acc, input_precision=PRECISION)  # (BS, BN) @ (BN, BM)
-            else:
-                acc = tl.dot(dy, w, acc, input_precision=PRECISION)                    # (BM, BN) @ (BN, BS)
-        if SWAP:
-            acc = tl.trans(acc)                                                       # (BM, BS)
-        offs_k = k0 + tl.arange(0, BS)
-        tl.store(dx_ptr + offs_m[:, None] * stride_dxm + offs_k[None, :], acc.to(dx_ptr.dtype.element_ty),
-                 mask=offs_m[:, None] < M)
+_SCRATCH: dict[tuple[torch.device, torch.dtype], Tensor] = {}  # (device, dtype) -> the dequantization buffer
 
 
-def _launch_args(a: Tensor, shape: tuple[int, int], blocksize: int) -> tuple:
-    """Checks shared by both launchers; returns the NF4 table on a's device and the dot precision."""
-    if triton is None:
-        raise RuntimeError("quant.py: QUANT_BACKEND=triton but triton is not installed")
-    if a.device.type == "cpu" and not INTERPRET:
-        raise RuntimeError("quant.py: Triton on CPU tensors needs TRITON_INTERPRET=1 (set before importing quant)")
-    if math.prod(shape) >= 2**31:
-        raise ValueError(f"quant.py: weight {shape} too large for the kernels' int32 offsets")
-    if not _kernel_shape_ok(shape[1], blocksize):
-        raise ValueError(f"quant.py: the Triton kernels need in_features ({shape[1]}) to be a multiple of "
-                         f"the blocksize ({blocksize}, a power of two >= 16); use the torch path")
-    levels = _on(a.device, NF4_LEVELS)
-    # float32 inputs: exact float32 products (tf32 would lose 13 mantissa bits); ignored for 16-bit.
-    return levels, ("ieee" if a.dtype == torch.float32 else "tf32")
+def _scratch(device: torch.device, dtype: torch.dtype, numel: int) -> Tensor:
+    """The one buffer of the two-kernel path per (device, dtype), grown to the largest projection
+    seen and shared by every layer (e.g. 3584 x 18944 x 2 bytes = 136 MB at 7B in bf16, 5120 x
+    13824 x 2 = 141 MB at 14B: arithmetic). Its contents live from the dequantization kernel to
+    the matmul queued after it on the same stream, so the next layer may overwrite them: nothing
+    may keep a dequantized W (the backward dequantizes again). Inside a CUDA graph capture a buffer
+    too small is not grown (memory allocated there belongs to the graph): a temporary is used."""
+    buf = _SCRATCH.get((device, dtype))
+    if buf is None or buf.numel() < numel:
+        if triton_support.capturing():
+            return torch.empty(numel, device=device, dtype=dtype)
+        _SCRATCH.pop((device, dtype), None)  # freed before the larger one is allocated
+        buf = _SCRATCH[(device, dtype)] = torch.empty(numel, device=device, dtype=dtype)
+    return buf
 
 
-def nf4_matmul_triton(x: Tensor, packed: Tensor, absmax: Tensor, bias: Tensor | None, shape: tuple[int, int],
-                      blocksize: int) -> Tensor:
-    """Triton version of nf4_matmul_torch: x (M, K) -> y (M, N) in x.dtype. M = 1 takes the GEMV
-    kernel, 2 <= M <= 16 the decode configs of the matmul; both meet their split-K partial sums in
-    a float32 y by atomic adds."""
-    (N, K), M = shape, x.shape[0]
-    levels, precision = _launch_args(x, shape, blocksize)
-    if M == 1:
-        return _gemv(x, packed, absmax, bias, shape, blocksize)
-    decode = M <= 16
-    y = torch.zeros(M, N, device=x.device, dtype=torch.float32) if decode else x.new_empty(M, N)
-    kernel = _nf4_matmul_decode if decode else _nf4_matmul_kernel
-    grid = lambda meta: (triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(N, meta["BLOCK_N"]), meta["SPLIT_K"])
-    kernel[grid](x, packed, absmax, levels, bias if bias is not None else x, y, M, N, K,
-                 max(16, triton.next_power_of_2(M)), x.stride(0), y.stride(0), BS=blocksize,
-                 HAS_BIAS=bias is not None, ATOMIC=decode, PRECISION=precision, ASM=not INTERPRET)
-    return y.to(x.dtype)
+def _dequantized(nf4: tuple, shape: tuple[int, int], blocksize: int, dtype: torch.dtype) -> Tensor:
+    """W in `dtype`, in the scratch buffer: valid until the next layer's dequantization."""
+    packed, absmax, scale, offset = nf4
+    out = _scratch(packed.device, dtype, shape[0] * shape[1])
+    return nf4_kernels.dequantize_nf4_triton(packed, absmax, shape, blocksize, dtype, scale, offset, out=out)
 
 
-_GEMV_SPLIT: dict[tuple, bool] = {}  # (device, N, K, dtype) -> the split-K plan is the faster
+def _float_absmax(nf4: tuple) -> tuple[Tensor, Tensor]:
+    """(packed, float32 absmax): what the fused kernels and the torch path take."""
+    packed, absmax, scale, offset = nf4
+    return packed, (absmax if scale is None else dequantize_absmax(absmax, scale, offset))
 
 
-def _gemv(x: Tensor, packed: Tensor, absmax: Tensor, bias: Tensor | None, shape: tuple[int, int],
-          blocksize: int) -> Tensor:
-    """x (1, K) -> y (1, N) in x.dtype by one of two plans: split-K (more CTAs, but y is zeroed,
-    summed in float32 and cast: three kernels) or direct (one kernel writes y). Which is faster
-    depends on the shape and the GPU, so on a GPU both are timed whole on first use (each after
-    its own autotuning); the interpreter takes split-K unless _GEMV_SPLIT says otherwise."""
-    (N, K), pairs = shape, _on(x.device, _BYTE_TO_LEVELS)
-    args = (x, packed, absmax, pairs, bias if bias is not None else x)
-
-    def split() -> Tensor:
-        y = torch.zeros(1, N, device=x.device, dtype=torch.float32)
-        _nf4_gemv_kernel[lambda meta: (triton.cdiv(N, meta["BLOCK_N"]), meta["SPLIT_K"])](
-            *args, y, N, K // blocksize, BS=blocksize, HAS_BIAS=bias is not None, ATOMIC=True, ASM=not INTERPRET)
-        return y.to(x.dtype)
-
-    def direct() -> Tensor:
-        y = x.new_empty(1, N)
-        _nf4_gemv_direct[lambda meta: (triton.cdiv(N, meta["BLOCK_N"]), 1)](
-            *args, y, N, K // blocksize, BS=blocksize, HAS_BIAS=bias is not None, ATOMIC=False, ASM=not INTERPRET)
-        return y
-
-    key = (x.device, N, K, x.dtype)
-    if key not in _GEMV_SPLIT:
-        if INTERPRET:  # nothing to time
-            _GEMV_SPLIT[key] = True
-        else:
-            from triton.testing import do_bench
-            _GEMV_SPLIT[key] = do_bench(split) <= do_bench(direct)
-    return split() if _GEMV_SPLIT[key] else direct()
+_GEMV_PLAN: dict[tuple, str] = {}  # (device, N, K, dtype) -> the faster GEMV plan
 
 
-def nf4_matmul_dx_triton(dy: Tensor, packed: Tensor, absmax: Tensor, shape: tuple[int, int],
-                         blocksize: int) -> Tensor:
-    """Triton version of nf4_matmul_dx_torch: dy (M, N) -> dx (M, K) in dy.dtype."""
-    (N, K), M = shape, dy.shape[0]
-    levels, precision = _launch_args(dy, shape, blocksize)
-    dx = dy.new_empty(M, K)
-    grid = lambda meta: (triton.cdiv(M, meta["BLOCK_M"]) * (K // blocksize),)
-    _nf4_matmul_dx_kernel[grid](dy, packed, absmax, levels, dx, M, N, K, max(16, triton.next_power_of_2(M)),
-                                dy.stride(0), dx.stride(0), BS=blocksize, PRECISION=precision, ASM=not INTERPRET)
-    return dx
+def _gemv_plan(x: Tensor, packed: Tensor, absmax: Tensor, shape: tuple[int, int], blocksize: int) -> str:
+    """The faster of the GEMV kernel's two plans (nf4_kernels.nf4_matmul_triton) for this device,
+    shape and dtype. It depends on both, so on a GPU both plans are timed whole on first use (each
+    after its own autotuning) and the faster is kept. Where nothing can be timed (the interpreter;
+    a CUDA graph capture) it is "split", not remembered."""
+    key = (x.device, *shape, x.dtype)
+    if key not in _GEMV_PLAN:
+        if triton_support.INTERPRET or triton_support.capturing():
+            return "split"
+        t = {plan: triton_support.seconds(partial(nf4_kernels.nf4_matmul_triton, x, packed, absmax, None, shape,
+                                                  blocksize, plan)) for plan in ("split", "direct")}
+        _GEMV_PLAN[key] = min(t, key=t.get)
+    return _GEMV_PLAN[key]
 
 
-# ----------------------------------------------------------------------------- module
+def dispatch_choices() -> dict[str, dict]:
+    """What the first-use timings have chosen so far in this process, for reports (bench.py train):
+    "dequant" maps (device, N, K, dtype, M bucket, direction) to whether dequantize + cuBLAS won,
+    "gemv_plan" maps (device, N, K, dtype) to the GEMV plan kept."""
+    return {"dequant": dict(_TWO_KERNELS), "gemv_plan": dict(_GEMV_PLAN)}
+
+
+def _matmul(path: str, x: Tensor, nf4: tuple, bias: Tensor | None, shape: tuple[int, int], blocksize: int) -> Tensor:
+    """y = x @ W^T (+ bias) by `path` (see _path)."""
+    if path == "dequant":
+        w = _dequantized(nf4, shape, blocksize, x.dtype)
+        if torch.is_autocast_enabled(x.device.type):  # the product in x's dtype, as on the other paths
+            with torch.autocast(x.device.type, enabled=False):
+                return F.linear(x, w, bias)
+        return F.linear(x, w, bias)
+    packed, absmax = _float_absmax(nf4)
+    if path == "fused":
+        plan = _gemv_plan(x, packed, absmax, shape, blocksize) if x.shape[0] == 1 else "split"
+        return nf4_kernels.nf4_matmul_triton(x, packed, absmax, bias, shape, blocksize, plan)
+    return nf4_matmul_torch(x, packed, absmax, bias, shape, blocksize)
+
+
+def _matmul_dx(path: str, dy: Tensor, nf4: tuple, shape: tuple[int, int], blocksize: int) -> Tensor:
+    """dx = dy @ W by `path`."""
+    if path == "dequant":
+        return dy @ _dequantized(nf4, shape, blocksize, dy.dtype)
+    packed, absmax = _float_absmax(nf4)
+    if path == "fused":
+        return nf4_kernels.nf4_matmul_dx_triton(dy, packed, absmax, shape, blocksize)
+    return nf4_matmul_dx_torch(dy, packed, absmax, shape, blocksize)
+
+
+class _NF4Linear(torch.autograd.Function):
+    """y = x @ W^T + b with W frozen in NF4. Only the packed bytes and the absmax (float32, or double
+    quantization's codes with their scale and offset) are saved for the backward, never a 16-bit
+    W: the fused kernels read the packed bytes again, and the two-kernel path dequantizes again
+    into the scratch buffer, which other layers have overwritten since the forward. The path is
+    chosen per direction (_path): the forward's and dx's kernels cross over at different M."""
+
+    @staticmethod
+    def forward(ctx, x, packed, absmax, scale, offset, bias, shape, blocksize):
+        ctx.save_for_backward(packed, absmax, scale, offset)
+        ctx.shape, ctx.blocksize = shape, blocksize
+        nf4 = (packed, absmax, scale, offset)
+        return _matmul(_path(x, nf4, shape, blocksize, "fwd"), x, nf4, bias, shape, blocksize)
+
+    @staticmethod
+    def backward(ctx, dy):
+        nf4, (shape, blocksize) = ctx.saved_tensors, (ctx.shape, ctx.blocksize)
+        dy = dy.contiguous()
+        dx = db = None
+        if ctx.needs_input_grad[0]:
+            dx = _matmul_dx(_path(dy, nf4, shape, blocksize, "dx"), dy, nf4, shape, blocksize)
+        if ctx.needs_input_grad[5]:  # bias is frozen by default; honour it if someone unfreezes it
+            db = dy.sum(0)
+        return dx, None, None, None, None, db, None, None
 
 
 def _frozen(t: Tensor) -> nn.Parameter:
     """A 4-bit tensor of Linear4bit: a parameter without gradient (so that FSDP shards it)."""
     return nn.Parameter(t, requires_grad=False)
-
-
-def _kernel_shape_ok(in_features: int, blocksize: int) -> bool:
-    """The kernels step through K one quantization block at a time (a tl.dot of >= 16, a power of
-    two), so each row must hold whole blocks: true of every Qwen2 projection (K is a multiple of 64)."""
-    return blocksize >= 16 and blocksize & (blocksize - 1) == 0 and in_features % blocksize == 0
-
-
-def _use_triton(x: Tensor, in_features: int, blocksize: int) -> bool:
-    """QUANT_BACKEND=triton|torch; unset: triton for CUDA tensors when importable. Shapes the
-    kernels do not take (_kernel_shape_ok) always run the torch path."""
-    backend = os.environ.get("QUANT_BACKEND", "")
-    if backend not in ("", "triton", "torch"):
-        raise ValueError(f"QUANT_BACKEND={backend!r}: expected 'triton' or 'torch'")
-    if backend == "torch" or not _kernel_shape_ok(in_features, blocksize):
-        return False
-    return backend == "triton" or (triton is not None and x.is_cuda)
-
-
-class _NF4Linear(torch.autograd.Function):
-    """y = x @ W^T + b with W frozen in NF4. Only the packed bytes and absmax are saved for the
-    backward (no 16-bit W kept between forward and backward); dx is computed from them again."""
-
-    @staticmethod
-    def forward(ctx, x, packed, absmax, bias, shape, blocksize, triton_path):
-        ctx.save_for_backward(packed, absmax)
-        ctx.shape, ctx.blocksize, ctx.triton_path = shape, blocksize, triton_path
-        matmul = nf4_matmul_triton if triton_path else nf4_matmul_torch
-        return matmul(x, packed, absmax, bias, shape, blocksize)
-
-    @staticmethod
-    def backward(ctx, dy):
-        packed, absmax = ctx.saved_tensors
-        dy = dy.contiguous()
-        dx = db = None
-        if ctx.needs_input_grad[0]:
-            matmul_dx = nf4_matmul_dx_triton if ctx.triton_path else nf4_matmul_dx_torch
-            dx = matmul_dx(dy, packed, absmax, ctx.shape, ctx.blocksize)
-        if ctx.needs_input_grad[3]:  # bias is frozen by default; honour it if someone unfreezes it
-            db = dy.sum(0)
-        return dx, None, None, db, None, None, None
 
 
 def quantize_nf4_part(read_rows, shape: tuple[int, int], blocksize: int, packed: slice,
@@ -627,8 +375,9 @@ class Linear4bit(nn.Module):
         x2 = x.reshape(-1, self.in_features).to(self.compute_dtype)
         if x2.stride(-1) != 1:
             x2 = x2.contiguous()
-        y = _NF4Linear.apply(x2, self.weight, self._absmax_f32(), self.bias, (self.out_features, self.in_features),
-                             self.blocksize, _use_triton(x2, self.in_features, self.blocksize))
+        scale, offset = (self.absmax_scale, self.absmax_offset) if self.double_quant else (None, None)
+        y = _NF4Linear.apply(x2, self.weight, self.absmax, scale, offset, self.bias,
+                             (self.out_features, self.in_features), self.blocksize)
         return y.view(*x.shape[:-1], self.out_features).to(x.dtype)
 
     def extra_repr(self) -> str:

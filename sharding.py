@@ -19,6 +19,8 @@ from torch import nn
 from torch.distributed.fsdp import FSDPModule
 from torch.distributed.tensor import DTensor
 
+import quant
+
 
 def share(indices: list[int], rank: int, world: int, lockstep: bool) -> tuple[list[int], int]:
     """This rank's part of `indices` (every world-th), and how many clips it processes: under FSDP
@@ -64,18 +66,22 @@ def memory_plan(model: nn.Module, layers: list[nn.Module], device: torch.device,
                 cpu_offload: bool, accum: int) -> dict[str, int]:
     """Bytes, by arithmetic (not a measurement): "held", the model tensors this rank holds
     (parameters and buffers; under FSDP its chunks), "host" of them in host memory, and the peak
-    they plan on the device: "model" (what of them is on it) + "gathered" (FSDP: the root's own
-    tensors, kept through forward and backward, and two layers whole, the one running and the
-    next, prefetched) + "states" (the trained tensors' float32 gradients and AdamW's two moments;
+    they plan on the device: "model" (what of them is on it) + "gathered" (on a GPU quant.py's
+    dequantization buffer, the largest projection in 16 bits; FSDP: the root's own tensors, kept
+    through forward and backward, and two layers whole, the one running and the next,
+    prefetched) + "states" (the trained tensors' float32 gradients and AdamW's two moments;
     DDP keeps one more gradient copy in its buckets; FSDP with grad_accum > 1 keeps the unsharded
     gradients between micro-steps). Activations are not in it: they depend on the batch."""
     local = [_local(t) for t in (*model.parameters(), *model.buffers())]
     held, on_device = _nbytes(local), _nbytes(t for t in local if t.device.type == device.type)
     trained = [p for p in model.parameters() if p.requires_grad]
     gathered, extra = 0, _nbytes(trained) if world > 1 else 0
+    nf4 = [m for m in model.modules() if isinstance(m, quant.Linear4bit)]
+    if nf4 and device.type == "cuda":  # quant.py's dequantization buffer: the largest projection in 16 bits
+        gathered = max(m.in_features * m.out_features * m.compute_dtype.itemsize for m in nf4)
     if fsdp:
         whole = [_nbytes(layer.parameters()) for layer in layers]
-        gathered = _nbytes(model.parameters()) - sum(whole) + 2 * max(whole)
+        gathered += _nbytes(model.parameters()) - sum(whole) + 2 * max(whole)
         extra = _nbytes(trained) if accum > 1 else 0
     states = 0 if cpu_offload else 3 * _nbytes(_local(p) for p in trained) + extra
     return {"held": held, "host": held - on_device, "model": on_device, "gathered": gathered, "states": states}

@@ -11,7 +11,8 @@
 # (74M) = 495M float32: weights 0.46 GiB + gradient and 2 AdamW moments 1.38 GiB (/ 4), and the
 # unsharded gradients kept between the 32 micro-steps 1.84 GiB; gathered for compute: the root's
 # tensors whole (lm_head, encoder: 2.60 GiB) and two layers whole (0.48 GiB each: the one running,
-# the next prefetched) 3.56 GiB; activations (1 clip, checkpointed) ~1 GiB. About 18 GiB: 4 x 24 GB
+# the next prefetched) 3.56 GiB; the dequantization scratch buffer (quant.py), the largest projection
+# 8192 x 29568 x 2 bytes = 0.45 GiB; activations (1 clip, checkpointed) ~1 GiB. About 18.5 GiB: 4 x 24 GB
 # GPUs or larger; 2 x 40 GB also fit (~30 GiB); 2 x 24 GB need --fsdp_cpu_offload=True (the shards,
 # gradients and AdamW in host memory, ~25 GiB per process; ~7 GiB left on each GPU). Host memory
 # otherwise: ~3 GiB per process besides the data loaders (the input table, 2.32 GiB, and one

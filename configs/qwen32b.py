@@ -8,8 +8,9 @@
 # table is in host memory: offload_embeddings); trained tensors, LoRA r64 (537M) + encoder (32M) =
 # 569M float32: weights 0.53 GiB + gradient and 2 AdamW moments 1.59 GiB (/ 4), and the unsharded
 # gradients kept between the 32 micro-steps 2.12 GiB; gathered for compute: the root's tensors whole
-# (lm_head, encoder: 1.57 GiB) and two layers whole (0.29 GiB each) 2.14 GiB; activations (1 clip,
-# checkpointed) ~1 GiB. About 12 GiB: 4 x 24 GB GPUs or larger; 2 x 24 GB also fit (~18 GiB).
+# (lm_head, encoder: 1.57 GiB) and two layers whole (0.29 GiB each) 2.14 GiB; the dequantization
+# scratch buffer (quant.py), the largest projection 5120 x 27648 x 2 bytes = 0.26 GiB; activations
+# (1 clip, checkpointed) ~1 GiB. About 12 GiB: 4 x 24 GB GPUs or larger; 2 x 24 GB also fit (~19 GiB).
 # Without --fsdp (DDP, a whole copy per GPU) the same arithmetic gives ~27 GiB: 40 GB GPUs.
 model_dir = "checkpoints/Qwen2.5-32B-Instruct"
 model_repo = "Qwen/Qwen2.5-32B-Instruct"

@@ -2,8 +2,8 @@
 # it is given twice the LoRA learning rate of the instruct model.
 #   torchrun --nproc_per_node 4 train.py configs/qwen7b.py
 # Weights: hf download Qwen/Qwen2.5-7B --local-dir checkpoints/Qwen2.5-7B
-# Samples per optimizer step: batch_size 4 x grad_accum 8 x 4 GPUs = 128 (~740 steps per epoch).
-# Memory per GPU: as qwen7b_instruct.py.
+# Samples per optimizer step: batch_size 16 x grad_accum 2 x 4 GPUs = 128 (~740 steps per epoch).
+# Micro-batch and memory per GPU (~6.8 GB by arithmetic): as qwen7b_instruct.py.
 model_dir = "checkpoints/Qwen2.5-7B"
 model_repo = "Qwen/Qwen2.5-7B"
 data_dir = "data/isign"
@@ -16,8 +16,8 @@ lora_alpha = 32
 lora_targets = ["q_proj", "k_proj", "v_proj", "o_proj"]
 lr = 2e-4
 encoder_lr = 3e-4
-batch_size = 4
-grad_accum = 8
+batch_size = 16
+grad_accum = 2
 max_steps = 4000
 warmup_steps = 200
 gradient_checkpointing = True

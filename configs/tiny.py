@@ -4,9 +4,7 @@
 # same path as the real configs: frozen 4-bit NF4 base, LoRA adapters, pose encoder. The random
 # base knows no language, so LoRA goes on all seven projections and the embeddings and lm_head
 # are trained too (modules_to_save); a short prompt keeps the sequences short.
-# Measured on the 2-core CPU of the project machine (2026-11-27), on a fresh corpus with other
-# seeds (--data_dir=data/synth-s7 --synth_seed=7 --seed=7 ...): 3000 steps in 9.0 min of
-# training, test BLEU-4 68.8 (153 clips; 64.3 to 87.2 over four seeds / random bases, README).
+# How long it takes and what it reaches on a 2-core CPU, measured: README, "What the tiny run reaches".
 data_dir = "data/synth"
 synth_n = 1500
 synth_seed = 0

@@ -3,6 +3,7 @@ GPU scripts work. Their times are not checked (speed targets live in BENCHMARKS.
 FLOP counts they report are checked against counts made by hand."""
 import importlib.util
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -28,7 +29,7 @@ def test_bench_train_tiny_both_stacks(tmp_path, capsys, restore_threads):
     """2 timed steps of ours and of transformers + PEFT + bitsandbytes on configs/tiny.py's shape
     (hidden 128, 2 layers, vocab 1024, LoRA r16 on all seven projections, embed/lm_head trained)."""
     results = bench.bench_train(["--config", TINY, "--random-weights", "--steps", "2", "--warmup", "0",
-                                 "--batch", "2", "--frames", "64", f"--model_dir={tmp_path / 'none'}",
+                                 "--batch", "2,1", "--frames", "64", f"--model_dir={tmp_path / 'none'}",
                                  "--stacks", "ours,hf" if HF_STACK else "ours"])
     out = capsys.readouterr().out
     assert "the config's init_model: 2 layers, hidden 128" in out
@@ -39,11 +40,18 @@ def test_bench_train_tiny_both_stacks(tmp_path, capsys, restore_threads):
     frozen = 2 * (2 * 128 * 128 + 2 * 128 * 64 + 3 * 128 * 384)
     lora = 2 * 16 * (2 * 256 + 2 * 192 + 3 * 512)
     flops = tokens * (4 * frozen + 6 * lora) + labels * 6 * 128 * 1024  # lm_head is trained here
+    # Batch 1: one clip of 64 frames (16 soft tokens) and 30 answer tokens + the end token.
+    tokens1, labels1 = 37 + 16 + 31, 31
+    flops1 = tokens1 * (4 * frozen + 6 * lora) + labels1 * 6 * 128 * 1024
     for stack in ("ours", "hf") if HF_STACK else ("ours",):
-        r = results[stack]
+        assert list(results[stack]) == [2, 1], stack  # one model, both sizes
+        r = results[stack][2]
         assert (r["tokens"], r["label_tokens"], r["flops"]) == (tokens, labels, flops), stack
         assert r["step_s"] > 0 and r["peak_gib"] > 0 and 0 < r["loss"] < 10, (stack, r)
+        r = results[stack][1]
+        assert (r["tokens"], r["label_tokens"], r["flops"], r["batch"]) == (tokens1, labels1, flops1, (1, 84)), stack
     assert "ours (NF4 + LoRA)" in out and ("transformers+PEFT+bnb NF4" in out) == HF_STACK
+    assert ("batch 2: ours / theirs" in out) == HF_STACK
 
 
 def test_bench_decode_tiny(tmp_path, capsys, restore_threads):
@@ -94,5 +102,5 @@ def test_bench_train_fsdp_under_torchrun(tmp_path):
     res = subprocess.run(cmd, cwd=Path(TINY).parents[1], capture_output=True, text=True, timeout=180,
                          env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert res.returncode == 0, res.stderr[-3000:]
-    assert "2 clips on each of 2 ranks" in res.stdout and "338 tokens (124 labels) per step" in res.stdout
-    assert res.stdout.count("ours (NF4 + LoRA, FSDP x2)") == 1  # rank 0's table only
+    rows = re.findall(r"ours \(NF4 \+ LoRA, FSDP x2\)\s+2\s+2x\d+\s+(\d+)\s+(\d+)", res.stdout)
+    assert rows == [("338", "124")], res.stdout[-2000:]  # rank 0's table only

@@ -6,15 +6,17 @@ On a CUDA machine the same kernel tests run compiled on the GPU, in bfloat16 as 
 import pytest
 import torch
 import torch.nn.functional as F
-
-import quant
 from conftest import bnb_dequantize
+
+import nf4_kernels
+import quant
+import triton_support
 
 bnb_f = pytest.importorskip("bitsandbytes.functional")
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 # Triton's interpreter has no bfloat16 arithmetic; a GPU runs all three.
 KERNEL_DTYPES = [torch.float16, torch.float32] + ([torch.bfloat16] if DEVICE == "cuda" else [])
-needs_triton = pytest.mark.skipif(quant.triton is None, reason="triton is not installed")
+needs_triton = pytest.mark.skipif(not triton_support.AVAILABLE, reason="triton is not installed")
 
 
 # ----------------------------------------------------------------------------- format vs bitsandbytes
@@ -91,42 +93,67 @@ def _weights(n, k, device, seed=0):
     return packed.to(device), absmax.to(device)
 
 
-def _close(out, ref):
-    """Same maths in a different summation order, rounded once to out.dtype."""
-    tol = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}[out.dtype]
-    torch.testing.assert_close(out.float(), ref, rtol=tol, atol=tol)
-
-
 @pytest.fixture(params=[False, True], ids=["direct", "swap"])
 def one_config(request, monkeypatch):
     """Each kernel runs one config (its first), with SWAP as given: both code paths get tested,
     where the GPU autotuner would pick one of them per shape."""
-    for tuner in (quant._nf4_matmul_kernel, quant._nf4_matmul_decode, quant._nf4_matmul_dx_kernel):
+    for tuner in (nf4_kernels._nf4_matmul_kernel, nf4_kernels._nf4_matmul_decode, nf4_kernels._nf4_matmul_dx_kernel):
         c = tuner.configs[0]
-        config = quant.triton.Config({**c.kwargs, "SWAP": request.param}, num_warps=c.num_warps,
-                                     num_stages=c.num_stages)
+        config = triton_support.triton.Config({**c.kwargs, "SWAP": request.param}, num_warps=c.num_warps,
+                                              num_stages=c.num_stages)
         monkeypatch.setattr(tuner, "configs", [config])
         monkeypatch.setattr(tuner, "cache", {})
 
 
 @needs_triton
 @pytest.mark.parametrize("dtype", KERNEL_DTYPES)
-@pytest.mark.parametrize("M,N,K", [(1, 37, 128), (1, 40, 192), (5, 40, 192), (33, 37, 128), (19, 64, 64)])
-def test_triton_forward_and_dx_match_reference(M, N, K, dtype, one_config, monkeypatch):
-    # M=1 takes the GEMV kernel, both plans (split-K: 2 blocks per step, split 2, so K=192 ends in
-    # a half step; direct: one program per 16 rows), M=5 the split-K decode matmul; 33 and 19 are
-    # not multiples of the 16-row tile; N=37 is odd and 40 not a multiple of the column tile; K
-    # runs over 1 to 3 blocks of 64.
-    packed, absmax = _weights(N, K, DEVICE)
-    x = torch.randn(M, K, device=DEVICE).to(dtype)
-    dy = torch.randn(M, N, device=DEVICE).to(dtype)
-    bias = torch.randn(N, device=DEVICE).to(dtype)
-    w = quant.dequantize_nf4(packed, absmax, (N, K), 64, dtype).float()     # the reference's exact weights
-    for split in ((True, False) if M == 1 else (None,)):
-        monkeypatch.setitem(quant._GEMV_SPLIT, (x.device, N, K, dtype), split)
-        _close(quant.nf4_matmul_triton(x, packed, absmax, bias, (N, K), 64), F.linear(x.float(), w, bias.float()))
-        _close(quant.nf4_matmul_triton(x, packed, absmax, None, (N, K), 64), F.linear(x.float(), w))
-    _close(quant.nf4_matmul_dx_triton(dy, packed, absmax, (N, K), 64), dy.float() @ w)
+@pytest.mark.parametrize("M,N,K", nf4_kernels.VALIDATE_CASES["matmul"])
+def test_triton_forward_and_dx_match_reference(M, N, K, dtype, one_config):
+    """nf4_kernels.validate on one case (VALIDATE_CASES says what each case covers): the forward
+    with and without bias (M = 1: both GEMV plans) and dx against the torch references on the
+    same weights, within the tolerance of one rounding to the output's dtype (TOLERANCE)."""
+    rows = nf4_kernels.validate({"matmul": [(M, N, K)]}, [dtype], DEVICE)
+    kernels = {r["kernel"] for r in rows}
+    assert "matmul dx" in kernels and len(rows) == (5 if M == 1 else 3) and all(r["ok"] for r in rows)
+    assert kernels >= ({"gemv split", "gemv direct + bias"} if M == 1 else {"matmul" if M > 16 else "matmul decode"})
+
+
+@needs_triton
+@pytest.mark.parametrize("dtype", KERNEL_DTYPES)
+def test_validate_dequantize_and_catches_a_wrong_kernel(dtype, monkeypatch):
+    rows = nf4_kernels.validate({"dequantize": nf4_kernels.VALIDATE_CASES["dequantize"]}, [dtype], DEVICE)
+    assert len(rows) == 4 and all(r["ok"] and r["err"] == 0 for r in rows)
+    right = nf4_kernels.nf4_matmul_dx_triton
+    monkeypatch.setattr(nf4_kernels, "nf4_matmul_dx_triton", lambda *a: right(*a) * (1 + 5 * nf4_kernels.TOLERANCE[dtype]))
+    with pytest.raises(AssertionError, match=r"matmul dx \(33, 37, 128\)"):
+        nf4_kernels.validate({"matmul": [(33, 37, 128)]}, [dtype], DEVICE)
+
+
+@needs_triton
+@pytest.mark.parametrize("dtype", KERNEL_DTYPES)
+@pytest.mark.parametrize("double_quant", [False, True], ids=["absmax", "double-quant"])
+@pytest.mark.parametrize("shape,blocksize", [((37, 128), 64), ((5, 70), 64), ((7, 9), 64), ((300, 1000), 64),
+                                             ((1, 1), 64), ((33, 96), 32), ((9, 250), 128)])
+def test_dequantize_kernel_bit_for_bit(shape, blocksize, double_quant, dtype):
+    """The dequantization kernel equals quant.dequantize_nf4 bit for bit. 4736 weights: five tiles of
+    1024, the last partial; (5, 70): rows that are not whole quantization blocks (blocks run over
+    the flattened weight) in one partial tile; (7, 9): an odd count (the last byte half used);
+    (300, 1000): 293 tiles and 4688 blocks, whose 8-bit absmax codes end in a partial group of 256."""
+    torch.manual_seed(0)
+    packed, absmax = quant.quantize_nf4(torch.randn(shape) * 0.05, blocksize)
+    scale = offset = None
+    if double_quant:
+        codes, scale, offset = quant.quantize_absmax(absmax)
+        ref = quant.dequantize_nf4(packed, quant.dequantize_absmax(codes, scale, offset), shape, blocksize, dtype)
+        absmax, scale, offset = codes.to(DEVICE), scale.to(DEVICE), offset.to(DEVICE)
+    else:
+        ref = quant.dequantize_nf4(packed, absmax, shape, blocksize, dtype)
+    out = nf4_kernels.dequantize_nf4_triton(packed.to(DEVICE), absmax.to(DEVICE), shape, blocksize, dtype, scale, offset)
+    assert out.dtype == dtype and out.shape == shape and torch.equal(out.cpu(), ref)
+    buffer = torch.full((out.numel() + 7,), float("nan"), dtype=dtype, device=DEVICE)  # a larger scratch buffer
+    into = nf4_kernels.dequantize_nf4_triton(packed.to(DEVICE), absmax.to(DEVICE), shape, blocksize, dtype, scale,
+                                             offset, out=buffer)
+    assert into.data_ptr() == buffer.data_ptr() and torch.equal(into.cpu(), ref) and buffer[-7:].isnan().all()
 
 
 @needs_triton
@@ -134,12 +161,96 @@ def test_triton_needs_whole_blocks_per_row(monkeypatch):
     """K = 96 is 1.5 blocks of 64: the kernels refuse it clearly, and Linear4bit takes the torch path."""
     packed, absmax = _weights(8, 96, DEVICE)
     with pytest.raises(ValueError, match="multiple of the blocksize"):
-        quant.nf4_matmul_triton(torch.randn(2, 96, device=DEVICE), packed, absmax, None, (8, 96), 64)
+        nf4_kernels.nf4_matmul_triton(torch.randn(2, 96, device=DEVICE), packed, absmax, None, (8, 96), 64)
     monkeypatch.setenv("QUANT_BACKEND", "triton")
     lin = torch.nn.Linear(96, 8).to(DEVICE)
     x = torch.randn(3, 96, device=DEVICE)
     q = quant.Linear4bit.from_linear(lin)
     torch.testing.assert_close(q(x), F.linear(x, q.dequantize(), q.bias), rtol=1e-5, atol=1e-5)
+
+
+@pytest.fixture
+def paths_run(monkeypatch):
+    """The Triton entry points quant.py's dispatch calls, each call recorded by name in order."""
+    ran = []
+
+    def spy(name, real):
+        def call(*args, **kwargs):
+            ran.append(name)
+            return real(*args, **kwargs)
+        return call
+
+    for name in ("nf4_matmul_triton", "nf4_matmul_dx_triton", "dequantize_nf4_triton"):
+        monkeypatch.setattr(nf4_kernels, name, spy(name, getattr(nf4_kernels, name)))
+    return ran
+
+
+@needs_triton
+@pytest.mark.parametrize("dtype", KERNEL_DTYPES)
+@pytest.mark.parametrize("double_quant", [False, True], ids=["absmax", "double-quant"])
+def test_fused_and_two_kernel_paths_agree_and_follow_m(dtype, double_quant, paths_run, monkeypatch):
+    """A 4-bit linear inside lora.LoRALinear gives the same output, input gradient and LoRA
+    gradients through the fused kernels and through dequantize + matmul (a tiny crossover forced:
+    8 rows), and which path runs follows M: below the crossover the fused forward and dx kernels,
+    at or above it one dequantization per direction (the backward dequantizes again)."""
+    import lora
+
+    monkeypatch.setenv("QUANT_BACKEND", "triton")
+    torch.manual_seed(0)
+    layer = lora.LoRALinear(quant.Linear4bit.from_linear(torch.nn.Linear(128, 40).to(DEVICE, dtype),
+                                                         double_quant=double_quant), r=4, alpha=8)
+    torch.nn.init.normal_(layer.lora_B.weight, std=0.1)
+    tol = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}[dtype]
+
+    def run(M, crossover):
+        monkeypatch.setattr(quant, "CROSSOVER_M", crossover)
+        paths_run.clear()
+        layer.zero_grad()
+        x = torch.randn(M, 128, generator=torch.Generator().manual_seed(M)).to(DEVICE, dtype).requires_grad_()
+        y = layer(x)
+        (y.float() * torch.linspace(-1, 1, 40, device=DEVICE)).sum().backward()
+        grads = [y, x.grad, layer.lora_A.weight.grad, layer.lora_B.weight.grad]
+        return [g.detach().float().clone() for g in grads], list(paths_run)
+
+    for M in (1, 5, 33):
+        fused, ran_fused = run(M, 10**6)
+        assert ran_fused == ["nf4_matmul_triton", "nf4_matmul_dx_triton"], M
+        two, ran_two = run(M, 8)
+        assert ran_two == (ran_fused if M < 8 else ["dequantize_nf4_triton"] * 2), M
+        monkeypatch.setenv("QUANT_BACKEND", "torch")
+        ref, ran_ref = run(M, 8)
+        monkeypatch.setenv("QUANT_BACKEND", "triton")
+        assert ran_ref == []  # QUANT_BACKEND=torch forces the torch path at any M
+        for a, b, c in zip(fused, two, ref):
+            torch.testing.assert_close(a, c, rtol=tol, atol=tol)
+            torch.testing.assert_close(b, c, rtol=tol, atol=tol)
+    if DEVICE == "cpu":  # the interpreter times nothing: the choice came from CROSSOVER_M, and is not kept
+        assert quant.dispatch_choices()["dequant"] == {}
+
+
+@needs_triton
+def test_two_kernel_backward_dequantizes_again(paths_run, monkeypatch):
+    """The scratch buffer is one per (device, dtype), shared by every layer and grown to the largest
+    weight seen. Two layers of 96 x 64 weights: by the time layer 1's backward runs, layer 2's
+    weight has been written over layer 1's in the buffer. The input gradient is still right,
+    because the backward dequantizes again (four dequantizations for two layers)."""
+    monkeypatch.setenv("QUANT_BACKEND", "triton")
+    monkeypatch.setattr(quant, "CROSSOVER_M", 1)
+    monkeypatch.setattr(quant, "_SCRATCH", {})
+    torch.manual_seed(0)
+    l1, l2 = (quant.Linear4bit.from_linear(torch.nn.Linear(i, o).to(DEVICE)) for i, o in ((64, 96), (96, 64)))
+    x = torch.randn(3, 64, device=DEVICE, requires_grad=True)
+    l2(l1(x)).square().sum().backward()
+    assert paths_run == ["dequantize_nf4_triton"] * 4
+    (buf,) = quant._SCRATCH.values()
+    assert buf.numel() == 96 * 64 and buf.dtype == torch.float32
+    x_ref = x.detach().clone().requires_grad_(True)
+    F.linear(F.linear(x_ref, l1.dequantize(), l1.bias), l2.dequantize(), l2.bias).square().sum().backward()
+    torch.testing.assert_close(x.grad, x_ref.grad, rtol=1e-5, atol=1e-5)
+    with torch.no_grad():
+        quant.Linear4bit.from_linear(torch.nn.Linear(96, 128).to(DEVICE))(torch.randn(2, 96, device=DEVICE))
+    (grown,) = quant._SCRATCH.values()
+    assert grown.numel() == 96 * 128  # grown to the larger projection, still one buffer
 
 
 @pytest.mark.parametrize("backend", ["torch", pytest.param("triton", marks=needs_triton)])
@@ -251,7 +362,7 @@ def test_constant_tables_reach_a_device_once(monkeypatch):
     """The NF4 and 8-bit tables are copied to a device once, not per call: a CPU -> GPU copy from
     pageable memory also waits for the CUDA stream to drain, which per linear layer would keep the
     CPU from ever running ahead of the GPU. Counted on the meta device (no GPU needed)."""
-    tables = (quant.NF4_LEVELS, quant._BYTE_TO_LEVELS, quant.DYNAMIC_MAP_8BIT)
+    tables = (nf4_kernels.NF4_LEVELS, nf4_kernels._BYTE_TO_LEVELS, nf4_kernels.DYNAMIC_MAP_8BIT)
     copies, to = [], torch.Tensor.to
 
     def counting_to(self, *args, **kwargs):
@@ -259,7 +370,7 @@ def test_constant_tables_reach_a_device_once(monkeypatch):
         return to(self, *args, **kwargs)
 
     monkeypatch.setattr(torch.Tensor, "to", counting_to)
-    monkeypatch.setattr(quant, "_ON_DEVICE", {})
+    monkeypatch.setattr(nf4_kernels, "_ON_DEVICE", {})
     meta = torch.device("meta")
     for _ in range(3):
         quant.dequantize_nf4(torch.zeros(32, dtype=torch.uint8, device=meta), torch.ones(1, device=meta), (8, 8))
