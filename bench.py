@@ -259,22 +259,26 @@ def bench_shape(cfg, size: str | None, random_weights: bool):
     return qwen25_config(found.group(1)), f"Qwen2.5-{found.group(1)} shape (from model_repo)"
 
 
-def ours_qlora(cfg, config, random_weights: bool, device):
+def ours_qlora(cfg, config, random_weights: bool, device, d=None):
     """(SignTranslator, tokenizer) from translator.build_model, the product's one assembly (base ->
     LoRA -> pose encoder); with random weights its base is loader.random_model, built with the
-    dtype / quantization that build_model would load."""
+    dtype / quantization that build_model would load. Under FSDP (d: train.Dist) train.shard builds
+    it, each rank loading (or drawing) only its chunks."""
     from types import SimpleNamespace
 
     import torch
 
     import loader
+    import train
     import translator
     from tokenizer import Tokenizer
 
     if not random_weights:
         tok = Tokenizer.from_dir(loader.model_path(cfg.model_dir))
-        return translator.build_model(cfg, tok, device), tok
+        return (train.shard(cfg, tok, d) if cfg.fsdp else translator.build_model(cfg, tok, device)), tok
     tok = SimpleNamespace(pose_token_id=config.vocab_size - 1, pad_id=0)  # all data.collate reads
+    if cfg.fsdp:
+        return train.shard(cfg, tok, d, random_shape=config), tok
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     llm = loader.random_model(config, dtype, device, None if cfg.quantize == "none" else cfg.quantize,
                               cfg.double_quant, offload_embeddings=cfg.offload_embeddings)
@@ -402,6 +406,11 @@ def train_flops(config, cfg, tokens: int, label_tokens: int) -> float:
     return tokens * (4 * frozen + 6 * lora) + label_tokens * head
 
 
+def local_tensors(tensors) -> list:
+    """What this process holds of each tensor: its chunk of one that FSDP shards (a DTensor)."""
+    return [t.to_local() if hasattr(t, "device_mesh") else t for t in tensors]
+
+
 def storage_bytes(tensors) -> int:
     """Bytes of the distinct storages behind `tensors` (views and tied weights counted once)."""
     seen = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in tensors if t.device.type != "meta"}
@@ -433,7 +442,7 @@ def cpu_peak(step, tensors) -> tuple[int, str]:
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):
             out = func(*args, **(kwargs or {}))
             for t in tree_leaves(out):
-                if isinstance(t, torch.Tensor) and t.device.type == "cpu":
+                if type(t) in (torch.Tensor, torch.nn.Parameter) and t.device.type == "cpu":  # a DTensor: its local part
                     storage = t.untyped_storage()
                     ptr, n = storage.data_ptr(), storage.nbytes()
                     if n and ptr not in self.seen:
@@ -449,19 +458,19 @@ def cpu_peak(step, tensors) -> tuple[int, str]:
     return live.peak, live.at
 
 
-def time_steps(model, cfg, batch: dict, steps: int, warmup: int, device, profile: int = 0) -> dict:
+def time_steps(model, cfg, batch: dict, steps: int, warmup: int, device, profile: int = 0, d=None) -> dict:
     """train.train_step (forward + backward + clip + AdamW) on the same micro-batch: median seconds
     of `steps` steps after `warmup` untimed ones (Triton autotuning, allocator warm-up), and the
     peak memory: on a GPU max_memory_allocated over the timed steps (AdamW's moments, made by the
     first step, are in it; one-off warm-up buffers such as the autotuner's are not), on the CPU
-    the tensor bytes of one more step counted by cpu_peak."""
+    the tensor bytes of one more step counted by cpu_peak. d: the train.Dist of a torchrun job (FSDP)."""
     import statistics
     import time
 
     import torch
 
     import train
-    d = train.Dist(0, 1, 0, device)
+    d = d or train.Dist(0, 1, 0, device)
     opt = train.make_optimizer(model, cfg)
     model.train()
     cuda = device.type == "cuda"
@@ -481,7 +490,7 @@ def time_steps(model, cfg, batch: dict, steps: int, warmup: int, device, profile
     else:
         state = [t for s in opt.state.values() for t in s.values() if torch.is_tensor(t)]
         peak, at = cpu_peak(lambda: train.train_step(model, [batch], opt, cfg, warmup + steps, d, False),
-                            [*model.parameters(), *model.buffers(), *state])
+                            local_tensors([*model.parameters(), *model.buffers(), *state]))
     if profile:  # one more step under the profiler: where the time goes, by kernel
         with torch.profiler.profile() as prof:
             train.train_step(model, [batch], opt, cfg, warmup + steps + 1, d, False)
@@ -510,7 +519,13 @@ def bench_train(args):
     is reported and skipped; --profile profiles the last size). Reported per stack and size:
     median step time, tokens/s (all sequence positions, as train.py logs), samples/s, peak
     memory during the steps (GPU: max_memory_allocated; CPU: tensor bytes, cpu_peak), the
-    model's own memory (its tensors), and MFU = train_flops / step time / peak."""
+    model's own memory (its tensors), and MFU = train_flops / step time / peak.
+
+        torchrun --nproc_per_node 4 bench.py train --fsdp --config configs/qwen72b.py --random-weights
+
+    --fsdp: the model sharded over the job's processes as train.py --fsdp shards it (random weights:
+    each rank draws its own chunks); every rank steps on the same synthetic batch; tokens, labels
+    and samples/s are the job's, memory is rank 0's (its local shards, and its peak); ours only."""
     import gc
     import os
     from types import SimpleNamespace
@@ -535,11 +550,25 @@ def bench_train(args):
     p.add_argument("--stacks", default="ours,hf", help="ours, hf (transformers + PEFT + bitsandbytes)")
     p.add_argument("--threads", type=int, default=2, help="CPU threads")
     p.add_argument("--profile", type=int, default=0, help="after timing, profile one step and print the N costliest ops")
+    p.add_argument("--fsdp", action="store_true", help="under torchrun: shard the model over the processes (FSDP2)")
     a, overrides = p.parse_known_args(args)
     cfg = configs.load_config(([a.config] if a.config else []) + overrides)
     sizes = [int(b) for b in a.batch.split(",")] if a.batch else [cfg.batch_size]
     cuda = torch.cuda.is_available()
     device = torch.device("cuda" if cuda else "cpu")
+    d, world = None, 1
+    if a.fsdp:
+        import contextlib
+        import io
+
+        import train
+        if "RANK" not in os.environ:
+            raise SystemExit("bench.py train --fsdp: start it with torchrun --nproc_per_node N bench.py train --fsdp ...")
+        cfg.fsdp, a.stacks = True, "ours"
+        d = train.setup_distributed()
+        device, world = d.device, d.world
+        if not d.main:  # one table: rank 0's
+            contextlib.redirect_stdout(io.StringIO()).__enter__()
     steps, warmup = a.steps or (10 if cuda else 3), a.warmup if a.warmup is not None else (3 if cuda else 1)
     if not cuda:
         torch.set_num_threads(a.threads)
@@ -570,8 +599,8 @@ def bench_train(args):
             before = torch.cuda.memory_allocated(device)
         torch.manual_seed(0)
         if stack == "ours":
-            model, tok = ours_qlora(cfg, config, a.random_weights, device)
-            label = f"ours ({'NF4' if cfg.quantize == 'nf4' else '16-bit'} + LoRA)"
+            model, tok = ours_qlora(cfg, config, a.random_weights, device, d)
+            label = f"ours ({'NF4' if cfg.quantize == 'nf4' else '16-bit'} + LoRA{f', FSDP x{world}' if d else ''})"
         elif stack == "hf":
             try:
                 model = hf_qlora(cfg, config, config.vocab_size - 1, feature_dim, device)
@@ -587,19 +616,20 @@ def bench_train(args):
         if not hasattr(tok, "chat"):
             prompt[a.prompt_tokens // 2] = tok.pose_token_id  # where the pose sits in the ChatML prompt
         model_gib = ((torch.cuda.memory_allocated(device) - before) if cuda else
-                     storage_bytes([*model.parameters(), *model.buffers()])) / 2**30
+                     storage_bytes(local_tensors([*model.parameters(), *model.buffers()]))) / 2**30
         for size in sizes:  # the same model at every size; a fresh optimizer and peak count for each
             cfg.batch_size = size
             batch = synthetic_batch(tok, prompt, feature_dim, size, a.frames, (20, 40), config.vocab_size)
             try:
-                r = time_steps(model, cfg, batch, steps, warmup, device, a.profile if size == sizes[-1] else 0)
+                r = time_steps(model, cfg, batch, steps, warmup, device, a.profile if size == sizes[-1] else 0, d)
             except torch.cuda.OutOfMemoryError:
                 print(f"{label}, batch {size}: out of memory")
                 batch = None
                 gc.collect()
                 torch.cuda.empty_cache()
                 continue
-            r.update(model_gib=model_gib, label_tokens=int((batch["labels"][:, 1:] != -100).sum()),
+            # train_step counts the job's tokens: every rank steps on this batch
+            r.update(model_gib=model_gib, label_tokens=world * int((batch["labels"][:, 1:] != -100).sum()),
                      batch=tuple(batch["input_ids"].shape))
             r["flops"] = train_flops(config, cfg, r["tokens"], r["label_tokens"])
             r["mfu"] = r["flops"] / r["step_s"] / peak_flops if peak_flops else None
@@ -613,7 +643,8 @@ def bench_train(args):
         del model
     if not rows:
         return results
-    print(f"per step: one micro-batch of `batch` clips, input_ids (clips, positions), tokens = every position "
+    ranks = f" on each of {world} ranks (tokens, labels, TFLOP, samples/s: the job's)" if d else ""
+    print(f"per step: one micro-batch of `batch` clips{ranks}, input_ids (clips, positions), tokens = every position "
           f"(labels: answer tokens); TFLOP: train_flops; median of {steps} steps after {warmup} warm-up")
     print(f"{'stack':<28}{'batch':>6}{'input_ids':>12}{'tokens':>8}{'labels':>7}{'TFLOP':>8}{'step ms':>10}"
           f"{'tokens/s':>10}{'samples/s':>11}{'peak GiB':>10}{'model GiB':>11}{'MFU':>7}{'loss':>8}")
@@ -621,7 +652,7 @@ def bench_train(args):
         mfu = f"{100 * r['mfu']:6.1f}%" if r["mfu"] is not None else f"{'-':>7}"
         print(f"{label:<28}{size:>6}{'x'.join(map(str, r['batch'])):>12}{r['tokens']:>8}{r['label_tokens']:>7}"
               f"{r['flops'] / 1e12:8.3f}{r['step_s'] * 1e3:10.1f}{r['tokens'] / r['step_s']:10.0f}"
-              f"{size / r['step_s']:11.2f}{r['peak_gib']:10.2f}{r['model_gib']:11.2f}{mfu}{r['loss']:8.3f}")
+              f"{size * world / r['step_s']:11.2f}{r['peak_gib']:10.2f}{r['model_gib']:11.2f}{mfu}{r['loss']:8.3f}")
     if not cuda:
         print("CPU memory: tensor bytes (bench.cpu_peak); peak reached in " +
               "; ".join(f"{label.split(' ')[0]} batch {size}: {r['peak_at']}" for label, size, r in rows))
@@ -630,6 +661,9 @@ def bench_train(args):
         for size in sorted(set(ours) & set(theirs)):
             print(f"batch {size}: ours / theirs {theirs[size]['step_s'] / ours[size]['step_s']:.2f}x tokens/s, "
                   f"{ours[size]['peak_gib'] / theirs[size]['peak_gib']:.2f}x peak memory")
+    if d:  # leave together (a rank tearing down gloo early can abort the others)
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
     return results
 
 

@@ -13,6 +13,11 @@ A checkpoint is written into a hidden temporary directory, every file fsynced, t
 half-written one is never seen under its name. meta.json lets a reader check each file, so a
 truncated or corrupt checkpoint is recognised (problem) and skipped. The frozen base is never
 saved: a checkpoint is a few MB to a few hundred MB whatever the base model's size.
+
+One format for DDP and FSDP: the tensors are whole. Under FSDP each rank holds a dim-0 chunk of
+every trained tensor and of its AdamW moments; `consolidated` gathers them for rank 0 to write,
+and loading gives each rank its chunk again (loader.local_part), so a checkpoint resumes with any
+world size, under FSDP or DDP, and eval.py reads it in one process.
 """
 import base64
 import hashlib
@@ -28,6 +33,8 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
+
+from loader import gathered, local_part
 
 TRAINED, OPTIMIZER, STATE, META = "trained.safetensors", "optimizer.safetensors", "state.json", "meta.json"
 
@@ -122,7 +129,7 @@ def load_trained(model: nn.Module, ckpt: Path) -> None:
                              "encoder_width or base?)")
     with torch.no_grad():
         for name, p in own.items():
-            p.copy_(tensors[name])
+            p.copy_(local_part(p, tensors[name]))
 
 
 def load(ckpt: Path, model: nn.Module, opt: torch.optim.Optimizer) -> dict:
@@ -131,8 +138,8 @@ def load(ckpt: Path, model: nn.Module, opt: torch.optim.Optimizer) -> dict:
     moments = load_file(str(ckpt / OPTIMIZER))
     for name, p in trained_tensors(model).items():
         state = {k.split(":", 1)[1]: v for k, v in moments.items() if k.split(":", 1)[0] == name}
-        if state:
-            opt.state[p] = {k: v.to(p.device) for k, v in state.items()}  # fused AdamW: step too
+        if state:  # the moments are laid out as their parameter; fused AdamW keeps step on its device too
+            opt.state[p] = {k: local_part(p, v) if v.shape == p.shape else v.to(p.device) for k, v in state.items()}
     return json.loads((ckpt / STATE).read_text())
 
 
@@ -156,6 +163,19 @@ def set_rng_state(s: dict) -> None:
         torch.cuda.set_rng_state_all([tensor(x) for x in s["cuda"]])
     np.random.set_state((s["numpy"][0], np.array(s["numpy"][1], dtype=np.uint32), *s["numpy"][2:]))
     random.setstate((s["python"][0], tuple(s["python"][1]), s["python"][2]))
+
+
+def consolidated(model: nn.Module, opt: torch.optim.Optimizer, keep: bool) -> tuple[dict, dict]:
+    """What a checkpoint holds: the trained tensors, and AdamW's state as 'NAME:exp_avg' etc., whole
+    and in host memory. Under FSDP each is gathered from every rank's chunk, one at a time, so
+    every rank must call this; only where `keep` (rank 0, which writes) are they kept."""
+    tensors, moments = {}, {}
+    for name, p in trained_tensors(model).items():
+        for key, t in [("", p.detach()), *((f":{k}", v) for k, v in opt.state.get(p, {}).items())]:
+            whole = gathered(t)
+            if keep:
+                (moments if key else tensors)[name + key] = whole.cpu()
+    return tensors, moments
 
 
 # ----------------------------------------------------------------------------- writing (rank 0)
@@ -188,15 +208,16 @@ def clean(out_dir: Path) -> list[Path]:
     return left
 
 
-def save(out_dir: Path, step: int, model: nn.Module, opt: torch.optim.Optimizer, state: dict, base: dict) -> Path:
-    """Write OUT_DIR/ckpt-STEP atomically: trained tensors, AdamW state, `state` (JSON), meta.json
-    (with `base`, the base model's {"model_dir", "fingerprint"}). A failed write (disk full)
-    removes its temporary directory and leaves every earlier checkpoint as it was."""
+def save(out_dir: Path, step: int, tensors: dict, moments: dict, state: dict, base: dict) -> Path:
+    """Write OUT_DIR/ckpt-STEP atomically: trained tensors and AdamW state (from consolidated),
+    `state` (JSON), meta.json (with `base`, the base model's {"model_dir", "fingerprint"}). A
+    failed write (disk full) removes its temporary directory and leaves every earlier checkpoint
+    as it was."""
     final = step_dir(out_dir, step)
     tmp = out_dir / f".tmp-{final.name}"  # never matched by ckpt-* while incomplete
     shutil.rmtree(tmp, ignore_errors=True)
     try:
-        _write_checkpoint(tmp, step, model, opt, state, base)
+        _write_checkpoint(tmp, step, tensors, moments, state, base)
     except Exception as e:  # safetensors reports a full disk as its own SafetensorError, not an OSError
         shutil.rmtree(tmp, ignore_errors=True)
         free = shutil.disk_usage(out_dir).free / 2**30
@@ -209,15 +230,10 @@ def save(out_dir: Path, step: int, model: nn.Module, opt: torch.optim.Optimizer,
     return final
 
 
-def _write_checkpoint(tmp: Path, step: int, model: nn.Module, opt: torch.optim.Optimizer, state: dict,
-                      base: dict) -> None:
+def _write_checkpoint(tmp: Path, step: int, tensors: dict, moments: dict, state: dict, base: dict) -> None:
     tmp.mkdir(parents=True)
-    trained = trained_tensors(model)
-    tensors = {k: v.detach().cpu().contiguous() for k, v in trained.items()}
-    _write(tmp / TRAINED, lambda p: save_file(tensors, str(p)))
-    moments = {f"{name}:{key}": value.detach().cpu().contiguous()
-               for name, p in trained.items() for key, value in opt.state.get(p, {}).items()}
-    _write(tmp / OPTIMIZER, lambda p: save_file(moments, str(p)))
+    _write(tmp / TRAINED, lambda p: save_file({k: v.contiguous() for k, v in tensors.items()}, str(p)))
+    _write(tmp / OPTIMIZER, lambda p: save_file({k: v.contiguous() for k, v in moments.items()}, str(p)))
     _write(tmp / STATE, lambda p: p.write_text(json.dumps(state)))
     files = {f.name: {"bytes": f.stat().st_size, "sha256": sha256(f)} for f in sorted(tmp.iterdir())}
     meta = {"step": step, "time": time.strftime("%Y-%m-%d %H:%M:%S"), "base": base, "files": files}

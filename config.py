@@ -79,6 +79,11 @@ class TrainConfig:
     aux_weight: float = 0.0          # weight of the word loss beside the language-model loss
     aux_only_steps: int = 0          # first steps: the encoder learns the words alone (no LLM)
     gradient_checkpointing: bool = False
+    fsdp: bool = runtime(False)      # shard the model over all processes (FSDP2) instead of a whole copy on
+                                     # each (DDP): for models larger than one GPU (README). Checkpoints
+                                     # are the same either way: a run may resume with the other
+    fsdp_cpu_offload: bool = runtime(False)  # FSDP: keep the shards, their gradients and AdamW in host
+                                     # memory, copied to the GPU per layer (CPUOffloadPolicy); slower
     # optimisation: samples per step = batch_size x grad_accum x world_size
     # batch_size and grad_accum are runtime: a resumed run may split its steps into other
     # micro-batches (after an out-of-memory step: half the batch, twice the accumulation)
@@ -268,6 +273,8 @@ def check(cfg: TrainConfig) -> None:
                           f"got {cfg.data.pose.layout!r}")
     if cfg.double_quant and cfg.quantize != "nf4":
         raise ConfigError("double_quant=True needs quantize='nf4'")
+    if cfg.fsdp_cpu_offload and not cfg.fsdp:
+        raise ConfigError("fsdp_cpu_offload=True offloads FSDP's shards; it needs fsdp=True")
     if cfg.offload_embeddings and any(m.split(".")[-1] == "embed_tokens" for m in cfg.modules_to_save):
         raise ConfigError("offload_embeddings=True keeps embed_tokens frozen in host memory; it cannot "
                           "also be in modules_to_save (trained)")

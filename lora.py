@@ -52,13 +52,13 @@ class LoRALinear(nn.Module):
     see export_merged.
     """
 
-    def __init__(self, base: nn.Module, r: int, alpha: float, dropout: float = 0.0):
+    def __init__(self, base: nn.Module, r: int, alpha: float, dropout: float = 0.0, device=None):
         super().__init__()
         _check_hparams(r, alpha, dropout)
         self.base, self.r, self.alpha, self.dropout_p = base, r, alpha, dropout
         self.scaling = alpha / r
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
-        device = base.weight.device  # nn.Linear's parameter or Linear4bit's packed buffer
+        device = device or base.weight.device  # default: where the base's weight is
         self.lora_A = nn.Linear(base.in_features, r, bias=False, device=device, dtype=torch.float32)
         self.lora_B = nn.Linear(r, base.out_features, bias=False, device=device, dtype=torch.float32)
         nn.init.kaiming_uniform_(self.lora_A.weight, a=math.sqrt(5))
@@ -161,12 +161,13 @@ def _untie(model: nn.Module, saved: list[str]) -> None:
 
 
 def apply_lora(model: nn.Module, r: int = 16, alpha: float = 32, dropout: float = 0.05,
-               targets=("q_proj", "k_proj", "v_proj", "o_proj"), modules_to_save=()) -> int:
+               targets=("q_proj", "k_proj", "v_proj", "o_proj"), modules_to_save=(), device=None) -> int:
     """Wrap, in place, every linear whose last name component is in `targets` (q_proj, k_proj,
     v_proj, o_proj, gate_proj, up_proj, down_proj for Qwen2), then freeze the rest of `model`
     except `modules_to_save` (e.g. "lm_head", "embed_tokens"). A module in modules_to_save that
-    shares its weight (tied embeddings) gets its own copy, as in PEFT. Returns the number of
-    trainable parameters."""
+    shares its weight (tied embeddings) gets its own copy, as in PEFT. The adapters are made on
+    `device` (default: each base's; a base still on the meta device, which FSDP loads after
+    sharding, gets them on the training device). Returns the number of trainable parameters."""
     _check_hparams(r, alpha, dropout)
     targets = (targets,) if isinstance(targets, str) else tuple(targets)
     modules_to_save = (modules_to_save,) if isinstance(modules_to_save, str) else tuple(modules_to_save)
@@ -184,7 +185,7 @@ def apply_lora(model: nn.Module, r: int = 16, alpha: float = 32, dropout: float 
     _untie(model, saved)
     for name, linear in chosen.items():
         parent, _, child = name.rpartition(".")
-        setattr(model.get_submodule(parent), child, LoRALinear(linear, r, alpha, dropout))
+        setattr(model.get_submodule(parent), child, LoRALinear(linear, r, alpha, dropout, device))
     model.lora_modules_to_save = modules_to_save  # read back by lora_state_dict and the savers
 
     # Freeze by module, not by parameter name: a tied lm_head shares its Parameter with

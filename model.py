@@ -305,6 +305,10 @@ class Qwen2(nn.Module):
         ))
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.gradient_checkpointing = False
+        # Decoding on every process of an FSDP job: each layer call all-gathers that layer's weights
+        # (a collective), so all processes must take as many steps. train.py then sets this to a
+        # function (this process is done) -> (every process is done); None: each stops on its own.
+        self.stop_together = None
         self.tie_weights()
 
     def tie_weights(self) -> None:
@@ -385,7 +389,7 @@ class Qwen2(nn.Module):
             token = logits.argmax(-1).masked_fill(done, pad_token_id)  # (B,)
             out.append(token)
             done |= torch.isin(token, stop)
-            if done.all() or len(out) == max_new_tokens:
+            if self._all_done(bool(done.all())) or len(out) == max_new_tokens:
                 break
             if step is not None:
                 logits = step(token)
@@ -393,6 +397,9 @@ class Qwen2(nn.Module):
                 mask = torch.cat((mask, mask.new_ones(B, 1)), dim=1)
                 logits = self._next_logits(mask, cache, input_ids=token[:, None])
         return torch.stack(out, dim=1)
+
+    def _all_done(self, done: bool) -> bool:
+        return done if self.stop_together is None else self.stop_together(done)
 
     def _beam_search(self, kind: str, prompt: Tensor, mask: Tensor, max_new_tokens: int, stop: Tensor,
                      pad_token_id: int, K: int, length_penalty: float) -> Tensor:
@@ -433,7 +440,7 @@ class Qwen2(nn.Module):
             for b in range(B):
                 best_live = scores[b, 0].item() / n_tokens**length_penalty
                 done[b] = done[b] or (len(finished[b]) == K and best_live <= finished[b][-1][0])
-            if all(done) or n_tokens == max_new_tokens:
+            if self._all_done(all(done)) or n_tokens == max_new_tokens:
                 break
             rows = (beam + torch.arange(B, device=beam.device)[:, None] * K).flatten()  # source row of each new beam
             cache.reorder(rows)

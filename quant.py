@@ -258,13 +258,52 @@ class _NF4Linear(torch.autograd.Function):
         return dx, None, None, None, None, db, None, None
 
 
+def _frozen(t: Tensor) -> nn.Parameter:
+    """A 4-bit tensor of Linear4bit: a parameter without gradient (so that FSDP shards it)."""
+    return nn.Parameter(t, requires_grad=False)
+
+
+def quantize_nf4_part(read_rows, shape: tuple[int, int], blocksize: int, packed: slice,
+                      absmax: slice) -> tuple[Tensor, Tensor]:
+    """Bytes `packed` of quantize_nf4(W)[0] and blocks `absmax` of its absmax, computed from only the
+    rows of W (out, in) that they cover: read_rows(r0, r1) returns W[r0:r1] (any float dtype).
+
+    Blocks run over the flattened W, so the elements needed form whole blocks [lo, hi), and
+    quantizing just those gives exactly the bytes of the whole (the only partial block is W's last,
+    in both). When in_features % blocksize == 0 (every Qwen2 projection) each block lies within one
+    row: rows quantize independently, and a piece that starts or ends inside a row reads that row.
+    Otherwise a block can run on into the next row, which is then read too: still exact, at most
+    one extra row at each end. FSDP's sharded loading (loader.load_shards) calls this per rank."""
+    n, cols = shape[0] * shape[1], shape[1]
+    spans = [(2 * p.start, min(n, 2 * p.stop)) for p in (packed,) if p.stop > p.start]
+    spans += [(blocksize * a.start, min(n, blocksize * a.stop)) for a in (absmax,) if a.stop > a.start]
+    if not spans:
+        return torch.zeros(0, dtype=torch.uint8), torch.zeros(0)
+    lo = min(s for s, _ in spans) // blocksize * blocksize
+    hi = min(n, -(-max(e for _, e in spans) // blocksize) * blocksize)
+    r0, r1 = lo // cols, -(-hi // cols)
+    w = read_rows(r0, r1).reshape(-1)[lo - r0 * cols:hi - r0 * cols]  # elements [lo, hi) of the flat W
+    part, part_absmax = quantize_nf4(w, blocksize)  # byte j is element lo + 2j, block k is lo / blocksize + k
+    return (part[packed.start - lo // 2:packed.stop - lo // 2],
+            part_absmax[absmax.start - lo // blocksize:absmax.stop - lo // blocksize])
+
+
 class Linear4bit(nn.Module):
     """nn.Linear with its weight frozen in NF4 (bitsandbytes layout).
 
     state_dict: "weight" packed uint8 (ceil(out*in/2),), "absmax" float32 (ceil(out*in/blocksize),)
     (double_quant=True: "absmax" uint8 codes, "absmax_scale" float32 per 256, "absmax_offset"),
     "bias" frozen, compute_dtype. The input is cast to compute_dtype and the output back to the
-    input's dtype. Casting the module with .to(dtype) would also cast the absmax: don't."""
+    input's dtype. Casting the module with .to(dtype) would also cast the absmax: don't.
+
+    weight, absmax and absmax_scale are frozen nn.Parameters (requires_grad=False), not buffers,
+    for one reason: FSDP2 (torch.distributed.fsdp.fully_shard) shards parameters and leaves
+    buffers whole on every rank. As parameters, each rank holds a dim-0 chunk of the flat packed
+    bytes and absmax, and before the layer runs FSDP all-gathers them back into these same flat
+    tensors: forward and dequantize see the whole weight and need no code of their own for it.
+    (A tensor subclass with FSDP's fsdp_pre/post_all_gather hooks, as torchtune's NF4Tensor, would
+    be the way if the gathered form had to differ from the sharded one; here it does not.) The
+    absmax_offset scalar stays a buffer: one number, replicated."""
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, blocksize: int = 64,
                  compute_dtype: torch.dtype = torch.float32, device=None, double_quant: bool = False):
@@ -273,11 +312,10 @@ class Linear4bit(nn.Module):
         self.compute_dtype, self.double_quant = compute_dtype, double_quant
         n = in_features * out_features
         blocks = -(-n // blocksize)
-        self.register_buffer("weight", torch.zeros((n + 1) // 2, dtype=torch.uint8, device=device))
-        self.register_buffer("absmax", torch.zeros(blocks, dtype=torch.uint8 if double_quant else torch.float32,
-                                                   device=device))
+        self.weight = _frozen(torch.zeros((n + 1) // 2, dtype=torch.uint8, device=device))
+        self.absmax = _frozen(torch.zeros(blocks, dtype=torch.uint8 if double_quant else torch.float32, device=device))
         if double_quant:
-            self.register_buffer("absmax_scale", torch.zeros(-(-blocks // 256), dtype=torch.float32, device=device))
+            self.absmax_scale = _frozen(torch.zeros(-(-blocks // 256), dtype=torch.float32, device=device))
             self.register_buffer("absmax_offset", torch.zeros((), dtype=torch.float32, device=device))
         self.bias = nn.Parameter(torch.zeros(out_features, dtype=compute_dtype, device=device),
                                  requires_grad=False) if bias else None
@@ -294,16 +332,34 @@ class Linear4bit(nn.Module):
 
     @torch.no_grad()
     def quantize_(self, weight: Tensor) -> None:
-        """Fill the buffers from a full (out, in) weight; they move to the weight's device (and a
-        module built on "meta" gets real tensors)."""
+        """Fill the 4-bit tensors from a full (out, in) weight; they move to the weight's device (and
+        a module built on "meta" gets real tensors)."""
         if tuple(weight.shape) != (self.out_features, self.in_features):
             raise ValueError(f"Linear4bit.quantize_: weight {tuple(weight.shape)} does not match "
                              f"(out_features, in_features) = {(self.out_features, self.in_features)}")
-        self.weight, absmax = quantize_nf4(weight, self.blocksize)
+        packed, absmax = quantize_nf4(weight, self.blocksize)
+        self.weight = _frozen(packed)
         if self.double_quant:
-            self.absmax, self.absmax_scale, self.absmax_offset = quantize_absmax(absmax)
+            codes, scale, self.absmax_offset = quantize_absmax(absmax)
+            self.absmax, self.absmax_scale = _frozen(codes), _frozen(scale)
         else:
-            self.absmax = absmax
+            self.absmax = _frozen(absmax)
+
+    @torch.no_grad()
+    def quantize_part(self, read_rows, parts: dict[str, slice], gather_absmax=None) -> dict[str, Tensor]:
+        """FSDP's sharded loading: the elements parts[name] of "weight", "absmax" (and with
+        double_quant "absmax_scale"), as quantize_ would make them, from only the rows of W that
+        they cover (read_rows(r0, r1) -> W[r0:r1], see quantize_nf4_part); with double_quant also
+        the whole "absmax_offset". The offset is the mean of every absmax of W, so then
+        gather_absmax(mine) must return the whole float32 absmax, put together from every rank's
+        `mine` (its parts["absmax"] blocks): 4 bytes per 64 weights, not the weights."""
+        shape = (self.out_features, self.in_features)
+        packed, absmax = quantize_nf4_part(read_rows, shape, self.blocksize, parts["weight"], parts["absmax"])
+        if not self.double_quant:
+            return {"weight": packed, "absmax": absmax}
+        codes, scale, offset = quantize_absmax(gather_absmax(absmax))
+        return {"weight": packed, "absmax": codes[parts["absmax"]], "absmax_scale": scale[parts["absmax_scale"]],
+                "absmax_offset": offset}
 
     def _absmax_f32(self) -> Tensor:
         if self.double_quant:

@@ -17,6 +17,12 @@ computed only at those positions. DDP averages gradients over processes once per
 on the other micro-steps). AdamW (separate learning rates for LoRA and encoder), linear warmup
 then cosine decay, gradient clipping; bf16 autocast on GPUs, float32 on the CPU.
 
+--fsdp=True: for models larger than one GPU, FSDP2 (torch.distributed.fsdp.fully_shard) instead
+of DDP. Each decoder layer, then the root, is sharded over all processes: a rank keeps a dim-0
+chunk of every tensor (the 4-bit base too: quant.Linear4bit), all-gathers a layer just before it
+runs, and reduce-scatters the gradients (once per step). No rank ever loads the whole model
+(loader.load_shards); checkpoints hold whole tensors, as under DDP (checkpoints.py).
+
 Surviving long runs (OUT_DIR/ckpt-000600/ every save_every steps, and best -> the best val BLEU):
 - a checkpoint holds the trained tensors only, optimizer state, step, data position and the RNG
   state of every rank; rank 0 writes it atomically, with every file's size and sha256 and the
@@ -51,6 +57,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
+from torch.distributed.fsdp import FSDPModule
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
@@ -60,9 +67,10 @@ import curves
 import data
 import eval as ev
 import loader
+import sharding
 from config import ConfigError, TrainConfig
 from tokenizer import Tokenizer
-from translator import SignTranslator, autocast, build_model, collate_fn, to_device, uses_words
+from translator import SignTranslator, autocast, base_dtype, build_model, collate_fn, to_device, uses_words
 
 log = logging.getLogger("train")
 
@@ -249,7 +257,7 @@ def weights_digest(model: SignTranslator) -> str:
     h = hashlib.sha256()
     for name, p in sorted(checkpoints.trained_tensors(model).items()):
         h.update(name.encode())
-        h.update(p.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+        h.update(loader.gathered(p.detach()).cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()[:16]
 
 
@@ -266,10 +274,11 @@ class LoopState:
 
 
 def save_checkpoint(out_dir: Path, model, opt, state: LoopState, sampler: dict, base: dict, d: Dist) -> Path:
-    """All ranks call this (every rank's RNG state is gathered); rank 0 writes ckpt-STEP."""
+    """All ranks call this (every rank's RNG state is gathered, and FSDP's shards); rank 0 writes ckpt-STEP."""
     rngs = gather([checkpoints.rng_state()], d)
+    tensors, moments = checkpoints.consolidated(model, opt, keep=d.main)
     if d.main:
-        checkpoints.save(out_dir, state.step, model, opt,
+        checkpoints.save(out_dir, state.step, tensors, moments,
                          {**asdict(state), "sampler": sampler, "world_size": d.world, "rng": rngs}, base)
         log.info(f"saved {checkpoints.step_dir(out_dir, state.step)}")
     return checkpoints.step_dir(out_dir, state.step)
@@ -357,6 +366,14 @@ def fault_injected(name: str, step: int, rank: int) -> bool:
     return os.environ.get(f"TRAIN_TEST_{name}") == f"{step}:{rank}"
 
 
+def grad_sync(model: torch.nn.Module, last: bool):
+    """Gradients are averaged over the processes on a step's last micro-batch only: DDP's no_sync()
+    on the others; FSDP does no reduce-scatter there (its unsharded gradients accumulate)."""
+    if isinstance(model, FSDPModule):
+        model.set_requires_gradient_sync(last)
+    return model.no_sync() if isinstance(model, DDP) and not last else nullcontext()
+
+
 def train_step(ddp: torch.nn.Module, micro: list[dict], opt: torch.optim.Optimizer, cfg: TrainConfig, step: int,
                d: Dist, stop_requested: bool) -> dict:
     """Forward/backward over the micro-batches, then one optimizer step unless the loss or the
@@ -371,18 +388,20 @@ def train_step(ddp: torch.nn.Module, micro: list[dict], opt: torch.optim.Optimiz
     n_global, clips_global = all_sum([n_local, sum(len(b["uids"]) for b in micro)], d)
     sums = torch.zeros(2, dtype=torch.float64, device=d.device)  # LM and word loss, on the device: one sync a step
     for i, batch in enumerate(micro):
-        last = i == len(micro) - 1
-        with (ddp.no_sync() if d.world > 1 and not last else nullcontext()), autocast(d.device):
+        with grad_sync(ddp, last=i == len(micro) - 1), autocast(d.device):
             out = ddp(to_device(batch, d.device), lm=lm)
             loss = out.lm / n_global + word_weight * out.words / clips_global
             if fault_injected("NAN", step, d.rank):
                 loss = loss * float("nan")
-            # Each rank scales by world: DDP's average over ranks then yields the sums over every
-            # rank divided by the global counts, however tokens and clips fall on micro-batches.
+            # Each rank scales by world: the average over ranks (DDP's; FSDP's sum / world) then
+            # yields the sums over every rank divided by the global counts, however tokens and
+            # clips fall on micro-batches.
             (loss * d.world).backward()
             if fault_injected("OOM", step, d.rank):
                 raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB. (TRAIN_TEST_OOM)")
         sums += torch.stack((out.lm.detach(), out.words.detach())).double()
+    if isinstance(ddp, FSDPModule):
+        sharding.average_whole_grads(ddp, d.world)
     lm_local, words_local = sums.tolist()
     tokens = sum(int(b["attention_mask"].sum()) for b in micro)
     lm_sum, word_sum, bad, stop, tokens = all_sum(
@@ -407,8 +426,7 @@ def validate(model: SignTranslator, val_ds: data.SignDataset, indices: list[int]
     clip's own poses, and with shuffled poses (a model that uses the signs does much worse there)."""
     model.eval()
     shuffled_from = [indices[k] for k in ev.derangement(len(indices))] if len(indices) > 1 else indices
-    losses = [answer_loss(model, tok, val_ds, indices[d.rank::d.world], src[d.rank::d.world], cfg, d)
-              for src in (indices, shuffled_from)]
+    losses = [answer_loss(model, tok, val_ds, indices, src, cfg, d) for src in (indices, shuffled_from)]
     (loss, n, loss_shuffled, _) = all_sum([*losses[0], *losses[1]], d)
     rows, shuffled = decode_both(model, tok, val_ds, indices, cfg, d)
     model.train()
@@ -421,14 +439,19 @@ def validate(model: SignTranslator, val_ds: data.SignDataset, indices: list[int]
 
 def answer_loss(model: SignTranslator, tok: Tokenizer, ds: data.SignDataset, indices: list[int],
                 poses_from: list[int], cfg: TrainConfig, d: Dist) -> tuple[float, int]:
-    """(summed cross-entropy, answer tokens) of ds[indices], clip k given the poses of poses_from[k]."""
+    """(summed cross-entropy, answer tokens) of this rank's share of ds[indices], clip k given the
+    poses of poses_from[k]. Under FSDP every rank runs as many batches (sharding.share): one short
+    of clips runs its last on indices[0] and drops the result."""
+    mine, count = sharding.share(indices, d.rank, d.world, lockstep=isinstance(model, FSDPModule))
+    src = poses_from[d.rank::d.world]
     collate, loss, n = collate_fn(model, tok), 0.0, 0
-    for k in range(0, len(indices), cfg.eval_batch_size):
-        chunk = zip(indices[k:k + cfg.eval_batch_size], poses_from[k:k + cfg.eval_batch_size])
-        batch = collate([{**ds[i], "poses": ds[j]["poses"]} if i != j else ds[i] for i, j in chunk])
+    for k in range(0, count, cfg.eval_batch_size):
+        chunk = list(zip(mine[k:k + cfg.eval_batch_size], src[k:k + cfg.eval_batch_size]))
+        batch = collate([{**ds[i], "poses": ds[j]["poses"]} if i != j else ds[i] for i, j in chunk] or [ds[indices[0]]])
         with autocast(d.device):
             out = model(to_device(batch, d.device))
-        loss, n = loss + out.lm.item(), n + int(out.tokens)
+        if chunk:
+            loss, n = loss + out.lm.item(), n + int(out.tokens)
     return loss, n
 
 
@@ -436,9 +459,15 @@ def decode_both(model: SignTranslator, tok: Tokenizer, ds: data.SignDataset, ind
                 d: Dist) -> tuple[list[dict], list[dict]]:
     """Greedy translations of ds[indices], and of the same clips with shuffled poses (a derangement
     over all of `indices`: eval.with_shuffled), sharded over the ranks and gathered on every rank."""
-    mine = indices[d.rank::d.world]
-    decode = lambda poses_from=None: gather(ev.decode(model, tok, ds, mine, cfg.eval_batch_size,  # noqa: E731
-                                                      cfg.max_new_tokens, 1, d.device, poses_from=poses_from), d)
+    mine, count = sharding.share(indices, d.rank, d.world, lockstep=isinstance(model, FSDPModule))
+    pad = indices[:1] * (count - len(mine))  # FSDP: as many clips on every rank, the extra one dropped
+
+    def decode(poses_from: list[int] | None = None) -> list[dict]:
+        with sharding.root_gathered(model):
+            rows = ev.decode(model, tok, ds, mine + pad, cfg.eval_batch_size, cfg.max_new_tokens, 1, d.device,
+                             poses_from=poses_from and poses_from + pad)
+        return gather(rows[:len(mine)], d)
+
     if len(indices) < 2:
         return decode(), []
     shuffled_from = [indices[k] for k in ev.derangement(len(indices))]
@@ -476,6 +505,9 @@ def prepare_run(cfg: TrainConfig, d: Dist) -> tuple[Path, int, dict, Path | None
     checkpoint to resume from."""
     out_dir = Path(cfg.out_dir)
     accum = accumulation(cfg, d.world)
+    if cfg.fsdp and not dist.is_initialized():
+        raise ConfigError("fsdp=True shards the model over the processes of a torchrun job: start it with "
+                          "torchrun --nproc_per_node N train.py ... (N >= 1)")
     check_run_dir(cfg, out_dir)
     if d.main:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -534,7 +566,7 @@ class Run:
     accum: int
     tok: Tokenizer
     model: SignTranslator
-    ddp: torch.nn.Module          # the model, wrapped in DDP when world_size > 1
+    ddp: torch.nn.Module          # the model, wrapped in DDP when world_size > 1 (FSDP shards it in place)
     opt: torch.optim.AdamW
     batches: data.Batches
     val_ds: data.SignDataset
@@ -543,6 +575,37 @@ class Run:
     stop: StopSignal
     tb: object | None             # torch.utils.tensorboard.SummaryWriter on rank 0 with tensorboard=True
     base: dict                    # the base model's fingerprint, saved in every checkpoint
+
+
+def shard(cfg: TrainConfig, tok: Tokenizer, d: Dist, random_shape=None) -> SignTranslator:
+    """--fsdp: the model built around a base still on the meta device, each decoder layer and then
+    the root (the encoder, embeddings, final norm, lm_head) sharded over all ranks by FSDP2's
+    fully_shard, then this rank's chunks of the base read from the checkpoint (loader.load_shards),
+    or drawn at random for a model.Qwen2Config `random_shape` (bench.py)."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import CPUOffloadPolicy, OffloadPolicy, fully_shard
+
+    dtype = base_dtype(d.device)
+    llm = loader.empty_model(random_shape or cfg.model_dir, dtype, None if cfg.quantize == "none" else cfg.quantize,
+                             cfg.double_quant, cfg.offload_embeddings)
+    model = build_model(cfg, tok, d.device, llm=llm)
+    mesh = init_device_mesh(d.device.type, (d.world,))
+    offload = CPUOffloadPolicy(pin_memory=d.device.type == "cuda") if cfg.fsdp_cpu_offload else OffloadPolicy()
+    scalars = {p for p in model.parameters() if p.dim() == 0}  # FSDP2 shards dim 0: these stay whole
+    for module in (*llm.model.layers, model):
+        fully_shard(module, mesh=mesh, offload_policy=offload, ignored_params=scalars)
+        # SUM, then / world_size: what every backend does alike (FSDP2's AVG on gloo was reported to
+        # sum, pytorch issue 162338; tests/test_fsdp.py checks the gradients against DDP's)
+        module.set_force_sum_reduction_for_comms(True)
+    home = "cpu" if cfg.fsdp_cpu_offload else d.device
+    if random_shape:
+        loader.random_shards(llm, dtype, home)
+    else:
+        loader.load_shards(llm, cfg.model_dir, dtype, home, cfg.quant_cache or None)
+    model.encoder.set_embed_scale(llm.model.embed_tokens.weight)
+    fully_shard.state(model)._lazy_init()  # the root is the root even if its first call is decoding
+    llm.stop_together = lambda done: all_sum([not done], d)[0] == 0
+    return model
 
 
 def setup(cfg: TrainConfig, d: Dist) -> Run:
@@ -561,10 +624,14 @@ def setup(cfg: TrainConfig, d: Dist) -> Run:
         raise ConfigError(f"the train split has {len(train_ds)} clips, fewer than batch_size x world_size "
                           f"= {cfg.batch_size} x {d.world}: lower batch_size or use more data")
     seed_everything(cfg.seed)  # the same initial weights on every rank
-    model = build_model(cfg, tok, d.device)
+    model = shard(cfg, tok, d) if cfg.fsdp else build_model(cfg, tok, d.device)
     count = lambda m: sum(p.numel() for p in m.parameters() if p.requires_grad)  # noqa: E731
     log.info(f"trained parameters: LLM {count(model.llm):,} (LoRA and modules_to_save), encoder {count(model.encoder):,}")
     opt = make_optimizer(model, cfg)
+    plan = sharding.memory_plan(model, list(model.llm.model.layers), d.device, d.world, cfg.fsdp,
+                                cfg.fsdp_cpu_offload, accum)
+    if d.main:
+        log.info(sharding.describe(plan, d.device))
     batches = data.Batches(train_ds, sampler, collate_fn(model, tok), cfg.seed, cfg.num_workers, d.rank)
     seed_everything(cfg.seed + 1 + d.rank)  # dropout differs between ranks
     state = LoopState()
@@ -575,7 +642,7 @@ def setup(cfg: TrainConfig, d: Dist) -> Run:
     if d.main:
         curves.trim(out_dir, state.step)
     ddp = model
-    if d.world > 1:
+    if d.world > 1 and not cfg.fsdp:
         for p in model.parameters():  # instead of DDP's init sync, which would also send the frozen base
             if p.requires_grad:
                 dist.broadcast(p.data, src=0)

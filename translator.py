@@ -76,7 +76,7 @@ class PoseEncoder(nn.Module):
         # the float32 norm of each row without a float32 copy of the table (vocab x hidden x 4 bytes)
         hidden = embedding_weight.shape[-1]
         rms = torch.linalg.vector_norm(embedding_weight, dim=-1, dtype=torch.float32) / hidden**0.5
-        self.embed_scale.copy_(rms.median())
+        self.embed_scale.copy_(loader.gathered(rms.median()))  # FSDP's table: only the rows' RMS are gathered
 
     @staticmethod
     def output_lengths(frames: Tensor | int) -> Tensor | int:
@@ -227,20 +227,23 @@ class SignTranslator(nn.Module):
 def build_model(cfg, tok: Tokenizer, device: torch.device, llm: Qwen2 | None = None) -> SignTranslator:
     """The one place a model is assembled (train.py, eval.py, bench.py): the frozen base (4-bit by
     default; or `llm`, already built) -> LoRA -> the pose encoder, sized to the data's features and
-    scaled to the embeddings. cfg is a config.TrainConfig."""
+    scaled to the embeddings. cfg is a config.TrainConfig. An `llm` still on the meta device
+    (train.py under FSDP: loaded after sharding) gets its adapters and encoder on `device`, and
+    the encoder's embedding scale once the table is loaded (PoseEncoder.set_embed_scale)."""
     if llm is None:
-        llm = loader.load_model(cfg.model_dir, dtype=torch.bfloat16 if device.type == "cuda" else torch.float32,
+        llm = loader.load_model(cfg.model_dir, dtype=base_dtype(device),
                                 device=device, quantize=None if cfg.quantize == "none" else cfg.quantize,
                                 double_quant=cfg.double_quant, quant_cache=cfg.quant_cache or None,
                                 offload_embeddings=cfg.offload_embeddings)
     lora.apply_lora(llm, r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout,
-                    targets=cfg.lora_targets, modules_to_save=cfg.modules_to_save)
+                    targets=cfg.lora_targets, modules_to_save=cfg.modules_to_save, device=device)
     llm.gradient_checkpointing = cfg.gradient_checkpointing
     pcfg = cfg.data.pose
     encoder = PoseEncoder(poses.part_slices(pcfg), poses.channels(pcfg), llm.config.hidden_size,
                           width=cfg.encoder_width, layers=cfg.encoder_layers, heads=cfg.encoder_heads,
                           dropout=cfg.encoder_dropout, aux_words=cfg.aux_words if uses_words(cfg) else 0).to(device)
-    encoder.set_embed_scale(llm.model.embed_tokens.weight)
+    if not llm.model.embed_tokens.weight.is_meta:
+        encoder.set_embed_scale(llm.model.embed_tokens.weight)
     model = SignTranslator(llm, encoder, tok.pose_token_id, tok.pad_id, cfg.answer_dropout)
     for p in model.parameters():
         if p.requires_grad:  # AdamW updates would round away in a 16-bit trained tensor
@@ -251,6 +254,11 @@ def build_model(cfg, tok: Tokenizer, device: torch.device, llm: Qwen2 | None = N
 def uses_words(cfg) -> bool:
     """Whether the run trains the encoder's word head (config: aux_weight, aux_only_steps)."""
     return cfg.aux_words > 0 and (cfg.aux_weight > 0 or cfg.aux_only_steps > 0)
+
+
+def base_dtype(device: torch.device) -> torch.dtype:
+    """The frozen base's 16-bit tensors: bf16 on GPUs, float32 on the CPU (its path is float32)."""
+    return torch.bfloat16 if device.type == "cuda" else torch.float32
 
 
 def to_device(batch: dict, device: torch.device) -> dict:

@@ -2,6 +2,10 @@
 GPU scripts work. Their times are not checked (speed targets live in BENCHMARKS.md); the token and
 FLOP counts they report are checked against counts made by hand."""
 import importlib.util
+import os
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -86,3 +90,17 @@ def test_cpu_peak_counts_live_storages():
 
     peak, at = bench.cpu_peak(step, [weight, tied])
     assert peak == 4096 + 2 * 2**20 and at == "aten.add.Tensor"
+
+
+def test_bench_train_fsdp_under_torchrun(tmp_path):
+    """bench.py train --fsdp on 2 processes (gloo): the model sharded as train.py --fsdp shards it,
+    random weights drawn per rank; both ranks step on the batch of the single-process test above,
+    so the job's tokens and labels per step are twice its hand counts."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "bench.py", "train",
+           "--fsdp", "--config", TINY, "--random-weights", "--steps", "1", "--warmup", "0", "--batch", "2",
+           "--frames", "64", f"--model_dir={tmp_path / 'none'}"]
+    res = subprocess.run(cmd, cwd=Path(TINY).parents[1], capture_output=True, text=True, timeout=180,
+                         env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert res.returncode == 0, res.stderr[-3000:]
+    rows = re.findall(r"ours \(NF4 \+ LoRA, FSDP x2\)\s+2\s+2x\d+\s+(\d+)\s+(\d+)", res.stdout)
+    assert rows == [("338", "124")], res.stdout[-2000:]  # rank 0's table only

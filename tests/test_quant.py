@@ -377,3 +377,43 @@ def test_constant_tables_reach_a_device_once(monkeypatch):
         quant.dequantize_absmax(torch.zeros(4, dtype=torch.uint8, device=meta), torch.ones(1, device=meta),
                                 torch.zeros((), device=meta))
     assert len(copies) == 2
+
+
+@pytest.mark.parametrize("double_quant", [False, True])
+@pytest.mark.parametrize("shape", [(40, 128), (40, 96), (7, 33)])
+def test_quantize_part_equals_the_rows_of_bitsandbytes_whole_quantization(shape, double_quant):
+    """FSDP's sharded loading: each of 3 ranks quantizes only the rows under its dim-0 chunks of the
+    packed bytes and absmax (torch.chunk's split, as fully_shard's, uneven here) and gets exactly
+    bnb's bytes and absmax of the whole matrix there; 96 and 33 columns: blocks cross rows. With
+    double_quant the absmax gathered from every rank's piece gives the same codes, scales, offset."""
+    torch.manual_seed(0)
+    w = torch.randn(shape) * 0.05
+    ref_packed, state = bnb_f.quantize_4bit(w, blocksize=64, quant_type="nf4", compress_statistics=double_quant)
+    whole = quant.Linear4bit(shape[1], shape[0], double_quant=double_quant)
+    whole.quantize_(w)
+    names = ["weight", "absmax"] + (["absmax_scale"] if double_quant else [])
+    world = 3
+
+    def chunk(n: int, r: int) -> slice:  # torch.chunk(range(n), world)[r], empty past the end
+        c = -(-n // world)
+        return slice(min(n, r * c), min(n, (r + 1) * c))
+
+    parts = [{name: chunk(getattr(whole, name).numel(), r) for name in names} for r in range(world)]
+    read = []
+    absmax_pieces = [quant.quantize_nf4_part(lambda a, b: w[a:b], shape, 64, slice(0, 0), parts[r]["absmax"])[1]
+                     for r in range(world)]  # what each rank contributes to the gather
+    for r in range(world):
+        def read_rows(r0, r1):
+            read.append(r1 - r0)
+            return w[r0:r1]
+        got = whole.quantize_part(read_rows, parts[r], gather_absmax=lambda mine: torch.cat(absmax_pieces))
+        assert torch.equal(got["weight"], ref_packed.view(-1)[parts[r]["weight"]])
+        if double_quant:  # our absmax codes are bnb's reference rule (its CPU kernel differs on a few)
+            for name in names[1:]:
+                assert torch.equal(got[name], getattr(whole, name)[parts[r][name]]), name
+            assert torch.equal(got["absmax_offset"], whole.absmax_offset)
+            torch.testing.assert_close(got["absmax_offset"], state.offset)
+        else:
+            assert torch.equal(got["absmax"], state.absmax[parts[r]["absmax"]])
+    if shape[0] >= 40:  # (7 x 33 has 4 blocks: a rank's absmax chunk is half of them, whatever its rows)
+        assert max(read) <= -(-shape[0] // world) + 2  # its rows, and at most one more at each end
