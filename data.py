@@ -498,7 +498,8 @@ def word_vocabulary(texts: list[str], size: int) -> list[str]:
 
 class SignDataset(torch.utils.data.Dataset):
     """One split of the cache. Item: dict(uid, poses (T, F) float32, text, prompt_ids, answer_ids,
-    and with n_words > 0 word_targets (n_words,) float32: 1 for each word of `words` in the text;
+    and with n_words > 0 word_targets (n_words,) float32: 1 for each word of `words` in the text, 0
+    for the others, -1 past the end of `words`;
     `words` defaults to word_vocabulary(this split's texts, n_words)); answer_ids end with
     <|im_end|>, the end of the assistant's turn, unless cut to max_answer_tokens (`truncated`
     counts those, see cap_answers)."""
@@ -537,7 +538,8 @@ class SignDataset(torch.utils.data.Dataset):
         item = {"uid": self.uids[i], "poses": x, "text": self.texts[i],
                 "prompt_ids": self.prompt_ids, "answer_ids": self.answer_ids[i]}
         if self.word_ids is not None:
-            item["word_targets"] = np.zeros(self.n_words, np.float32)
+            item["word_targets"] = np.full(self.n_words, -1, np.float32)   # -1: no word in that slot
+            item["word_targets"][:len(self.words)] = 0
             item["word_targets"][self.word_ids[i]] = 1
         return item
 

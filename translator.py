@@ -133,14 +133,16 @@ def word_presence_loss(logits: Tensor, token_mask: Tensor, targets: Tensor) -> T
 
     logits (B, T', V) per token; a word's clip-level logit is their log-mean-exp over the clip's
     tokens (a soft maximum: the word is there if some tokens say so; Sign2GPT's pseudo-gloss
-    pretraining, Wong et al. 2024, trains an encoder on such word targets). targets (B, V) 0/1.
-    Per clip: the mean loss of its present words plus the mean loss of its absent ones, so the
-    few present words weigh as much as the many absent."""
+    pretraining, Wong et al. 2024, trains an encoder on such word targets). targets (B, V): 1
+    present, 0 absent, -1 no vocabulary word in that slot (a corpus with fewer than V words),
+    left out. Per clip: the mean loss of its present words plus the mean loss of its absent ones,
+    so the few present words weigh as much as the many absent."""
     n = token_mask.sum(1, keepdim=True).clamp(min=1)                         # (B, 1)
     pooled = logits.float().masked_fill(~token_mask[..., None], float("-inf")).logsumexp(1) - n.log()  # (B, V)
-    bce = F.binary_cross_entropy_with_logits(pooled, targets, reduction="none")
-    pos, neg = targets.sum(1).clamp(min=1), (1 - targets).sum(1).clamp(min=1)
-    return ((bce * targets).sum(1) / pos + (bce * (1 - targets)).sum(1) / neg).sum()
+    present, absent = (targets == 1).float(), (targets == 0).float()
+    bce = F.binary_cross_entropy_with_logits(pooled, present, reduction="none")
+    return ((bce * present).sum(1) / present.sum(1).clamp(min=1)
+            + (bce * absent).sum(1) / absent.sum(1).clamp(min=1)).sum()
 
 
 def splice_pose_tokens(inputs_embeds: Tensor, input_ids: Tensor, pose_token_id: int, tokens: Tensor,

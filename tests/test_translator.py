@@ -55,14 +55,14 @@ def test_pose_tokens_have_embedding_norm_and_splice_at_placeholders():
 
 def test_word_presence_loss_by_hand():
     torch.manual_seed(0)
-    logits, mask = torch.randn(2, 4, 3), torch.tensor([[True] * 4, [True, True, False, False]])
-    targets = torch.tensor([[1.0, 0, 0], [0, 1, 1]])
+    logits, mask = torch.randn(2, 4, 4), torch.tensor([[True] * 4, [True, True, False, False]])
+    targets = torch.tensor([[1.0, 0, 0, -1], [0, 1, 1, -1]])  # slot 3: no vocabulary word, left out
     want = 0.0
     for b in range(2):
         n = int(mask[b].sum())
         pooled = [math.log(sum(math.exp(logits[b, t, v]) for t in range(n)) / n) for v in range(3)]
         bce = [-math.log(1 / (1 + math.exp(-z))) if y else -math.log(1 - 1 / (1 + math.exp(-z)))
-               for z, y in zip(pooled, targets[b].tolist())]
+               for z, y in zip(pooled, targets[b, :3].tolist())]
         pos = [l for l, y in zip(bce, targets[b].tolist()) if y]
         neg = [l for l, y in zip(bce, targets[b].tolist()) if not y]
         want += sum(pos) / len(pos) + sum(neg) / len(neg)
