@@ -14,7 +14,8 @@ module stores (gpt-fast keeps quantization as a conversion step beside the model
     offload_embeddings  the frozen input table kept in host memory (model.HostEmbedding)
     random_model   the same steps with random weights (benchmarks, the tiny demo)
     save_model     config.json + model.safetensors in the Hugging Face layout; a 4-bit model in
-                   bitsandbytes' layout, which transformers' from_pretrained loads
+                   bitsandbytes' layout, which transformers' from_pretrained loads (that layout,
+                   tensor by tensor, and its checks: bnb_format.py)
     empty_model, load_shards   FSDP: the model on the meta device, sharded by fully_shard, then
                    each rank reads and quantizes only the rows it holds (no rank has the whole)
 
@@ -45,6 +46,7 @@ from safetensors.torch import save_file
 from torch import Tensor, nn
 from torch.distributed.tensor import DTensor
 
+import bnb_format
 import quant
 from model import HostEmbedding, Qwen2, Qwen2Config
 
@@ -250,39 +252,7 @@ def _skeleton(config: Qwen2Config, source: str, dtype: torch.dtype, quantize: st
 
 
 # ----------------------------------------------------------------------------- bitsandbytes 4-bit checkpoints
-#
-# How bitsandbytes (through transformers' save_pretrained) stores a 4-bit projection P, in the
-# same safetensors files as the other tensors; config.json has a quantization_config:
-#     P.weight                            uint8 (n/2, 1)   packed NF4 codes: our Linear4bit.weight
-#     P.weight.absmax                     float32 (blocks,) one per 64 weights: our absmax
-#                                         (double quantization: uint8 (blocks,), our 8-bit codes)
-#     P.weight.quant_map                  float32 (16,)    the NF4 levels
-#     P.weight.nested_absmax              float32 (ceil(blocks/256),)   double quantization only: our absmax_scale
-#     P.weight.nested_quant_map           float32 (256,)   the signed 8-bit dynamic map
-#     P.weight.quant_state.bitsandbytes__nf4   uint8: UTF-8 JSON {"quant_type", "blocksize", "dtype",
-#                                         "shape", and nested_blocksize / nested_dtype / nested_offset
-#                                         (our absmax_offset)}
-# bitsandbytes dequantizes the absmax as nested_quant_map[code] * nested_absmax[block] + offset:
-# quant.dequantize_absmax, operation for operation. So the tensors are moved, never converted.
-
-BNB_STATE = "weight.quant_state.bitsandbytes__nf4"
-
-
-def _bnb_4bit(config: dict, source: str) -> bool:
-    """True when config.json says bitsandbytes saved the checkpoint in 4-bit NF4; a quantization this
-    loader cannot read (8-bit, FP4, another method or storage type) is an error naming it."""
-    q = config.get("quantization_config")
-    if q is None:
-        return False
-    supported = "only bitsandbytes 4-bit NF4 checkpoints and unquantized ones can be loaded"
-    if q.get("quant_method") != "bitsandbytes" or not q.get("load_in_4bit"):
-        kind = f"{q.get('quant_method')!r}" + (" 8-bit" if q.get("load_in_8bit") else "")
-        raise ValueError(f"{source}: quantization_config is {kind}; {supported}")
-    if q.get("bnb_4bit_quant_type", "fp4") != "nf4":  # bitsandbytes' own default is fp4
-        raise ValueError(f"{source}: bnb_4bit_quant_type is {q.get('bnb_4bit_quant_type', 'fp4')!r}; {supported}")
-    if q.get("bnb_4bit_quant_storage", "uint8") != "uint8":
-        raise ValueError(f"{source}: bnb_4bit_quant_storage is {q['bnb_4bit_quant_storage']!r}, not 'uint8'; {supported}")
-    return True
+# The layout, its checks and its conversion to Linear4bit's buffers are in bnb_format.py.
 
 
 def _load_bnb_4bit(model: nn.Module, where: dict[str, Path], device) -> set[str]:
@@ -296,7 +266,7 @@ def _load_bnb_4bit(model: nn.Module, where: dict[str, Path], device) -> set[str]
             if name not in where:
                 prefix = name.split(".weight")[0]
                 raise ValueError(f"missing tensor {name}: {prefix} has a bitsandbytes quant_state (in "
-                                 f"{files[f'{prefix}.{BNB_STATE}']}) but not this part of it")
+                                 f"{files[f'{prefix}.{bnb_format.BNB_STATE}']}) but not this part of it")
             file = where.pop(name)
             if file not in opened:
                 opened[file] = stack.enter_context(safe_open(file, framework="pt", device="cpu"))
@@ -304,78 +274,17 @@ def _load_bnb_4bit(model: nn.Module, where: dict[str, Path], device) -> set[str]
 
         for key in sorted(k for k in where if ".quant_state.bitsandbytes__" in k):
             prefix = key.rsplit(".weight.quant_state.", 1)[0]
-            if not key.endswith(BNB_STATE):
+            if not key.endswith(bnb_format.BNB_STATE):
                 raise ValueError(f"tensor {key} in {files[key]}: bitsandbytes {key.rsplit('__', 1)[1]} weights are "
                                  "not supported, only nf4 (quantize with bnb_4bit_quant_type='nf4')")
             module = modules.get(prefix)
             if not isinstance(module, quant.Linear4bit):
                 raise ValueError(f"tensor {key} in {files[key]}: {prefix} is stored in 4 bits, but only the "
                                  "seven projections of each layer can be 4-bit here")
-            _fill_from_bnb(module, prefix, read, files, device)
+            for attr, t in bnb_format.from_bnb(module, prefix, read, files).items():
+                _put(module, attr, t.to(device))
             filled.add(f"{prefix}.weight")
     return filled
-
-
-def _fill_from_bnb(m: quant.Linear4bit, prefix: str, read, files: dict[str, Path], device) -> None:
-    """One projection's buffers from its bitsandbytes tensors (read(name) -> tensor), checked
-    against the layout above. A double-quantized absmax goes to a module that keeps float32 absmax
-    expanded exactly as bitsandbytes expands it; a float32 one to a double_quant module is quantized."""
-    w, key = f"{prefix}.weight", f"{prefix}.{BNB_STATE}"
-
-    def check(ok: bool, name: str, what: str) -> None:
-        if not ok:
-            raise ValueError(f"tensor {name} in {files[name]}: {what}; only bitsandbytes NF4 in blocks of "
-                             f"{m.blocksize} (double quantization: of 256) is supported")
-
-    state = json.loads(bytes(read(key).tolist()).decode())
-    n, blocks, nested = m.in_features * m.out_features, m.absmax.numel(), "nested_offset" in state
-    check(state.get("quant_type") == "nf4", key, f"quant_type is {state.get('quant_type')!r}")
-    check(state.get("blocksize") == m.blocksize, key, f"blocksize is {state.get('blocksize')}")
-    check(state.get("shape") == [m.out_features, m.in_features], key,
-          f"shape is {state.get('shape')}, expected {[m.out_features, m.in_features]}")
-    packed, levels, absmax = read(w), read(f"{w}.quant_map"), read(f"{w}.absmax")
-    check(packed.dtype == torch.uint8 and packed.numel() == (n + 1) // 2, w,
-          f"{packed.dtype} {tuple(packed.shape)}, expected uint8 ({(n + 1) // 2}, 1)")
-    check(torch.equal(levels, quant.NF4_LEVELS), f"{w}.quant_map", "not the 16 NF4 levels")
-    check(absmax.dtype == (torch.uint8 if nested else torch.float32) and absmax.shape == (blocks,), f"{w}.absmax",
-          f"{absmax.dtype} {tuple(absmax.shape)}, expected ({blocks},) {'uint8' if nested else 'float32'}")
-    if nested:
-        scale, dyn = read(f"{w}.nested_absmax"), read(f"{w}.nested_quant_map")
-        check(state.get("nested_blocksize") == 256, key, f"nested_blocksize is {state.get('nested_blocksize')}")
-        check(scale.dtype == torch.float32 and scale.shape == (-(-blocks // 256),), f"{w}.nested_absmax",
-              f"{scale.dtype} {tuple(scale.shape)}, expected ({-(-blocks // 256)},) float32")
-        check(torch.equal(dyn, quant.DYNAMIC_MAP_8BIT), f"{w}.nested_quant_map", "not the signed 8-bit dynamic map")
-        offset = torch.tensor(state["nested_offset"], dtype=torch.float32)  # the JSON float is the float32 exactly
-        if not m.double_quant:
-            absmax = quant.dequantize_absmax(absmax, scale, offset)
-    if m.double_quant:
-        absmax, scale, offset = (absmax, scale, offset) if nested else quant.quantize_absmax(absmax)
-        _put(m, "absmax_scale", scale.to(device))
-        _put(m, "absmax_offset", offset.to(device))
-    _put(m, "weight", packed.reshape(-1).to(device))
-    _put(m, "absmax", absmax.to(device))
-
-
-def _bnb_tensors(prefix: str, m: quant.Linear4bit) -> dict[str, Tensor]:
-    """One 4-bit projection as bitsandbytes saves it (the layout above), byte for byte. The
-    tables are copied: safetensors refuses to write one tensor under several names."""
-    w = f"{prefix}.weight"
-    state = {"quant_type": "nf4", "blocksize": m.blocksize, "dtype": str(m.compute_dtype).removeprefix("torch."),
-             "shape": [m.out_features, m.in_features]}
-    out = {w: m.weight.reshape(-1, 1), f"{w}.absmax": m.absmax, f"{w}.quant_map": quant.NF4_LEVELS.clone()}
-    if m.double_quant:
-        state.update(nested_blocksize=256, nested_dtype="float32", nested_offset=m.absmax_offset.item())
-        out.update({f"{w}.nested_absmax": m.absmax_scale, f"{w}.nested_quant_map": quant.DYNAMIC_MAP_8BIT.clone()})
-    out[f"{prefix}.{BNB_STATE}"] = torch.tensor(list(json.dumps(state).encode()), dtype=torch.uint8)
-    return out
-
-
-def _bnb_quantization_config(m: quant.Linear4bit) -> dict:
-    """config.json's quantization_config for a model whose projections are all like `m`."""
-    return {"quant_method": "bitsandbytes", "load_in_4bit": True, "load_in_8bit": False,
-            "bnb_4bit_quant_type": "nf4", "bnb_4bit_use_double_quant": m.double_quant,
-            "bnb_4bit_compute_dtype": str(m.compute_dtype).removeprefix("torch."),
-            "bnb_4bit_quant_storage": "uint8", "llm_int8_skip_modules": ["lm_head"]}
 
 
 def load_model(path: str | Path, dtype: torch.dtype = torch.float32, device="cpu", quantize: str | None = None,
@@ -396,7 +305,7 @@ def load_model(path: str | Path, dtype: torch.dtype = torch.float32, device="cpu
     path = model_path(path)
     raw = json.loads((path / "config.json").read_text())
     config = Qwen2Config.from_dict(raw, source=str(path / "config.json"))
-    prequantized = _bnb_4bit(raw, str(path / "config.json"))
+    prequantized = bnb_format.is_bnb_4bit(raw, str(path / "config.json"))
     if prequantized and quantize != "nf4":
         raise ValueError(f"{path / 'config.json'}: this checkpoint is in bitsandbytes 4-bit NF4 "
                          "(quantization_config); load it with quantize='nf4', or load the 16-bit one")
@@ -550,7 +459,7 @@ def load_shards(model: nn.Module, path: str | Path, dtype: torch.dtype, device,
     path = model_path(path)
     raw = json.loads((path / "config.json").read_text())
     config = Qwen2Config.from_dict(raw, source=str(path / "config.json"))
-    if _bnb_4bit(raw, str(path / "config.json")):
+    if bnb_format.is_bnb_4bit(raw, str(path / "config.json")):
         raise ValueError(f"{path / 'config.json'}: a checkpoint bitsandbytes saved in 4 bits cannot be loaded "
                          "sharded (--fsdp) yet; use the 16-bit checkpoint, which each rank quantizes in part")
     with torch.device("meta"):
@@ -617,7 +526,7 @@ def save_model(model: Qwen2, out_dir: str | Path) -> None:
     four_bit = {name: m for name, m in model.named_modules() if isinstance(m, quant.Linear4bit)}
     state = {k: v for k, v in _state(model).items() if k.rsplit(".", 1)[0] not in four_bit or k.endswith(".bias")}
     for name, m in four_bit.items():
-        state.update(_bnb_tensors(name, m))
+        state.update(bnb_format.to_bnb(name, m))
     with torch.device("meta"):
         names = set(_expected_shapes(Qwen2(model.config)))
     extra = sorted(k for k in set(state) ^ names if k.rsplit(".weight", 1)[0] not in four_bit)
@@ -628,5 +537,5 @@ def save_model(model: Qwen2, out_dir: str | Path) -> None:
     _save_file(state, out_dir / "model.safetensors")
     config = {**model.config.to_dict(), "dtype": str(model.model.embed_tokens.weight.dtype).removeprefix("torch.")}
     if four_bit:
-        config["quantization_config"] = _bnb_quantization_config(next(iter(four_bit.values())))
+        config["quantization_config"] = bnb_format.quantization_config(next(iter(four_bit.values())))
     (out_dir / "config.json").write_text(json.dumps(config, indent=2))

@@ -10,6 +10,7 @@ import pytest
 from pose_format import Pose
 
 import synth
+import synth_grammar as grammar
 
 
 @pytest.fixture(scope="module")
@@ -141,7 +142,7 @@ def test_a_word_is_signed_alike_by_every_signer():
 
     def shape(word, seed):
         rng = np.random.default_rng(seed)
-        data, conf = synth.render(synth.Sentence(word, (word,)), synth.make_signer(rng), rng)
+        data, conf = synth.render(grammar.Sentence(word, (word,)), synth.make_signer(rng), rng)
         hand = data[:, 522:543, :2]
         width = np.linalg.norm(data[:, 11, :2] - data[:, 12, :2], axis=1)[:, None, None]
         rel = ((hand - hand[:, :1]) / width)[conf[:, 522] > 0]
@@ -151,45 +152,45 @@ def test_a_word_is_signed_alike_by_every_signer():
     for i, w in enumerate(words):
         assert np.linalg.norm(ref - shape(w, 2), axis=1).argmin() == i, w
     # and no two words share hands, place, movement, hand shapes and palm
-    looks = {(s.hands, s.location, s.movement, s.shape, s.end_shape, s.palm) for s in map(synth.sign_for, synth.LEXICON)}
-    assert len(looks) == len(synth.LEXICON)
+    looks = {(s.hands, s.location, s.movement, s.shape, s.end_shape, s.palm) for s in map(synth.sign_for, grammar.LEXICON)}
+    assert len(looks) == len(grammar.LEXICON)
 
 
 def test_glosses_follow_isl_order():
-    s = synth.transitive(("MY", "MOTHER"), "BUY", ("BOOK",), "YESTERDAY")
+    s = grammar.transitive(("MY", "MOTHER"), "BUY", ("BOOK",), "YESTERDAY")
     assert s.text == "My mother bought a book yesterday."
     assert s.glosses == ("YESTERDAY", "MY", "MOTHER", "BOOK", "BUY")   # time first, then S O V
-    s = synth.intransitive(("MY", "MOTHER"), "GO", "MARKET", "TOMORROW")
+    s = grammar.intransitive(("MY", "MOTHER"), "GO", "MARKET", "TOMORROW")
     assert (s.text, s.glosses) == ("My mother is going to the market tomorrow.",
                                    ("TOMORROW", "MY", "MOTHER", "MARKET", "GO"))
-    s = synth.transitive(("I",), "WANT", ("WATER",))
+    s = grammar.transitive(("I",), "WANT", ("WATER",))
     assert (s.text, s.glosses) == ("I want water.", ("I", "WATER", "WANT"))
-    s = synth.transitive(("SHE",), "LIKE", ("TEA",), form="negative")
+    s = grammar.transitive(("SHE",), "LIKE", ("TEA",), form="negative")
     assert (s.text, s.glosses) == ("She does not like tea.", ("SHE", "TEA", "LIKE", "NOT"))
-    s = synth.transitive(("YOUR", "SISTER"), "EAT", ("APPLE",), form="yes_no")
+    s = grammar.transitive(("YOUR", "SISTER"), "EAT", ("APPLE",), form="yes_no")
     assert (s.text, s.glosses, s.marker) == ("Does your sister eat an apple?",
                                              ("YOUR", "SISTER", "APPLE", "EAT"), "yes_no")
-    s = synth.wh_question("WHERE", ("YOU",), "GO")
+    s = grammar.wh_question("WHERE", ("YOU",), "GO")
     assert (s.text, s.glosses, s.marker) == ("Where are you going?", ("YOU", "GO", "WHERE"), "wh")
-    assert synth.state(("I",), "TIRED", "NOW").text == "I am tired now."
-    assert synth.describe(None, "TEA", "HOT") == synth.Sentence("The tea is hot.", ("TEA", "HOT"))
+    assert grammar.state(("I",), "TIRED", "NOW").text == "I am tired now."
+    assert grammar.describe(None, "TEA", "HOT") == grammar.Sentence("The tea is hot.", ("TEA", "HOT"))
 
 
 def test_random_sentences_are_translatable():
     """Signs (plus the non-manual marker) determine the English; the lexicon is all used;
     the verb follows its object in the signing but precedes it in English."""
     rng = np.random.default_rng(0)
-    sentences = [synth.random_sentence(rng) for _ in range(3000)]
+    sentences = [grammar.random_sentence(rng) for _ in range(3000)]
     english = {}
     for s in sentences:
         english.setdefault((s.glosses, s.marker), set()).add(s.text)
-        assert set(s.glosses) <= set(synth.LEXICON)
+        assert set(s.glosses) <= set(grammar.LEXICON)
         assert 2 <= len(s.text.split()) <= 8, s.text
     assert all(len(texts) == 1 for texts in english.values())
-    assert {g for s in sentences for g in s.glosses} == set(synth.LEXICON)
-    assert 60 <= len(synth.LEXICON) <= 120
+    assert {g for s in sentences for g in s.glosses} == set(grammar.LEXICON)
+    assert 60 <= len(grammar.LEXICON) <= 120
     for s in sentences:
-        if s.glosses[-1] in synth.OBJECTS_OF and s.glosses[-2] in synth.OBJECTS and not s.marker:
+        if s.glosses[-1] in grammar.OBJECTS_OF and s.glosses[-2] in grammar.OBJECTS and not s.marker:
             words = s.text.lower().rstrip(".").split()
-            verb = next(i for i, w in enumerate(words) if w in synth.VERBS[s.glosses[-1]])
+            verb = next(i for i, w in enumerate(words) if w in grammar.VERBS[s.glosses[-1]])
             assert verb < words.index(s.glosses[-2].lower()), s

@@ -16,6 +16,7 @@ from pose_format import Pose
 import data
 import poses
 import synth_kinds as sk
+import synth_kinds_grammar as grammar
 
 ROOT = Path(__file__).resolve().parents[1]
 CASES = {"path": dict(fps=30, size=(640, 480)), "shape": dict(fps=50, size=(1920, 1080)),
@@ -127,43 +128,43 @@ def test_splits_keep_every_split_and_whole_videos():
 
 # ----------------------------------------------------------------------------- grammar
 def test_grammar_is_deterministic_and_in_time_topic_comment_order():
-    s = sk.clause("WORKER", "PAINT", "DOOR", "RED", "LAST-NIGHT", "negative")
+    s = grammar.clause("WORKER", "PAINT", "DOOR", "RED", "LAST-NIGHT", "negative")
     assert s.text == "The workers did not paint the red door last night."
     assert s.glosses == ("LAST-NIGHT", "DOOR", "RED", "WORKER", "PLURAL", "PAINT", "NO")
-    assert sk.clause("BOY", "FIND", "KEY", form="yes_no").text == "Does the boy find the key?"
-    assert sk.clause("NURSE", "OPEN", "WINDOW", time_="LATER", form="who").glosses == \
+    assert grammar.clause("BOY", "FIND", "KEY", form="yes_no").text == "Does the boy find the key?"
+    assert grammar.clause("NURSE", "OPEN", "WINDOW", time_="LATER", form="who").glosses == \
         ("LATER", "WINDOW", "OPEN", "WHO")
-    assert sk.description("CUP", "WET", "yes_no").text == "Is the cup wet?"
+    assert grammar.description("CUP", "WET", "yes_no").text == "Is the cup wet?"
     rng = np.random.default_rng(0)
-    sentences = [sk.random_sentence(rng) for _ in range(400)]
+    sentences = [grammar.random_sentence(rng) for _ in range(400)]
     by_glosses = {}
     for s in sentences:                   # one gloss sequence, one English sentence (and back)
         assert by_glosses.setdefault(s.glosses, s.text) == s.text
-        assert set(s.glosses) <= set(sk.LEXICON)
+        assert set(s.glosses) <= set(grammar.LEXICON)
     assert len({s.text for s in sentences}) == len(by_glosses) > 250
-    assert len({g for s in sentences for g in s.glosses}) == len(sk.LEXICON)
+    assert len({g for s in sentences for g in s.glosses}) == len(grammar.LEXICON)
 
 
 # ----------------------------------------------------------------------------- signs: what carries identity
 def test_every_kind_gives_every_word_its_own_sign():
     for kind in sk.KINDS:
-        signs = [sk.sign_for(w, kind) for w in sk.LEXICON]
+        signs = [sk.sign_for(w, kind) for w in grammar.LEXICON]
         keys = {(s.path, s.shape, s.end_shape, s.fingers, s.normal, s.turn, s.hands, s.seconds) for s in signs}
-        assert len(keys) == len(sk.LEXICON), kind
+        assert len(keys) == len(grammar.LEXICON), kind
 
 
 def test_path_words_differ_only_by_wrist_path():
     signer = real_signer()
-    dom = {w: perform(w, "path", signer, seed=5) for w in sk.LEXICON}   # the same generator for every word
-    first = dom[sk.LEXICON[0]]
-    for w in sk.LEXICON[1:]:
+    dom = {w: perform(w, "path", signer, seed=5) for w in grammar.LEXICON}   # the same generator for every word
+    first = dom[grammar.LEXICON[0]]
+    for w in grammar.LEXICON[1:]:
         a, b = dom[w]
         assert a.shape == first[0].shape                        # one duration for every word
         np.testing.assert_allclose(local_hand(a), local_hand(first[0]), atol=1e-12)   # one hand shape
         np.testing.assert_allclose(a[:, 3:9], first[0][:, 3:9], atol=1e-12)           # one orientation
         np.testing.assert_allclose(b, first[1], atol=1e-12)     # the other hand idles the same way
-    tracks = {w: dom[w][0][:, :3] for w in sk.LEXICON}
-    gaps = [np.linalg.norm(tracks[a] - tracks[b], axis=1).mean() for a, b in itertools.combinations(sk.LEXICON, 2)]
+    tracks = {w: dom[w][0][:, :3] for w in grammar.LEXICON}
+    gaps = [np.linalg.norm(tracks[a] - tracks[b], axis=1).mean() for a, b in itertools.combinations(grammar.LEXICON, 2)]
     assert min(gaps) > .03 * signer.k                           # every pair of paths > 3 cm apart on average
     # ... and that survives the camera: normalised wrist tracks of two one-word clips
     x, y = (normalised_wrist(render([w], "path", still_signer())[0]) for w in ("RED", "BOX"))
@@ -186,10 +187,10 @@ def test_path_passes_through_its_control_points():
 def test_shape_words_differ_only_by_hand_shape_and_place():
     signer = real_signer()
     by_place = {}
-    for w in sk.LEXICON:
+    for w in grammar.LEXICON:
         by_place.setdefault(sk.sign_for(w, "shape").path, []).append(w)
     assert len(by_place) == len(sk.LOCATIONS) and max(map(len, by_place.values())) >= 2
-    clips = {w: perform(w, "shape", signer, seed=9) for w in sk.LEXICON}
+    clips = {w: perform(w, "shape", signer, seed=9) for w in grammar.LEXICON}
     for words in by_place.values():
         for a, b in itertools.combinations(words, 2):           # same place: same wrist, other fingers
             (da, oa), (db, ob) = clips[a], clips[b]
@@ -202,7 +203,7 @@ def test_shape_words_differ_only_by_hand_shape_and_place():
         assert gap.min() > .05 * signer.k
     # held: a still signer's wrist stays within the common bounce of its place (hand-computed)
     still = still_signer()
-    for w in sk.LEXICON[:10]:
+    for w in grammar.LEXICON[:10]:
         track = perform(w, "shape", still)[0][:, :3]
         assert np.abs(track - sk.sign_for(w, "shape").path[0]).max() <= sk.BOUNCE + 1e-12
     # through the camera: two same-place words have the same normalised wrist, frame by frame
@@ -213,7 +214,7 @@ def test_shape_words_differ_only_by_hand_shape_and_place():
 
 
 def test_mixed_words_vary_in_many_properties():
-    signs = [sk.sign_for(w, "mixed") for w in sk.LEXICON]
+    signs = [sk.sign_for(w, "mixed") for w in grammar.LEXICON]
     assert {s.hands for s in signs} >= {"one", "mirror", "base"}
     assert len({s.shape for s in signs}) > 30 and sum(s.shape != s.end_shape for s in signs) >= 5
     assert len({s.fingers for s in signs}) > 30 and sum(s.turn != 0 for s in signs) >= 5
