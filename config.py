@@ -69,8 +69,7 @@ class TrainConfig:
     lora_targets: list = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
     modules_to_save: list = field(default_factory=list)  # e.g. ["embed_tokens", "lm_head"]
     encoder_width: int = 512
-    encoder_layers: int = 2          # transformer blocks over the downsampled frames (translator.PoseEncoder)
-    encoder_heads: int = 4
+    encoder_layers: int = 2          # dilated residual conv blocks over the downsampled frames (translator.PoseEncoder)
     encoder_dropout: float = 0.1
     answer_dropout: float = 0.0      # training: answer tokens given as input replaced by padding (translator)
     # the encoder's word objective (translator.word_presence_loss): which words of the training
