@@ -577,7 +577,7 @@ class Run:
     base: dict                    # the base model's fingerprint, saved in every checkpoint
 
 
-def shard(cfg: TrainConfig, tok: Tokenizer, d: Dist, random_shape=None) -> SignTranslator:
+def shard(cfg: TrainConfig, tok: Tokenizer, d: Dist, features=None, random_shape=None) -> SignTranslator:
     """--fsdp: the model built around a base still on the meta device, each decoder layer and then
     the root (the encoder, embeddings, final norm, lm_head) sharded over all ranks by FSDP2's
     fully_shard, then this rank's chunks of the base read from the checkpoint (loader.load_shards),
@@ -589,6 +589,8 @@ def shard(cfg: TrainConfig, tok: Tokenizer, d: Dist, random_shape=None) -> SignT
     llm = loader.empty_model(random_shape or cfg.model_dir, dtype, None if cfg.quantize == "none" else cfg.quantize,
                              cfg.double_quant, cfg.offload_embeddings)
     model = build_model(cfg, tok, d.device, llm=llm)
+    if features is not None:  # the training split's frames; before sharding, every rank the same
+        model.encoder.set_input_stats(features)
     mesh = init_device_mesh(d.device.type, (d.world,))
     offload = CPUOffloadPolicy(pin_memory=d.device.type == "cuda") if cfg.fsdp_cpu_offload else OffloadPolicy()
     scalars = {p for p in model.parameters() if p.dim() == 0}  # FSDP2 shards dim 0: these stay whole
@@ -624,7 +626,11 @@ def setup(cfg: TrainConfig, d: Dist) -> Run:
         raise ConfigError(f"the train split has {len(train_ds)} clips, fewer than batch_size x world_size "
                           f"= {cfg.batch_size} x {d.world}: lower batch_size or use more data")
     seed_everything(cfg.seed)  # the same initial weights on every rank
-    model = shard(cfg, tok, d) if cfg.fsdp else build_model(cfg, tok, d.device)
+    if cfg.fsdp:
+        model = shard(cfg, tok, d, train_ds.features)
+    else:
+        model = build_model(cfg, tok, d.device)
+        model.encoder.set_input_stats(train_ds.features)  # the same on every rank; a resume loads the trained ones
     count = lambda m: sum(p.numel() for p in m.parameters() if p.requires_grad)  # noqa: E731
     log.info(f"trained parameters: LLM {count(model.llm):,} (LoRA and modules_to_save), encoder {count(model.encoder):,}")
     opt = make_optimizer(model, cfg)

@@ -17,6 +17,7 @@ from __future__ import annotations
 from contextlib import nullcontext
 from typing import NamedTuple
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -35,6 +36,7 @@ from tokenizer import Tokenizer
 class PoseEncoder(nn.Module):
     """(B, frames, F) pose features -> (B, T', hidden) soft tokens in the LLM's embedding space.
 
+    0. Each point's coordinates standardised (set_input_stats, then trained).
     1. Per part (body, each hand, face: poses.part_slices), a Linear of the part's features and
        of their frame-to-frame differences (motion) to `width`; the parts' vectors are summed
        (GELU, LayerNorm, dropout). Each part has its own weights, so the face's many points do
@@ -58,6 +60,11 @@ class PoseEncoder(nn.Module):
                  layers: int = 2, dropout: float = 0.1, aux_words: int = 0):
         super().__init__()
         self.parts, self.channels = parts, channels                # feature points per part, numbers per point
+        points = max(sl.stop for sl in parts.values())
+        # x' = x * in_scale + in_shift per point and coordinate (set_input_stats: the training
+        # split's standardisation, then trained; present points only: a missing one stays 0)
+        self.in_scale = nn.Parameter(torch.ones(points, channels - 1))
+        self.in_shift = nn.Parameter(torch.zeros(points, channels - 1))
         self.embed = nn.ModuleDict({name: nn.Linear((2 * channels - 1) * (sl.stop - sl.start), width)
                                     for name, sl in parts.items()})
         self.frame = nn.Sequential(nn.GELU(), nn.LayerNorm(width), nn.Dropout(dropout))
@@ -77,6 +84,25 @@ class PoseEncoder(nn.Module):
         rms = torch.linalg.vector_norm(embedding_weight, dim=-1, dtype=torch.float32) / hidden**0.5
         self.embed_scale.copy_(loader.gathered(rms.median()))  # FSDP's table: only the rows' RMS are gathered
 
+    @torch.no_grad()
+    def set_input_stats(self, features: np.ndarray, max_frames: int = 200_000) -> None:
+        """Standardise the input from a (frames, F) array of training features (at most
+        max_frames rows, spread evenly): per point and coordinate, the mean and std over the
+        frames where the point is present (std at least 0.01, a few millimetres).
+
+        Without it the encoder learns the words of some corpora very slowly or not at all: a hand
+        shape moves its points by a few hundredths of a shoulder width around offsets of up to
+        ~1, and AdamW's steps, about lr per weight whatever the gradient's size, would take tens
+        of thousands of steps to grow weights that amplify such small differences."""
+        rows = np.linspace(0, len(features) - 1, min(len(features), max_frames)).astype(np.int64)
+        p = torch.from_numpy(np.asarray(features[rows], np.float32)).view(len(rows), -1, self.channels)
+        xy, present = p[..., :-1], p[..., -1:]                                # (N, K, C), (N, K, 1)
+        n = present.sum(0).clamp(min=1)
+        mean = (xy * present).sum(0) / n
+        std = (((xy - mean) ** 2 * present).sum(0) / n).sqrt().clamp(min=0.01)
+        self.in_scale.copy_(1 / std)
+        self.in_shift.copy_(-mean / std)
+
     @staticmethod
     def output_lengths(frames: Tensor | int) -> Tensor | int:
         """Soft tokens for `frames` frames: each stride-2 conv maps n -> ceil(n / 2)."""
@@ -88,7 +114,9 @@ class PoseEncoder(nn.Module):
         """(B, T, F) features -> (B, T, width): each part's points and their motion, embedded and summed."""
         B, T, _ = poses.shape
         p = poses.view(B, T, -1, self.channels)                              # (B, T, K, C+1)
-        xy, present = p[..., :-1], p[..., -1:]
+        present = p[..., -1:]
+        xy = (p[..., :-1] * self.in_scale + self.in_shift) * present         # standardised; missing stays 0
+        p = torch.cat((xy, present), -1)
         both = present[:, 1:] * present[:, :-1]                              # seen in this frame and the last
         motion = torch.cat((torch.zeros_like(xy[:, :1]), (xy[:, 1:] - xy[:, :-1]) * both), 1)   # (B, T, K, C)
         x = 0

@@ -98,3 +98,31 @@ def test_answer_dropout_replaces_answer_inputs_only():
     assert torch.equal(batch["labels"], labels)
     model.eval()
     assert torch.equal(model.embed(batch)[0][0, 4:], table[[11, 12, 13]])
+
+
+def test_input_stats_standardise_present_points_and_leave_missing_ones_zero():
+    """set_input_stats: per point and coordinate, mean and std over the frames where the point
+    is present (computed here by hand); the encoder then sees (x - mean) / std, and 0 for a
+    missing point whatever its stored value."""
+    torch.manual_seed(0)
+    enc = translator.PoseEncoder(PARTS, channels=3, hidden_size=32, width=16)
+    feats = np.random.default_rng(0).normal(2.0, 0.5, (50, 4, 3)).astype(np.float32)
+    feats[..., 2] = 1
+    feats[::5, 1] = 0                        # point 1 missing in every fifth frame (zeros, presence 0)
+    feats[:, 3, 1] = 0.5                     # point 3's y never moves: std floored at 0.01
+    enc.set_input_stats(feats.reshape(50, 12))
+    for k in range(4):
+        seen = feats[:, k, 2] > 0
+        mean, std = feats[seen, k, :2].mean(0), feats[seen, k, :2].std(0)
+        std = np.maximum(std, 0.01)
+        np.testing.assert_allclose(enc.in_scale[k].detach().numpy(), 1 / std, rtol=1e-4)
+        np.testing.assert_allclose(enc.in_shift[k].detach().numpy(), -mean / std, rtol=1e-4, atol=1e-5)
+    # what the first stage sees: standardised coordinates, missing points 0
+    seen = {}
+    enc.embed["body"].register_forward_hook(lambda m, inp, out: seen.update(body=inp[0]))  # returns None
+    enc.eval()(torch.from_numpy(feats.reshape(1, 50, 12)), torch.ones(1, 50, dtype=torch.bool))
+    body = seen["body"][0, :, :6].detach().reshape(50, 2, 3)  # points 0 and 1: x, y, present
+    k1 = feats[:, 1, 2] > 0
+    m1, s1 = feats[k1, 1, :2].mean(0), feats[k1, 1, :2].std(0)
+    np.testing.assert_allclose(body[k1, 1, :2].numpy(), (feats[k1, 1, :2] - m1) / s1, rtol=1e-4, atol=1e-4)
+    assert (body[~k1, 1] == 0).all()
