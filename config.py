@@ -52,7 +52,9 @@ class TrainConfig:
     synth_n: int = 0                 # > 0 and data_dir missing: generate a synthetic corpus there
     synth_seed: int = 0
     init_model: dict = field(default_factory=dict)  # non-empty and model_dir missing: create a random
-                                                    # Qwen2 of these sizes + a BPE tokenizer there
+                                                    # Qwen2 of these sizes + a BPE tokenizer there; with
+                                                    # model_dir "" that is out_dir/base: every run, and so
+                                                    # every corpus, gets a tokenizer of its own texts
     # model
     model_dir: str = runtime("checkpoints/Qwen2.5-7B-Instruct")
     model_repo: str = "Qwen/Qwen2.5-7B-Instruct"  # named in the download hint if model_dir is missing
@@ -75,11 +77,11 @@ class TrainConfig:
     # the encoder's word objective (translator.word_presence_loss): which words of the training
     # texts (the aux_words most frequent, stop words left out) a clip signs
     aux_words: int = 1024
-    aux_weight: float = 0.0          # weight of the word loss beside the language-model loss
+    aux_weight: float = 1.0          # weight of the word loss beside the language-model loss (0: off)
     aux_only_steps: int = 0          # first steps: the encoder learns the words alone (no LLM)
     gradient_checkpointing: bool = False
     fsdp: bool = runtime(False)      # shard the model over all processes (FSDP2) instead of a whole copy on
-                                     # each (DDP): for models larger than one GPU (README). Checkpoints
+                                     # each (DDP): for models larger than one GPU (docs/training.md). Checkpoints
                                      # are the same either way: a run may resume with the other
     fsdp_cpu_offload: bool = runtime(False)  # FSDP: keep the shards, their gradients and AdamW in host
                                      # memory, copied to the GPU per layer (CPUOffloadPolicy); slower
@@ -222,6 +224,8 @@ def load_config(argv: list[str]) -> TrainConfig:
             values[k] = v
     values.update(parse_override(a) for a in argv)
     cfg = build(values)
+    if cfg.init_model and not cfg.model_dir:
+        cfg.model_dir = str(Path(cfg.out_dir) / "base")
     check(cfg)
     return cfg
 

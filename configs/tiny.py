@@ -11,7 +11,7 @@ synth_seed = 0
 system_prompt = "Translate the signs."
 user_prompt = "{pose}"
 augment = True
-model_dir = "runs/tiny-base"
+model_dir = ""            # the random base goes to out_dir/base: its tokenizer learns this corpus
 init_model = dict(hidden_size=128, intermediate_size=384, num_hidden_layers=2, num_attention_heads=4,
                   num_key_value_heads=2, max_position_embeddings=1024, vocab_size=1024)
 quantize = "nf4"
@@ -27,7 +27,7 @@ batch_size = 16
 grad_accum = 1
 max_steps = 3000
 lr = 2e-3
-encoder_lr = 1e-3
+encoder_lr = 3e-3
 warmup_steps = 50
 eval_every = 500
 eval_samples = 60

@@ -90,7 +90,8 @@ def test_answer_dropout_replaces_answer_inputs_only():
     P = 49
     ids = torch.tensor([[5, P, P, 7, 11, 12, 13]])          # prompt 5 P P 7, answer 11 12 13
     labels = torch.tensor([[-100, -100, -100, -100, 11, 12, 13]])
-    batch = {"input_ids": ids, "labels": labels, "poses": torch.randn(1, 8, 12), "pose_mask": torch.ones(1, 8, dtype=torch.bool)}
+    batch = {"input_ids": ids, "labels": labels, "poses": torch.randn(1, 8, 12),
+             "pose_mask": torch.ones(1, 8, dtype=torch.bool)}
     embeds, _, _ = model.embed(batch)
     table = llm.model.embed_tokens.weight
     assert torch.equal(embeds[0, 4:], table[0].expand(3, -1))        # the answer inputs: padding
