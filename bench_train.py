@@ -126,7 +126,8 @@ def synthetic_batch(tok, prompt_ids: list[int], feature_dim: int, batch_size: in
     items = []
     for i in range(batch_size):
         s = i / (batch_size - 1) if batch_size > 1 else 0.5
-        n_frames, n_text = round(frames * (0.9 + 0.2 * s)), round(text_tokens[0] + s * (text_tokens[1] - text_tokens[0]))
+        n_frames = round(frames * (0.9 + 0.2 * s))
+        n_text = round(text_tokens[0] + s * (text_tokens[1] - text_tokens[0]))
         answer = torch.randint(1, vocab_size - 1, (n_text + 1,), generator=g).tolist()
         items.append(dict(uid=str(i), text="", poses=torch.randn(n_frames, feature_dim, generator=g),
                           prompt_ids=prompt_ids, answer_ids=answer))
@@ -192,7 +193,8 @@ def cpu_peak(step, tensors) -> tuple[int, str]:
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):
             out = func(*args, **(kwargs or {}))
             for t in tree_leaves(out):
-                if type(t) in (torch.Tensor, torch.nn.Parameter) and t.device.type == "cpu":  # a DTensor: its local part
+                # (a DTensor: its local part)
+                if type(t) in (torch.Tensor, torch.nn.Parameter) and t.device.type == "cpu":
                     storage = t.untyped_storage()
                     ptr, n = storage.data_ptr(), storage.nbytes()
                     if n and ptr not in self.seen:
@@ -299,7 +301,8 @@ def bench_train(args):
     p.add_argument("--prompt_tokens", type=int, default=38, help="synthetic prompt length (no tokenizer)")
     p.add_argument("--stacks", default="ours,hf", help="ours, hf (transformers + PEFT + bitsandbytes)")
     p.add_argument("--threads", type=int, default=2, help="CPU threads")
-    p.add_argument("--profile", type=int, default=0, help="after timing, profile one step and print the N costliest ops")
+    p.add_argument("--profile", type=int, default=0,
+                   help="after timing, profile one step and print the N costliest ops")
     p.add_argument("--fsdp", action="store_true", help="under torchrun: shard the model over the processes (FSDP2)")
     a, overrides = p.parse_known_args(args)
     cfg = configs.load_config(([a.config] if a.config else []) + overrides)
@@ -313,7 +316,8 @@ def bench_train(args):
 
         import train
         if "RANK" not in os.environ:
-            raise SystemExit("bench.py train --fsdp: start it with torchrun --nproc_per_node N bench.py train --fsdp ...")
+            raise SystemExit("bench.py train --fsdp: start it with "
+                             "torchrun --nproc_per_node N bench.py train --fsdp ...")
         cfg.fsdp, a.stacks = True, "ours"
         d = train.setup_distributed()
         device, world = d.device, d.world

@@ -420,15 +420,17 @@ def _merge(cfg: DataConfig, rows: list[Row], shards: Path, out: Path) -> dict:
         by_shard.setdefault(shard, []).append((starts[k], start, n))
 
     def write_features(p: Path):
-        feats = np.lib.format.open_memmap(p, mode="w+", dtype=np.float16, shape=(int(lengths.sum()), poses.feature_dim(cfg.pose)))
+        shape = (int(lengths.sum()), poses.feature_dim(cfg.pose))
+        feats = np.lib.format.open_memmap(p, mode="w+", dtype=np.float16, shape=shape)
         for shard, pieces in by_shard.items():    # one shard in memory at a time
             arr = np.load(shard)
             for dst, src, n in pieces:
                 feats[dst:dst + n] = arr[src:src + n]
         feats.flush()
     _write_atomic(out / "features.npy", write_features)
-    index = {"feature_dim": poses.feature_dim(cfg.pose), "layout": cfg.pose.layout, "uid": [rows[i].uid for i, *_ in kept],
-             "text": [rows[i].text for i, *_ in kept], "split": [rows[i].split for i, *_ in kept],
+    index = {"feature_dim": poses.feature_dim(cfg.pose), "layout": cfg.pose.layout,
+             "uid": [rows[i].uid for i, *_ in kept], "text": [rows[i].text for i, *_ in kept],
+             "split": [rows[i].split for i, *_ in kept],
              "start": starts.tolist(), "length": lengths.tolist()}
     _write_atomic(out / "index.json", lambda p: p.write_text(json.dumps(index)))
     _write_atomic(out / "skipped.jsonl", lambda p: p.write_text("".join(json.dumps(s) + "\n" for s in skipped)))
@@ -534,7 +536,8 @@ class SignDataset(torch.utils.data.Dataset):
         s = self.starts[i]
         x = torch.from_numpy(np.array(self.features[s:s + self.lengths[i]])).float()   # (T, F); torch: faster fp16 cast
         if self.augment:   # seeded from torch, so DataLoader workers differ and runs repeat
-            x = torch.from_numpy(poses.augment(x.numpy(), self.pose_cfg, np.random.default_rng(int(torch.randint(2**62, ())))))
+            rng = np.random.default_rng(int(torch.randint(2**62, ())))
+            x = torch.from_numpy(poses.augment(x.numpy(), self.pose_cfg, rng))
         item = {"uid": self.uids[i], "poses": x, "text": self.texts[i],
                 "prompt_ids": self.prompt_ids, "answer_ids": self.answer_ids[i]}
         if self.word_ids is not None:
@@ -662,7 +665,8 @@ class SeededItems(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int):
         with torch.random.fork_rng(devices=[]):  # default_generator: the CPU one, not CUDA's
-            torch.default_generator.manual_seed(int(np.random.SeedSequence([self.seed, self.epoch, i]).generate_state(1)[0]))
+            seed = np.random.SeedSequence([self.seed, self.epoch, i]).generate_state(1)[0]
+            torch.default_generator.manual_seed(int(seed))
             return self.dataset[i]
 
 
@@ -740,7 +744,8 @@ def main(argv=None) -> None:
         synth.generate_corpus(args.out_dir, n=args.n, seed=args.seed)
         print(json.dumps({"out_dir": args.out_dir, "n": args.n, "seed": args.seed}))
     else:
-        cfg = DataConfig(data_dir=args.data_dir, cache_dir=args.cache, csv=args.csv, pose=PoseConfig(layout=args.layout))
+        cfg = DataConfig(data_dir=args.data_dir, cache_dir=args.cache, csv=args.csv,
+                         pose=PoseConfig(layout=args.layout))
         try:
             print(json.dumps(prepare(cfg, workers=args.workers, force=args.force)))
         except (DataError, FileNotFoundError) as e:

@@ -243,7 +243,8 @@ def check_outputs(args: argparse.Namespace, out: Path) -> None:
         lora.refuse_overwrite(args.export_merged, lora.MERGED_FILES)
     if args.pose and not Path(args.pose).is_file():
         raise FileNotFoundError(f"--pose {args.pose}: no such file")
-    if not (args.export_adapter or args.export_merged or args.pose or args.video) and not os.access(out.parent, os.W_OK):
+    writes_predictions = not (args.export_adapter or args.export_merged or args.pose or args.video)
+    if writes_predictions and not os.access(out.parent, os.W_OK):
         raise ConfigError(f"--out {out}: cannot write in {out.parent} (no such folder, or not writable)")
 
 

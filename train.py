@@ -632,7 +632,8 @@ def setup(cfg: TrainConfig, d: Dist) -> Run:
         model = build_model(cfg, tok, d.device)
         model.encoder.set_input_stats(train_ds.features)  # the same on every rank; a resume loads the trained ones
     count = lambda m: sum(p.numel() for p in m.parameters() if p.requires_grad)  # noqa: E731
-    log.info(f"trained parameters: LLM {count(model.llm):,} (LoRA and modules_to_save), encoder {count(model.encoder):,}")
+    log.info(f"trained parameters: LLM {count(model.llm):,} (LoRA and modules_to_save), "
+             f"encoder {count(model.encoder):,}")
     opt = make_optimizer(model, cfg)
     plan = sharding.memory_plan(model, list(model.llm.model.layers), d.device, d.world, cfg.fsdp,
                                 cfg.fsdp_cpu_offload, accum)

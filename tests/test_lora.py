@@ -173,7 +173,8 @@ def test_save_load_round_trip_exact(ckpt, tmp_path):
     config = json.loads((tmp_path / "adapter_config.json").read_text())
     assert (config["r"], config["lora_alpha"], config["lora_dropout"]) == (R, ALPHA, 0.1)
     assert config["target_modules"] == ["k_proj", "o_proj"] and config["modules_to_save"] == ["lm_head"]
-    assert "base_model.model.model.layers.0.self_attn.k_proj.lora_A.weight" in load_file(tmp_path / "adapter_model.safetensors")
+    saved = load_file(tmp_path / "adapter_model.safetensors")
+    assert "base_model.model.model.layers.0.self_attn.k_proj.lora_A.weight" in saved
     fresh = ours(ckpt)
     lora.load_peft_adapter(fresh, tmp_path)
     a, b = lora.lora_state_dict(m), lora.lora_state_dict(fresh)

@@ -45,7 +45,8 @@ def tiny_args(shared: Path, out_dir: Path, **overrides) -> list[str]:
     return [str(ROOT / "configs" / "tiny.py")] + [f"--{k}={v}" for k, v in values.items()]
 
 
-def torchrun(args: list[str], nproc: int = 2, env: dict | None = None, timeout: int = 180) -> subprocess.CompletedProcess:
+def torchrun(args: list[str], nproc: int = 2, env: dict | None = None,
+             timeout: int = 180) -> subprocess.CompletedProcess:
     """`torchrun --standalone --nproc_per_node N train.py ARGS` on the CPU (gloo)."""
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
            str(ROOT / "train.py"), *args]
