@@ -45,6 +45,7 @@ from tqdm import tqdm
 import checkpoints
 import config
 import curves
+import corpus
 import data
 import loader
 import lora
@@ -207,7 +208,7 @@ def at_least_1(text: str) -> int:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run", help="a run directory (its best checkpoint, else the newest) or a ckpt-NNNNNN directory")
-    parser.add_argument("--split", default="test", choices=data.SPLITS)
+    parser.add_argument("--split", default="test", choices=corpus.SPLITS)
     parser.add_argument("--data_dir", help="corpus to evaluate on (default: the run's)")
     parser.add_argument("--model_dir", help="the run's base model, if it moved (default: the run's)")
     parser.add_argument("--num_beams", type=at_least_1, default=1, help="1: greedy")

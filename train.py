@@ -64,6 +64,7 @@ from tqdm import tqdm
 import checkpoints
 import config
 import curves
+import corpus
 import data
 import eval as ev
 import loader
@@ -214,7 +215,7 @@ def create_random_model(cfg: TrainConfig) -> None:
     import tokenizer
     from model import Qwen2Config
     dcfg = cfg.data
-    texts = [r.text for r in data.read_rows(dcfg) if r.split == "train"]
+    texts = [r.text for r in corpus.read_rows(dcfg) if r.split == "train"]
     # Every training sequence also holds the prompt: its words get merges as often as they occur.
     prompt = [dcfg.system_prompt, dcfg.user_prompt.format(pose="", language=dcfg.source_language),
               "system user assistant"]
@@ -522,7 +523,7 @@ def prepare_run(cfg: TrainConfig, d: Dist) -> tuple[Path, int, dict, Path | None
         dist.barrier()
     check_inputs(cfg)
     requested = cfg.data.pose.layout
-    cfg.data = data.resolve_layout(cfg.data)  # the run's config records the layout its files have
+    cfg.data = corpus.resolve_layout(cfg.data)  # the run's config records the layout its files have
     if requested != cfg.data.pose.layout:
         log.info(f"layout 'auto': {cfg.data.pose.layout} (the first layout the corpus's pose files fit)")
         check_run_dir(cfg, out_dir)  # again: a resumed run must have resolved the same layout
@@ -814,7 +815,7 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             if d.world > 1:
                 dist.destroy_process_group()
-    except (ConfigError, data.DataError, FileNotFoundError) as e:
+    except (ConfigError, corpus.DataError, FileNotFoundError) as e:
         if rank0:
             print(f"error: {e}", file=sys.stderr)
         return 2

@@ -12,6 +12,7 @@ import pytest
 import torch
 from pose_format import Pose
 
+import corpus
 import data
 import poses
 from tokenizer import train_bpe
@@ -275,29 +276,29 @@ def test_ensure_cache_other_ranks_wait(fixtures_dir, tmp_path):
 def test_split_by_video_leaks_no_video():
     rng = np.random.default_rng(0)
     uids = [f"v{rng.integers(300):03d}--{k}" for k in range(3000)]
-    splits = data.split_by_video(uids, (0.8, 0.1, 0.1), seed=1)
-    assert splits == data.split_by_video(uids, (0.8, 0.1, 0.1), seed=1)
+    splits = corpus.split_by_video(uids, (0.8, 0.1, 0.1), seed=1)
+    assert splits == corpus.split_by_video(uids, (0.8, 0.1, 0.1), seed=1)
     per_video = {}
     for u, s in zip(uids, splits):
-        per_video.setdefault(data.video_id(u), set()).add(s)
+        per_video.setdefault(corpus.video_id(u), set()).add(s)
     assert all(len(s) == 1 for s in per_video.values())
     counts = Counter(splits)
     assert abs(counts["train"] / 3000 - 0.8) < 0.02 and abs(counts["val"] / 3000 - 0.1) < 0.02
-    assert data.video_id("MluonE1OqLY--18") == "MluonE1OqLY" and data.video_id("a--b--3") == "a--b"
+    assert corpus.video_id("MluonE1OqLY--18") == "MluonE1OqLY" and corpus.video_id("a--b--3") == "a--b"
 
 
 def test_split_files_and_manifest(fixtures_dir, tmp_path):
     root = make_corpus(tmp_path / "c", fixtures_dir, good_rows(6))
     for name, rows in [("train", good_rows(6)[:4]), ("val", good_rows(6)[4:5]), ("test", good_rows(6)[5:])]:
         write_csv(root / f"{name}.csv", rows)
-    rows = data.read_rows(data.DataConfig(data_dir=str(root)))
+    rows = corpus.read_rows(data.DataConfig(data_dir=str(root)))
     assert [r.split for r in rows] == ["train"] * 4 + ["val", "test"]
     manifest = [{"pose": f"poses/{u}.pose", "text": t, "split": "test" if k == 0 else "train"}
                 for k, (u, t) in enumerate(good_rows(6))]
     (root / "m.jsonl").write_text("".join(json.dumps(m) + "\n" for m in manifest))
     cfg = data.DataConfig(data_dir=str(root), csv="m.jsonl", cache_dir=str(tmp_path / "mc"))
     assert data.prepare(cfg, workers=1, progress=False)["splits"] == {"test": 1, "train": 5}
-    assert data.split_texts(cfg, "test") == [TEXTS[0]]
+    assert corpus.split_texts(cfg, "test") == [TEXTS[0]]
 
 
 # ----------------------------------------------------------------------------- text, batches
@@ -317,7 +318,7 @@ def test_dataset_and_collate_labels_only_on_answer(fixtures_dir, tmp_path, tok):
     ds = data.SignDataset(cfg, "train", tok)
     assert len(ds) == 6 and list(ds.lengths) == [97, 60, 31, 97, 60, 31]
     items = [ds[i] for i in (0, 1, 2)]
-    F = poses.feature_dim(data.resolve_layout(cfg).pose)
+    F = poses.feature_dim(corpus.resolve_layout(cfg).pose)
     assert items[0]["poses"].shape == (97, F) and items[0]["poses"].dtype == torch.float32
     # the un-expanded sequence is the ChatML conversation with the answer, as the chat template writes it
     for s in items:
