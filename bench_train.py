@@ -12,7 +12,7 @@ from bench_shapes import GPU_PEAKS, QWEN25_SHAPES, bench_shape
 def ours_qlora(cfg, config, random_weights: bool, device, d=None):
     """(SignTranslator, tokenizer) from translator.build_model, the product's one assembly (base ->
     LoRA -> pose encoder); with random weights its base is loader.random_model, built with the
-    dtype / quantization that build_model would load. Under FSDP (d: train.Dist) train.shard builds
+    dtype / quantization that build_model would load. Under FSDP (d: processes.Dist) train.shard builds
     it, each rank loading (or drawing) only its chunks."""
     from types import SimpleNamespace
 
@@ -215,14 +215,15 @@ def time_steps(model, cfg, batch: dict, steps: int, warmup: int, device, profile
     of `steps` steps after `warmup` untimed ones (Triton autotuning, allocator warm-up), and the
     peak memory: on a GPU max_memory_allocated over the timed steps (AdamW's moments, made by the
     first step, are in it; one-off warm-up buffers such as the autotuner's are not), on the CPU
-    the tensor bytes of one more step counted by cpu_peak. d: the train.Dist of a torchrun job (FSDP)."""
+    the tensor bytes of one more step counted by cpu_peak. d: the processes.Dist of a torchrun job (FSDP)."""
     import statistics
     import time
 
     import torch
 
+    import processes
     import train
-    d = d or train.Dist(0, 1, 0, device)
+    d = d or processes.Dist(0, 1, 0, device)
     opt = train.make_optimizer(model, cfg)
     model.train()
     cuda = device.type == "cuda"
@@ -314,12 +315,12 @@ def bench_train(args):
         import contextlib
         import io
 
-        import train
+        import processes
         if "RANK" not in os.environ:
             raise SystemExit("bench.py train --fsdp: start it with "
                              "torchrun --nproc_per_node N bench.py train --fsdp ...")
         cfg.fsdp, a.stacks = True, "ours"
-        d = train.setup_distributed()
+        d = processes.setup_distributed()
         device, world = d.device, d.world
         if not d.main:  # one table: rank 0's
             contextlib.redirect_stdout(io.StringIO()).__enter__()

@@ -44,8 +44,8 @@ from tqdm import tqdm
 
 import checkpoints
 import config
-import curves
 import corpus
+import curves
 import data
 import loader
 import lora

@@ -1,6 +1,6 @@
 """Shared by test_train.py, test_eval.py and test_resume.py: a 40-clip synthetic corpus and a
-one-layer random Qwen2 (made once per test session through train.py's own first-use path),
-and the command-line arguments of a tiny run on them."""
+one-layer random Qwen2 (made once per test session through train.py's own first-use path:
+preflight.create_first_use_assets), and the command-line arguments of a tiny run on them."""
 import json
 import os
 import subprocess
@@ -19,12 +19,12 @@ def assets(tmp_path_factory) -> Path:
     """Directory with corpus/ (40 clips, cache prepared) and base/ (tiny Qwen2 + BPE), once per session."""
     import config
     import data
-    import train
+    import preflight
 
     shared = tmp_path_factory.getbasetemp() / "tiny-assets"
     if not (shared / "base" / "config.json").is_file():
         cfg = config.load_config(tiny_args(shared, shared / "unused-run"))
-        train.create_first_use_assets(cfg)
+        preflight.create_first_use_assets(cfg)
         data.ensure_cache(cfg.data)
     return shared
 
