@@ -76,7 +76,7 @@ def video_id(uid: str) -> str:
     return re.sub(r"--\d+$", "", uid)
 
 
-def split_by_video(uids: list[str], ratios=(0.8, 0.1, 0.1), seed: int = 0) -> list[str]:
+def split_by_video(uids: list[str], ratios: tuple[float, ...] = (0.8, 0.1, 0.1), seed: int = 0) -> list[str]:
     """Shuffle the videos (seeded) and fill train, then val, then test up to the row ratios."""
     counts = Counter(video_id(u) for u in uids)
     videos = sorted(counts)

@@ -108,7 +108,7 @@ def compute_metrics(hypotheses: list[str], references: list[str]) -> dict:
 # ----------------------------------------------------------------------------- decoding
 
 @torch.no_grad()
-def decode(model: SignTranslator, tok: Tokenizer, dataset, indices: list[int], batch_size: int,
+def decode(model: SignTranslator, tok: Tokenizer, dataset: data.SignDataset, indices: list[int], batch_size: int,
            max_new_tokens: int, num_beams: int, device: torch.device, progress: bool = False,
            static: bool = False, poses_from: list[int] | None = None) -> list[dict]:
     """Translate dataset[i] for i in indices, batching clips of similar length (less padding);

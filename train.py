@@ -53,7 +53,7 @@ import re
 import signal
 import sys
 import time
-from contextlib import nullcontext
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -74,6 +74,7 @@ import loader
 import preflight
 import sharding
 from config import ConfigError, TrainConfig
+from model import Qwen2Config
 from processes import Dist, StopSignal, all_sum, gather, peak_memory_gb, seed_everything, setup_distributed
 from tokenizer import Tokenizer
 from translator import SignTranslator, autocast, base_dtype, build_model, collate_fn, to_device, uses_words
@@ -127,7 +128,8 @@ class LoopState:
     seconds: float = 0.0             # training time, summed over resumptions
 
 
-def save_checkpoint(out_dir: Path, model, opt, state: LoopState, sampler: dict, base: dict, d: Dist) -> Path:
+def save_checkpoint(out_dir: Path, model: SignTranslator, opt: torch.optim.Optimizer, state: LoopState, sampler: dict,
+                    base: dict, d: Dist) -> Path:
     """All ranks call this (every rank's RNG state is gathered, and FSDP's shards); rank 0 writes ckpt-STEP."""
     rngs = gather([checkpoints.rng_state()], d)
     tensors, moments = checkpoints.consolidated(model, opt, keep=d.main)
@@ -138,7 +140,7 @@ def save_checkpoint(out_dir: Path, model, opt, state: LoopState, sampler: dict, 
     return checkpoints.step_dir(out_dir, state.step)
 
 
-def load_checkpoint(ckpt: Path, model, opt, d: Dist) -> tuple[LoopState, dict]:
+def load_checkpoint(ckpt: Path, model: SignTranslator, opt: torch.optim.Optimizer, d: Dist) -> tuple[LoopState, dict]:
     """Trained tensors, optimizer state and this rank's RNG; returns the loop state and the
     data position."""
     saved = checkpoints.load(ckpt, model, opt)
@@ -165,7 +167,7 @@ def fault_injected(name: str, step: int, rank: int) -> bool:
     return os.environ.get(f"TRAIN_TEST_{name}") == f"{step}:{rank}"
 
 
-def grad_sync(model: torch.nn.Module, last: bool):
+def grad_sync(model: torch.nn.Module, last: bool) -> AbstractContextManager:
     """Gradients are averaged over the processes on a step's last micro-batch only: DDP's no_sync()
     on the others; FSDP does no reduce-scatter there (its unsharded gradients accumulate)."""
     if isinstance(model, FSDPModule):
@@ -324,7 +326,8 @@ class Run:
     base: dict                    # the base model's fingerprint, saved in every checkpoint
 
 
-def shard(cfg: TrainConfig, tok: Tokenizer, d: Dist, features=None, random_shape=None) -> SignTranslator:
+def shard(cfg: TrainConfig, tok: Tokenizer, d: Dist, features: np.ndarray | None = None,
+          random_shape: Qwen2Config | None = None) -> SignTranslator:
     """--fsdp: the model built around a base still on the meta device, each decoder layer and then
     the root (the encoder, embeddings, final norm, lm_head) sharded over all ranks by FSDP2's
     fully_shard, then this rank's chunks of the base read from the checkpoint (loader.load_shards),
