@@ -65,8 +65,8 @@ def check_run_dir(cfg: TrainConfig, out_dir: Path) -> None:
 def check_inputs(cfg: TrainConfig) -> None:
     """Data and base checkpoint exist (before anything heavy is loaded)."""
     if not Path(cfg.data.data_dir).is_dir():
-        raise ConfigError(f"data_dir {cfg.data.data_dir} does not exist (see README: getting iSign, or "
-                          "`python data.py synth DIR` for a synthetic corpus)")
+        raise ConfigError(f"data_dir {cfg.data.data_dir} does not exist (getting iSign: docs/training.md, "
+                          "\"iSign, step by step\"; or `python data.py synth DIR` for a synthetic corpus)")
     if not (loader.model_path(cfg.model_dir) / "config.json").is_file():
         searched = (f", nor is it in the Hugging Face cache {loader.hub_cache()}"
                     if loader.REPO_ID.fullmatch(cfg.model_dir) else "")

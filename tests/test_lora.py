@@ -1,7 +1,7 @@
 """lora.py against Hugging Face PEFT as the oracle, on a tiny random Qwen2 (CPU, float32).
 
 The reference side is always transformers' Qwen2ForCausalLM with PEFT's LoRA; our side is
-model.load_model + lora.apply_lora. Adapter weights are made random (a fresh B is zero and
+loader.load_model + lora.apply_lora. Adapter weights are made random (a fresh B is zero and
 would hide every bug in the update path) and moved between the two with PEFT's documented
 names, written out here rather than through lora.py's own mapping.
 """

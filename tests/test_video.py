@@ -75,7 +75,7 @@ def test_estimate_pose_isign_layout(pose, video_path):
     assert present(pose, "POSE_LANDMARKS").all() and present(pose, "FACE_LANDMARKS").all()
     assert present(pose, "POSE_WORLD_LANDMARKS").all()
     hands = present(pose, "LEFT_HAND_LANDMARKS") | present(pose, "RIGHT_HAND_LANDMARKS")
-    assert 0.2 <= hands.mean() <= 0.6, hands.mean()                        # README: about a third
+    assert 0.2 <= hands.mean() <= 0.6, hands.mean()                        # docs/testing.md: about a third
     xy = np.asarray(pose.body.data[:, 0, :, :2])
     assert np.isfinite(xy).all()
     upper = xy[:, [0, 11, 12]]                          # nose and shoulders: in the picture, in pixels
