@@ -20,9 +20,9 @@ lists it in skipped.jsonl. A UTF-8 byte-order mark (as Excel writes) is skipped.
 References:
   - iSign (Joshi et al. 2024, "iSign: A Benchmark for Indian Sign Language Processing").
 
-Used by data.py (the cache is built from these rows) and train.py (the tiny demo's tokenizer is
-trained on the training texts); the settings are data.DataConfig's (CorpusConfig below). Tests:
-python -m pytest tests/test_data.py
+Used by data.py (the cache is built from these rows) and preflight.py (the layout a run records;
+the tiny demo's tokenizer, trained on the training texts); the settings are data.DataConfig's
+(CorpusConfig below). Tests: python -m pytest tests/test_data.py
 
     rows = read_rows(data.DataConfig(data_dir="data/synth"))   # [Row(uid, text, pose, split, problem)]
 """
