@@ -165,7 +165,8 @@ def bench_data(args):
     p.add_argument("--clips", type=int, default=300, help="pose files written and prepared")
     p.add_argument("--batch_size", type=int, default=32)
     p.add_argument("--epochs", type=int, default=4, help="passes over the cache per loader setting")
-    p.add_argument("--fixture", default=str(Path(__file__).resolve().parent.parent / "shared/fixtures/poses/holistic_576.pose"))
+    fixture = Path(__file__).resolve().parent.parent / "shared/fixtures/poses/holistic_576.pose"
+    p.add_argument("--fixture", default=str(fixture))
     a = p.parse_args(args)
     torch.set_num_threads(1)
     words = "the boy girl mother gives a red ball where is train station we will not go to school tomorrow".split()
@@ -199,7 +200,8 @@ def bench_data(args):
             sampler = data.BucketSampler(ds.lengths, a.batch_size, seed=0)
             loader = torch.utils.data.DataLoader(ds, batch_sampler=sampler, num_workers=num_workers,
                                                  persistent_workers=num_workers > 0,
-                                                 collate_fn=partial(data.collate, tokenizer=tok, tokens_per_pose=per_pose))
+                                                 collate_fn=partial(data.collate, tokenizer=tok,
+                                                                    tokens_per_pose=per_pose))
             n, t0 = 0, time.perf_counter()
             for epoch in range(a.epochs):
                 sampler.set_epoch(epoch)
@@ -246,7 +248,8 @@ def bench_decode(args):
     p.add_argument("--layers", type=int, help="keep only the first N layers")
     p.add_argument("--prompt", type=int, default=128, help="prompt tokens")
     p.add_argument("--new", type=int, default=128, help="new tokens")
-    p.add_argument("--quantize", default="none,nf4", help="comma-separated: none (16-bit), nf4; the first is the baseline")
+    p.add_argument("--quantize", default="none,nf4",
+                   help="comma-separated: none (16-bit), nf4; the first is the baseline")
     p.add_argument("--modes", default="loop,static", help="comma-separated: loop (Python loop), static (CUDA graph)")
     p.add_argument("--threads", type=int, default=2, help="CPU threads")
     a, overrides = p.parse_known_args(args)
@@ -276,12 +279,12 @@ def bench_decode(args):
         llm = loader.random_model(config, dtype, device, None if q == "none" else q)
         ids = torch.randint(0, config.vocab_size, (1, a.prompt), device=device)
         for mode in a.modes.split(","):
-            def seconds(n: int) -> float:
+            def seconds(n: int, llm=llm, ids=ids, static: bool = mode == "static") -> float:
                 times = []
                 for _ in range(3 if cuda else 1):
                     sync()
                     t0 = time.perf_counter()
-                    llm.generate(ids, max_new_tokens=n, eos_token_id=-1, static=mode == "static")  # -1: never stops
+                    llm.generate(ids, max_new_tokens=n, eos_token_id=-1, static=static)  # -1: never stops
                     sync()
                     times.append(time.perf_counter() - t0)
                 return statistics.median(times)

@@ -33,7 +33,6 @@ def bench_shape(cfg, size: str | None, random_weights: bool):
     """(Qwen2Config, where it came from): --shape, else model_dir/config.json, else the config's
     init_model (tiny CPU configs), else the size named in model_repo ("Qwen/Qwen2.5-7B-Instruct")."""
     import re
-    from pathlib import Path
 
     import loader
     import model as qwen

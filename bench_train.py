@@ -12,7 +12,7 @@ from bench_shapes import GPU_PEAKS, QWEN25_SHAPES, bench_shape
 def ours_qlora(cfg, config, random_weights: bool, device, d=None):
     """(SignTranslator, tokenizer) from translator.build_model, the product's one assembly (base ->
     LoRA -> pose encoder); with random weights its base is loader.random_model, built with the
-    dtype / quantization that build_model would load. Under FSDP (d: train.Dist) train.shard builds
+    dtype / quantization that build_model would load. Under FSDP (d: processes.Dist) train.shard builds
     it, each rank loading (or drawing) only its chunks."""
     from types import SimpleNamespace
 
@@ -126,7 +126,8 @@ def synthetic_batch(tok, prompt_ids: list[int], feature_dim: int, batch_size: in
     items = []
     for i in range(batch_size):
         s = i / (batch_size - 1) if batch_size > 1 else 0.5
-        n_frames, n_text = round(frames * (0.9 + 0.2 * s)), round(text_tokens[0] + s * (text_tokens[1] - text_tokens[0]))
+        n_frames = round(frames * (0.9 + 0.2 * s))
+        n_text = round(text_tokens[0] + s * (text_tokens[1] - text_tokens[0]))
         answer = torch.randint(1, vocab_size - 1, (n_text + 1,), generator=g).tolist()
         items.append(dict(uid=str(i), text="", poses=torch.randn(n_frames, feature_dim, generator=g),
                           prompt_ids=prompt_ids, answer_ids=answer))
@@ -192,7 +193,8 @@ def cpu_peak(step, tensors) -> tuple[int, str]:
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):
             out = func(*args, **(kwargs or {}))
             for t in tree_leaves(out):
-                if type(t) in (torch.Tensor, torch.nn.Parameter) and t.device.type == "cpu":  # a DTensor: its local part
+                # (a DTensor: its local part)
+                if type(t) in (torch.Tensor, torch.nn.Parameter) and t.device.type == "cpu":
                     storage = t.untyped_storage()
                     ptr, n = storage.data_ptr(), storage.nbytes()
                     if n and ptr not in self.seen:
@@ -213,14 +215,15 @@ def time_steps(model, cfg, batch: dict, steps: int, warmup: int, device, profile
     of `steps` steps after `warmup` untimed ones (Triton autotuning, allocator warm-up), and the
     peak memory: on a GPU max_memory_allocated over the timed steps (AdamW's moments, made by the
     first step, are in it; one-off warm-up buffers such as the autotuner's are not), on the CPU
-    the tensor bytes of one more step counted by cpu_peak. d: the train.Dist of a torchrun job (FSDP)."""
+    the tensor bytes of one more step counted by cpu_peak. d: the processes.Dist of a torchrun job (FSDP)."""
     import statistics
     import time
 
     import torch
 
+    import processes
     import train
-    d = d or train.Dist(0, 1, 0, device)
+    d = d or processes.Dist(0, 1, 0, device)
     opt = train.make_optimizer(model, cfg)
     model.train()
     cuda = device.type == "cuda"
@@ -299,7 +302,8 @@ def bench_train(args):
     p.add_argument("--prompt_tokens", type=int, default=38, help="synthetic prompt length (no tokenizer)")
     p.add_argument("--stacks", default="ours,hf", help="ours, hf (transformers + PEFT + bitsandbytes)")
     p.add_argument("--threads", type=int, default=2, help="CPU threads")
-    p.add_argument("--profile", type=int, default=0, help="after timing, profile one step and print the N costliest ops")
+    p.add_argument("--profile", type=int, default=0,
+                   help="after timing, profile one step and print the N costliest ops")
     p.add_argument("--fsdp", action="store_true", help="under torchrun: shard the model over the processes (FSDP2)")
     a, overrides = p.parse_known_args(args)
     cfg = configs.load_config(([a.config] if a.config else []) + overrides)
@@ -311,11 +315,12 @@ def bench_train(args):
         import contextlib
         import io
 
-        import train
+        import processes
         if "RANK" not in os.environ:
-            raise SystemExit("bench.py train --fsdp: start it with torchrun --nproc_per_node N bench.py train --fsdp ...")
+            raise SystemExit("bench.py train --fsdp: start it with "
+                             "torchrun --nproc_per_node N bench.py train --fsdp ...")
         cfg.fsdp, a.stacks = True, "ours"
-        d = train.setup_distributed()
+        d = processes.setup_distributed()
         device, world = d.device, d.world
         if not d.main:  # one table: rank 0's
             contextlib.redirect_stdout(io.StringIO()).__enter__()

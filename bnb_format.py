@@ -52,7 +52,8 @@ def is_bnb_4bit(config: dict, source: str) -> bool:
     if q.get("bnb_4bit_quant_type", "fp4") != "nf4":  # bitsandbytes' own default is fp4
         raise ValueError(f"{source}: bnb_4bit_quant_type is {q.get('bnb_4bit_quant_type', 'fp4')!r}; {supported}")
     if q.get("bnb_4bit_quant_storage", "uint8") != "uint8":
-        raise ValueError(f"{source}: bnb_4bit_quant_storage is {q['bnb_4bit_quant_storage']!r}, not 'uint8'; {supported}")
+        raise ValueError(f"{source}: bnb_4bit_quant_storage is {q['bnb_4bit_quant_storage']!r}, not 'uint8'; "
+                         f"{supported}")
     return True
 
 

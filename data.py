@@ -1,10 +1,8 @@
 """Sign corpora: rows of (pose file, text, split) -> a float16 feature cache -> training batches.
 
 What this is:
-  - Corpus: the iSign layout (a CSV `uid,text`, default iSign_v1.1.csv, and poses/{uid}.pose);
-    train.csv / val.csv / test.csv when present, else a deterministic 80/10/10 split by video
-    (uid without its trailing `--N` segment), so no video is in two splits. A JSONL manifest
-    ({"pose": path, "text": ..., "split": ...}) serves other corpora (How2Sign, PHOENIX poses).
+  - Rows: corpus.py reads the corpus (an iSign CSV or a JSONL manifest) and its splits
+    (`corpus.read_rows`); bad rows keep their problem for `prepare` to skip.
   - Features of one file: poses.py (`poses.load_pose`, `PoseConfig` inside DataConfig.pose).
   - Cache: `prepare` converts every row once, in parallel, into features.npy (all frames, float16,
     memory-mapped) + index.json (offsets, texts, splits). Resumable (rows are committed in
@@ -17,16 +15,12 @@ What this is:
     `Batches` (endless, resumable training micro-batches whose augmentation depends only on
     (seed, epoch, sample)).
 
-References:
-  - iSign (Joshi et al. 2024, "iSign: A Benchmark for Indian Sign Language Processing").
-
 Run:
     python data.py synth data/synth --n 500 --seed 0       # synthetic corpus (synth.py)
     python data.py prepare data/synth --workers 2          # cache; last line: JSON summary
     python data.py videos my_videos data/mine              # videos -> .pose files + CSV (video.py)
 """
 import argparse
-import csv
 import dataclasses
 import hashlib
 import json
@@ -47,15 +41,16 @@ import torch
 from tqdm import tqdm
 
 import poses
+from corpus import DataError, Row, read_rows, resolve_layout, source_files
 from poses import PoseConfig, PoseError
 
 FEATURE_VERSION = 2  # bump when the feature computation changes: every cache becomes stale
 SHARD_ROWS = 256     # rows per committed shard while preparing (the unit of resumption)
-SPLITS = ("train", "val", "test")
 
 
 @dataclass
 class DataConfig:
+    """Which corpus (corpus.py reads its rows), the cache, the chat prompt and the features."""
     data_dir: str = field(default="data/synth", metadata={"runtime": True})
     csv: str = "iSign_v1.1.csv"      # columns uid,text; or a .jsonl manifest {"pose","text","split"}
     pose_dir: str = "poses"          # {data_dir}/{pose_dir}/{uid}.pose
@@ -69,163 +64,9 @@ class DataConfig:
     pose: PoseConfig = field(default_factory=PoseConfig)   # features of one file (poses.py)
 
 
-# ----------------------------------------------------------------------------- corpus rows and splits
-class DataError(ValueError):
-    """A corpus file that cannot be read at all, or a cache that would be lost if built as asked."""
-
-
-@dataclass
-class Row:
-    uid: str
-    text: str
-    pose: str          # path of the .pose file
-    split: str
-    problem: str = ""  # why the corpus row itself is unusable (file and line named); prepare skips it
-
-
-def video_id(uid: str) -> str:
-    """iSign uids are {video}--{segment}: MluonE1OqLY--18 -> MluonE1OqLY."""
-    return re.sub(r"--\d+$", "", uid)
-
-
-def split_by_video(uids: list[str], ratios=(0.8, 0.1, 0.1), seed: int = 0) -> list[str]:
-    """Shuffle the videos (seeded) and fill train, then val, then test up to the row ratios."""
-    counts = Counter(video_id(u) for u in uids)
-    videos = sorted(counts)
-    bounds = np.cumsum(ratios) / sum(ratios) * len(uids)
-    which, seen = {}, 0
-    for i in np.random.default_rng(seed).permutation(len(videos)):
-        v = videos[i]
-        mid = seen + counts[v] / 2          # a video goes where its middle row falls
-        which[v] = SPLITS[int(np.searchsorted(bounds, mid, side="right")) if mid < bounds[-1] else 2]
-        seen += counts[v]
-    return [which[video_id(u)] for u in uids]
-
-
-def _utf8(text: str) -> bool:
-    """False when `text` holds bytes that were not UTF-8 (read with errors="surrogateescape")."""
-    try:
-        text.encode("utf-8")
-        return True
-    except UnicodeEncodeError:
-        return False
-
-
-def _read_csv(path: Path) -> list[tuple[str, str, str]]:
-    """(uid, text, problem) per data row, problem "" when the row is good. A UTF-8 BOM (as Excel
-    writes) is skipped; a row with bytes that are not UTF-8 or with more fields than the header
-    (an unquoted comma in the text) is kept with its problem, for prepare to report and skip."""
-    with open(path, newline="", encoding="utf-8-sig", errors="surrogateescape") as f:
-        reader = csv.DictReader(f)
-        if not {"uid", "text"} <= set(reader.fieldnames or []):
-            raise DataError(f"{path}: needs columns uid,text; has {reader.fieldnames} (the first line must "
-                            "name the columns, e.g. `uid,text`)")
-        out = []
-        for r in reader:
-            where, uid, text = f"{path} line {reader.line_num}", (r["uid"] or "").strip(), (r["text"] or "").strip()
-            problem = ""
-            if None in r:   # DictReader's key for the fields beyond the header's
-                problem = (f"{where}: {len(reader.fieldnames) + len(r[None])} fields, the header names "
-                           f"{len(reader.fieldnames)}; quote a text that holds a comma")
-            elif not _utf8(uid + text):
-                problem = f"{where}: bytes that are not UTF-8 (save the file as UTF-8)"
-            elif not uid:
-                problem = f"{where}: empty uid"
-            out.append((uid, text, problem))
-        return out
-
-
-def _read_manifest(path: Path, data_dir: Path) -> list[Row]:
-    """A JSONL manifest's rows ({"pose", "text", "split", optional "uid"}; pose relative to
-    data_dir). A line that is not such an object becomes a row with its problem."""
-    rows = []
-    with open(path, encoding="utf-8-sig", errors="surrogateescape") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            where = f"{path} line {n}"
-            try:
-                it = json.loads(line) if _utf8(line) else None
-            except ValueError as e:
-                rows.append(Row(f"line-{n}", "", "", "", f"{where}: not JSON ({e})"))
-                continue
-            problem = ("bytes that are not UTF-8 (save the file as UTF-8)" if it is None else
-                       "not a JSON object" if not isinstance(it, dict) else
-                       'no "pose" field (the .pose file\'s path, relative to the data directory)'
-                       if not isinstance(it.get("pose"), str) else
-                       f'"split" is {it["split"]!r}, not one of {", ".join(SPLITS)} (or empty: assigned by video)'
-                       if it.get("split") not in (None, "", *SPLITS) else "")
-            if problem:
-                rows.append(Row(f"line-{n}", "", "", "", f"{where}: {problem}"))
-            else:
-                rows.append(Row(str(it.get("uid") or Path(it["pose"]).stem), str(it.get("text") or "").strip(),
-                                str(data_dir / it["pose"]), it.get("split") or ""))
-    return rows
-
-
-def source_files(cfg: DataConfig) -> list[Path]:
-    """The text files that define the corpus: a manifest, the split CSVs, or the single CSV."""
-    d = Path(cfg.data_dir)
-    if cfg.csv.endswith(".jsonl"):
-        return [d / cfg.csv]
-    if (d / "train.csv").is_file():
-        return [d / f"{s}.csv" for s in SPLITS if (d / f"{s}.csv").is_file()]
-    if not (d / cfg.csv).is_file():
-        raise FileNotFoundError(f"{d}: no {cfg.csv} (nor train.csv / val.csv / test.csv)")
-    return [d / cfg.csv]
-
-
-def read_rows(cfg: DataConfig) -> list[Row]:
-    """Every row of the corpus with its pose path and split, in file order."""
-    d, files = Path(cfg.data_dir), source_files(cfg)
-    if cfg.csv.endswith(".jsonl"):
-        return _split_unsplit(_read_manifest(files[0], d), cfg)
-    split_files = files[0].name == "train.csv"
-    rows = [Row(u, t, "", f.stem if split_files else "", problem) for f in files for u, t, problem in _read_csv(f)]
-    pose_dir = os.path.normpath(d / cfg.pose_dir)
-    for r in rows:
-        r.pose = str(d / cfg.pose_dir / f"{r.uid}.pose")
-        if not r.problem and not os.path.normpath(r.pose).startswith(pose_dir + os.sep):
-            r.problem = f"uid {r.uid!r} names a file outside {cfg.pose_dir}/ (a uid is a file name there)"
-    return _split_unsplit(rows, cfg)
-
-
-def _split_unsplit(rows: list[Row], cfg: DataConfig) -> list[Row]:
-    unsplit = [r for r in rows if not r.split]
-    for r, s in zip(unsplit, split_by_video([r.uid for r in unsplit], cfg.split_ratios, cfg.split_seed)):
-        r.split = s
-    return rows
-
-
-def split_texts(cfg: DataConfig, split: str) -> list[str]:
-    """The non-empty texts of one split, read from the corpus files (no cache needed), e.g. to
-    train a tokenizer."""
-    return [r.text for r in read_rows(cfg) if r.split == split and r.text and not r.problem]
-
-
 # ----------------------------------------------------------------------------- the cache
 def cache_dir(cfg: DataConfig) -> Path:
     return Path(cfg.cache_dir) if cfg.cache_dir else Path(cfg.data_dir) / "cache"
-
-
-def resolve_layout(cfg: DataConfig, rows: list[Row] | None = None) -> DataConfig:
-    """cfg with layout "auto" replaced by the first layout (poses.fitting_layouts) of the corpus's
-    first readable pose file: chosen once per corpus, then required of every file (a file that
-    does not fit is skipped with its reason). Looks at most at the first 100 pose files."""
-    if cfg.pose.layout != "auto":
-        return cfg
-    problems = []
-    for r in (rows if rows is not None else read_rows(cfg))[:100]:
-        try:
-            header, _ = poses.read_pose(r.pose)
-            layout = poses.detect_layout(header, r.pose)
-        except PoseError as e:
-            problems.append(str(e))
-            continue
-        return dataclasses.replace(cfg, pose=dataclasses.replace(cfg.pose, layout=layout))
-    raise FileNotFoundError(f"{cfg.data_dir}: layout 'auto' found no readable pose file to choose the layout "
-                            f"from among its first rows ({len(problems)} tried; first: "
-                            f"{problems[0] if problems else 'the corpus has no rows'})")
 
 
 def signature(cfg: DataConfig) -> dict:
@@ -420,15 +261,17 @@ def _merge(cfg: DataConfig, rows: list[Row], shards: Path, out: Path) -> dict:
         by_shard.setdefault(shard, []).append((starts[k], start, n))
 
     def write_features(p: Path):
-        feats = np.lib.format.open_memmap(p, mode="w+", dtype=np.float16, shape=(int(lengths.sum()), poses.feature_dim(cfg.pose)))
+        shape = (int(lengths.sum()), poses.feature_dim(cfg.pose))
+        feats = np.lib.format.open_memmap(p, mode="w+", dtype=np.float16, shape=shape)
         for shard, pieces in by_shard.items():    # one shard in memory at a time
             arr = np.load(shard)
             for dst, src, n in pieces:
                 feats[dst:dst + n] = arr[src:src + n]
         feats.flush()
     _write_atomic(out / "features.npy", write_features)
-    index = {"feature_dim": poses.feature_dim(cfg.pose), "layout": cfg.pose.layout, "uid": [rows[i].uid for i, *_ in kept],
-             "text": [rows[i].text for i, *_ in kept], "split": [rows[i].split for i, *_ in kept],
+    index = {"feature_dim": poses.feature_dim(cfg.pose), "layout": cfg.pose.layout,
+             "uid": [rows[i].uid for i, *_ in kept], "text": [rows[i].text for i, *_ in kept],
+             "split": [rows[i].split for i, *_ in kept],
              "start": starts.tolist(), "length": lengths.tolist()}
     _write_atomic(out / "index.json", lambda p: p.write_text(json.dumps(index)))
     _write_atomic(out / "skipped.jsonl", lambda p: p.write_text("".join(json.dumps(s) + "\n" for s in skipped)))
@@ -534,7 +377,8 @@ class SignDataset(torch.utils.data.Dataset):
         s = self.starts[i]
         x = torch.from_numpy(np.array(self.features[s:s + self.lengths[i]])).float()   # (T, F); torch: faster fp16 cast
         if self.augment:   # seeded from torch, so DataLoader workers differ and runs repeat
-            x = torch.from_numpy(poses.augment(x.numpy(), self.pose_cfg, np.random.default_rng(int(torch.randint(2**62, ())))))
+            rng = np.random.default_rng(int(torch.randint(2**62, ())))
+            x = torch.from_numpy(poses.augment(x.numpy(), self.pose_cfg, rng))
         item = {"uid": self.uids[i], "poses": x, "text": self.texts[i],
                 "prompt_ids": self.prompt_ids, "answer_ids": self.answer_ids[i]}
         if self.word_ids is not None:
@@ -662,7 +506,8 @@ class SeededItems(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int):
         with torch.random.fork_rng(devices=[]):  # default_generator: the CPU one, not CUDA's
-            torch.default_generator.manual_seed(int(np.random.SeedSequence([self.seed, self.epoch, i]).generate_state(1)[0]))
+            seed = np.random.SeedSequence([self.seed, self.epoch, i]).generate_state(1)[0]
+            torch.default_generator.manual_seed(int(seed))
             return self.dataset[i]
 
 
@@ -740,7 +585,8 @@ def main(argv=None) -> None:
         synth.generate_corpus(args.out_dir, n=args.n, seed=args.seed)
         print(json.dumps({"out_dir": args.out_dir, "n": args.n, "seed": args.seed}))
     else:
-        cfg = DataConfig(data_dir=args.data_dir, cache_dir=args.cache, csv=args.csv, pose=PoseConfig(layout=args.layout))
+        cfg = DataConfig(data_dir=args.data_dir, cache_dir=args.cache, csv=args.csv,
+                         pose=PoseConfig(layout=args.layout))
         try:
             print(json.dumps(prepare(cfg, workers=args.workers, force=args.force)))
         except (DataError, FileNotFoundError) as e:

@@ -44,6 +44,7 @@ from tqdm import tqdm
 
 import checkpoints
 import config
+import corpus
 import curves
 import data
 import loader
@@ -107,7 +108,7 @@ def compute_metrics(hypotheses: list[str], references: list[str]) -> dict:
 # ----------------------------------------------------------------------------- decoding
 
 @torch.no_grad()
-def decode(model: SignTranslator, tok: Tokenizer, dataset, indices: list[int], batch_size: int,
+def decode(model: SignTranslator, tok: Tokenizer, dataset: data.SignDataset, indices: list[int], batch_size: int,
            max_new_tokens: int, num_beams: int, device: torch.device, progress: bool = False,
            static: bool = False, poses_from: list[int] | None = None) -> list[dict]:
     """Translate dataset[i] for i in indices, batching clips of similar length (less padding);
@@ -207,7 +208,7 @@ def at_least_1(text: str) -> int:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run", help="a run directory (its best checkpoint, else the newest) or a ckpt-NNNNNN directory")
-    parser.add_argument("--split", default="test", choices=data.SPLITS)
+    parser.add_argument("--split", default="test", choices=corpus.SPLITS)
     parser.add_argument("--data_dir", help="corpus to evaluate on (default: the run's)")
     parser.add_argument("--model_dir", help="the run's base model, if it moved (default: the run's)")
     parser.add_argument("--num_beams", type=at_least_1, default=1, help="1: greedy")
@@ -243,7 +244,8 @@ def check_outputs(args: argparse.Namespace, out: Path) -> None:
         lora.refuse_overwrite(args.export_merged, lora.MERGED_FILES)
     if args.pose and not Path(args.pose).is_file():
         raise FileNotFoundError(f"--pose {args.pose}: no such file")
-    if not (args.export_adapter or args.export_merged or args.pose or args.video) and not os.access(out.parent, os.W_OK):
+    writes_predictions = not (args.export_adapter or args.export_merged or args.pose or args.video)
+    if writes_predictions and not os.access(out.parent, os.W_OK):
         raise ConfigError(f"--out {out}: cannot write in {out.parent} (no such folder, or not writable)")
 
 

@@ -429,9 +429,11 @@ def _fill_shards(model: nn.Module, readers: dict, dtype: torch.dtype, device, ca
                 got = {k.rsplit(".", 1)[1]: cached.get_tensor(k) for k in cached.keys() if k.startswith(prefix + ".")}
             else:
                 parts = {k: _rows_held(p) for k, p in module.named_parameters(recurse=False) if k != "bias"}
-                parts = {k: rows if rows is not None else slice(0, len(getattr(module, k))) for k, rows in parts.items()}
-                got = module.quantize_part(lambda r0, r1: read(slice(r0, r1)).to(device, dtype), parts,
-                                           lambda mine: _gather_chunks(mine, len(module.absmax)))
+                parts = {k: rows if rows is not None else slice(0, len(getattr(module, k)))
+                         for k, rows in parts.items()}
+                # the callbacks run inside quantize_part; the defaults bind this iteration's read and module
+                got = module.quantize_part(lambda r0, r1, read=read: read(slice(r0, r1)).to(device, dtype), parts,
+                                           lambda mine, module=module: _gather_chunks(mine, len(module.absmax)))
                 pieces.update({f"{prefix}.{k}": t for k, t in got.items()})
             for k, t in got.items():
                 _put(module, k, t.to(device))

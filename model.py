@@ -375,7 +375,8 @@ class Qwen2(nn.Module):
             raise ValueError("static=True decodes greedily; beam search (num_beams > 1) reorders the cache")
         kind, prompt = ("input_ids", input_ids) if input_ids is not None else ("inputs_embeds", inputs_embeds)
         B, T = prompt.shape[:2]
-        mask = attention_mask if attention_mask is not None else torch.ones(B, T, dtype=torch.long, device=prompt.device)
+        mask = (attention_mask if attention_mask is not None
+                else torch.ones(B, T, dtype=torch.long, device=prompt.device))
         eos = self.config.eos_token_id if eos_token_id is None else eos_token_id
         stop = torch.tensor([eos] if isinstance(eos, int) else list(eos or []), device=prompt.device)
         if num_beams > 1:

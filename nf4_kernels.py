@@ -98,8 +98,8 @@ def dequantize_nf4(packed: Tensor, absmax: Tensor, shape, blocksize: int = 64,
     packed (ceil(n/2),) uint8, absmax (ceil(n/blocksize),) float32, n = prod(shape): any shape."""
     n = math.prod(shape)
     # index_select with int32 indices rather than indexing with packed.long(), whose int64 copy
-    # alone is 8 bytes per byte read (the CPU profile: BENCHMARKS.md, commit 8ad58c0). A fresh
-    # (n/2, 2) tensor, scaled in place.
+    # alone is 8 bytes per byte read (the CPU timings before and after: docs/benchmark-log.md,
+    # "CPU: model, kernels, data, training steps"). A fresh (n/2, 2) tensor, scaled in place.
     values = _on(packed.device, _BYTE_TO_LEVELS).index_select(0, packed.int()).view(-1)[:n]  # (n,) high nibble first
     return _scale_blocks(values, absmax.float(), blocksize).view(shape).to(dtype)
 

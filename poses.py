@@ -287,7 +287,7 @@ def normalise(xyz: np.ndarray, present: np.ndarray, cfg: PoseConfig, path="<pose
 def load_pose(path, cfg: PoseConfig) -> np.ndarray:
     """One .pose file -> normalised features (T, F) float32, T <= cfg.max_frames. Raises PoseError.
     With layout "auto" the file's own first fitting layout is used (a corpus resolves it once:
-    data.resolve_layout)."""
+    corpus.resolve_layout)."""
     header, body = read_pose(path)
     if cfg.layout == "auto":
         cfg = dataclasses.replace(cfg, layout=detect_layout(header, path))

@@ -106,8 +106,8 @@ class Tokenizer:
         """Read tokenizer.json, else vocab.json + merges.txt (+ the added tokens); stop and pad
         tokens from generation_config.json / tokenizer_config.json."""
         path = Path(path)
-        tc = json.loads((path / "tokenizer_config.json").read_text()) if (path / "tokenizer_config.json").is_file() else {}
-        gc = json.loads((path / "generation_config.json").read_text()) if (path / "generation_config.json").is_file() else {}
+        read_json = lambda name: json.loads((path / name).read_text()) if (path / name).is_file() else {}
+        tc, gc = read_json("tokenizer_config.json"), read_json("generation_config.json")
         if (path / "tokenizer.json").is_file():
             tok, name = _HFTokenizer.from_file(str(path / "tokenizer.json")), str(path / "tokenizer.json")
         elif (path / "vocab.json").is_file() and (path / "merges.txt").is_file():
@@ -140,8 +140,9 @@ def train_bpe(texts, vocab_size: int, out_dir) -> Tokenizer:
     """Train a byte-level BPE on `texts` with Qwen's normaliser, pre-tokenizer and special tokens.
 
     Like Qwen, the special tokens take the last 14 ids, after the learned vocabulary. The result
-    has at most `vocab_size` tokens (fewer when the texts offer fewer merges). Writes tokenizer.json and tokenizer_config.json (instruct-style: eos
-    <|im_end|>, pad <|endoftext|>) into out_dir and returns the loaded Tokenizer.
+    has at most `vocab_size` tokens (fewer when the texts offer fewer merges). Writes tokenizer.json
+    and tokenizer_config.json (instruct-style: eos <|im_end|>, pad <|endoftext|>) into out_dir and
+    returns the loaded Tokenizer.
     """
     n_base = vocab_size - len(SPECIAL_TOKENS)
     alphabet = pre_tokenizers.ByteLevel.alphabet()

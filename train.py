@@ -35,6 +35,11 @@ Surviving long runs (OUT_DIR/ckpt-000600/ every save_every steps, and best -> th
 - SIGTERM / SIGINT: every rank stops at the next step boundary, rank 0 saves, exit code 0.
 - A non-finite loss or gradient skips the step on all ranks; max_bad_steps in a row stop the run.
 
+Beside this file: preflight.py checks everything that can fail before the model is loaded (and
+makes the tiny demo's first-use assets); processes.py holds the process set-up (torchrun ranks,
+logs, collectives, seeding, the signal handler). This file is the model's set-up, the step, the
+validation and the loop.
+
 References: QLoRA (Dettmers et al. 2023, arXiv:2305.14314); SpaMo (Hwang et al. 2024,
 arXiv:2408.11915); Sign2GPT (Wong et al. 2024, arXiv:2405.04164); nanoGPT's train.py.
 """
@@ -44,13 +49,11 @@ import json
 import logging
 import math
 import os
-import random
 import re
-import shutil
 import signal
 import sys
 import time
-from contextlib import nullcontext
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -63,168 +66,20 @@ from tqdm import tqdm
 
 import checkpoints
 import config
+import corpus
 import curves
 import data
 import eval as ev
 import loader
+import preflight
 import sharding
 from config import ConfigError, TrainConfig
+from model import Qwen2Config
+from processes import Dist, StopSignal, all_sum, gather, peak_memory_gb, seed_everything, setup_distributed
 from tokenizer import Tokenizer
 from translator import SignTranslator, autocast, base_dtype, build_model, collate_fn, to_device, uses_words
 
 log = logging.getLogger("train")
-
-
-# ----------------------------------------------------------------------------- processes, logging
-
-@dataclass
-class Dist:
-    rank: int
-    world: int
-    local_rank: int
-    device: torch.device
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-
-def setup_distributed() -> Dist:
-    """torchrun sets RANK/WORLD_SIZE/LOCAL_RANK; plain `python train.py` is a world of one."""
-    if "RANK" not in os.environ:
-        dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        return Dist(0, 1, 0, dev)
-    rank, world, local = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ["LOCAL_RANK"])
-    if torch.cuda.is_available():
-        torch.cuda.set_device(local)
-        dev = torch.device("cuda", local)
-    else:
-        dev = torch.device("cpu")
-    dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
-    return Dist(rank, world, local, dev)
-
-
-def setup_logging(out_dir: Path, d: Dist) -> None:
-    """Every rank logs to OUT_DIR/logs/rank{r}.log; rank 0 also to the console (above the bar)."""
-    class TqdmHandler(logging.Handler):
-        def emit(self, record):
-            tqdm.write(self.format(record), file=sys.stderr)
-
-    (out_dir / "logs").mkdir(parents=True, exist_ok=True)
-    handlers = [logging.FileHandler(out_dir / "logs" / f"rank{d.rank}.log")]
-    if d.main:
-        handlers.append(TqdmHandler())
-    for h in list(log.handlers):  # a second run in the same process (tests) starts clean
-        log.removeHandler(h)
-        h.close()
-    fmt = logging.Formatter(f"%(asctime)s [rank {d.rank}] %(levelname)s %(message)s", "%H:%M:%S")
-    for h in handlers:
-        h.setFormatter(fmt)
-        log.addHandler(h)
-    log.setLevel(logging.INFO)
-
-
-def all_sum(values: list[float], d: Dist) -> list[float]:
-    """Sum a few numbers over ranks in one collective (float64 keeps token counts exact)."""
-    t = torch.tensor(values, dtype=torch.float64, device=d.device)
-    if d.world > 1:
-        dist.all_reduce(t)
-    return t.tolist()
-
-
-def gather(rows: list, d: Dist) -> list:
-    """Every rank's list, concatenated (rank 0's first), on every rank."""
-    if d.world == 1:
-        return rows
-    parts = [None] * d.world
-    dist.all_gather_object(parts, rows)
-    return [r for p in parts for r in p]
-
-
-def broadcast(obj, d: Dist):
-    if d.world == 1:
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
-
-
-# ----------------------------------------------------------------------------- early checks, first use
-
-def accumulation(cfg: TrainConfig, world: int) -> int:
-    """Micro-steps per optimizer step; global_batch (if set) must split evenly over the ranks."""
-    if not cfg.global_batch:
-        return cfg.grad_accum
-    per_round = cfg.batch_size * world
-    if cfg.global_batch % per_round:
-        raise ConfigError(f"global_batch={cfg.global_batch} is not divisible by batch_size x world_size "
-                          f"= {cfg.batch_size} x {world}; pick a global_batch that is a multiple of {per_round}")
-    return cfg.global_batch // per_round
-
-
-def check_run_dir(cfg: TrainConfig, out_dir: Path) -> None:
-    """An out_dir that holds another run is an error, not something to overwrite or mix with."""
-    saved = out_dir / "config.json"
-    if saved.is_file():
-        old = config.load_run_config(saved)
-        if cfg.data.pose.layout == "auto":  # resolves to what the run resolved (prepare_run checks again)
-            pose = dataclasses.replace(cfg.data.pose, layout=old.data.pose.layout)
-            cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, pose=pose))
-        diff = config.differences(old, cfg)
-        if diff:
-            raise ConfigError(f"{out_dir} holds a run with a different config ({'; '.join(diff[:5])}); "
-                              "use another --out_dir, or the same config to resume")
-    if not cfg.resume and checkpoints.listed(out_dir):
-        raise ConfigError(f"{out_dir} already holds checkpoints; pass --resume=auto to continue that "
-                          "run, or choose another --out_dir")
-
-
-def check_inputs(cfg: TrainConfig) -> None:
-    """Data and base checkpoint exist (before anything heavy is loaded)."""
-    if not Path(cfg.data.data_dir).is_dir():
-        raise ConfigError(f"data_dir {cfg.data.data_dir} does not exist (see README: getting iSign, or "
-                          "`python data.py synth DIR` for a synthetic corpus)")
-    if not (loader.model_path(cfg.model_dir) / "config.json").is_file():
-        searched = (f", nor is it in the Hugging Face cache {loader.hub_cache()}"
-                    if loader.REPO_ID.fullmatch(cfg.model_dir) else "")
-        where = "" if cfg.model_dir == cfg.model_repo else f" --local-dir {cfg.model_dir}"  # a repo id: the cache
-        raise ConfigError(f"model_dir {cfg.model_dir} holds no checkpoint (config.json missing){searched}. Download "
-                          f"it with: hf download {cfg.model_repo}{where}  "
-                          "(pip install huggingface_hub; older versions: huggingface-cli download)")
-
-
-def create_first_use_assets(cfg: TrainConfig) -> None:
-    """The CPU demo needs no download: a synthetic corpus and a random tiny Qwen2 (+ BPE
-    tokenizer trained on the corpus's training texts) are made on first use."""
-    data_dir = cfg.data.data_dir
-    if cfg.synth_n and not Path(data_dir).exists():
-        import synth
-        log.info(f"generating a synthetic corpus of {cfg.synth_n} clips in {data_dir} (once)")
-        tmp = Path(f"{data_dir}.tmp")  # renamed when complete: an interrupted run starts over
-        shutil.rmtree(tmp, ignore_errors=True)
-        synth.generate_corpus(tmp, n=cfg.synth_n, seed=cfg.synth_seed)
-        os.rename(tmp, data_dir)
-    if cfg.init_model and not (loader.model_path(cfg.model_dir) / "config.json").exists():
-        create_random_model(cfg)
-
-
-def create_random_model(cfg: TrainConfig) -> None:
-    """A BPE tokenizer trained on the training texts, and a Qwen2 of init_model's sizes
-    initialised as transformers does (N(0, initializer_range), zero biases, unit norms)."""
-    import tokenizer
-    from model import Qwen2Config
-    dcfg = cfg.data
-    texts = [r.text for r in data.read_rows(dcfg) if r.split == "train"]
-    # Every training sequence also holds the prompt: its words get merges as often as they occur.
-    prompt = [dcfg.system_prompt, dcfg.user_prompt.format(pose="", language=dcfg.source_language),
-              "system user assistant"]
-    spec = dict(cfg.init_model)
-    vocab, std = spec.pop("vocab_size", 1024), spec.pop("initializer_range", 0.02)
-    tok = tokenizer.train_bpe(texts + prompt * len(texts), vocab, cfg.model_dir)
-    torch.manual_seed(cfg.seed)
-    llm = loader.random_model(Qwen2Config(vocab_size=tok.vocab_size, eos_token_id=tok.eos_ids[0], **spec), std=std)
-    loader.save_model(llm, cfg.model_dir)
-    log.info(f"created a random Qwen2 {spec} with a {tok.vocab_size}-token BPE in {cfg.model_dir}")
 
 
 # ----------------------------------------------------------------------------- schedule, optimizer
@@ -273,7 +128,8 @@ class LoopState:
     seconds: float = 0.0             # training time, summed over resumptions
 
 
-def save_checkpoint(out_dir: Path, model, opt, state: LoopState, sampler: dict, base: dict, d: Dist) -> Path:
+def save_checkpoint(out_dir: Path, model: SignTranslator, opt: torch.optim.Optimizer, state: LoopState, sampler: dict,
+                    base: dict, d: Dist) -> Path:
     """All ranks call this (every rank's RNG state is gathered, and FSDP's shards); rank 0 writes ckpt-STEP."""
     rngs = gather([checkpoints.rng_state()], d)
     tensors, moments = checkpoints.consolidated(model, opt, keep=d.main)
@@ -284,7 +140,7 @@ def save_checkpoint(out_dir: Path, model, opt, state: LoopState, sampler: dict, 
     return checkpoints.step_dir(out_dir, state.step)
 
 
-def load_checkpoint(ckpt: Path, model, opt, d: Dist) -> tuple[LoopState, dict]:
+def load_checkpoint(ckpt: Path, model: SignTranslator, opt: torch.optim.Optimizer, d: Dist) -> tuple[LoopState, dict]:
     """Trained tensors, optimizer state and this rank's RNG; returns the loop state and the
     data position."""
     saved = checkpoints.load(ckpt, model, opt)
@@ -297,67 +153,12 @@ def load_checkpoint(ckpt: Path, model, opt, d: Dist) -> tuple[LoopState, dict]:
     return LoopState(**{k: v for k, v in saved.items() if k in names}), saved["sampler"]
 
 
-def find_resume(cfg: TrainConfig, out_dir: Path, base: dict) -> Path | None:
-    """The checkpoint to resume from: --resume=PATH, or for "auto" the newest in out_dir that passes
-    its checks (damaged ones skipped; all damaged is an error, not a fresh start over them). It
-    must come from a run of this config (max_steps may grow) and on this base model."""
-    if not cfg.resume:
-        return None
-    if cfg.resume == "auto":
-        saved, problems, ckpt = checkpoints.listed(out_dir), {}, None
-        for c in reversed(saved):
-            problems[c] = checkpoints.problem(c)
-            if problems[c] is None:
-                ckpt = c
-                break
-            log.warning(f"skipping checkpoint {c}: {problems[c]}")
-        if ckpt is None and saved:
-            raise ConfigError(f"--resume=auto: none of the {len(saved)} checkpoints in {out_dir} can be used "
-                              f"({'; '.join(f'{c.name}: {why}' for c, why in problems.items())}); nothing was "
-                              "changed. Move them away to train from step 0, or --resume=PATH a copy of a good one")
-        if ckpt is None:
-            return None  # nothing saved yet: the run starts at step 0
-    else:
-        ckpt = Path(cfg.resume)
-        problem = checkpoints.problem(ckpt)
-        if problem:
-            raise ConfigError(f"cannot resume from {ckpt}: {problem}")
-        diff = config.differences(config.load_run_config(ckpt), cfg)
-        if diff:
-            raise ConfigError(f"cannot resume from {ckpt}: its run has another config ({'; '.join(diff[:5])}); "
-                              "resume with that run's config (max_steps may be larger)")
-    mismatch = checkpoints.base_mismatch(ckpt, base)
-    if mismatch:
-        raise ConfigError(f"cannot resume: {mismatch}")
-    return ckpt
-
-
 def subset(n: int, k: int) -> list[int]:
     """k indices spread evenly over range(n) (a fixed validation subset)."""
     return sorted({int(i) for i in np.linspace(0, n - 1, min(k, n))}) if n else []
 
 
 # ----------------------------------------------------------------------------- steps
-
-class StopSignal:
-    """While entered, SIGTERM / SIGINT only set `signum`; the loop stops at the next step boundary
-    (every rank agrees through train_step's all-reduce). Previous handlers are restored on exit."""
-
-    def __init__(self):
-        self.signum: int | None = None
-
-    def _handler(self, signum, frame) -> None:
-        self.signum = signum
-        log.warning(f"received {signal.Signals(signum).name}: stopping at the next step boundary")
-
-    def __enter__(self) -> "StopSignal":
-        self.previous = {s: signal.signal(s, self._handler) for s in (signal.SIGTERM, signal.SIGINT)}
-        return self
-
-    def __exit__(self, *exc) -> None:
-        for s, handler in self.previous.items():
-            signal.signal(s, handler)
-
 
 def fault_injected(name: str, step: int, rank: int) -> bool:
     """Fault injection for the tests only: TRAIN_TEST_NAN / TRAIN_TEST_SIGTERM / TRAIN_TEST_OOM =
@@ -366,7 +167,7 @@ def fault_injected(name: str, step: int, rank: int) -> bool:
     return os.environ.get(f"TRAIN_TEST_{name}") == f"{step}:{rank}"
 
 
-def grad_sync(model: torch.nn.Module, last: bool):
+def grad_sync(model: torch.nn.Module, last: bool) -> AbstractContextManager:
     """Gradients are averaged over the processes on a step's last micro-batch only: DDP's no_sync()
     on the others; FSDP does no reduce-scatter there (its unsharded gradients accumulate)."""
     if isinstance(model, FSDPModule):
@@ -485,58 +286,6 @@ def mean_losses(losses: list[tuple[float | None, float]], words: bool) -> dict:
     return out
 
 
-def peak_memory_gb(device: torch.device) -> float:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**30
-    import resource
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # Linux: KiB
-
-
-def seed_everything(seed: int) -> None:
-    torch.manual_seed(seed)
-    np.random.seed(seed % 2**32)
-    random.seed(seed)
-
-
-def prepare_run(cfg: TrainConfig, d: Dist) -> tuple[Path, int, dict, Path | None]:
-    """Everything that can fail before the model is loaded: batch arithmetic, out_dir, first-use
-    assets, data and base checkpoint present, the checkpoint to resume from and its base, the pose
-    cache. Saves the resolved config. Returns out_dir, grad_accum, the base's fingerprint and the
-    checkpoint to resume from."""
-    out_dir = Path(cfg.out_dir)
-    accum = accumulation(cfg, d.world)
-    if cfg.fsdp and not dist.is_initialized():
-        raise ConfigError("fsdp=True shards the model over the processes of a torchrun job: start it with "
-                          "torchrun --nproc_per_node N train.py ... (N >= 1)")
-    check_run_dir(cfg, out_dir)
-    if d.main:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    if d.world > 1:
-        dist.barrier()
-    setup_logging(out_dir, d)
-    if d.main:
-        for left in checkpoints.clean(out_dir):
-            log.info(f"removed {left}, left by an interrupted save")
-        create_first_use_assets(cfg)
-    if d.world > 1:
-        dist.barrier()
-    check_inputs(cfg)
-    requested = cfg.data.pose.layout
-    cfg.data = data.resolve_layout(cfg.data)  # the run's config records the layout its files have
-    if requested != cfg.data.pose.layout:
-        log.info(f"layout 'auto': {cfg.data.pose.layout} (the first layout the corpus's pose files fit)")
-        check_run_dir(cfg, out_dir)  # again: a resumed run must have resolved the same layout
-    base = {"model_dir": cfg.model_dir, "fingerprint": loader.fingerprint(loader.model_path(cfg.model_dir))}
-    ckpt = find_resume(cfg, out_dir, base)  # every rank: each reads the same files, the same answer
-    data.ensure_cache(cfg.data, d.rank, d.world)
-    if d.main:
-        log.info("config:\n" + "\n".join(f"  {k} = {v!r}" for k, v in config.flat(cfg).items()))
-        log.info(f"{d.world} process(es) on {d.device.type}; samples per step = batch_size {cfg.batch_size} "
-                 f"x grad_accum {accum} x world_size {d.world} = {cfg.batch_size * accum * d.world}")
-        config.save_run_config(cfg, out_dir / "config.json")
-    return out_dir, accum, base, ckpt
-
-
 def evaluate_test(model: SignTranslator, tok: Tokenizer, cfg: TrainConfig, out_dir: Path, d: Dist) -> dict | None:
     """test_at_end: the best checkpoint's weights (else the last one's, in the model) on the test
     split, as eval.py reports them (predictions file included)."""
@@ -577,11 +326,13 @@ class Run:
     base: dict                    # the base model's fingerprint, saved in every checkpoint
 
 
-def shard(cfg: TrainConfig, tok: Tokenizer, d: Dist, features=None, random_shape=None) -> SignTranslator:
+def shard(cfg: TrainConfig, tok: Tokenizer, d: Dist, features: np.ndarray | None = None,
+          random_shape: Qwen2Config | None = None) -> SignTranslator:
     """--fsdp: the model built around a base still on the meta device, each decoder layer and then
     the root (the encoder, embeddings, final norm, lm_head) sharded over all ranks by FSDP2's
     fully_shard, then this rank's chunks of the base read from the checkpoint (loader.load_shards),
-    or drawn at random for a model.Qwen2Config `random_shape` (bench.py)."""
+    or drawn at random for a model.Qwen2Config `random_shape` (bench_train.py: `python bench.py
+    train --random-weights --fsdp`)."""
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import CPUOffloadPolicy, OffloadPolicy, fully_shard
 
@@ -612,7 +363,7 @@ def shard(cfg: TrainConfig, tok: Tokenizer, d: Dist, features=None, random_shape
 
 def setup(cfg: TrainConfig, d: Dist) -> Run:
     """Checks, data, model, optimizer, and the checkpoint to resume from (if any)."""
-    out_dir, accum, base, ckpt = prepare_run(cfg, d)
+    out_dir, accum, base, ckpt = preflight.prepare_run(cfg, d)
     tok = Tokenizer.from_dir(loader.model_path(cfg.model_dir))
     train_ds = data.SignDataset(cfg.data, "train", tok, augment=cfg.data.pose.augment,
                                 n_words=cfg.aux_words if uses_words(cfg) else 0)
@@ -632,7 +383,8 @@ def setup(cfg: TrainConfig, d: Dist) -> Run:
         model = build_model(cfg, tok, d.device)
         model.encoder.set_input_stats(train_ds.features)  # the same on every rank; a resume loads the trained ones
     count = lambda m: sum(p.numel() for p in m.parameters() if p.requires_grad)  # noqa: E731
-    log.info(f"trained parameters: LLM {count(model.llm):,} (LoRA and modules_to_save), encoder {count(model.encoder):,}")
+    log.info(f"trained parameters: LLM {count(model.llm):,} (LoRA and modules_to_save), "
+             f"encoder {count(model.encoder):,}")
     opt = make_optimizer(model, cfg)
     plan = sharding.memory_plan(model, list(model.llm.model.layers), d.device, d.world, cfg.fsdp,
                                 cfg.fsdp_cpu_offload, accum)
@@ -813,7 +565,7 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             if d.world > 1:
                 dist.destroy_process_group()
-    except (ConfigError, data.DataError, FileNotFoundError) as e:
+    except (ConfigError, corpus.DataError, FileNotFoundError) as e:
         if rank0:
             print(f"error: {e}", file=sys.stderr)
         return 2

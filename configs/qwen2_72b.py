@@ -1,6 +1,6 @@
 # Qwen2-72B (the base model of the Qwen2 family, same shape as Qwen2.5-72B; rms_norm_eps 1e-5,
-# read from its config.json), QLoRA on iSign, sharded over 4 GPUs with FSDP (--fsdp: README, "Models
-# larger than one GPU"), LoRA r32 on all seven projections. A base model, not chat-tuned: the prompt
+# read from its config.json), QLoRA on iSign, sharded over 4 GPUs with FSDP (--fsdp: docs/training.md,
+# "Models larger than one GPU"), LoRA r32 on all seven projections. A base model, not chat-tuned: the prompt
 # is ChatML all the same (its special tokens are in the vocabulary) and the adapters learn the format.
 #   torchrun --nproc_per_node 4 train.py configs/qwen2_72b.py
 # Weights: hf download Qwen/Qwen2-72B --local-dir checkpoints/Qwen2-72B

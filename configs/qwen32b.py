@@ -1,5 +1,5 @@
 # Qwen2.5-32B-Instruct, QLoRA on iSign, LoRA r64 on all seven projections, sharded over 4 GPUs with
-# FSDP (--fsdp: README, "Models larger than one GPU").
+# FSDP (--fsdp: docs/training.md, "Models larger than one GPU").
 #   torchrun --nproc_per_node 4 train.py configs/qwen32b.py
 # Weights: hf download Qwen/Qwen2.5-32B-Instruct --local-dir checkpoints/Qwen2.5-32B-Instruct
 # Samples per optimizer step: batch_size 1 x grad_accum 32 x 4 GPUs = 128 (~740 steps per epoch).

@@ -1,5 +1,5 @@
-# Qwen2.5-72B-Instruct, QLoRA on iSign, sharded over 4 GPUs with FSDP (--fsdp: README, "Models
-# larger than one GPU"), LoRA r32 on all seven projections.
+# Qwen2.5-72B-Instruct, QLoRA on iSign, sharded over 4 GPUs with FSDP (--fsdp: docs/training.md,
+# "Models larger than one GPU"), LoRA r32 on all seven projections.
 #   torchrun --nproc_per_node 4 train.py configs/qwen72b.py
 # Weights: hf download Qwen/Qwen2.5-72B-Instruct --local-dir checkpoints/Qwen2.5-72B-Instruct
 # Samples per optimizer step: batch_size 1 x grad_accum 32 x 4 GPUs = 128 (~740 steps per epoch).

@@ -21,6 +21,7 @@ from torch.utils._pytree import tree_leaves
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import config  # noqa: E402
 import loader  # noqa: E402
+import processes  # noqa: E402
 import sharding  # noqa: E402
 import train  # noqa: E402
 
@@ -46,7 +47,7 @@ class LargestFloat(TorchDispatchMode):
 def main() -> None:
     out, overrides = Path(sys.argv[1]), sys.argv[2:]
     cfg = config.load_config(["--fsdp=True", "--layout=holistic", *overrides])  # no corpus to detect it from
-    d = train.setup_distributed()
+    d = processes.setup_distributed()
     reads, read_rows = [], loader._read_rows
 
     def recorded(f, name, rows):

@@ -12,6 +12,7 @@ import pytest
 import torch
 from pose_format import Pose
 
+import corpus
 import data
 import poses
 from tokenizer import train_bpe
@@ -139,7 +140,8 @@ def test_other_layouts_work_or_name_missing_points(fixtures_dir):
     with pytest.raises(poses.PoseError) as e:
         poses.load_pose(fixtures_dir / "holistic_reduced_178.pose", holistic)
     assert e.value.kind == "layout lacks points"
-    assert "holistic_reduced_178.pose" in str(e.value) and "NOSE" in str(e.value) and "FACE_LANDMARKS: 1, 2" in str(e.value)
+    message = str(e.value)
+    assert "holistic_reduced_178.pose" in message and "NOSE" in message and "FACE_LANDMARKS: 1, 2" in message
     assert "layout='holistic_reduced' fits it" in str(e.value)
     with pytest.raises(poses.PoseError, match="pose_keypoints_2d.*layout='openpose' fits it"):
         poses.load_pose(fixtures_dir / "openpose_137.pose", holistic)
@@ -192,7 +194,8 @@ def test_prepare_skips_exactly_the_broken_rows(fixtures_dir, tmp_path):
     summary = data.prepare(cfg, workers=2, progress=False)
     assert summary["ok"] == 10 and summary["skipped"] == 4
     assert summary["reasons"] == {"unreadable pose file": 2, "missing pose file": 1, "empty text": 1}
-    skipped = {s["uid"]: s["reason"] for s in map(json.loads, (root / "cache" / "skipped.jsonl").read_text().splitlines())}
+    lines = (root / "cache" / "skipped.jsonl").read_text().splitlines()
+    skipped = {s["uid"]: s["reason"] for s in map(json.loads, lines)}
     assert skipped == {"bad--1": "unreadable pose file", "bad--2": "unreadable pose file",
                        "bad--3": "missing pose file", "bad--4": "empty text"}
     # every good row is in the cache, in corpus order, equal to load_pose of its file (float16)
@@ -237,7 +240,8 @@ def test_prepare_resumes_after_interruption(fixtures_dir, tmp_path, monkeypatch)
     fresh = data.DataConfig(data_dir=str(root), cache_dir=str(tmp_path / "fresh"))
     data.prepare(fresh, workers=1, progress=False)
     np.testing.assert_array_equal(resumed, np.load(tmp_path / "fresh" / "features.npy"))
-    assert json.loads((root / "cache" / "index.json").read_text()) == json.loads((tmp_path / "fresh" / "index.json").read_text())
+    index = lambda cache: json.loads((cache / "index.json").read_text())
+    assert index(root / "cache") == index(tmp_path / "fresh")
 
 
 def test_cache_staleness(fixtures_dir, tmp_path, monkeypatch):
@@ -248,7 +252,8 @@ def test_cache_staleness(fixtures_dir, tmp_path, monkeypatch):
     real = poses.load_pose
     monkeypatch.setattr(poses, "load_pose", lambda path, c: calls.append(path) or real(path, c))
     assert data.prepare(cfg, workers=1, progress=False)["ok"] == 3 and calls == []     # fresh: nothing redone
-    assert not data.is_fresh(data.DataConfig(data_dir=str(root), pose=poses.PoseConfig(max_frames=50)))       # feature setting changed
+    # a feature setting changed
+    assert not data.is_fresh(data.DataConfig(data_dir=str(root), pose=poses.PoseConfig(max_frames=50)))
     write_csv(root / "iSign_v1.1.csv", good_rows(3)[:2])
     os.utime(root / "iSign_v1.1.csv", ns=(1, 1))                                       # the CSV changed
     assert not data.is_fresh(cfg)
@@ -271,29 +276,29 @@ def test_ensure_cache_other_ranks_wait(fixtures_dir, tmp_path):
 def test_split_by_video_leaks_no_video():
     rng = np.random.default_rng(0)
     uids = [f"v{rng.integers(300):03d}--{k}" for k in range(3000)]
-    splits = data.split_by_video(uids, (0.8, 0.1, 0.1), seed=1)
-    assert splits == data.split_by_video(uids, (0.8, 0.1, 0.1), seed=1)
+    splits = corpus.split_by_video(uids, (0.8, 0.1, 0.1), seed=1)
+    assert splits == corpus.split_by_video(uids, (0.8, 0.1, 0.1), seed=1)
     per_video = {}
     for u, s in zip(uids, splits):
-        per_video.setdefault(data.video_id(u), set()).add(s)
+        per_video.setdefault(corpus.video_id(u), set()).add(s)
     assert all(len(s) == 1 for s in per_video.values())
     counts = Counter(splits)
     assert abs(counts["train"] / 3000 - 0.8) < 0.02 and abs(counts["val"] / 3000 - 0.1) < 0.02
-    assert data.video_id("MluonE1OqLY--18") == "MluonE1OqLY" and data.video_id("a--b--3") == "a--b"
+    assert corpus.video_id("MluonE1OqLY--18") == "MluonE1OqLY" and corpus.video_id("a--b--3") == "a--b"
 
 
 def test_split_files_and_manifest(fixtures_dir, tmp_path):
     root = make_corpus(tmp_path / "c", fixtures_dir, good_rows(6))
     for name, rows in [("train", good_rows(6)[:4]), ("val", good_rows(6)[4:5]), ("test", good_rows(6)[5:])]:
         write_csv(root / f"{name}.csv", rows)
-    rows = data.read_rows(data.DataConfig(data_dir=str(root)))
+    rows = corpus.read_rows(data.DataConfig(data_dir=str(root)))
     assert [r.split for r in rows] == ["train"] * 4 + ["val", "test"]
     manifest = [{"pose": f"poses/{u}.pose", "text": t, "split": "test" if k == 0 else "train"}
                 for k, (u, t) in enumerate(good_rows(6))]
     (root / "m.jsonl").write_text("".join(json.dumps(m) + "\n" for m in manifest))
     cfg = data.DataConfig(data_dir=str(root), csv="m.jsonl", cache_dir=str(tmp_path / "mc"))
     assert data.prepare(cfg, workers=1, progress=False)["splits"] == {"test": 1, "train": 5}
-    assert data.split_texts(cfg, "test") == [TEXTS[0]]
+    assert corpus.split_texts(cfg, "test") == [TEXTS[0]]
 
 
 # ----------------------------------------------------------------------------- text, batches
@@ -313,7 +318,7 @@ def test_dataset_and_collate_labels_only_on_answer(fixtures_dir, tmp_path, tok):
     ds = data.SignDataset(cfg, "train", tok)
     assert len(ds) == 6 and list(ds.lengths) == [97, 60, 31, 97, 60, 31]
     items = [ds[i] for i in (0, 1, 2)]
-    F = poses.feature_dim(data.resolve_layout(cfg).pose)
+    F = poses.feature_dim(corpus.resolve_layout(cfg).pose)
     assert items[0]["poses"].shape == (97, F) and items[0]["poses"].dtype == torch.float32
     # the un-expanded sequence is the ChatML conversation with the answer, as the chat template writes it
     for s in items:
@@ -350,7 +355,8 @@ def test_dataset_and_collate_labels_only_on_answer(fixtures_dir, tmp_path, tok):
     torch.manual_seed(0)
     assert not torch.equal(aug[0]["poses"][:50], ds[0]["poses"][:50])
     loader = torch.utils.data.DataLoader(ds, batch_sampler=data.BucketSampler(ds.lengths, 2),
-                                         collate_fn=partial(data.collate, tokenizer=tok, tokens_per_pose=tokens_per_pose))
+                                         collate_fn=partial(data.collate, tokenizer=tok,
+                                                            tokens_per_pose=tokens_per_pose))
     assert sorted(u for batch in loader for u in batch["uids"]) == sorted(ds.uids)
 
 
@@ -363,7 +369,8 @@ def all_batches(sampler):
     return [b for b in sampler]
 
 
-@pytest.mark.parametrize("n,bs,R,drop_last", [(96, 4, 3, False), (103, 4, 3, False), (103, 4, 3, True), (5, 4, 4, False)])
+@pytest.mark.parametrize("n,bs,R,drop_last",
+                         [(96, 4, 3, False), (103, 4, 3, False), (103, 4, 3, True), (5, 4, 4, False)])
 def test_bucket_sampler_shards(n, bs, R, drop_last):
     lengths = np.random.default_rng(0).integers(20, 300, n)
     ranks = [data.BucketSampler(lengths, bs, R, r, seed=7, drop_last=drop_last) for r in range(R)]
@@ -380,7 +387,8 @@ def test_bucket_sampler_shards(n, bs, R, drop_last):
             assert len(flat) == n                                  # and disjoint
         else:
             assert sum(len(b) for bs_ in per_rank for b in bs_) - n <= bs * (R - 1)   # only the padding repeats
-    assert per_rank == [all_batches(data.BucketSampler(lengths, bs, R, r, seed=7, drop_last=drop_last)) for r in range(R)]
+    assert per_rank == [all_batches(data.BucketSampler(lengths, bs, R, r, seed=7, drop_last=drop_last))
+                        for r in range(R)]
 
 
 def test_bucket_sampler_buckets_and_epochs():

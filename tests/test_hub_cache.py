@@ -11,6 +11,7 @@ import torch
 
 import config
 import loader
+import preflight
 import train
 from train_helpers import assets, tiny_args
 
@@ -62,10 +63,10 @@ def test_uncached_repo_id_gets_the_download_hint(tmp_path, monkeypatch):
     with pytest.raises(config.ConfigError, match=r"model_dir Qwen/Qwen2.5-7B-Instruct holds no checkpoint .*nor is "
                                                  rf"it in the Hugging Face cache {tmp_path / 'hub'}\. Download it "
                                                  r"with: hf download Qwen/Qwen2.5-7B-Instruct  \("):
-        train.check_inputs(cfg)
+        preflight.check_inputs(cfg)
     cfg = config.load_config([f"--data_dir={tmp_path}", "--model_dir=checkpoints/Qwen2.5-7B-Instruct"])
     with pytest.raises(config.ConfigError, match="hf download Qwen/Qwen2.5-7B-Instruct --local-dir checkpoints/"):
-        train.check_inputs(cfg)
+        preflight.check_inputs(cfg)
 
 
 def test_train_and_eval_read_model_and_tokenizer_from_the_cache(tmp_path_factory, tmp_path, monkeypatch):

@@ -1,7 +1,7 @@
 """lora.py against Hugging Face PEFT as the oracle, on a tiny random Qwen2 (CPU, float32).
 
 The reference side is always transformers' Qwen2ForCausalLM with PEFT's LoRA; our side is
-model.load_model + lora.apply_lora. Adapter weights are made random (a fresh B is zero and
+loader.load_model + lora.apply_lora. Adapter weights are made random (a fresh B is zero and
 would hide every bug in the update path) and moved between the two with PEFT's documented
 names, written out here rather than through lora.py's own mapping.
 """
@@ -173,7 +173,8 @@ def test_save_load_round_trip_exact(ckpt, tmp_path):
     config = json.loads((tmp_path / "adapter_config.json").read_text())
     assert (config["r"], config["lora_alpha"], config["lora_dropout"]) == (R, ALPHA, 0.1)
     assert config["target_modules"] == ["k_proj", "o_proj"] and config["modules_to_save"] == ["lm_head"]
-    assert "base_model.model.model.layers.0.self_attn.k_proj.lora_A.weight" in load_file(tmp_path / "adapter_model.safetensors")
+    saved = load_file(tmp_path / "adapter_model.safetensors")
+    assert "base_model.model.model.layers.0.self_attn.k_proj.lora_A.weight" in saved
     fresh = ours(ckpt)
     lora.load_peft_adapter(fresh, tmp_path)
     a, b = lora.lora_state_dict(m), lora.lora_state_dict(fresh)

@@ -312,7 +312,8 @@ def test_nf4_double_quant_load_matches_bitsandbytes_nested_quantization(tiny_che
         torch.testing.assert_close(dq(ids), hf(ids).logits, rtol=0, atol=3e-3)
         assert same >= 0.99 * blocks
         # 8-bit absmax + a float32 scale per 256 blocks, instead of a float32 absmax per block
-        nbytes = lambda model: sum(t.numel() * t.element_size() for n, t in model.state_dict().items() if "layers." in n)
+        nbytes = lambda model: sum(t.numel() * t.element_size()
+                                   for n, t in model.state_dict().items() if "layers." in n)
         n_blocks = sum(m.absmax.numel() for m in dq.modules() if isinstance(m, quant.Linear4bit))
         n_linears = sum(isinstance(m, quant.Linear4bit) for m in dq.modules())
         assert nbytes(plain) - nbytes(dq) == 3 * n_blocks - n_linears * (4 + 4)  # one scale + offset each here

@@ -38,8 +38,8 @@ def test_out_of_memory_saves_the_last_step_and_says_what_to_change(shared, tmp_p
     assert log.count("ran out of GPU memory") == 1
     assert (f"step 5 ran out of GPU memory (Tried to allocate 2.00 GiB) with batch_size=4, grad_accum=2, "
             f"max_frames={frames}, gradient_checkpointing=True; peak memory so far ") in log
-    assert (f"Change first: --batch_size=2 --grad_accum=4 (the same 8 samples per step); then --max_frames={frames // 2}, "
-            "then offload_embeddings=True or a smaller base model.") in log
+    assert ("Change first: --batch_size=2 --grad_accum=4 (the same 8 samples per step); "
+            f"then --max_frames={frames // 2}, then offload_embeddings=True or a smaller base model.") in log
     assert f"To go on from ckpt-000004: the same command with the new values and --resume={out / 'ckpt-000004'} " in log
     # the advice: the same run from its checkpoint, in half-size micro-batches, in a new out_dir
     again = tmp_path / "again"
@@ -102,7 +102,8 @@ def test_curves_draw_the_shuffled_pose_bleu_when_logged():
     import curves
 
     rows = [{"step": 1, "loss": 3.0, "lr": 1e-4}, {"step": 2, "val_loss": 2.5, "val_bleu4": 1.0},
-            {"step": 2, "loss": 2.0, "lr": 2e-4}, {"step": 4, "val_loss": 2.0, "val_bleu4": 3.0, "val_bleu4_shuffled": 0.5}]
+            {"step": 2, "loss": 2.0, "lr": 2e-4},
+            {"step": 4, "val_loss": 2.0, "val_bleu4": 3.0, "val_bleu4_shuffled": 0.5}]
     assert curves.series(rows) == {
         "loss": {"loss": ([1, 2], [3.0, 2.0]), "val_loss": ([2, 4], [2.5, 2.0])},
         "learning rate (LoRA)": {"lr": ([1, 2], [1e-4, 2e-4])},

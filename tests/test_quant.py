@@ -75,7 +75,8 @@ def test_double_quant_matches_bitsandbytes_and_error_bound():
     normed = shifted / scale.repeat_interleave(256)[: absmax.numel()]
     differ = codes != state.absmax
     assert differ.float().mean() < 0.01
-    ours, theirs = (normed[differ] - levels[codes[differ].long()]).abs(), (normed[differ] - levels[state.absmax[differ].long()]).abs()
+    ours = (normed[differ] - levels[codes[differ].long()]).abs()
+    theirs = (normed[differ] - levels[state.absmax[differ].long()]).abs()
     assert (ours <= theirs + 1e-7).all()
     # Round trip: nearest of 256 levels whose widest gap is 0.9789-0.9648 = 0.0140625 (linspace(0.1, 1, 65)
     # step) -> |error| <= scale * 0.0140625 / 2 per group.
@@ -124,7 +125,8 @@ def test_validate_dequantize_and_catches_a_wrong_kernel(dtype, monkeypatch):
     rows = nf4_kernels.validate({"dequantize": nf4_kernels.VALIDATE_CASES["dequantize"]}, [dtype], DEVICE)
     assert len(rows) == 4 and all(r["ok"] and r["err"] == 0 for r in rows)
     right = nf4_kernels.nf4_matmul_dx_triton
-    monkeypatch.setattr(nf4_kernels, "nf4_matmul_dx_triton", lambda *a: right(*a) * (1 + 5 * nf4_kernels.TOLERANCE[dtype]))
+    monkeypatch.setattr(nf4_kernels, "nf4_matmul_dx_triton",
+                        lambda *a: right(*a) * (1 + 5 * nf4_kernels.TOLERANCE[dtype]))
     with pytest.raises(AssertionError, match=r"matmul dx \(33, 37, 128\)"):
         nf4_kernels.validate({"matmul": [(33, 37, 128)]}, [dtype], DEVICE)
 
@@ -148,7 +150,8 @@ def test_dequantize_kernel_bit_for_bit(shape, blocksize, double_quant, dtype):
         absmax, scale, offset = codes.to(DEVICE), scale.to(DEVICE), offset.to(DEVICE)
     else:
         ref = quant.dequantize_nf4(packed, absmax, shape, blocksize, dtype)
-    out = nf4_kernels.dequantize_nf4_triton(packed.to(DEVICE), absmax.to(DEVICE), shape, blocksize, dtype, scale, offset)
+    out = nf4_kernels.dequantize_nf4_triton(packed.to(DEVICE), absmax.to(DEVICE), shape, blocksize, dtype,
+                                            scale, offset)
     assert out.dtype == dtype and out.shape == shape and torch.equal(out.cpu(), ref)
     buffer = torch.full((out.numel() + 7,), float("nan"), dtype=dtype, device=DEVICE)  # a larger scratch buffer
     into = nf4_kernels.dequantize_nf4_triton(packed.to(DEVICE), absmax.to(DEVICE), shape, blocksize, dtype, scale,

@@ -23,6 +23,7 @@ from safetensors.torch import load_file, save_file
 
 import checkpoints
 import config
+import corpus
 import curves
 import data
 import eval as ev
@@ -325,13 +326,13 @@ def test_13_eval_errors_are_one_line(shared, run_dir, fixtures_dir, tmp_path, ca
     assert ev.main([str(run_dir), "--pose", str(fixtures_dir / "openpose_137.pose")]) == 2
     assert "trained on layout='holistic'" in error_line(capsys)
     # a corpus without a test split
-    corpus = tmp_path / "corpus"
-    corpus.mkdir()
-    (corpus / "poses").symlink_to(shared / "corpus" / "poses")
-    rows = [r for r in data.read_rows(config.load_run_config(run_dir).data)]
+    corpus_dir = tmp_path / "corpus"
+    corpus_dir.mkdir()
+    (corpus_dir / "poses").symlink_to(shared / "corpus" / "poses")
+    rows = [r for r in corpus.read_rows(config.load_run_config(run_dir).data)]
     for split in ("train", "val"):
-        write_csv(corpus / f"{split}.csv", [(r.uid, r.text) for r in rows if r.split == split])
-    assert ev.main([str(run_dir), "--data_dir", str(corpus), "--out", str(tmp_path / "p.jsonl")]) == 2
+        write_csv(corpus_dir / f"{split}.csv", [(r.uid, r.text) for r in rows if r.split == split])
+    assert ev.main([str(run_dir), "--data_dir", str(corpus_dir), "--out", str(tmp_path / "p.jsonl")]) == 2
     assert "the test split of" in error_line(capsys) and not (tmp_path / "p.jsonl").exists()
 
 

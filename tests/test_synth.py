@@ -152,7 +152,8 @@ def test_a_word_is_signed_alike_by_every_signer():
     for i, w in enumerate(words):
         assert np.linalg.norm(ref - shape(w, 2), axis=1).argmin() == i, w
     # and no two words share hands, place, movement, hand shapes and palm
-    looks = {(s.hands, s.location, s.movement, s.shape, s.end_shape, s.palm) for s in map(synth.sign_for, grammar.LEXICON)}
+    looks = {(s.hands, s.location, s.movement, s.shape, s.end_shape, s.palm)
+             for s in map(synth.sign_for, grammar.LEXICON)}
     assert len(looks) == len(grammar.LEXICON)
 
 

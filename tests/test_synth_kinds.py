@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from pose_format import Pose
 
+import corpus
 import data
 import poses
 import synth_kinds as sk
@@ -83,13 +84,13 @@ def test_corpus_files_split_by_video_and_read(corpora, kind):
         assert rows and set(rows[0]) == {"uid", "text"}, f"{split}.csv is empty or has other columns"
         splits[split] = {r["uid"] for r in rows}
         assert all(r["text"].strip() for r in rows)
-    videos = {s: {data.video_id(u) for u in uids} for s, uids in splits.items()}
+    videos = {s: {corpus.video_id(u) for u in uids} for s, uids in splits.items()}
     assert not (videos["train"] & videos["val"] or videos["train"] & videos["test"] or videos["val"] & videos["test"])
     files = {p.stem for p in (d / "poses").glob("*.pose")}
     assert set().union(*splits.values()) == files and len(files) == 24
     assert all(u.startswith(kind) and "--" in u for u in files)
     cfg = data.DataConfig(data_dir=str(d))
-    rows = data.read_rows(cfg)                                  # as the training pipeline reads them
+    rows = corpus.read_rows(cfg)                                  # as the training pipeline reads them
     assert {(r.uid, r.split) for r in rows} == {(u, s) for s, uids in splits.items() for u in uids}
     feature_dim = None
     for r in rows[:8]:

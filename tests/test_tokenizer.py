@@ -131,7 +131,8 @@ def test_stop_tokens_base_and_instruct(trained, tmp_path):
     # Qwen2.5 base: generation_config eos = <|endoftext|>; instruct: [<|im_end|>, <|endoftext|>]
     base = Tokenizer.from_dir(_copy_tokenizer(src, tmp_path / "base", generation_config={"eos_token_id": eot},
                                               tokenizer_config={"eos_token": "<|endoftext|>"}))
-    instruct = Tokenizer.from_dir(_copy_tokenizer(src, tmp_path / "inst", generation_config={"eos_token_id": [im_end, eot]},
+    instruct = Tokenizer.from_dir(_copy_tokenizer(src, tmp_path / "inst",
+                                                  generation_config={"eos_token_id": [im_end, eot]},
                                                   tokenizer_config={"eos_token": {"content": "<|im_end|>"}}))
     only_tc = Tokenizer.from_dir(_copy_tokenizer(src, tmp_path / "tc", tokenizer_config={"eos_token": "<|endoftext|>"}))
     assert base.eos_ids == [eot, im_end]       # the end of a ChatML turn stops generation too
@@ -145,7 +146,8 @@ def test_pose_placeholder_fallback_and_error(trained, tmp_path):
     fallback = Tokenizer.from_dir(_copy_tokenizer(src, tmp_path / "a", drop={"<|video_pad|>"}))
     assert fallback.pose_token == "<|vision_pad|>"
     # Qwen2 (not 2.5) tokenizers have none of them: a new special token past the vocabulary
-    qwen2 = Tokenizer.from_dir(_copy_tokenizer(src, tmp_path / "b", drop={"<|video_pad|>", "<|vision_pad|>", "<|image_pad|>"}))
+    qwen2 = Tokenizer.from_dir(_copy_tokenizer(src, tmp_path / "b",
+                                               drop={"<|video_pad|>", "<|vision_pad|>", "<|image_pad|>"}))
     assert qwen2.pose_token == "<|pose|>" and qwen2.pose_token_id == qwen2.vocab_size - 1
     assert qwen2.pose_token_id not in qwen2.encode("pose tokens are not text")
     with pytest.raises(ValueError, match="im_start"):

@@ -7,6 +7,7 @@ import re
 import pytest
 
 import config
+import preflight
 import train
 import train_helpers
 from train_helpers import assets, metrics, tensors, tiny_args
@@ -47,17 +48,17 @@ def test_config_errors_name_the_key(tmp_path, text, argv, message):
 
 def test_impossible_batch_and_foreign_out_dir_are_early_errors(tmp_path):
     cfg = config.load_config(["--global_batch=12", "--batch_size=4"])
-    assert train.accumulation(cfg, world=3) == 1
+    assert preflight.accumulation(cfg, world=3) == 1
     with pytest.raises(config.ConfigError, match="global_batch=12 is not divisible by batch_size x world_size = 4 x 2"):
-        train.accumulation(cfg, world=2)
+        preflight.accumulation(cfg, world=2)
     (tmp_path / "config.json").write_text(json.dumps({**dataclasses.asdict(cfg), "lora_r": 64}))
     with pytest.raises(config.ConfigError, match="holds a run with a different config.*lora_r: 64 there, 16 now"):
-        train.check_run_dir(cfg, tmp_path)
+        preflight.check_run_dir(cfg, tmp_path)
     cfg = config.load_config([f"--data_dir={tmp_path}", f"--model_dir={tmp_path / 'nowhere'}"])
     with pytest.raises(config.ConfigError, match="hf download Qwen/Qwen2.5-7B-Instruct --local-dir"):
-        train.check_inputs(cfg)
+        preflight.check_inputs(cfg)
     with pytest.raises(config.ConfigError, match="data_dir .*missing-data does not exist"):
-        train.check_inputs(config.load_config([f"--data_dir={tmp_path / 'missing-data'}"]))
+        preflight.check_inputs(config.load_config([f"--data_dir={tmp_path / 'missing-data'}"]))
 
 
 def test_tiny_run_learns(shared, tmp_path):
@@ -86,10 +87,10 @@ def test_double_quant_quant_cache_and_offload_from_train_to_eval(shared, tmp_pat
 
     out, cache = tmp_path / "run", tmp_path / "qcache"
     with pytest.raises(config.ConfigError, match="double_quant=True needs quantize='nf4'"):
-        train.check_inputs(config.load_config(tiny_args(shared, out, quantize="none", double_quant=True)))
+        preflight.check_inputs(config.load_config(tiny_args(shared, out, quantize="none", double_quant=True)))
     with pytest.raises(config.ConfigError, match="cannot also be in modules_to_save"):
-        train.check_inputs(config.load_config(tiny_args(shared, out, offload_embeddings=True,
-                                                       modules_to_save=["embed_tokens"])))
+        preflight.check_inputs(config.load_config(tiny_args(shared, out, offload_embeddings=True,
+                                                           modules_to_save=["embed_tokens"])))
     args = tiny_args(shared, out, max_steps=2, eval_every=2, save_every=2, grad_accum=1, double_quant=True,
                      quant_cache=str(cache), offload_embeddings=True, modules_to_save=["lm_head"])
     assert train.main(args) == 0
@@ -135,4 +136,4 @@ def test_optimizer_is_adamw_with_two_learning_rates():
 @pytest.mark.parametrize("path", sorted((train_helpers.ROOT / "configs").glob("*.py")), ids=lambda p: p.name)
 def test_every_config_file_loads(path):
     cfg = config.load_config([str(path)])
-    assert cfg.batch_size * train.accumulation(cfg, world=4) >= 1 and cfg.model_dir and cfg.out_dir
+    assert cfg.batch_size * preflight.accumulation(cfg, world=4) >= 1 and cfg.model_dir and cfg.out_dir

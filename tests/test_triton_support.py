@@ -22,7 +22,8 @@ assert not triton_support.AVAILABLE and not triton_support.INTERPRET
 assert nf4_kernels._nf4_matmul_decode.fn is nf4_kernels._nf4_matmul_kernel.fn  # kernels defined at module level
 lin, x = quant.Linear4bit.from_linear(torch.nn.Linear(64, 8)), torch.randn(3, 64)
 torch.testing.assert_close(lin(x), F.linear(x, lin.dequantize(), lin.bias))  # the torch path
-torch.testing.assert_close(fused_ops.rms_norm(x, torch.ones(64), 1e-6), fused_ops.rms_norm_torch(x, torch.ones(64), 1e-6))
+torch.testing.assert_close(fused_ops.rms_norm(x, torch.ones(64), 1e-6),
+                           fused_ops.rms_norm_torch(x, torch.ones(64), 1e-6))
 errors = []
 for env, call in [("QUANT_BACKEND", lambda: lin(x)), ("FUSED_OPS", lambda: fused_ops.swiglu(x, x)),
                   (None, lambda: nf4_kernels._nf4_dequantize_kernel[(1,)]()),
@@ -44,8 +45,8 @@ print("ok")
 def test_without_triton_the_project_imports_and_runs_the_torch_paths():
     env = {k: v for k, v in os.environ.items() if k not in ("QUANT_BACKEND", "FUSED_OPS")}
     env["PYTHONPATH"] = str(ROOT)
-    out = subprocess.run([sys.executable, "-c", WITHOUT_TRITON], cwd=ROOT, env=env, capture_output=True, text=True, check=False,
-                         timeout=300)
+    out = subprocess.run([sys.executable, "-c", WITHOUT_TRITON], cwd=ROOT, env=env, capture_output=True, text=True,
+                         check=False, timeout=300)
     assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stderr[-3000:]
 
 

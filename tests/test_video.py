@@ -18,6 +18,7 @@ import pytest
 pytest.importorskip("cv2")
 pytest.importorskip("mediapipe")
 
+import corpus
 import data
 import video
 from conftest import FIXTURES
@@ -74,7 +75,7 @@ def test_estimate_pose_isign_layout(pose, video_path):
     assert present(pose, "POSE_LANDMARKS").all() and present(pose, "FACE_LANDMARKS").all()
     assert present(pose, "POSE_WORLD_LANDMARKS").all()
     hands = present(pose, "LEFT_HAND_LANDMARKS") | present(pose, "RIGHT_HAND_LANDMARKS")
-    assert 0.2 <= hands.mean() <= 0.6, hands.mean()                        # README: about a third
+    assert 0.2 <= hands.mean() <= 0.6, hands.mean()                        # docs/testing.md: about a third
     xy = np.asarray(pose.body.data[:, 0, :, :2])
     assert np.isfinite(xy).all()
     upper = xy[:, [0, 11, 12]]                          # nose and shoulders: in the picture, in pixels
@@ -135,7 +136,7 @@ def test_videos_to_corpus_skips_broken_and_resumes(video_path, tmp_path, monkeyp
     assert calls == ["clip.mp4", "x.mp4", "x.mp4"]                        # the good one not redone
     assert (out / "poses" / "clip.pose").stat().st_mtime_ns == mtime
 
-    rows = data.read_rows(data.DataConfig(data_dir=str(out)))              # the corpus reads as one
+    rows = corpus.read_rows(data.DataConfig(data_dir=str(out)))              # the corpus reads as one
     assert [(r.uid, r.text) for r in rows] == [("clip", "hello world")]
     assert project_features(rows[0].pose).shape[0] == 58
 

@@ -1,6 +1,6 @@
 """Shared by test_train.py, test_eval.py and test_resume.py: a 40-clip synthetic corpus and a
-one-layer random Qwen2 (made once per test session through train.py's own first-use path),
-and the command-line arguments of a tiny run on them."""
+one-layer random Qwen2 (made once per test session through train.py's own first-use path:
+preflight.create_first_use_assets), and the command-line arguments of a tiny run on them."""
 import json
 import os
 import subprocess
@@ -19,12 +19,12 @@ def assets(tmp_path_factory) -> Path:
     """Directory with corpus/ (40 clips, cache prepared) and base/ (tiny Qwen2 + BPE), once per session."""
     import config
     import data
-    import train
+    import preflight
 
     shared = tmp_path_factory.getbasetemp() / "tiny-assets"
     if not (shared / "base" / "config.json").is_file():
         cfg = config.load_config(tiny_args(shared, shared / "unused-run"))
-        train.create_first_use_assets(cfg)
+        preflight.create_first_use_assets(cfg)
         data.ensure_cache(cfg.data)
     return shared
 
@@ -45,7 +45,8 @@ def tiny_args(shared: Path, out_dir: Path, **overrides) -> list[str]:
     return [str(ROOT / "configs" / "tiny.py")] + [f"--{k}={v}" for k, v in values.items()]
 
 
-def torchrun(args: list[str], nproc: int = 2, env: dict | None = None, timeout: int = 180) -> subprocess.CompletedProcess:
+def torchrun(args: list[str], nproc: int = 2, env: dict | None = None,
+             timeout: int = 180) -> subprocess.CompletedProcess:
     """`torchrun --standalone --nproc_per_node N train.py ARGS` on the CPU (gloo)."""
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
            str(ROOT / "train.py"), *args]

@@ -1,0 +1,211 @@
+"""A sign corpus's rows: which pose file holds which text, in which split.
+
+    read_rows      every row of the corpus (uid, text, pose path, split, problem), in file order
+    split_texts    one split's texts, straight from the corpus files (e.g. to train a tokenizer)
+    split_by_video the deterministic train/val/test split by video when the corpus has none
+    resolve_layout layout "auto" -> the keypoint layout of the corpus's first readable pose file
+    Row, DataError a row (a bad one keeps its problem, for data.prepare to report and skip) and
+                   a corpus file that cannot be read at all
+
+Layouts read:
+  - iSign (the default): a CSV `uid,text` (default iSign_v1.1.csv) and poses/{uid}.pose;
+    train.csv / val.csv / test.csv when present, else a deterministic 80/10/10 split by video
+    (uid without its trailing `--N` segment), so no video is in two splits.
+  - A JSONL manifest ({"pose": path, "text": ..., "split": ...}) for other corpora (How2Sign,
+    PHOENIX poses); an empty split is assigned by video.
+A row that cannot be used (an unquoted comma, bytes that are not UTF-8, a uid naming a file
+outside the pose folder, an unknown split) is kept with its problem, never fatal: data.prepare
+lists it in skipped.jsonl. A UTF-8 byte-order mark (as Excel writes) is skipped.
+
+References:
+  - iSign (Joshi et al. 2024, "iSign: A Benchmark for Indian Sign Language Processing").
+
+Used by data.py (the cache is built from these rows) and preflight.py (the layout a run records;
+the tiny demo's tokenizer, trained on the training texts); the settings are data.DataConfig's
+(CorpusConfig below). Tests: python -m pytest tests/test_data.py
+
+    rows = read_rows(data.DataConfig(data_dir="data/synth"))   # [Row(uid, text, pose, split, problem)]
+"""
+import csv
+import dataclasses
+import json
+import os
+import re
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol, TypeVar
+
+import numpy as np
+
+import poses
+from poses import PoseConfig, PoseError
+
+SPLITS = ("train", "val", "test")
+
+
+class CorpusConfig(Protocol):
+    """The settings this file reads: data.DataConfig's fields of the same names (a Protocol, so
+    this file needs no import of data.py, which imports it)."""
+    data_dir: str
+    csv: str                 # the CSV (uid,text) or .jsonl manifest in data_dir
+    pose_dir: str            # {data_dir}/{pose_dir}/{uid}.pose
+    split_ratios: tuple      # train/val/test, by video, when no split CSVs exist
+    split_seed: int
+    pose: PoseConfig
+
+
+Config = TypeVar("Config", bound=CorpusConfig)
+
+
+class DataError(ValueError):
+    """A corpus file that cannot be read at all, or a cache that would be lost if built as asked."""
+
+
+@dataclass
+class Row:
+    uid: str
+    text: str
+    pose: str          # path of the .pose file
+    split: str
+    problem: str = ""  # why the corpus row itself is unusable (file and line named); prepare skips it
+
+
+def video_id(uid: str) -> str:
+    """iSign uids are {video}--{segment}: MluonE1OqLY--18 -> MluonE1OqLY."""
+    return re.sub(r"--\d+$", "", uid)
+
+
+def split_by_video(uids: list[str], ratios: tuple[float, ...] = (0.8, 0.1, 0.1), seed: int = 0) -> list[str]:
+    """Shuffle the videos (seeded) and fill train, then val, then test up to the row ratios."""
+    counts = Counter(video_id(u) for u in uids)
+    videos = sorted(counts)
+    bounds = np.cumsum(ratios) / sum(ratios) * len(uids)
+    which, seen = {}, 0
+    for i in np.random.default_rng(seed).permutation(len(videos)):
+        v = videos[i]
+        mid = seen + counts[v] / 2          # a video goes where its middle row falls
+        which[v] = SPLITS[int(np.searchsorted(bounds, mid, side="right")) if mid < bounds[-1] else 2]
+        seen += counts[v]
+    return [which[video_id(u)] for u in uids]
+
+
+def _utf8(text: str) -> bool:
+    """False when `text` holds bytes that were not UTF-8 (read with errors="surrogateescape")."""
+    try:
+        text.encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        return False
+
+
+def _read_csv(path: Path) -> list[tuple[str, str, str]]:
+    """(uid, text, problem) per data row, problem "" when the row is good. A UTF-8 BOM (as Excel
+    writes) is skipped; a row with bytes that are not UTF-8 or with more fields than the header
+    (an unquoted comma in the text) is kept with its problem, for prepare to report and skip."""
+    with open(path, newline="", encoding="utf-8-sig", errors="surrogateescape") as f:
+        reader = csv.DictReader(f)
+        if not {"uid", "text"} <= set(reader.fieldnames or []):
+            raise DataError(f"{path}: needs columns uid,text; has {reader.fieldnames} (the first line must "
+                            "name the columns, e.g. `uid,text`)")
+        out = []
+        for r in reader:
+            where, uid, text = f"{path} line {reader.line_num}", (r["uid"] or "").strip(), (r["text"] or "").strip()
+            problem = ""
+            if None in r:   # DictReader's key for the fields beyond the header's
+                problem = (f"{where}: {len(reader.fieldnames) + len(r[None])} fields, the header names "
+                           f"{len(reader.fieldnames)}; quote a text that holds a comma")
+            elif not _utf8(uid + text):
+                problem = f"{where}: bytes that are not UTF-8 (save the file as UTF-8)"
+            elif not uid:
+                problem = f"{where}: empty uid"
+            out.append((uid, text, problem))
+        return out
+
+
+def _read_manifest(path: Path, data_dir: Path) -> list[Row]:
+    """A JSONL manifest's rows ({"pose", "text", "split", optional "uid"}; pose relative to
+    data_dir). A line that is not such an object becomes a row with its problem."""
+    rows = []
+    with open(path, encoding="utf-8-sig", errors="surrogateescape") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            where = f"{path} line {n}"
+            try:
+                it = json.loads(line) if _utf8(line) else None
+            except ValueError as e:
+                rows.append(Row(f"line-{n}", "", "", "", f"{where}: not JSON ({e})"))
+                continue
+            problem = ("bytes that are not UTF-8 (save the file as UTF-8)" if it is None else
+                       "not a JSON object" if not isinstance(it, dict) else
+                       'no "pose" field (the .pose file\'s path, relative to the data directory)'
+                       if not isinstance(it.get("pose"), str) else
+                       f'"split" is {it["split"]!r}, not one of {", ".join(SPLITS)} (or empty: assigned by video)'
+                       if it.get("split") not in (None, "", *SPLITS) else "")
+            if problem:
+                rows.append(Row(f"line-{n}", "", "", "", f"{where}: {problem}"))
+            else:
+                rows.append(Row(str(it.get("uid") or Path(it["pose"]).stem), str(it.get("text") or "").strip(),
+                                str(data_dir / it["pose"]), it.get("split") or ""))
+    return rows
+
+
+def source_files(cfg: CorpusConfig) -> list[Path]:
+    """The text files that define the corpus: a manifest, the split CSVs, or the single CSV."""
+    d = Path(cfg.data_dir)
+    if cfg.csv.endswith(".jsonl"):
+        return [d / cfg.csv]
+    if (d / "train.csv").is_file():
+        return [d / f"{s}.csv" for s in SPLITS if (d / f"{s}.csv").is_file()]
+    if not (d / cfg.csv).is_file():
+        raise FileNotFoundError(f"{d}: no {cfg.csv} (nor train.csv / val.csv / test.csv)")
+    return [d / cfg.csv]
+
+
+def read_rows(cfg: CorpusConfig) -> list[Row]:
+    """Every row of the corpus with its pose path and split, in file order."""
+    d, files = Path(cfg.data_dir), source_files(cfg)
+    if cfg.csv.endswith(".jsonl"):
+        return _split_unsplit(_read_manifest(files[0], d), cfg)
+    split_files = files[0].name == "train.csv"
+    rows = [Row(u, t, "", f.stem if split_files else "", problem) for f in files for u, t, problem in _read_csv(f)]
+    pose_dir = os.path.normpath(d / cfg.pose_dir)
+    for r in rows:
+        r.pose = str(d / cfg.pose_dir / f"{r.uid}.pose")
+        if not r.problem and not os.path.normpath(r.pose).startswith(pose_dir + os.sep):
+            r.problem = f"uid {r.uid!r} names a file outside {cfg.pose_dir}/ (a uid is a file name there)"
+    return _split_unsplit(rows, cfg)
+
+
+def _split_unsplit(rows: list[Row], cfg: CorpusConfig) -> list[Row]:
+    unsplit = [r for r in rows if not r.split]
+    for r, s in zip(unsplit, split_by_video([r.uid for r in unsplit], cfg.split_ratios, cfg.split_seed)):
+        r.split = s
+    return rows
+
+
+def split_texts(cfg: CorpusConfig, split: str) -> list[str]:
+    """The non-empty texts of one split, read from the corpus files (no cache needed), e.g. to
+    train a tokenizer."""
+    return [r.text for r in read_rows(cfg) if r.split == split and r.text and not r.problem]
+
+
+def resolve_layout(cfg: Config, rows: list[Row] | None = None) -> Config:
+    """cfg with layout "auto" replaced by the first layout (poses.fitting_layouts) of the corpus's
+    first readable pose file: chosen once per corpus, then required of every file (a file that
+    does not fit is skipped with its reason). Looks at most at the first 100 pose files."""
+    if cfg.pose.layout != "auto":
+        return cfg
+    problems = []
+    for r in (rows if rows is not None else read_rows(cfg))[:100]:
+        try:
+            header, _ = poses.read_pose(r.pose)
+            layout = poses.detect_layout(header, r.pose)
+        except PoseError as e:
+            problems.append(str(e))
+            continue
+        return dataclasses.replace(cfg, pose=dataclasses.replace(cfg.pose, layout=layout))
+    raise FileNotFoundError(f"{cfg.data_dir}: layout 'auto' found no readable pose file to choose the layout "
+                            f"from among its first rows ({len(problems)} tried; first: "
+                            f"{problems[0] if problems else 'the corpus has no rows'})")

@@ -1,0 +1,184 @@
+"""Before training loads the model: everything about a run that can fail early, checked first,
+and what the run needs created on first use.
+
+    accumulation              micro-steps per optimizer step (global_batch split over the ranks)
+    check_run_dir             an out_dir holding another run is an error, never overwritten
+    check_inputs              the corpus and the base checkpoint exist (with how to get them)
+    create_first_use_assets   the CPU demo's synthetic corpus and random tiny Qwen2 + BPE tokenizer
+    find_resume               the checkpoint to resume from (--resume=auto|PATH), checked
+    prepare_run               all of the above in order, the layout resolved, the pose cache built,
+                              the resolved config saved: what train.setup runs first
+
+Every check raises config.ConfigError (or corpus.DataError, FileNotFoundError) saying what to
+change; train.main prints it as one line and exits with code 2, before any weights are read.
+
+Used by train.py; tests: python -m pytest tests/test_train.py tests/test_robust.py
+"""
+import dataclasses
+import logging
+import os
+import shutil
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+import checkpoints
+import config
+import corpus
+import data
+import loader
+from config import ConfigError, TrainConfig
+from processes import Dist, setup_logging
+
+log = logging.getLogger("train")  # the run's log (processes.setup_logging)
+
+
+def accumulation(cfg: TrainConfig, world: int) -> int:
+    """Micro-steps per optimizer step; global_batch (if set) must split evenly over the ranks."""
+    if not cfg.global_batch:
+        return cfg.grad_accum
+    per_round = cfg.batch_size * world
+    if cfg.global_batch % per_round:
+        raise ConfigError(f"global_batch={cfg.global_batch} is not divisible by batch_size x world_size "
+                          f"= {cfg.batch_size} x {world}; pick a global_batch that is a multiple of {per_round}")
+    return cfg.global_batch // per_round
+
+
+def check_run_dir(cfg: TrainConfig, out_dir: Path) -> None:
+    """An out_dir that holds another run is an error, not something to overwrite or mix with."""
+    saved = out_dir / "config.json"
+    if saved.is_file():
+        old = config.load_run_config(saved)
+        if cfg.data.pose.layout == "auto":  # resolves to what the run resolved (prepare_run checks again)
+            pose = dataclasses.replace(cfg.data.pose, layout=old.data.pose.layout)
+            cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, pose=pose))
+        diff = config.differences(old, cfg)
+        if diff:
+            raise ConfigError(f"{out_dir} holds a run with a different config ({'; '.join(diff[:5])}); "
+                              "use another --out_dir, or the same config to resume")
+    if not cfg.resume and checkpoints.listed(out_dir):
+        raise ConfigError(f"{out_dir} already holds checkpoints; pass --resume=auto to continue that "
+                          "run, or choose another --out_dir")
+
+
+def check_inputs(cfg: TrainConfig) -> None:
+    """Data and base checkpoint exist (before anything heavy is loaded)."""
+    if not Path(cfg.data.data_dir).is_dir():
+        raise ConfigError(f"data_dir {cfg.data.data_dir} does not exist (getting iSign: docs/training.md, "
+                          "\"iSign, step by step\"; or `python data.py synth DIR` for a synthetic corpus)")
+    if not (loader.model_path(cfg.model_dir) / "config.json").is_file():
+        searched = (f", nor is it in the Hugging Face cache {loader.hub_cache()}"
+                    if loader.REPO_ID.fullmatch(cfg.model_dir) else "")
+        where = "" if cfg.model_dir == cfg.model_repo else f" --local-dir {cfg.model_dir}"  # a repo id: the cache
+        raise ConfigError(f"model_dir {cfg.model_dir} holds no checkpoint (config.json missing){searched}. Download "
+                          f"it with: hf download {cfg.model_repo}{where}  "
+                          "(pip install huggingface_hub; older versions: huggingface-cli download)")
+
+
+def create_first_use_assets(cfg: TrainConfig) -> None:
+    """The CPU demo needs no download: a synthetic corpus and a random tiny Qwen2 (+ BPE
+    tokenizer trained on the corpus's training texts) are made on first use."""
+    data_dir = cfg.data.data_dir
+    if cfg.synth_n and not Path(data_dir).exists():
+        import synth
+        log.info(f"generating a synthetic corpus of {cfg.synth_n} clips in {data_dir} (once)")
+        tmp = Path(f"{data_dir}.tmp")  # renamed when complete: an interrupted run starts over
+        shutil.rmtree(tmp, ignore_errors=True)
+        synth.generate_corpus(tmp, n=cfg.synth_n, seed=cfg.synth_seed)
+        os.rename(tmp, data_dir)
+    if cfg.init_model and not (loader.model_path(cfg.model_dir) / "config.json").exists():
+        create_random_model(cfg)
+
+
+def create_random_model(cfg: TrainConfig) -> None:
+    """A BPE tokenizer trained on the training texts, and a Qwen2 of init_model's sizes
+    initialised as transformers does (N(0, initializer_range), zero biases, unit norms)."""
+    import tokenizer
+    from model import Qwen2Config
+    dcfg = cfg.data
+    texts = [r.text for r in corpus.read_rows(dcfg) if r.split == "train"]
+    # Every training sequence also holds the prompt: its words get merges as often as they occur.
+    prompt = [dcfg.system_prompt, dcfg.user_prompt.format(pose="", language=dcfg.source_language),
+              "system user assistant"]
+    spec = dict(cfg.init_model)
+    vocab, std = spec.pop("vocab_size", 1024), spec.pop("initializer_range", 0.02)
+    tok = tokenizer.train_bpe(texts + prompt * len(texts), vocab, cfg.model_dir)
+    torch.manual_seed(cfg.seed)
+    llm = loader.random_model(Qwen2Config(vocab_size=tok.vocab_size, eos_token_id=tok.eos_ids[0], **spec), std=std)
+    loader.save_model(llm, cfg.model_dir)
+    log.info(f"created a random Qwen2 {spec} with a {tok.vocab_size}-token BPE in {cfg.model_dir}")
+
+
+def find_resume(cfg: TrainConfig, out_dir: Path, base: dict) -> Path | None:
+    """The checkpoint to resume from: --resume=PATH, or for "auto" the newest in out_dir that passes
+    its checks (damaged ones skipped; all damaged is an error, not a fresh start over them). It
+    must come from a run of this config (max_steps may grow) and on this base model."""
+    if not cfg.resume:
+        return None
+    if cfg.resume == "auto":
+        saved, problems, ckpt = checkpoints.listed(out_dir), {}, None
+        for c in reversed(saved):
+            problems[c] = checkpoints.problem(c)
+            if problems[c] is None:
+                ckpt = c
+                break
+            log.warning(f"skipping checkpoint {c}: {problems[c]}")
+        if ckpt is None and saved:
+            raise ConfigError(f"--resume=auto: none of the {len(saved)} checkpoints in {out_dir} can be used "
+                              f"({'; '.join(f'{c.name}: {why}' for c, why in problems.items())}); nothing was "
+                              "changed. Move them away to train from step 0, or --resume=PATH a copy of a good one")
+        if ckpt is None:
+            return None  # nothing saved yet: the run starts at step 0
+    else:
+        ckpt = Path(cfg.resume)
+        problem = checkpoints.problem(ckpt)
+        if problem:
+            raise ConfigError(f"cannot resume from {ckpt}: {problem}")
+        diff = config.differences(config.load_run_config(ckpt), cfg)
+        if diff:
+            raise ConfigError(f"cannot resume from {ckpt}: its run has another config ({'; '.join(diff[:5])}); "
+                              "resume with that run's config (max_steps may be larger)")
+    mismatch = checkpoints.base_mismatch(ckpt, base)
+    if mismatch:
+        raise ConfigError(f"cannot resume: {mismatch}")
+    return ckpt
+
+
+def prepare_run(cfg: TrainConfig, d: Dist) -> tuple[Path, int, dict, Path | None]:
+    """Everything that can fail before the model is loaded: batch arithmetic, out_dir, first-use
+    assets, data and base checkpoint present, the checkpoint to resume from and its base, the pose
+    cache. Saves the resolved config. Returns out_dir, grad_accum, the base's fingerprint and the
+    checkpoint to resume from."""
+    out_dir = Path(cfg.out_dir)
+    accum = accumulation(cfg, d.world)
+    if cfg.fsdp and not dist.is_initialized():
+        raise ConfigError("fsdp=True shards the model over the processes of a torchrun job: start it with "
+                          "torchrun --nproc_per_node N train.py ... (N >= 1)")
+    check_run_dir(cfg, out_dir)
+    if d.main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    if d.world > 1:
+        dist.barrier()
+    setup_logging(out_dir, d)
+    if d.main:
+        for left in checkpoints.clean(out_dir):
+            log.info(f"removed {left}, left by an interrupted save")
+        create_first_use_assets(cfg)
+    if d.world > 1:
+        dist.barrier()
+    check_inputs(cfg)
+    requested = cfg.data.pose.layout
+    cfg.data = corpus.resolve_layout(cfg.data)  # the run's config records the layout its files have
+    if requested != cfg.data.pose.layout:
+        log.info(f"layout 'auto': {cfg.data.pose.layout} (the first layout the corpus's pose files fit)")
+        check_run_dir(cfg, out_dir)  # again: a resumed run must have resolved the same layout
+    base = {"model_dir": cfg.model_dir, "fingerprint": loader.fingerprint(loader.model_path(cfg.model_dir))}
+    ckpt = find_resume(cfg, out_dir, base)  # every rank: each reads the same files, the same answer
+    data.ensure_cache(cfg.data, d.rank, d.world)
+    if d.main:
+        log.info("config:\n" + "\n".join(f"  {k} = {v!r}" for k, v in config.flat(cfg).items()))
+        log.info(f"{d.world} process(es) on {d.device.type}; samples per step = batch_size {cfg.batch_size} "
+                 f"x grad_accum {accum} x world_size {d.world} = {cfg.batch_size * accum * d.world}")
+        config.save_run_config(cfg, out_dir / "config.json")
+    return out_dir, accum, base, ckpt
