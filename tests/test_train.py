@@ -3,6 +3,7 @@ tiny QLoRA run whose loss falls. Two-process DDP runs are in test_resume.py."""
 import dataclasses
 import json
 import re
+from pathlib import Path
 
 import pytest
 
@@ -10,7 +11,7 @@ import config
 import preflight
 import train
 import train_helpers
-from train_helpers import assets, metrics, tensors, tiny_args
+from train_helpers import ROOT, assets, metrics, tensors, tiny_args
 
 
 @pytest.fixture(scope="module")
@@ -30,6 +31,10 @@ def test_config_file_and_overrides(tmp_path):
                              "--out_dir=runs/x"])
     assert (cfg.lr, cfg.batch_size, cfg.max_steps, cfg.data.pose.fps, cfg.data.pose.augment) == (1.0, 3, 7, None, False)
     assert isinstance(cfg.lr, float) and cfg.lora_targets == ["q_proj"] and cfg.out_dir == "runs/x"
+    # the tiny demo's random base belongs to its run (a tokenizer of that run's corpus)
+    tiny = str(ROOT / "configs" / "tiny.py")
+    assert config.load_config([tiny, "--out_dir=runs/mine"]).model_dir == str(Path("runs/mine") / "base")
+    assert config.load_config([tiny, "--model_dir=some/base"]).model_dir == "some/base"
 
 
 @pytest.mark.parametrize("text, argv, message", [
