@@ -20,7 +20,7 @@ import train
 # (clips, steps) per corpus: a word that lives only in the wrist's path or only in the hand
 # shape needs more signers, and more steps, to be told apart from each signer's own way of
 # moving than synth.py's signs do; before that the language model learns the sentences alone.
-RUNS = {"synth": (240, 500), "mixed": (240, 500), "path": (600, 1000), "shape": (600, 1000)}
+RUNS = {"synth": (240, 300), "mixed": (240, 300), "path": (600, 1000), "shape": (600, 1000)}
 
 
 def corpus(kind: str, n: int, out):
