@@ -5,7 +5,7 @@ collectives the loop needs, seeding, peak memory, and stopping on a signal at a 
                               WORLD_SIZE / LOCAL_RANK, a plain `python train.py` is a world of one
                               (NCCL on GPUs, gloo on the CPU)
     setup_logging             OUT_DIR/logs/rank{r}.log on every rank; rank 0 also on the console
-    all_sum, gather, broadcast   numbers summed, lists concatenated, an object sent from rank 0
+    all_sum, gather           numbers summed over ranks, lists concatenated
     seed_everything           torch, numpy and Python's RNGs from one seed
     peak_memory_gb            the device's peak (CUDA allocator), else the process's peak RSS
     StopSignal                SIGTERM / SIGINT only ask the loop to stop at the next step boundary
@@ -96,15 +96,6 @@ def gather(rows: list, d: Dist) -> list:
     parts = [None] * d.world
     dist.all_gather_object(parts, rows)
     return [r for p in parts for r in p]
-
-
-def broadcast(obj: object, d: Dist) -> object:
-    """Rank 0's `obj` on every rank (pickled)."""
-    if d.world == 1:
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
 
 
 def peak_memory_gb(device: torch.device) -> float:

@@ -8,7 +8,7 @@ clip's (train.py's val_loss_shuffled: each clip's poses replaced by another's, a
 derangement); one that reads the signs is clearly worse on the wrong ones. The loss falling alone
 would not tell the two apart.
 
-The full runs (1,200-1,500 clips, the recipe's 3000 steps, BLEU-4 on the test split) are in
+The full runs (1,200-1,500 clips, the recipe's 2000 steps, BLEU-4 on the test split) are in
 BENCHMARKS.md, "Does the model use the signs?"."""
 import pytest
 from train_helpers import ROOT, metrics
