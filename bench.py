@@ -8,15 +8,15 @@
     python bench.py decode    # batch-1 greedy decoding, 16-bit vs NF4, share of memory bandwidth
 
 Figures worth keeping go to BENCHMARKS.md with the machine, the date and the command.
-This file is the command line and the benchmarks of single pieces; `train` is in bench_train.py,
-the shapes `train` and `decode` run at in bench_shapes.py. They measure; they hold no logic the
+This file is the command line and the benchmarks of single pieces; `train` is in benchmarks/training.py,
+the shapes `train` and `decode` run at in benchmarks/shapes.py. They measure; they hold no logic the
 product needs.
 """
 import argparse
 import sys
 
-from bench_shapes import GPU_PEAKS, QWEN25_SHAPES, bench_shape
-from bench_train import bench_train
+from benchmarks.shapes import GPU_PEAKS, QWEN25_SHAPES, bench_shape
+from benchmarks.training import bench_train
 
 
 def bench_kernels(args):
@@ -29,7 +29,7 @@ def bench_kernels(args):
 
     import torch
 
-    import nf4_kernels
+    from kernels import nf4_kernels
 
     cuda = torch.cuda.is_available()
     p = argparse.ArgumentParser(prog="bench.py kernels")
@@ -58,7 +58,7 @@ def bench_fused(args):
     On a CPU only the references run, at a small shape: that tests this script."""
     import torch
 
-    import fused_ops
+    from kernels import fused_ops
 
     cuda = torch.cuda.is_available()
     p = argparse.ArgumentParser(prog="bench.py fused")

@@ -16,7 +16,7 @@ What this is:
     (seed, epoch, sample)).
 
 Run:
-    python data.py synth data/synth --n 500 --seed 0       # synthetic corpus (synth.py)
+    python data.py synth data/synth --n 500 --seed 0       # synthetic corpus (synth/demo.py)
     python data.py prepare data/synth --workers 2          # cache; last line: JSON summary
     python data.py videos my_videos data/mine              # videos -> .pose files + CSV (video.py)
 """
@@ -581,8 +581,8 @@ def main(argv=None) -> None:
             print(f"skipped {k['video']}: {k['reason']}", file=sys.stderr)
         print(json.dumps({k: len(x) if isinstance(x, list) else x for k, x in s.items()}))
     elif args.cmd == "synth":
-        import synth   # the generator lives in its own file; only this command needs it
-        synth.generate_corpus(args.out_dir, n=args.n, seed=args.seed)
+        from synth import demo   # the generator lives in its own folder; only this command needs it
+        demo.generate_corpus(args.out_dir, n=args.n, seed=args.seed)
         print(json.dumps({"out_dir": args.out_dir, "n": args.n, "seed": args.seed}))
     else:
         cfg = DataConfig(data_dir=args.data_dir, cache_dir=args.cache, csv=args.csv,

@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-import fused_ops
+from kernels import fused_ops
 
 # ----------------------------------------------------------------------------- config
 

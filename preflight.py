@@ -81,11 +81,11 @@ def create_first_use_assets(cfg: TrainConfig) -> None:
     tokenizer trained on the corpus's training texts) are made on first use."""
     data_dir = cfg.data.data_dir
     if cfg.synth_n and not Path(data_dir).exists():
-        import synth
+        from synth import demo
         log.info(f"generating a synthetic corpus of {cfg.synth_n} clips in {data_dir} (once)")
         tmp = Path(f"{data_dir}.tmp")  # renamed when complete: an interrupted run starts over
         shutil.rmtree(tmp, ignore_errors=True)
-        synth.generate_corpus(tmp, n=cfg.synth_n, seed=cfg.synth_seed)
+        demo.generate_corpus(tmp, n=cfg.synth_n, seed=cfg.synth_seed)
         os.rename(tmp, data_dir)
     if cfg.init_model and not (loader.model_path(cfg.model_dir) / "config.json").exists():
         create_random_model(cfg)

@@ -13,7 +13,7 @@ collectives the loop needs, seeding, peak memory, and stopping on a signal at a 
 References: PyTorch's torchrun and torch.distributed documentation (environment variables,
 process groups, object collectives).
 
-Used by train.py (and preflight.py, bench_train.py, tests/shard_worker.py); knows nothing of the
+Used by train.py (and preflight.py, benchmarks/training.py, tests/shard_worker.py); knows nothing of the
 model or the data. Tests: python -m pytest tests/test_resume.py tests/test_train.py
 """
 import logging

@@ -12,12 +12,12 @@ block stores absmax = max|w| (float32) and, per weight, the index (0..15) of the
 to w / absmax. Two indices per byte, the first element in the high nibble. 4 bits + 32/64 bits
 per weight = 4.5 bits; double quantization stores the absmax in 8 bits (blocks of 256) instead:
 4 + 8/64 + 32/(64*256) ~ 4.127 bits. This file holds the encoder (quantize_nf4, quantize_absmax);
-the decoding side, which is what the kernels compute, is in nf4_kernels.py beside them (the level
+the decoding side, which is what the kernels compute, is in kernels/nf4_kernels.py beside them (the level
 tables, dequantize_nf4, dequantize_absmax; re-exported here).
 
 Compute. Linear4bit's y = x @ W^T + b and its input gradient dy @ W each run one of three paths,
 chosen by `_path` (the reason for each branch is there): the pure-torch reference (dequantize,
-then matmul: CPU tensors, QUANT_BACKEND=torch), the fused Triton kernels of nf4_kernels.py (W never
+then matmul: CPU tensors, QUANT_BACKEND=torch), the fused Triton kernels of kernels/nf4_kernels.py (W never
 in 16 bits: decoding, few rows), or one Triton kernel that dequantizes W into a scratch buffer
 shared by every layer, then cuBLAS (many rows, where the fused kernels lose; the crossover is timed
 per shape on first use on a GPU). QUANT_BACKEND=triton|torch (default: Triton for CUDA tensors;
@@ -32,9 +32,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-import nf4_kernels
-import triton_support
-from nf4_kernels import (  # noqa: F401 (the format's API)
+from kernels import nf4_kernels
+from kernels import triton_support
+from kernels.nf4_kernels import (  # noqa: F401 (the format's API)
     DYNAMIC_MAP_8BIT,
     NF4_LEVELS,
     dequantize_absmax,

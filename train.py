@@ -331,7 +331,7 @@ def shard(cfg: TrainConfig, tok: Tokenizer, d: Dist, features: np.ndarray | None
     """--fsdp: the model built around a base still on the meta device, each decoder layer and then
     the root (the encoder, embeddings, final norm, lm_head) sharded over all ranks by FSDP2's
     fully_shard, then this rank's chunks of the base read from the checkpoint (loader.load_shards),
-    or drawn at random for a model.Qwen2Config `random_shape` (bench_train.py: `python bench.py
+    or drawn at random for a model.Qwen2Config `random_shape` (benchmarks/training.py: `python bench.py
     train --random-weights --fsdp`)."""
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import CPUOffloadPolicy, OffloadPolicy, fully_shard

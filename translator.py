@@ -3,7 +3,7 @@
     PoseEncoder         (B, frames, F) pose features -> (B, T', hidden) soft tokens
     splice_pose_tokens  those tokens in place of the pose placeholders of a chat prompt
     SignTranslator      encoder + Qwen2 (+ LoRA): the training loss, and translation
-    build_model         the one place a trained model is assembled (train.py, eval.py, bench_train.py)
+    build_model         the one place a trained model is assembled (train.py, eval.py, benchmarks/training.py)
     collate_fn, to_device, autocast   what every caller needs around a batch
 
 References: SpaMo (Hwang et al. 2024, arXiv:2408.11915: a linear + temporal-conv adapter into a
@@ -260,7 +260,7 @@ class SignTranslator(nn.Module):
 
 
 def build_model(cfg, tok: Tokenizer, device: torch.device, llm: Qwen2 | None = None) -> SignTranslator:
-    """The one place a model is assembled (train.py, eval.py, bench_train.py): the frozen base (4-bit by
+    """The one place a model is assembled (train.py, eval.py, benchmarks/training.py): the frozen base (4-bit by
     default; or `llm`, already built) -> LoRA -> the pose encoder, sized to the data's features and
     scaled to the embeddings. cfg is a config.TrainConfig. An `llm` still on the meta device
     (train.py under FSDP: loaded after sharding) gets its adapters and encoder on `device`, and

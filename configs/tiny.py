@@ -1,5 +1,5 @@
 # The CPU demo: `python train.py configs/tiny.py` (no download, no GPU).
-# On first use: a synthetic corpus in the iSign layout (synth.py, 1500 clips), its pose cache,
+# On first use: a synthetic corpus in the iSign layout (synth/demo.py, 1500 clips), its pose cache,
 # a BPE tokenizer trained on its training texts and a random-initialised 2-layer Qwen2. Then the
 # same path as the real configs: frozen 4-bit NF4 base, LoRA adapters, pose encoder. The random
 # base knows no language, so LoRA goes on all seven projections and the embeddings and lm_head

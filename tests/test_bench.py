@@ -12,8 +12,8 @@ import pytest
 import torch
 
 import bench
-import bench_shapes
-import bench_train
+from benchmarks import shapes
+from benchmarks import training
 import loader
 
 TINY = str(Path(__file__).resolve().parent.parent / "configs" / "tiny.py")
@@ -30,7 +30,7 @@ def restore_threads():
 def test_bench_train_tiny_both_stacks(tmp_path, capsys, restore_threads):
     """2 timed steps of ours and of transformers + PEFT + bitsandbytes on configs/tiny.py's shape
     (hidden 128, 2 layers, vocab 1024, LoRA r16 on all seven projections, embed/lm_head trained)."""
-    results = bench_train.bench_train(["--config", TINY, "--random-weights", "--steps", "2", "--warmup", "0",
+    results = training.bench_train(["--config", TINY, "--random-weights", "--steps", "2", "--warmup", "0",
                                  "--batch", "2,1", "--frames", "64", f"--model_dir={tmp_path / 'none'}",
                                  "--stacks", "ours,hf" if HF_STACK else "ours"])
     out = capsys.readouterr().out
@@ -67,7 +67,7 @@ def test_weight_bytes_per_token():
     """Qwen2.5-7B's shape: 16-bit projections 2 bytes per weight; NF4 half a byte plus a float32 absmax
     per 64 weights; lm_head (untied) 2 bytes per weight; the embedding matrix not read; norms and
     q/k/v biases 2 bytes each (built on meta: no memory is used)."""
-    config = bench_shapes.qwen25_config("7B")
+    config = shapes.qwen25_config("7B")
     h, i, v, L, kv = 3584, 18944, 152064, 28, 512
     proj = h * h * 2 + h * kv * 2 + 3 * h * i
     small = L * (2 * h + h + 2 * kv) + h  # two norms and q, k, v biases per layer; the final norm
@@ -78,7 +78,7 @@ def test_weight_bytes_per_token():
 
 
 def test_cpu_peak_counts_live_storages():
-    """bench_train.cpu_peak by hand: a 1 MiB tensor, then x + 1 (another MiB, both alive), then a view
+    """training.cpu_peak by hand: a 1 MiB tensor, then x + 1 (another MiB, both alive), then a view
     (no new storage) and an in-place add (none either); the model's 4 KiB and a tied copy once."""
     weight = torch.zeros(1024)
     tied = weight.view(32, 32)
@@ -90,7 +90,7 @@ def test_cpu_peak_counts_live_storages():
         del x, y
         torch.ones(10)  # after the peak: 40 bytes, freed at once
 
-    peak, at = bench_train.cpu_peak(step, [weight, tied])
+    peak, at = training.cpu_peak(step, [weight, tied])
     assert peak == 4096 + 2 * 2**20 and at == "aten.add.Tensor"
 
 

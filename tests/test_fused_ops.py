@@ -1,14 +1,14 @@
-"""fused_ops.py: the fused RMSNorm, RoPE and SwiGLU kernels (Triton's interpreter on the CPU)
+"""kernels/fused_ops.py: the fused RMSNorm, RoPE and SwiGLU kernels (Triton's interpreter on the CPU)
 against their references, forward and backward, bit for bit where the rounding allows; and the
 model's logits and LoRA gradients the same through either path."""
 import pytest
 import torch
 
-import fused_ops
+from kernels import fused_ops
 import loader
 import lora
 import model as M
-import triton_support
+from kernels import triton_support
 
 needs_triton = pytest.mark.skipif(not triton_support.AVAILABLE, reason="triton not installed")
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"

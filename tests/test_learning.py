@@ -1,6 +1,6 @@
 """The tiny recipe uses the signs, on corpora whose signs differ in kind.
 
-For each generator (synth.py's signs; synth_kinds.py's "path": a word only in the wrist's path,
+For each generator (synth/demo.py's signs; synth/kinds.py's "path": a word only in the wrist's path,
 "shape": only in the hand shape and place, "mixed": many properties with coarticulation) a small
 corpus is written and configs/tiny.py trains on it as it is, shortened. A model that learned the
 language and ignored the poses scores the same validation loss on its own clips and on another
@@ -13,21 +13,21 @@ BENCHMARKS.md, "Does the model use the signs?"."""
 import pytest
 from train_helpers import ROOT, metrics
 
-import synth
-import synth_kinds
+from synth import demo
+from synth import kinds
 import train
 
 # (clips, steps) per corpus: a word that lives only in the wrist's path or only in the hand
 # shape needs more signers, and more steps, to be told apart from each signer's own way of
-# moving than synth.py's signs do; before that the language model learns the sentences alone.
+# moving than synth/demo.py's signs do; before that the language model learns the sentences alone.
 RUNS = {"synth": (240, 300), "mixed": (240, 300), "path": (600, 1000), "shape": (600, 1000)}
 
 
 def corpus(kind: str, n: int, out):
     if kind == "synth":
-        synth.generate_corpus(out, n=n, seed=3)
+        demo.generate_corpus(out, n=n, seed=3)
     else:
-        synth_kinds.generate_corpus(out, kind, n=n, seed=3)
+        kinds.generate_corpus(out, kind, n=n, seed=3)
     return out
 
 

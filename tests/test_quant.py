@@ -8,9 +8,9 @@ import torch
 import torch.nn.functional as F
 from conftest import bnb_dequantize
 
-import nf4_kernels
+from kernels import nf4_kernels
 import quant
-import triton_support
+from kernels import triton_support
 
 bnb_f = pytest.importorskip("bitsandbytes.functional")
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"

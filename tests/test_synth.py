@@ -1,4 +1,4 @@
-"""synth.py: the synthetic corpus has the iSign layout, real MediaPipe Holistic .pose files
+"""synth/demo.py: the synthetic corpus has the iSign layout, real MediaPipe Holistic .pose files
 and the grammar it promises. References: the real pose fixture (its header and face mesh),
 hand-written English/gloss pairs, and physical invariants (bone lengths, file sizes)."""
 import csv
@@ -9,14 +9,14 @@ import numpy as np
 import pytest
 from pose_format import Pose
 
-import synth
-import synth_grammar as grammar
+from synth import demo
+from synth import demo_grammar as grammar
 
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
     out = tmp_path_factory.mktemp("synth")
-    summary = synth.generate_corpus(out, n=16, seed=0)
+    summary = demo.generate_corpus(out, n=16, seed=0)
     return out, summary
 
 
@@ -54,9 +54,9 @@ def test_face_template_is_shaped_like_the_real_face(fixtures_dir):
     """Contour points (lips, eyes, brows, nose, oval), least-squares fitted onto the fixture's
     mean face by scale and shift, land within a few percent of a face width."""
     real = read(fixtures_dir / "holistic_576.pose").body.data.data[:, 0, 33:501, :2].mean(0)
-    ids = sorted({i for arc in synth.FACE_ARCS for i in arc[0]} | set(synth.FACE_OVAL)
-                 | set(synth.NOSE_LINE) | set(synth.NOSTRILS))
-    ours, real = synth.FACE[ids, :2], real[ids]
+    ids = sorted({i for arc in demo.FACE_ARCS for i in arc[0]} | set(demo.FACE_OVAL)
+                 | set(demo.NOSE_LINE) | set(demo.NOSTRILS))
+    ours, real = demo.FACE[ids, :2], real[ids]
     ours, real = ours - ours.mean(0), real - real.mean(0)
     scale = (ours * real).sum() / (ours * ours).sum()
     width = np.ptp(real[:, 0])
@@ -125,7 +125,7 @@ def test_dropped_hands_are_zero_with_zero_confidence(corpus):
 
 def test_deterministic_for_a_seed_and_different_across_seeds(tmp_path):
     def make(name, seed):
-        synth.generate_corpus(tmp_path / name, n=5, seed=seed)
+        demo.generate_corpus(tmp_path / name, n=5, seed=seed)
         files = sorted((tmp_path / name / "poses").iterdir())
         return rows(tmp_path / name), [f.read_bytes() for f in files]
 
@@ -138,11 +138,11 @@ def test_a_word_is_signed_alike_by_every_signer():
     """The dominant hand's shape (relative to the wrist, in shoulder widths) mid-sign, by
     signers from two seeds: each word is nearer its own sign than any other word's."""
     words = ["WATER", "MOTHER", "GO", "WANT", "TOMORROW", "WHAT", "BOOK", "HAPPY"]
-    assert synth.sign_for.__wrapped__("WATER") == synth.sign_for("WATER")
+    assert demo.sign_for.__wrapped__("WATER") == demo.sign_for("WATER")
 
     def shape(word, seed):
         rng = np.random.default_rng(seed)
-        data, conf = synth.render(grammar.Sentence(word, (word,)), synth.make_signer(rng), rng)
+        data, conf = demo.render(grammar.Sentence(word, (word,)), demo.make_signer(rng), rng)
         hand = data[:, 522:543, :2]
         width = np.linalg.norm(data[:, 11, :2] - data[:, 12, :2], axis=1)[:, None, None]
         rel = ((hand - hand[:, :1]) / width)[conf[:, 522] > 0]
@@ -153,7 +153,7 @@ def test_a_word_is_signed_alike_by_every_signer():
         assert np.linalg.norm(ref - shape(w, 2), axis=1).argmin() == i, w
     # and no two words share hands, place, movement, hand shapes and palm
     looks = {(s.hands, s.location, s.movement, s.shape, s.end_shape, s.palm)
-             for s in map(synth.sign_for, grammar.LEXICON)}
+             for s in map(demo.sign_for, grammar.LEXICON)}
     assert len(looks) == len(grammar.LEXICON)
 
 

@@ -1,4 +1,4 @@
-"""synth_kinds.py: corpora in the iSign layout whose signs differ by path, hand shape, or a mix.
+"""synth/kinds.py: corpora in the iSign layout whose signs differ by path, hand shape, or a mix.
 
 Cheap (a few seconds): small corpora, and the generator's internals for the claims about signs."""
 import csv
@@ -16,8 +16,8 @@ from pose_format import Pose
 import corpus
 import data
 import poses
-import synth_kinds as sk
-import synth_kinds_grammar as grammar
+from synth import kinds as sk
+from synth import kinds_grammar as grammar
 
 ROOT = Path(__file__).resolve().parents[1]
 CASES = {"path": dict(fps=30, size=(640, 480)), "shape": dict(fps=50, size=(1920, 1080)),
@@ -318,7 +318,8 @@ def test_signs_do_not_depend_on_seed_or_process():
         a = perform("FISH", kind, still_signer(), seed=0)
         b = perform("FISH", kind, still_signer(), seed=123)
         np.testing.assert_array_equal(a[0], b[0])
-    code = ("import json, synth_kinds as sk; print(json.dumps([[list(map(str, vars(sk.sign_for(w, k)).values())) "
+    code = ("import json; from synth import kinds as sk; "
+            "print(json.dumps([[list(map(str, vars(sk.sign_for(w, k)).values())) "
             "for w in ('BOX', 'NO', 'LAST-NIGHT')] for k in sk.KINDS]))")
     env = {**os.environ, "PYTHONHASHSEED": "12345"}
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, check=True)

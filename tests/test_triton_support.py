@@ -1,4 +1,4 @@
-"""triton_support.py: the one Triton set-up. Where triton is not installed, the project still
+"""kernels/triton_support.py: the one Triton set-up. Where triton is not installed, the project still
 imports and runs its PyTorch paths, and a kernel launch or QUANT_BACKEND / FUSED_OPS=triton says
 what is missing; bad values of the switches are refused."""
 import os
@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-import triton_support
+from kernels import triton_support
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -17,7 +17,8 @@ WITHOUT_TRITON = """
 import sys
 sys.modules["triton"] = None  # `import triton` now raises ImportError, as where it is not installed
 import torch, torch.nn.functional as F
-import triton_support, nf4_kernels, fused_ops, quant, model
+import quant, model
+from kernels import triton_support, nf4_kernels, fused_ops
 assert not triton_support.AVAILABLE and not triton_support.INTERPRET
 assert nf4_kernels._nf4_matmul_decode.fn is nf4_kernels._nf4_matmul_kernel.fn  # kernels defined at module level
 lin, x = quant.Linear4bit.from_linear(torch.nn.Linear(64, 8)), torch.randn(3, 64)

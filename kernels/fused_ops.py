@@ -36,8 +36,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-import triton_support
-from triton_support import tl, triton
+from kernels import triton_support
+from kernels.triton_support import tl, triton
 
 # ----------------------------------------------------------------------------- references
 

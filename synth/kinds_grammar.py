@@ -1,6 +1,6 @@
-"""The sentences of synth_kinds.py's corpora: English, and the same sentence as glosses.
+"""The sentences of synth/kinds.py's corpora: English, and the same sentence as glosses.
 
-A grammar of its own, sharing no word with synth_grammar.py: subjects (one, or plural: the noun
+A grammar of its own, sharing no word with synth/demo_grammar.py: subjects (one, or plural: the noun
 then PLURAL), verbs with the objects each takes, adjectives, time words that set the tense,
 negation, yes/no and wh-questions. A sentence is signed in time-topic-comment order:
 TIME OBJECT(ADJ) SUBJECT(PLURAL) VERB (NO) (QUESTION|WHO|WHAT). LEXICON is every gloss the

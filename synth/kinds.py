@@ -1,10 +1,10 @@
-"""Synthetic sign corpora whose signs differ IN KIND from synth.py's: identity in the path, the
+"""Synthetic sign corpora whose signs differ IN KIND from synth/demo.py's: identity in the path, the
 hand shape, or a mix, signed with coarticulation.
 
 What: `generate_corpus(out_dir, kind)` writes OUT/train.csv, val.csv, test.csv (uid,text; split by
 video, one video = one signer, 80/10/10), OUT/poses/{uid}.pose (MediaPipe Holistic, 576 points,
-XYZC, pixel coordinates: the iSign layout of synth.py, through `synth.holistic_header` and
-`synth.write_pose`) and OUT/meta.json (each clip's glosses, each video's signer). The kinds:
+XYZC, pixel coordinates: the iSign layout of synth/demo.py, through `demo.holistic_header` and
+`demo.write_pose`) and OUT/meta.json (each clip's glosses, each video's signer). The kinds:
   - "path":  a word is ONLY the path of the dominant wrist (a smooth curve through 2-9 control
              points: free curves, zigzags, spirals, arcs, hooked lines) from a start in signing
              space; one flat hand shape and one palm orientation for every word;
@@ -17,15 +17,15 @@ XYZC, pixel coordinates: the iSign layout of synth.py, through `synth.holistic_h
              between signs, the end of one sign blends straight into the start of the next.
 A sign depends on its word and kind only (a generator seeded by a hash of kind + word), so corpora
 of different seeds share one lexicon. Sentences come from a grammar of their own
-(synth_kinds_grammar.py: subjects, verbs with the objects they take, adjectives, time words,
+(synth/kinds_grammar.py: subjects, verbs with the objects they take, adjectives, time words,
 negation, yes/no and wh-questions) and are signed in time-topic-comment order:
 TIME OBJECT(ADJ) SUBJECT(PLURAL) VERB (NO) (QUESTION|WHO|WHAT).
 
-Why: a model that learns synth.py's corpus could be fitted to how synth.py builds signs (hand
+Why: a model that learns synth/demo.py's corpus could be fitted to how synth/demo.py builds signs (hand
 shape + location + one of 8 movements, rest between signs). These corpora put a word's identity
-somewhere else, so a pipeline that learns all three is learning signs, not synth.py.
+somewhere else, so a pipeline that learns all three is learning signs, not synth/demo.py.
 
-Conventions (as synth.py): body space in metres, origin between the shoulders, x to the image's
+Conventions (as synth/demo.py): body space in metres, origin between the shoulders, x to the image's
 right (the signer's left), y down, z away from the camera; a reference signer has shoulders 0.38 m
 apart. Signs are described for a right-dominant signer in "right-hand space"; the other hand's
 values are mirrored (x -> -x) when drawn, and a left-handed signer mirrors the whole signing.
@@ -35,7 +35,7 @@ References: MediaPipe Holistic (Grishchenko & Bazarevsky 2020) and its face-mesh
 splines; sign phonology: Stokoe (1960) handshape / location / movement, Battison (1978) two-handed
 sign types; coarticulation in signing: Ormel & Crasborn (2012).
 
-Run:  python synth_kinds.py OUT_DIR --kind path --n 1200 --seed 0 [--fps 30] [--size 640x480]
+Run:  python -m synth.kinds OUT_DIR --kind path --n 1200 --seed 0 [--fps 30] [--size 640x480]
                                     [--left_handed 0.2] [--coarticulation | --no-coarticulation]
 """
 from __future__ import annotations
@@ -52,8 +52,8 @@ from pathlib import Path
 
 import numpy as np
 
-import synth
-from synth_kinds_grammar import LEXICON, random_sentence
+from synth import demo
+from synth.kinds_grammar import LEXICON, random_sentence
 
 KINDS = ("path", "shape", "mixed")
 SALT = "synth_kinds/v1"     # change it to draw a new lexicon for every kind
@@ -478,7 +478,7 @@ def camera(pts: np.ndarray, signer: Signer, rng: np.random.Generator, fps: float
     """Body-space points (T, 543, 3) -> what MediaPipe Holistic writes: (T, 576, 3) and (T, 576)
     confidence. x, y in pixels; z in image widths from each part's origin (hips, face, wrist);
     world landmarks in metres from the hip centre, x and y times width and height (as pose-format's
-    reader stores them, and synth.py)."""
+    reader stores them, and synth/demo.py)."""
     W, H = size
     T = len(pts)
     pts = pts + signer.noise * NOISE * rng.standard_normal(pts.shape, dtype=np.float32)
@@ -537,7 +537,7 @@ def generate_corpus(out_dir, kind: str, n: int = 1200, seed: int = 0, fps: float
     out, t0 = Path(out_dir), time.time()
     (out / "poses").mkdir(parents=True, exist_ok=True)
     buf = io.BytesIO()
-    synth.holistic_header(*size).write(buf)
+    demo.holistic_header(*size).write(buf)
     header = buf.getvalue()
     clips, signers, frames = [], [], []              # clips: (video, uid, text, glosses)
     while len(clips) < n:
@@ -551,7 +551,7 @@ def generate_corpus(out_dir, kind: str, n: int = 1200, seed: int = 0, fps: float
             pts = skeleton(sentence.glosses, kind, signer, rng, fps, coart)
             data, conf = camera(pts, signer, rng, fps, size)
             uid = f"{kind}{video:04d}--{segment}"
-            synth.write_pose(out / "poses" / f"{uid}.pose", data, conf, header, fps=fps)
+            demo.write_pose(out / "poses" / f"{uid}.pose", data, conf, header, fps=fps)
             clips.append((video, uid, sentence.text, " ".join(sentence.glosses)))
             frames.append(len(data))
     counts = np.bincount([c[0] for c in clips], minlength=len(signers)).tolist()

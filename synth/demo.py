@@ -15,7 +15,7 @@ by a tiny model, so that a demo run shows real translation, not noise:
   movement (line, arc, circle, shake, tap, wave, twist, hold), one- or two-handed. A sign
   depends on its word only (seeded by a hash of the gloss), so every seed shares one lexicon
   and a model trained on one seed's corpus can be tested on another's;
-- sentences come from a small grammar (synth_grammar.py) and are signed as glosses in the order
+- sentences come from a small grammar (synth/demo_grammar.py) and are signed as glosses in the order
   of Indian Sign Language (time first, subject-object-verb, no articles or copula, negation and
   wh-words sentence-final); yes/no questions are marked only by raised brows and a held last
   sign, wh-questions by lowered brows, as non-manual markers are in ISL;
@@ -30,7 +30,7 @@ Deliberate quirk kept from pose-format's MediaPipe reader: world landmarks are m
 The header is built in code (pose-format's holistic utilities need mediapipe); it matches the
 real files except that the face's limbs are the mesh contours, not the full tessellation.
 
-Run:  python synth.py OUT_DIR [--n 600] [--seed 0]     (or: python data.py synth OUT_DIR ...)
+Run:  python -m synth.demo OUT_DIR [--n 600] [--seed 0]     (or: python data.py synth OUT_DIR ...)
 
 References: MediaPipe Holistic (Grishchenko & Bazarevsky, Google AI Blog 2020; landmark
 layout and index lists from mediapipe's face_mesh_connections / pose_connections);
@@ -55,7 +55,7 @@ from pose_format.numpy.pose_body import NumPyPoseBody
 from pose_format.pose_header import VERSION, PoseHeader, PoseHeaderComponent, PoseHeaderDimensions
 from pose_format.utils.openpose import hand_colors
 
-from synth_grammar import LEXICON, Sentence, random_sentence
+from synth.demo_grammar import LEXICON, Sentence, random_sentence
 
 FPS, WIDTH, HEIGHT = 25, 1280, 720
 

@@ -6,7 +6,7 @@ the CPU's stand-in for peak GPU memory (cpu_peak). bench_train's docstring says 
 """
 import argparse
 
-from bench_shapes import GPU_PEAKS, QWEN25_SHAPES, bench_shape
+from benchmarks.shapes import GPU_PEAKS, QWEN25_SHAPES, bench_shape
 
 
 def ours_qlora(cfg, config, random_weights: bool, device, d=None):

@@ -1,4 +1,4 @@
-"""The sentences of synth.py's corpus: English, and the same sentence as glosses in the order of
+"""The sentences of synth/demo.py's corpus: English, and the same sentence as glosses in the order of
 Indian Sign Language.
 
 A small grammar (pronouns and possessed nouns; transitive, motion and other verbs; feelings,
@@ -6,7 +6,7 @@ qualities of things; time words; negation; yes/no and wh-questions) makes senten
 English words. Each is signed as glosses in ISL order: time first, subject-object-verb, no
 articles or copula, negation and wh-words sentence-final. Yes/no questions are marked only by
 raised brows and a held last sign (marker "yes_no"), wh-questions by lowered brows ("wh"):
-non-manual markers, which synth.py draws on the face. LEXICON is every gloss the grammar uses;
+non-manual markers, which synth/demo.py draws on the face. LEXICON is every gloss the grammar uses;
 synth.sign_for gives each its sign.
 
     random_sentence(rng)   one Sentence(text, glosses, marker), drawn from the grammar

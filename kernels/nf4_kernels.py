@@ -25,7 +25,7 @@ References
 
 How to run
     validate(...)   every kernel against its reference: python -m pytest tests/test_quant.py
-                    (no GPU: the kernels run in Triton's interpreter on the CPU, triton_support.py)
+                    (no GPU: the kernels run in Triton's interpreter on the CPU, kernels/triton_support.py)
     benchmark(...)  times against 16-bit cuBLAS and bitsandbytes: python bench.py kernels
 """
 import math
@@ -35,8 +35,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-import triton_support
-from triton_support import INTERPRET, tl, triton
+from kernels import triton_support
+from kernels.triton_support import INTERPRET, tl, triton
 
 # ----------------------------------------------------------------------------- the format's tables
 

@@ -1,4 +1,4 @@
-"""The project's one Triton set-up, shared by both kernel families (nf4_kernels.py, fused_ops.py).
+"""The project's one Triton set-up, shared by both kernel families (kernels/nf4_kernels.py, kernels/fused_ops.py).
 
 What is here
     triton, tl       the real modules; where triton is not installed, one stand-in for both, enough

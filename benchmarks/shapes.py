@@ -1,5 +1,5 @@
 """The model shapes and GPU peaks that the whole-model benchmarks run at (bench.py decode,
-bench_train.py): Qwen2.5's published shapes, NVIDIA's datasheet peaks, and `bench_shape`, which
+benchmarks/training.py): Qwen2.5's published shapes, NVIDIA's datasheet peaks, and `bench_shape`, which
 finds a config's shape (checkpoint, init_model, model_repo or --shape)."""
 
 
