@@ -79,6 +79,8 @@ class TrainConfig:
     aux_words: int = 1024
     aux_weight: float = 1.0          # weight of the word loss beside the language-model loss (0: off)
     aux_only_steps: int = 0          # first steps: the encoder learns the words alone (no LLM)
+    align_weight: float = 0.0        # > 0: the word loss also draws the soft tokens towards the LLM's input
+                                     # embeddings of the signed words (translator.embedding_alignment_loss)
     gradient_checkpointing: bool = False
     fsdp: bool = runtime(False)      # shard the model over all processes (FSDP2) instead of a whole copy on
                                      # each (DDP): for models larger than one GPU (docs/training.md). Checkpoints
@@ -93,7 +95,10 @@ class TrainConfig:
     global_batch: int = 0            # > 0: grad_accum = global_batch / (batch_size x world_size)
     max_steps: int = 3000
     lr: float = 1e-4                 # LoRA (and modules_to_save)
+    lora_plus_ratio: float = 1.0     # LoRA+: the B matrices learn at lr x this (train.make_optimizer)
     encoder_lr: float = 5e-4
+    align_steps: int = 0             # first steps: the encoder alone learns, through the frozen LLM (the
+                                     # adapters start after them, with their own warmup)
     weight_decay: float = 0.0
     warmup_steps: int = 100
     min_lr_ratio: float = 0.1        # cosine decays to lr x this
@@ -248,12 +253,13 @@ RULES = {
         "max_new_tokens", "save_every", "log_every", "lora_r", "encoder_width", "max_answer_tokens",
         "max_frames", "min_frames")},
     **{k: (lambda v: v >= 0, ">= 0") for k in (
-        "global_batch", "warmup_steps", "eval_samples", "num_workers", "cpu_threads", "synth_n",
-        "weight_decay", "grad_clip", "encoder_lr", "aug_rotate_deg", "aug_scale", "aug_shear", "aug_shift",
-        "aug_noise")},
+        "global_batch", "warmup_steps", "align_steps", "eval_samples", "num_workers", "cpu_threads", "synth_n",
+        "weight_decay", "grad_clip", "encoder_lr", "align_weight", "aug_rotate_deg", "aug_scale", "aug_shear",
+        "aug_shift", "aug_noise")},
     **{k: (_fraction, "in [0, 1)") for k in ("lora_dropout", "encoder_dropout", "aug_speed", "aug_frame_drop")},
     "lr": (_positive, "> 0"),
     "lora_alpha": (_positive, "> 0"),
+    "lora_plus_ratio": (_positive, "> 0"),
     "min_lr_ratio": (lambda v: 0 <= v <= 1, "in [0, 1]"),
     "fps": (lambda v: v is None or _positive(v), "None or > 0"),
     "split_ratios": (lambda v: len(v) == 3 and all(x >= 0 for x in v) and sum(v) > 0,

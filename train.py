@@ -84,25 +84,38 @@ log = logging.getLogger("train")
 
 # ----------------------------------------------------------------------------- schedule, optimizer
 
-def lr_factor(step: int, cfg: TrainConfig) -> float:
-    """Linear warmup over warmup_steps, then cosine decay to min_lr_ratio at max_steps."""
+def lr_factor(step: int, cfg: TrainConfig, start: int = 0) -> float:
+    """Linear warmup over warmup_steps, then cosine decay to min_lr_ratio at max_steps. A group that
+    starts later (the LLM's after align_steps) is at 0 until `start`, then warms up from there."""
+    step -= start
+    if step < 0:
+        return 0.0
     if step < cfg.warmup_steps:
         return (step + 1) / cfg.warmup_steps
-    progress = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps))
+    progress = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.max_steps - start - cfg.warmup_steps))
     return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
 def make_optimizer(model: SignTranslator, cfg: TrainConfig) -> torch.optim.AdamW:
-    """Two parameter groups: the encoder learns from scratch and takes a larger rate than LoRA.
+    """Parameter groups: the encoder learns from scratch and takes a larger rate than the LLM's
+    adapters, and from step 0; the adapters start after align_steps (the encoder's alignment stage,
+    LLaVA's stage 1: the encoder alone learns to speak to the frozen LLM), and their B matrices learn
+    at lr x lora_plus_ratio (LoRA+, Hayou et al. 2024: B, of width `out`, needs a larger rate
+    than A for its features to learn as fast; the other tensors, A and modules_to_save, at lr).
 
     fused=True: one kernel updates every tensor in place. The default (foreach) implementation
     makes a temporary the size of all trained weights (sqrt of the second moments), which was the
     step's memory peak at 14B (BENCHMARKS.md, "QLoRA training at full size")."""
     enc = [p for p in model.encoder.parameters() if p.requires_grad]
-    llm = [p for p in model.llm.parameters() if p.requires_grad]
-    groups = [{"params": llm, "lr": cfg.lr, "base_lr": cfg.lr},
-              {"params": enc, "lr": cfg.encoder_lr, "base_lr": cfg.encoder_lr}]
-    return torch.optim.AdamW(groups, weight_decay=cfg.weight_decay, betas=(0.9, 0.999), fused=True)
+    llm = [(n, p) for n, p in model.llm.named_parameters() if p.requires_grad]
+    b = [p for n, p in llm if n.endswith("lora_B.weight")]
+    rest = [p for n, p in llm if not n.endswith("lora_B.weight")]
+    lr_b = cfg.lr * cfg.lora_plus_ratio
+    groups = [{"params": rest, "lr": cfg.lr, "base_lr": cfg.lr, "start": cfg.align_steps},
+              {"params": b, "lr": lr_b, "base_lr": lr_b, "start": cfg.align_steps},
+              {"params": enc, "lr": cfg.encoder_lr, "base_lr": cfg.encoder_lr, "start": 0}]
+    return torch.optim.AdamW([g for g in groups if g["params"]], weight_decay=cfg.weight_decay,
+                             betas=(0.9, 0.999), fused=True)
 
 
 # ----------------------------------------------------------------------------- checkpoints (format: checkpoints.py)
@@ -382,6 +395,8 @@ def setup(cfg: TrainConfig, d: Dist) -> Run:
     else:
         model = build_model(cfg, tok, d.device)
         model.encoder.set_input_stats(train_ds.features)  # the same on every rank; a resume loads the trained ones
+    if cfg.align_weight and uses_words(cfg):
+        model.set_alignment(tok, train_ds.words, cfg.aux_words, cfg.align_weight)
     count = lambda m: sum(p.numel() for p in m.parameters() if p.requires_grad)  # noqa: E731
     log.info(f"trained parameters: LLM {count(model.llm):,} (LoRA and modules_to_save), "
              f"encoder {count(model.encoder):,}")
@@ -438,7 +453,7 @@ def train_loop(run: Run) -> int:
     while state.step < cfg.max_steps:
         step = state.step
         for g in opt.param_groups:
-            g["lr"] = g["base_lr"] * lr_factor(step, cfg)
+            g["lr"] = g["base_lr"] * lr_factor(step, cfg, g["start"])
         if fault_injected("SIGTERM", step, d.rank):
             os.kill(os.getpid(), signal.SIGTERM)
         t0 = time.time()

@@ -178,6 +178,21 @@ def word_presence_loss(logits: Tensor, token_mask: Tensor, targets: Tensor) -> T
             + (bce * absent).sum(1) / absent.sum(1).clamp(min=1)).sum()
 
 
+def embedding_alignment_loss(tokens: Tensor, token_mask: Tensor, word_embeds: Tensor, targets: Tensor,
+                             scale: float = 10.0) -> Tensor:
+    """word_presence_loss on the cosine of each soft token with the LLM's input embedding of each
+    vocabulary word: the clip's tokens are drawn towards the embeddings of the words it signs and
+    away from the others, so that the soft tokens arrive in the frozen LLM as something like its
+    own words (a bag of glosses), which it can read before any adapter has learned the poses.
+    Visual tokens aligned to the language model's embeddings: SAGE (Hasan et al. 2025,
+    arXiv:2507.09266); word targets from the texts: Sign2GPT's pseudo-glosses.
+
+    tokens (B, T', H) soft tokens, token_mask (B, T'), word_embeds (V, H), targets (B, V) as in
+    word_presence_loss; `scale` maps the cosine in [-1, 1] to logits (a temperature of 0.1)."""
+    cos = F.normalize(tokens.float(), dim=-1) @ F.normalize(word_embeds.float(), dim=-1).T  # (B, T', V)
+    return word_presence_loss(scale * cos, token_mask, targets)
+
+
 def splice_pose_tokens(inputs_embeds: Tensor, input_ids: Tensor, pose_token_id: int, tokens: Tensor,
                        token_mask: Tensor) -> Tensor:
     """Put sample i's soft tokens (tokens[i][token_mask[i]], in order) at the pose_token_id
@@ -197,7 +212,8 @@ def splice_pose_tokens(inputs_embeds: Tensor, input_ids: Tensor, pose_token_id: 
 class Losses(NamedTuple):
     lm: Tensor           # summed cross-entropy over the answer tokens (0 when lm=False)
     tokens: Tensor       # answer tokens
-    words: Tensor        # summed word_presence_loss over the clips (0 without word targets)
+    words: Tensor        # summed word_presence_loss over the clips, + align_weight x the embedding
+                         # alignment's (0 without word targets)
 
 
 class SignTranslator(nn.Module):
@@ -211,15 +227,34 @@ class SignTranslator(nn.Module):
         super().__init__()
         self.llm, self.encoder, self.pose_token_id = llm, encoder, pose_token_id
         self.pad_id, self.answer_dropout = pad_id, answer_dropout
+        self.align_ids: Tensor | None = None   # (V, L) token ids of each word-head word (set_alignment)
+        self.align_weight = 0.0
 
-    def embed(self, batch: dict) -> tuple[Tensor, Tensor | None, Tensor]:
+    def set_alignment(self, tok: Tokenizer, words: list[str], n_words: int, weight: float) -> None:
+        """Train the soft tokens towards the LLM's embeddings of the words each clip signs
+        (embedding_alignment_loss, added to the word loss at `weight`). words: the word head's
+        vocabulary (data.SignDataset.words), n_words slots; each word as it appears mid-sentence."""
+        ids = [tok.encode(" " + w) for w in words[:n_words]] + [[]] * (n_words - len(words[:n_words]))
+        width = max([1, *map(len, ids)])
+        device = self.encoder.log_gain.device
+        self.align_ids = torch.tensor([x + [-1] * (width - len(x)) for x in ids], device=device)
+        self.align_weight = weight
+
+    def word_embeddings(self) -> Tensor:
+        """(V, H) the LLM's input embedding of each word (the mean over its tokens; 0 for an empty slot)."""
+        have = self.align_ids >= 0                                           # (V, L)
+        rows = self.llm.model.embed_tokens(self.align_ids.clamp(min=0))      # (V, L, H)
+        return (rows * have[..., None]).sum(1) / have.sum(1, keepdim=True).clamp(min=1)
+
+    def embed(self, batch: dict, encoded: tuple | None = None) -> tuple[Tensor, Tensor | None, Tensor]:
         """Prompt (+ answer) embeddings with the soft pose tokens spliced in (B, T, H); the encoder's
         word logits (B, T', V) or None, and its token mask (B, T').
 
         Training with answer_dropout p: each answer token given as input (not as target) is the
         pad token with probability p, so the next word cannot always be guessed from the words
-        before it and must come from the signs (word dropout, Bowman et al. 2016)."""
-        tokens, token_mask, words = self.encoder(batch["poses"], batch["pose_mask"])  # (B, T', H), (B, T')
+        before it and must come from the signs (word dropout, Bowman et al. 2016). `encoded`: the
+        encoder's output for these poses when the caller has it already."""
+        tokens, token_mask, words = encoded or self.encoder(batch["poses"], batch["pose_mask"])  # (B, T', H), (B, T')
         ids = batch["input_ids"]
         if self.training and self.answer_dropout > 0 and "labels" in batch:
             drop = (batch["labels"] != -100) & (torch.rand(ids.shape, device=ids.device) < self.answer_dropout)
@@ -235,18 +270,22 @@ class SignTranslator(nn.Module):
         instead of (B, T, V), which for Qwen's 152k vocabulary would dwarf everything else."""
         targets = batch["labels"][:, 1:]  # position t predicts token t + 1
         at = targets != -100  # (B, T-1)
+        encoded = self.encoder(batch["poses"], batch["pose_mask"])  # soft tokens, their mask, word logits
         if lm:
-            embeds, words, token_mask = self.embed(batch)
+            embeds, words, token_mask = self.embed(batch, encoded)
             hidden = self.llm(inputs_embeds=embeds, attention_mask=batch["attention_mask"],
                               return_hidden=True)  # (B, T, H)
             logits = self.llm.lm_head(hidden[:, :-1][at]).float()  # (N, V)
             lm_sum = F.cross_entropy(logits, targets[at], reduction="sum")
         else:
-            _, token_mask, words = self.encoder(batch["poses"], batch["pose_mask"])
+            _, token_mask, words = encoded
             lm_sum = torch.zeros((), device=at.device)
         word_sum = torch.zeros((), device=at.device)
         if words is not None and "word_targets" in batch:
             word_sum = word_presence_loss(words, token_mask, batch["word_targets"])
+        if self.align_ids is not None and "word_targets" in batch:
+            word_sum = word_sum + self.align_weight * embedding_alignment_loss(
+                encoded[0], token_mask, self.word_embeddings(), batch["word_targets"])
         return Losses(lm_sum, at.sum(), word_sum)
 
     @torch.no_grad()
