@@ -409,7 +409,7 @@ def bench_train(args):
               f"{r['flops'] / 1e12:8.3f}{r['step_s'] * 1e3:10.1f}{r['tokens'] / r['step_s']:10.0f}"
               f"{size * world / r['step_s']:11.2f}{r['peak_gib']:10.2f}{r['model_gib']:11.2f}{mfu}{r['loss']:8.3f}")
     if not cuda:
-        print("CPU memory: tensor bytes (bench_train.cpu_peak); peak reached in " +
+        print("CPU memory: tensor bytes (benchmarks/training.py cpu_peak); peak reached in " +
               "; ".join(f"{label.split(' ')[0]} batch {size}: {r['peak_at']}" for label, size, r in rows))
     if len(results) == 2:
         ours, theirs = results.values()
