@@ -116,18 +116,8 @@ def _path(a: Tensor, nf4: tuple, shape: tuple[int, int], blocksize: int, directi
 
 
 # The crossover in rows where nothing can be timed (the interpreter; a CUDA graph capture, which
-# would record the timing loop). Arithmetic, per weight of W and row of x, for a GPU of bandwidth B
-# and tensor-core peak P, a kernel reaching a share e of P:
-#   dequant + cuBLAS: (0.5625 + 2) / B to read the packed bytes and write W in 16 bits, then
-#                     cuBLAS, max(2 / B, 2 M / (e_c P)): bound by reading W up to M ~ e_c P / B
-#   fused:            max(0.5625 / B, 2 M / (e_f P)), e_f < e_c: the dequantization's ALU and L1 work
-#                     shares the SMs with the tensor cores
-# Below M ~ e_f P / (4 B) the fused kernels move 8x fewer bytes; above it they are compute-bound and
-# lose once 2 M / (e_f P) exceeds 4.5625 / B, at M* = 4.5625 e_f (P / B) / 2. P / B is 206 FLOP per
-# byte for the H200's datasheet peaks; with e_f as measured at M = 4096 (BENCHMARKS.md, "NF4 kernels",
-# which works this out), M* is about a hundred rows: 128, a power of two like the kernels' M buckets.
-# The fused kernels measured so far are far from the bandwidth at small M too (same table): that is
-# why a GPU times the choice instead.
+# would record the timing loop): about where the fused kernels, compute-bound, start to lose to
+# cuBLAS, still bound by reading W (the arithmetic: BENCHMARKS.md, "Dequantize + cuBLAS for many rows").
 CROSSOVER_M = 128
 _TWO_KERNELS: dict[tuple, bool] = {}  # (device, N, K, dtype, M bucket, direction) -> two kernels are faster
 

@@ -96,8 +96,8 @@ def make_optimizer(model: SignTranslator, cfg: TrainConfig) -> torch.optim.AdamW
     """Two parameter groups: the encoder learns from scratch and takes a larger rate than LoRA.
 
     fused=True: one kernel updates every tensor in place. The default (foreach) implementation
-    makes a temporary the size of all trained weights (sqrt of the second moments), which was the
-    step's memory peak at 14B (BENCHMARKS.md, "QLoRA training at full size")."""
+    makes a temporary the size of all trained weights (sqrt of the second moments), which can be
+    the step's memory peak (docs/memory.md)."""
     enc = [p for p in model.encoder.parameters() if p.requires_grad]
     llm = [p for p in model.llm.parameters() if p.requires_grad]
     groups = [{"params": llm, "lr": cfg.lr, "base_lr": cfg.lr},

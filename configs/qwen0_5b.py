@@ -3,9 +3,7 @@
 #   python train.py configs/qwen0_5b.py        (or torchrun --nproc_per_node 4 ...)
 # Weights: hf download Qwen/Qwen2.5-0.5B-Instruct --local-dir checkpoints/Qwen2.5-0.5B-Instruct
 # Samples per optimizer step: batch_size 16 x grad_accum 2 x world_size (1 GPU: 32; 4 GPUs: 128).
-# Memory per GPU, PLANNED (not measured): NF4 projections 0.36B x 0.56 byte ~ 0.2 GB; tied
-# embeddings bf16 151936 x 896 x 2 bytes ~ 0.3 GB; LoRA (2.2M) + encoder (~4M) ~ 0.1 GB;
-# activations (16 clips, checkpointed) ~ 1-2 GB. About 2-3 GB.
+# Memory per GPU, by arithmetic: docs/memory.md.
 model_dir = "checkpoints/Qwen2.5-0.5B-Instruct"
 model_repo = "Qwen/Qwen2.5-0.5B-Instruct"
 data_dir = "data/isign"

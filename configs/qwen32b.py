@@ -3,15 +3,7 @@
 #   torchrun --nproc_per_node 4 train.py configs/qwen32b.py
 # Weights: hf download Qwen/Qwen2.5-32B-Instruct --local-dir checkpoints/Qwen2.5-32B-Instruct
 # Samples per optimizer step: batch_size 1 x grad_accum 32 x 4 GPUs = 128 (~740 steps per epoch).
-# Memory per GPU, PLANNED by arithmetic (not measured), 4 GPUs: NF4 projections 31.2B x 0.5625 byte
-# = 16.35 GiB / 4 = 4.09 GiB; lm_head bf16 152064 x 5120 x 2 bytes = 1.45 GiB / 4 = 0.36 GiB (the input
-# table is in host memory: offload_embeddings); trained tensors, LoRA r64 (537M) + encoder (32M) =
-# 569M float32: weights 0.53 GiB + gradient and 2 AdamW moments 1.59 GiB (/ 4), and the unsharded
-# gradients kept between the 32 micro-steps 2.12 GiB; gathered for compute: the root's tensors whole
-# (lm_head, encoder: 1.57 GiB) and two layers whole (0.29 GiB each) 2.14 GiB; the dequantization
-# scratch buffer (quant.py), the largest projection 5120 x 27648 x 2 bytes = 0.26 GiB; activations
-# (1 clip, checkpointed) ~1 GiB. About 12 GiB: 4 x 24 GB GPUs or larger; 2 x 24 GB also fit (~19 GiB).
-# Without --fsdp (DDP, a whole copy per GPU) the same arithmetic gives ~27 GiB: 40 GB GPUs.
+# Memory per GPU over 4 GPUs and over 2, by arithmetic: docs/memory.md.
 model_dir = "checkpoints/Qwen2.5-32B-Instruct"
 model_repo = "Qwen/Qwen2.5-32B-Instruct"
 data_dir = "data/isign"

@@ -3,7 +3,7 @@
 #   torchrun --nproc_per_node 4 train.py configs/qwen7b.py
 # Weights: hf download Qwen/Qwen2.5-7B --local-dir checkpoints/Qwen2.5-7B
 # Samples per optimizer step: batch_size 16 x grad_accum 2 x 4 GPUs = 128 (~740 steps per epoch).
-# Micro-batch and memory per GPU (~6.8 GB by arithmetic): as qwen7b_instruct.py.
+# Micro-batch and memory per GPU: as qwen7b_instruct.py (docs/memory.md).
 model_dir = "checkpoints/Qwen2.5-7B"
 model_repo = "Qwen/Qwen2.5-7B"
 data_dir = "data/isign"

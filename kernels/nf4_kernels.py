@@ -13,9 +13,9 @@ the level tables, dequantize_nf4 and dequantize_absmax (re-exported by quant.py)
     nf4_matmul_dx_torch         _nf4_matmul_dx_kernel       dx = dy W (the input's gradient)
 
 "Fused": W is never written out in 16 bits; a kernel loads a tile of packed bytes, turns it into
-16-bit values in registers (nibble -> level -> * absmax) and feeds them to the tensor cores. Each
-kernel's versions (what was tried and why each choice) are described beside it, the measured
-figures in BENCHMARKS.md ("NF4 kernels").
+16-bit values in registers (nibble -> level -> * absmax) and feeds them to the tensor cores. Why
+each kernel is as it is, is said beside it; the versions tried and the measured figures are in
+BENCHMARKS.md ("NF4 kernels").
 
 References
     QLoRA (Dettmers et al. 2023, arXiv:2305.14314): the NF4 levels, blockwise absmax, double quant.
@@ -167,21 +167,14 @@ def _configs(interpreted: dict, gpu: list[tuple], keys=("BLOCK_M", "BLOCK_N", "S
     return [triton.Config({**dict(zip(keys, c[:-2])), **fixed}, num_warps=c[-2], num_stages=c[-1]) for c in gpu]
 
 
-# Versions of the matmul kernels (forward, decode, dx); their speeds, each against cuBLAS on the
-# same GPU, are in BENCHMARKS.md ("NF4 kernels", the "before" column is version 1):
-#   1 (538be22)  a k-step of any width; each weight's level and absmax gathered with tl.load. Its
-#                TTGIR (compiled for sm_90 offline) showed Triton's pipeliner turning those gathers
-#                into 4-byte cp.async copies through shared memory, three per pair of weights.
-#   2 (96497f7)  a k-step is exactly one quantization block (BS = 64 weights), so a row of a W tile
-#                has one absmax, a (BN,) vector load instead of a gather (_nf4_tile); the level
-#                table is read with ld.global.nc in inline PTX, which the pipeliner leaves alone
-#                (_nf4_level); SWAP configs compute y^T = W x^T, so that the dequantized tile is
-#                wgmma's register operand (no shared-memory round trip) and a few rows of x are
-#                the MMA's narrow side (decode).
-#   Not tried yet: the GEMV kernel's byte-pair table here (one 8-byte lookup per two weights),
-#   longer k-steps for decode, tiles and num_stages tuned on a GPU. Where this kernel still loses
-#   to dequantize + cuBLAS (many rows of x), quant.py's dispatch takes that path instead
-#   (_nf4_dequantize_kernel below).
+# The matmul kernels (forward, decode, dx). A k-step is exactly one quantization block (BS = 64
+# weights), so a row of a W tile has one absmax, a (BN,) vector load instead of a gather (_nf4_tile);
+# the level table is read with ld.global.nc in inline PTX, which Triton's pipeliner leaves alone
+# (_nf4_level); SWAP configs compute y^T = W x^T, so that the dequantized tile is wgmma's register
+# operand (no shared-memory round trip) and a few rows of x are the MMA's narrow side (decode).
+# Where these kernels lose to dequantize + cuBLAS (many rows of x), quant.py's dispatch takes that
+# path instead (_nf4_dequantize_kernel below). Their earlier version, what was tried and what not
+# yet, with the speeds: BENCHMARKS.md, "NF4 kernels".
 #
 # H100/H200 choices, (BLOCK_M, BLOCK_N, SPLIT_K, SWAP, num_warps, num_stages). The k-step is
 # always one quantization block (BS = 64 weights), so that a row of a W tile has one absmax.
@@ -207,8 +200,8 @@ def _nf4_level(codes, levels_ptr, ASM: tl.constexpr):
     """The NF4 level (float32) of each 4-bit code, from the 16-entry table: 64 bytes, one L1 line,
     so a warp's 32 lookups are served at once. On a GPU the load is written in PTX because
     inside a tl.dot loop Triton's sm_90 pipeliner turns a tl.load gather into one 4-byte async
-    copy per element through shared memory (seen in the TTGIR of version 1, see _nf4_matmul_kernel;
-    its speed: BENCHMARKS.md, "NF4 kernels"). `ld.global.nc` (the read-only data path) is an
+    copy per element through shared memory (seen in the TTGIR of an earlier version: BENCHMARKS.md,
+    "NF4 kernels"). `ld.global.nc` (the read-only data path) is an
     instruction the pipeliner does not touch. The interpreter cannot run PTX: it takes tl.load."""
     if ASM:
         return tl.inline_asm_elementwise("ld.global.nc.f32 $0, [$1];", "=f,l", [levels_ptr + codes],
@@ -285,8 +278,7 @@ def _nf4_pair(byte, pairs_ptr, ASM: tl.constexpr):
     """(level of byte >> 4, level of byte & 15), float32, from the 256 x 2 table _BYTE_TO_LEVELS
     (2 KiB, L1-resident): one 8-byte lookup per byte instead of one 4-byte lookup per nibble,
     which halves the load instructions of the M = 1 kernel, whose L1 traffic would otherwise
-    be the limit (arithmetic: the H200's datasheet 4.8 TB/s over 132 SMs at 1.98 GHz is ~18 bytes,
-    ~36 weights, per clock per SM). PTX as in _nf4_level."""
+    be the limit (the arithmetic: BENCHMARKS.md, "M=1 GEMV kernel"). PTX as in _nf4_level."""
     pair = pairs_ptr + 2 * byte.to(tl.int32)
     if ASM:
         return tl.inline_asm_elementwise("ld.global.nc.v2.f32 {$0, $1}, [$2];", "=f,=f,l", [pair],
@@ -294,12 +286,11 @@ def _nf4_pair(byte, pairs_ptr, ASM: tl.constexpr):
     return tl.load(pair), tl.load(pair + 1)
 
 
-# The GEMV kernel (M = 1, batch-1 decoding). Before it (a5060d8), M = 1 ran the split-K decode
-# matmul, whose tl.dot pads the single row of x to a 16-row MMA tile and reads 32 bytes per row
-# per k-step. Version 1: no tensor cores; NB quantization blocks x 32 contiguous bytes of BLOCK_N
-# rows per step; both nibbles of a byte from one 8-byte lookup (_nf4_pair); each block's sum
-# scaled by its absmax once. Two plans (f19519f), timed whole on first use (gemv_plan): split-K
-# and direct, the latter one kernel, which matters inside a CUDA graph, where each node costs.
+# The GEMV kernel (M = 1, batch-1 decoding): no tensor cores, whose tl.dot would pad the single
+# row of x to a 16-row MMA tile; NB quantization blocks x 32 contiguous bytes of BLOCK_N rows per
+# step; both nibbles of a byte from one 8-byte lookup (_nf4_pair); each block's sum scaled by its
+# absmax once. Two plans, timed whole on first use (quant._gemv_plan): split-K and direct, the
+# latter one kernel, which matters inside a CUDA graph, where each node costs.
 #
 # M = 1 configs: (BLOCK_N rows, NB quantization blocks per step, SPLIT_K, warps,
 # stages). Each row's step is NB x 32 contiguous bytes; enough CTAs in flight to cover the
