@@ -6,23 +6,15 @@
 # Micro-batch: 16 clips, ~2200 positions per forward, so that each projection multiplies a few
 # thousand rows (dequantize + cuBLAS, quant.py), not a few hundred. Memory per GPU, by arithmetic:
 # docs/memory.md.
-model_dir = "checkpoints/Qwen2.5-7B-Instruct"
-model_repo = "Qwen/Qwen2.5-7B-Instruct"
 data_dir = "data/isign"
 out_dir = "runs/qwen7b-instruct"
-quantize = "nf4"
 quant_cache = "checkpoints/nf4-cache"  # the quantized base, saved on first load, read back by later runs
 offload_embeddings = True  # the frozen input table (152064 x hidden, bf16: 1.02 GiB) stays in host memory
-lora_r = 16
-lora_alpha = 32
-lora_targets = ["q_proj", "k_proj", "v_proj", "o_proj"]
-lr = 1e-4
 encoder_lr = 3e-4
 batch_size = 16
 grad_accum = 2
 max_steps = 4000
 warmup_steps = 200
 gradient_checkpointing = True
-eval_every = 500
 save_every = 250
 num_workers = 4
