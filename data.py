@@ -70,9 +70,10 @@ def cache_dir(cfg: DataConfig) -> Path:
 
 
 def signature(cfg: DataConfig) -> dict:
-    """What the cache depends on: the feature settings (layout "auto" resolved) and the corpus
-    files (size, mtime)."""
-    cfg = resolve_layout(cfg)
+    """What the cache depends on: the feature settings (the layout resolved: prepare, or the
+    run's config) and the corpus files (size, mtime)."""
+    if cfg.pose.layout == "auto":
+        raise ValueError("signature: layout 'auto' must be resolved first (corpus.resolve_layout)")
     keys = ("csv", "pose_dir", "split_ratios", "split_seed")
     settings = {k: getattr(cfg, k) for k in keys}
     settings.update({k: getattr(cfg.pose, k) for k in ("layout", "use_z", "place", "fps", "max_frames", "min_frames")})
@@ -84,10 +85,11 @@ def signature(cfg: DataConfig) -> dict:
 
 
 def is_fresh(cfg: DataConfig) -> bool:
-    """True when the cache is complete and built from the current corpus and settings."""
+    """True when the cache is complete and built from the current corpus and settings. A run
+    passes its resolved layout; "auto" from other callers is resolved here, from the corpus."""
     done = cache_dir(cfg) / "DONE"
     try:
-        return json.loads(done.read_text())["hash"] == signature(cfg)["hash"]
+        return json.loads(done.read_text())["hash"] == signature(resolve_layout(cfg))["hash"]
     except (FileNotFoundError, ValueError, KeyError):
         return False
 
@@ -183,9 +185,9 @@ def prepare(cfg: DataConfig, workers: int | None = None, progress: bool = True, 
 
     Built again when the corpus files changed, or a pose file did (size or mtime); a cache of
     other settings is refused (DataError) unless force=True, which also rebuilds in any case."""
-    t0, sig, out = time.time(), signature(cfg), cache_dir(cfg)
-    rows = read_rows(cfg)
-    cfg = resolve_layout(cfg, rows)
+    t0, out, rows = time.time(), cache_dir(cfg), read_rows(cfg)
+    cfg = resolve_layout(cfg, rows)   # "auto": decided here, once, and recorded in the cache
+    sig = signature(cfg)
     if not force:
         _refuse_other_settings(out, sig)
         if is_fresh(cfg):

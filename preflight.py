@@ -2,6 +2,7 @@
 and what the run needs created on first use.
 
     accumulation              micro-steps per optimizer step (global_batch split over the ranks)
+    keep_run_layout           a run out_dir already holds keeps the layout it resolved
     check_run_dir             an out_dir holding another run is an error, never overwritten
     check_inputs              the corpus and the base checkpoint exist (with how to get them)
     create_first_use_assets   the CPU demo's synthetic corpus and random tiny Qwen2 + BPE tokenizer
@@ -14,7 +15,6 @@ change; train.main prints it as one line and exits with code 2, before any weigh
 
 Used by train.py; tests: python -m pytest tests/test_train.py tests/test_robust.py
 """
-import dataclasses
 import logging
 import os
 import shutil
@@ -45,14 +45,20 @@ def accumulation(cfg: TrainConfig, world: int) -> int:
     return cfg.global_batch // per_round
 
 
+def keep_run_layout(cfg: TrainConfig, out_dir: Path) -> None:
+    """Layout "auto" is decided once per run, when the run starts: a run that out_dir already
+    holds keeps the layout its config.json records; a new run's is resolved from its corpus
+    (corpus.resolve_layout in prepare_run, once the corpus exists)."""
+    saved = out_dir / "config.json"
+    if cfg.data.pose.layout == "auto" and saved.is_file():
+        cfg.data.pose.layout = config.load_run_config(saved).data.pose.layout
+
+
 def check_run_dir(cfg: TrainConfig, out_dir: Path) -> None:
     """An out_dir that holds another run is an error, not something to overwrite or mix with."""
     saved = out_dir / "config.json"
     if saved.is_file():
         old = config.load_run_config(saved)
-        if cfg.data.pose.layout == "auto":  # resolves to what the run resolved (prepare_run checks again)
-            pose = dataclasses.replace(cfg.data.pose, layout=old.data.pose.layout)
-            cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, pose=pose))
         diff = config.differences(old, cfg)
         if diff:
             raise ConfigError(f"{out_dir} holds a run with a different config ({'; '.join(diff[:5])}); "
@@ -155,6 +161,7 @@ def prepare_run(cfg: TrainConfig, d: Dist) -> tuple[Path, int, dict, Path | None
     if cfg.fsdp and not dist.is_initialized():
         raise ConfigError("fsdp=True shards the model over the processes of a torchrun job: start it with "
                           "torchrun --nproc_per_node N train.py ... (N >= 1)")
+    keep_run_layout(cfg, out_dir)
     check_run_dir(cfg, out_dir)
     if d.main:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -168,11 +175,9 @@ def prepare_run(cfg: TrainConfig, d: Dist) -> tuple[Path, int, dict, Path | None
     if d.world > 1:
         dist.barrier()
     check_inputs(cfg)
-    requested = cfg.data.pose.layout
-    cfg.data = corpus.resolve_layout(cfg.data)  # the run's config records the layout its files have
-    if requested != cfg.data.pose.layout:
+    if cfg.data.pose.layout == "auto":  # a new run: the layout its files have, recorded in its config
+        cfg.data = corpus.resolve_layout(cfg.data)
         log.info(f"layout 'auto': {cfg.data.pose.layout} (the first layout the corpus's pose files fit)")
-        check_run_dir(cfg, out_dir)  # again: a resumed run must have resolved the same layout
     base = {"model_dir": cfg.model_dir, "fingerprint": loader.fingerprint(loader.model_path(cfg.model_dir))}
     ckpt = find_resume(cfg, out_dir, base)  # every rank: each reads the same files, the same answer
     data.ensure_cache(cfg.data, d.rank, d.world)
