@@ -34,6 +34,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+import loader
 from loader import gathered, local_part
 
 TRAINED, OPTIMIZER, STATE, META = "trained.safetensors", "optimizer.safetensors", "state.json", "meta.json"
@@ -93,8 +94,14 @@ def pick(path: Path) -> Path:
     raise FileNotFoundError(f"{path}: no usable checkpoint (expected ckpt-NNNNNN/ with {META})")
 
 
+def base_identity(model_dir: str, files: Path) -> dict:
+    """What a checkpoint records of its base model and base_mismatch compares: model_dir as the
+    run names it, and the fingerprint of its files (`files`: loader.model_path(model_dir))."""
+    return {"model_dir": model_dir, "fingerprint": loader.fingerprint(files)}
+
+
 def base_mismatch(ckpt: Path, base: dict) -> str | None:
-    """Why `base` ({"model_dir", "fingerprint"}: loader.fingerprint) is not the base model the
+    """Why `base` (base_identity) is not the base model the
     checkpoint was trained on (None if it is). A base of the same shapes (Qwen2.5-7B for
     7B-Instruct) would load without an error and quietly give other results."""
     saved = json.loads((ckpt / META).read_text()).get("base")

@@ -116,6 +116,19 @@ class TrainConfig:
     num_workers: int = runtime(2)    # data loader processes per rank (0: in the main process)
     cpu_threads: int = runtime(0)    # > 0: torch threads of a CPU run (0: torch's default)
 
+    # What the code needs from the keys above, decided here once for every caller (properties:
+    # not keys, not saved in config.json).
+    @property
+    def base_quantize(self) -> str | None:
+        """quantize as loader.py takes it: "nf4", or None for the 16-bit base (quantize="none")."""
+        return None if self.quantize == "none" else self.quantize
+
+    @property
+    def word_head_size(self) -> int:
+        """Words the encoder's word head scores: aux_words while the word objective is on
+        (aux_weight or aux_only_steps), else 0: no head and no word targets."""
+        return self.aux_words if self.aux_weight > 0 or self.aux_only_steps > 0 else 0
+
 
 class ConfigError(ValueError):
     pass

@@ -260,11 +260,11 @@ def evaluate(args: argparse.Namespace) -> None:
     cfg.model_dir = args.model_dir or cfg.model_dir
     out = Path(args.out) if args.out else predictions_path(ckpt.resolve().parent, args.split, ckpt, args.num_beams)
     check_outputs(args, out)
-    if not (Path(loader.model_path(cfg.model_dir)) / "config.json").is_file():
+    base_dir = loader.model_path(cfg.model_dir)  # model_dir, or a Hub repo id's cached snapshot
+    if not (base_dir / "config.json").is_file():
         raise FileNotFoundError(f"model_dir {cfg.model_dir} (the run's base model) holds no config.json; "
                                 "pass --model_dir=DIR where it is now")
-    base = {"model_dir": cfg.model_dir, "fingerprint": loader.fingerprint(loader.model_path(cfg.model_dir))}
-    mismatch = checkpoints.base_mismatch(ckpt, base)
+    mismatch = checkpoints.base_mismatch(ckpt, checkpoints.base_identity(cfg.model_dir, base_dir))
     if mismatch:
         raise ConfigError(mismatch)
     max_new = cfg.max_new_tokens if args.max_new_tokens is None else args.max_new_tokens
@@ -272,7 +272,7 @@ def evaluate(args: argparse.Namespace) -> None:
     dcfg = cfg.data
     if args.video:  # before the model: a video that fails costs no model load
         args.pose = pose_of_video(args.video, args.save_pose)
-    tok = Tokenizer.from_dir(loader.model_path(cfg.model_dir))
+    tok = Tokenizer.from_dir(base_dir)
     with redirect_stdout(sys.stderr):  # stdout carries the results only
         model = build_model(cfg, tok, device)
     checkpoints.load_trained(model, ckpt)

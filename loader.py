@@ -299,20 +299,19 @@ def load_model(path: str | Path, dtype: torch.dtype = torch.float32, device="cpu
     NF4 (a quantization_config in config.json, e.g. the `*-bnb-4bit` repositories) needs
     quantize="nf4" and is read as stored, with no round trip through 16 bits. quant_cache=DIR saves
     the quantized tensors there on the first load of a 16-bit checkpoint and reads them back on
-    later loads of the same (unchanged) one. offload_embeddings=True keeps the (frozen) input
+    later loads of the same (unchanged) one (None or "": no cache). offload_embeddings=True keeps the (frozen) input
     embedding table in host memory (HostEmbedding; untied models only)."""
-    _check_quantize(quantize, double_quant)
     path = model_path(path)
     raw = json.loads((path / "config.json").read_text())
     config = Qwen2Config.from_dict(raw, source=str(path / "config.json"))
+    model, hf_shapes = _skeleton(config, str(path / "config.json"), dtype, quantize, double_quant, offload_embeddings)
     prequantized = bnb_format.is_bnb_4bit(raw, str(path / "config.json"))
     if prequantized and quantize != "nf4":
         raise ValueError(f"{path / 'config.json'}: this checkpoint is in bitsandbytes 4-bit NF4 "
                          "(quantization_config); load it with quantize='nf4', or load the 16-bit one")
     where = _checkpoint_index(path, config)
-    model, hf_shapes = _skeleton(config, str(path / "config.json"), dtype, quantize, double_quant, offload_embeddings)
     cached = None
-    if quantize == "nf4" and quant_cache is not None and not prequantized:
+    if quantize == "nf4" and quant_cache and not prequantized:
         cached = _quant_cache_file(path, where, dtype, double_quant, Path(quant_cache))
     if cached is not None and cached.exists():
         _stream_into(model, _names_in(cached), _expected_shapes(model), None, device)
@@ -468,7 +467,7 @@ def load_shards(model: nn.Module, path: str | Path, dtype: torch.dtype, device,
         expected = _expected_shapes(Qwen2(config))
     where = _checkpoint_index(path, config)
     cache, nf4 = None, [m for m in model.modules() if isinstance(m, quant.Linear4bit)]
-    if quant_cache is not None and nf4:
+    if quant_cache and nf4:
         file = _quant_cache_file(path, where, dtype, nf4[0].double_quant, Path(quant_cache))
         cache = file.with_name(f"{file.stem}-shard{dist.get_rank()}of{dist.get_world_size()}{file.suffix}")
         found = [None] * dist.get_world_size()

@@ -18,6 +18,7 @@ Used by train.py; tests: python -m pytest tests/test_train.py tests/test_robust.
 import logging
 import os
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -68,18 +69,21 @@ def check_run_dir(cfg: TrainConfig, out_dir: Path) -> None:
                           "run, or choose another --out_dir")
 
 
-def check_inputs(cfg: TrainConfig) -> None:
-    """Data and base checkpoint exist (before anything heavy is loaded)."""
+def check_inputs(cfg: TrainConfig) -> Path:
+    """Data and base checkpoint exist (before anything heavy is loaded); returns where the base's
+    files are (loader.model_path: model_dir, or a Hub repo id's snapshot in the local cache)."""
+    base_dir = loader.model_path(cfg.model_dir)
     if not Path(cfg.data.data_dir).is_dir():
         raise ConfigError(f"data_dir {cfg.data.data_dir} does not exist (getting iSign: docs/training.md, "
                           "\"iSign, step by step\"; or `python data.py synth DIR` for a synthetic corpus)")
-    if not (loader.model_path(cfg.model_dir) / "config.json").is_file():
+    if not (base_dir / "config.json").is_file():
         searched = (f", nor is it in the Hugging Face cache {loader.hub_cache()}"
                     if loader.REPO_ID.fullmatch(cfg.model_dir) else "")
         where = "" if cfg.model_dir == cfg.model_repo else f" --local-dir {cfg.model_dir}"  # a repo id: the cache
         raise ConfigError(f"model_dir {cfg.model_dir} holds no checkpoint (config.json missing){searched}. Download "
                           f"it with: hf download {cfg.model_repo}{where}  "
                           "(pip install huggingface_hub; older versions: huggingface-cli download)")
+    return base_dir
 
 
 def create_first_use_assets(cfg: TrainConfig) -> None:
@@ -151,11 +155,20 @@ def find_resume(cfg: TrainConfig, out_dir: Path, base: dict) -> Path | None:
     return ckpt
 
 
-def prepare_run(cfg: TrainConfig, d: Dist) -> tuple[Path, int, dict, Path | None]:
+@dataclass(frozen=True)
+class Prepared:
+    """What prepare_run decided about a run, besides the config it resolved (train.setup's input)."""
+    out_dir: Path
+    grad_accum: int       # micro-steps per optimizer step (accumulation)
+    base_dir: Path        # the base checkpoint's files (check_inputs)
+    base: dict            # its identity, saved in every checkpoint (checkpoints.base_identity)
+    resume: Path | None   # the checkpoint to resume from (find_resume), None: from step 0
+
+
+def prepare_run(cfg: TrainConfig, d: Dist) -> Prepared:
     """Everything that can fail before the model is loaded: batch arithmetic, out_dir, first-use
     assets, data and base checkpoint present, the checkpoint to resume from and its base, the pose
-    cache. Saves the resolved config. Returns out_dir, grad_accum, the base's fingerprint and the
-    checkpoint to resume from."""
+    cache. Resolves cfg in place (the layout) and saves it as the run's config.json."""
     out_dir = Path(cfg.out_dir)
     accum = accumulation(cfg, d.world)
     if cfg.fsdp and not dist.is_initialized():
@@ -174,11 +187,11 @@ def prepare_run(cfg: TrainConfig, d: Dist) -> tuple[Path, int, dict, Path | None
         create_first_use_assets(cfg)
     if d.world > 1:
         dist.barrier()
-    check_inputs(cfg)
+    base_dir = check_inputs(cfg)
     if cfg.data.pose.layout == "auto":  # a new run: the layout its files have, recorded in its config
         cfg.data = corpus.resolve_layout(cfg.data)
         log.info(f"layout 'auto': {cfg.data.pose.layout} (the first layout the corpus's pose files fit)")
-    base = {"model_dir": cfg.model_dir, "fingerprint": loader.fingerprint(loader.model_path(cfg.model_dir))}
+    base = checkpoints.base_identity(cfg.model_dir, base_dir)
     ckpt = find_resume(cfg, out_dir, base)  # every rank: each reads the same files, the same answer
     data.ensure_cache(cfg.data, d.rank, d.world)
     if d.main:
@@ -186,4 +199,4 @@ def prepare_run(cfg: TrainConfig, d: Dist) -> tuple[Path, int, dict, Path | None
         log.info(f"{d.world} process(es) on {d.device.type}; samples per step = batch_size {cfg.batch_size} "
                  f"x grad_accum {accum} x world_size {d.world} = {cfg.batch_size * accum * d.world}")
         config.save_run_config(cfg, out_dir / "config.json")
-    return out_dir, accum, base, ckpt
+    return Prepared(out_dir, accum, base_dir, base, ckpt)

@@ -77,7 +77,7 @@ from config import ConfigError, TrainConfig
 from model import Qwen2Config
 from processes import Dist, StopSignal, all_sum, gather, peak_memory_gb, seed_everything, setup_distributed
 from tokenizer import Tokenizer
-from translator import SignTranslator, autocast, base_dtype, build_model, collate_fn, to_device, uses_words
+from translator import SignTranslator, autocast, base_dtype, build_model, collate_fn, to_device
 
 log = logging.getLogger("train")
 
@@ -337,8 +337,8 @@ def shard(cfg: TrainConfig, tok: Tokenizer, d: Dist, features: np.ndarray | None
     from torch.distributed.fsdp import CPUOffloadPolicy, OffloadPolicy, fully_shard
 
     dtype = base_dtype(d.device)
-    llm = loader.empty_model(random_shape or cfg.model_dir, dtype, None if cfg.quantize == "none" else cfg.quantize,
-                             cfg.double_quant, cfg.offload_embeddings)
+    llm = loader.empty_model(random_shape or cfg.model_dir, dtype, cfg.base_quantize, cfg.double_quant,
+                             cfg.offload_embeddings)
     model = build_model(cfg, tok, d.device, llm=llm)
     if features is not None:  # the training split's frames; before sharding, every rank the same
         model.encoder.set_input_stats(features)
@@ -354,7 +354,7 @@ def shard(cfg: TrainConfig, tok: Tokenizer, d: Dist, features: np.ndarray | None
     if random_shape:
         loader.random_shards(llm, dtype, home)
     else:
-        loader.load_shards(llm, cfg.model_dir, dtype, home, cfg.quant_cache or None)
+        loader.load_shards(llm, cfg.model_dir, dtype, home, cfg.quant_cache)
     model.encoder.set_embed_scale(llm.model.embed_tokens.weight)
     fully_shard.state(model)._lazy_init()  # the root is the root even if its first call is decoding
     llm.stop_together = lambda done: all_sum([not done], d)[0] == 0
@@ -363,10 +363,11 @@ def shard(cfg: TrainConfig, tok: Tokenizer, d: Dist, features: np.ndarray | None
 
 def setup(cfg: TrainConfig, d: Dist) -> Run:
     """Checks, data, model, optimizer, and the checkpoint to resume from (if any)."""
-    out_dir, accum, base, ckpt = preflight.prepare_run(cfg, d)
-    tok = Tokenizer.from_dir(loader.model_path(cfg.model_dir))
+    prepared = preflight.prepare_run(cfg, d)
+    out_dir, accum, ckpt = prepared.out_dir, prepared.grad_accum, prepared.resume
+    tok = Tokenizer.from_dir(prepared.base_dir)
     train_ds = data.SignDataset(cfg.data, "train", tok, augment=cfg.data.pose.augment,
-                                n_words=cfg.aux_words if uses_words(cfg) else 0)
+                                n_words=cfg.word_head_size)
     val_ds = data.SignDataset(cfg.data, "val", tok)
     for name, ds in (("train", train_ds), ("val", val_ds)):
         if ds.truncated and d.main:
@@ -410,7 +411,7 @@ def setup(cfg: TrainConfig, d: Dist) -> Run:
     model.train()
     tb = curves.tensorboard_writer(out_dir, state.step) if d.main and cfg.tensorboard else None
     return Run(cfg, d, out_dir, accum, tok, model, ddp, opt, batches, val_ds, subset(len(val_ds), cfg.eval_samples),
-               state, StopSignal(), tb, base)
+               state, StopSignal(), tb, prepared.base)
 
 
 def maybe_validate(run: Run) -> bool:
@@ -463,7 +464,8 @@ def train_loop(run: Run) -> int:
         bar.set_postfix(**{k: f"{v:.3f}" for k, v in shown.items()}, lr=f"{row['lr']:.2e}",
                         tok_s=f"{row['tokens_per_s']:.0f}", mem=f"{row['peak_mem_gb']:.1f}G")
         if d.main and (step % cfg.log_every == 0 or step == cfg.max_steps):
-            curves.record(run.out_dir, {**row, **mean_losses(losses, uses_words(cfg))}, run.tb)  # since the last row
+            # the mean losses since the last row
+            curves.record(run.out_dir, {**row, **mean_losses(losses, cfg.word_head_size > 0)}, run.tb)
             losses = []
         new_best = maybe_validate(run)
         diverged = state.bad_in_row >= cfg.max_bad_steps

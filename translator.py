@@ -266,9 +266,8 @@ def build_model(cfg, tok: Tokenizer, device: torch.device, llm: Qwen2 | None = N
     (train.py under FSDP: loaded after sharding) gets its adapters and encoder on `device`, and
     the encoder's embedding scale once the table is loaded (PoseEncoder.set_embed_scale)."""
     if llm is None:
-        llm = loader.load_model(cfg.model_dir, dtype=base_dtype(device),
-                                device=device, quantize=None if cfg.quantize == "none" else cfg.quantize,
-                                double_quant=cfg.double_quant, quant_cache=cfg.quant_cache or None,
+        llm = loader.load_model(cfg.model_dir, dtype=base_dtype(device), device=device, quantize=cfg.base_quantize,
+                                double_quant=cfg.double_quant, quant_cache=cfg.quant_cache,
                                 offload_embeddings=cfg.offload_embeddings)
     lora.apply_lora(llm, r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout,
                     targets=cfg.lora_targets, modules_to_save=cfg.modules_to_save, device=device)
@@ -276,7 +275,7 @@ def build_model(cfg, tok: Tokenizer, device: torch.device, llm: Qwen2 | None = N
     pcfg = cfg.data.pose
     encoder = PoseEncoder(poses.part_slices(pcfg), poses.channels(pcfg), llm.config.hidden_size,
                           width=cfg.encoder_width, layers=cfg.encoder_layers,
-                          dropout=cfg.encoder_dropout, aux_words=cfg.aux_words if uses_words(cfg) else 0).to(device)
+                          dropout=cfg.encoder_dropout, aux_words=cfg.word_head_size).to(device)
     if not llm.model.embed_tokens.weight.is_meta:
         encoder.set_embed_scale(llm.model.embed_tokens.weight)
     model = SignTranslator(llm, encoder, tok.pose_token_id, tok.pad_id, cfg.answer_dropout)
@@ -284,11 +283,6 @@ def build_model(cfg, tok: Tokenizer, device: torch.device, llm: Qwen2 | None = N
         if p.requires_grad:  # AdamW updates would round away in a 16-bit trained tensor
             p.data = p.data.float()
     return model
-
-
-def uses_words(cfg) -> bool:
-    """Whether the run trains the encoder's word head (config: aux_weight, aux_only_steps)."""
-    return cfg.aux_words > 0 and (cfg.aux_weight > 0 or cfg.aux_only_steps > 0)
 
 
 def base_dtype(device: torch.device) -> torch.dtype:

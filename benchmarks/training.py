@@ -30,8 +30,8 @@ def ours_qlora(cfg, config, random_weights: bool, device, d=None):
     if cfg.fsdp:
         return train.shard(cfg, tok, d, random_shape=config), tok
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    llm = loader.random_model(config, dtype, device, None if cfg.quantize == "none" else cfg.quantize,
-                              cfg.double_quant, offload_embeddings=cfg.offload_embeddings)
+    llm = loader.random_model(config, dtype, device, cfg.base_quantize, cfg.double_quant,
+                              offload_embeddings=cfg.offload_embeddings)
     return translator.build_model(cfg, tok, device, llm=llm), tok
 
 
