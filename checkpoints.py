@@ -16,7 +16,7 @@ saved: a checkpoint is a few MB to a few hundred MB whatever the base model's si
 
 One format for DDP and FSDP: the tensors are whole. Under FSDP each rank holds a dim-0 chunk of
 every trained tensor and of its AdamW moments; `consolidated` gathers them for rank 0 to write,
-and loading gives each rank its chunk again (loader.local_part), so a checkpoint resumes with any
+and loading gives each rank its chunk again (sharding.local_part), so a checkpoint resumes with any
 world size, under FSDP or DDP, and eval.py reads it in one process.
 """
 import base64
@@ -35,7 +35,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 import loader
-from loader import gathered, local_part
+import sharding
 
 TRAINED, OPTIMIZER, STATE, META = "trained.safetensors", "optimizer.safetensors", "state.json", "meta.json"
 
@@ -136,7 +136,7 @@ def load_trained(model: nn.Module, ckpt: Path) -> None:
                              "encoder_width or base?)")
     with torch.no_grad():
         for name, p in own.items():
-            p.copy_(local_part(p, tensors[name]))
+            p.copy_(sharding.local_part(p, tensors[name]))
 
 
 def load(ckpt: Path, model: nn.Module, opt: torch.optim.Optimizer) -> dict:
@@ -146,7 +146,8 @@ def load(ckpt: Path, model: nn.Module, opt: torch.optim.Optimizer) -> dict:
     for name, p in trained_tensors(model).items():
         state = {k.split(":", 1)[1]: v for k, v in moments.items() if k.split(":", 1)[0] == name}
         if state:  # the moments are laid out as their parameter; fused AdamW keeps step on its device too
-            opt.state[p] = {k: local_part(p, v) if v.shape == p.shape else v.to(p.device) for k, v in state.items()}
+            opt.state[p] = {k: sharding.local_part(p, v) if v.shape == p.shape else v.to(p.device)
+                            for k, v in state.items()}
     return json.loads((ckpt / STATE).read_text())
 
 
@@ -179,9 +180,9 @@ def consolidated(model: nn.Module, opt: torch.optim.Optimizer, keep: bool) -> tu
     tensors, moments = {}, {}
     for name, p in trained_tensors(model).items():
         for key, t in [("", p.detach()), *((f":{k}", v) for k, v in opt.state.get(p, {}).items())]:
-            whole = gathered(t)
+            full = sharding.whole(t)
             if keep:
-                (moments if key else tensors)[name + key] = whole.cpu()
+                (moments if key else tensors)[name + key] = full.cpu()
     return tensors, moments
 
 

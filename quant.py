@@ -263,7 +263,7 @@ def quantize_nf4_part(read_rows, shape: tuple[int, int], blocksize: int, packed:
     in both). When in_features % blocksize == 0 (every Qwen2 projection) each block lies within one
     row: rows quantize independently, and a piece that starts or ends inside a row reads that row.
     Otherwise a block can run on into the next row, which is then read too: still exact, at most
-    one extra row at each end. FSDP's sharded loading (loader.load_shards) calls this per rank."""
+    one extra row at each end. FSDP's sharded loading (sharding.load_shards) calls this per rank."""
     n, cols = shape[0] * shape[1], shape[1]
     spans = [(2 * p.start, min(n, 2 * p.stop)) for p in (packed,) if p.stop > p.start]
     spans += [(blocksize * a.start, min(n, blocksize * a.stop)) for a in (absmax,) if a.stop > a.start]

@@ -21,7 +21,7 @@ then cosine decay, gradient clipping; bf16 autocast on GPUs, float32 on the CPU.
 of DDP. Each decoder layer, then the root, is sharded over all processes: a rank keeps a dim-0
 chunk of every tensor (the 4-bit base too: quant.Linear4bit), all-gathers a layer just before it
 runs, and reduce-scatters the gradients (once per step). No rank ever loads the whole model
-(loader.load_shards); checkpoints hold whole tensors, as under DDP (checkpoints.py).
+(sharding.shard_and_load); checkpoints hold whole tensors, as under DDP (checkpoints.py).
 
 Surviving long runs (OUT_DIR/ckpt-000600/ every save_every steps, and best -> the best val BLEU):
 - a checkpoint holds the trained tensors only, optimizer state, step, data position and the RNG
@@ -70,14 +70,12 @@ import corpus
 import curves
 import data
 import eval as ev
-import loader
 import preflight
 import sharding
 from config import ConfigError, TrainConfig
-from model import Qwen2Config
 from processes import Dist, StopSignal, all_sum, gather, peak_memory_gb, seed_everything, setup_distributed
 from tokenizer import Tokenizer
-from translator import SignTranslator, autocast, base_dtype, build_model, collate_fn, to_device
+from translator import SignTranslator, autocast, build_model, collate_fn, to_device
 
 log = logging.getLogger("train")
 
@@ -112,7 +110,7 @@ def weights_digest(model: SignTranslator) -> str:
     h = hashlib.sha256()
     for name, p in sorted(checkpoints.trained_tensors(model).items()):
         h.update(name.encode())
-        h.update(loader.gathered(p.detach()).cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+        h.update(sharding.whole(p.detach()).cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()[:16]
 
 
@@ -264,7 +262,7 @@ def decode_both(model: SignTranslator, tok: Tokenizer, ds: data.SignDataset, ind
     pad = indices[:1] * (count - len(mine))  # FSDP: as many clips on every rank, the extra one dropped
 
     def decode(poses_from: list[int] | None = None) -> list[dict]:
-        with sharding.root_gathered(model):
+        with sharding.decoding_together(model, d):
             rows = ev.decode(model, tok, ds, mine + pad, cfg.eval_batch_size, cfg.max_new_tokens, 1, d.device,
                              poses_from=poses_from and poses_from + pad)
         return gather(rows[:len(mine)], d)
@@ -326,41 +324,6 @@ class Run:
     base: dict                    # the base model's fingerprint, saved in every checkpoint
 
 
-def shard(cfg: TrainConfig, tok: Tokenizer, d: Dist, features: np.ndarray | None = None,
-          random_shape: Qwen2Config | None = None) -> SignTranslator:
-    """--fsdp: the model built around a base still on the meta device, each decoder layer and then
-    the root (the encoder, embeddings, final norm, lm_head) sharded over all ranks by FSDP2's
-    fully_shard, then this rank's chunks of the base read from the checkpoint (loader.load_shards),
-    or drawn at random for a model.Qwen2Config `random_shape` (benchmarks/training.py: `python bench.py
-    train --random-weights --fsdp`)."""
-    from torch.distributed.device_mesh import init_device_mesh
-    from torch.distributed.fsdp import CPUOffloadPolicy, OffloadPolicy, fully_shard
-
-    dtype = base_dtype(d.device)
-    llm = loader.empty_model(random_shape or cfg.model_dir, dtype, cfg.base_quantize, cfg.double_quant,
-                             cfg.offload_embeddings)
-    model = build_model(cfg, tok, d.device, llm=llm)
-    if features is not None:  # the training split's frames; before sharding, every rank the same
-        model.encoder.set_input_stats(features)
-    mesh = init_device_mesh(d.device.type, (d.world,))
-    offload = CPUOffloadPolicy(pin_memory=d.device.type == "cuda") if cfg.fsdp_cpu_offload else OffloadPolicy()
-    scalars = {p for p in model.parameters() if p.dim() == 0}  # FSDP2 shards dim 0: these stay whole
-    for module in (*llm.model.layers, model):
-        fully_shard(module, mesh=mesh, offload_policy=offload, ignored_params=scalars)
-        # SUM, then / world_size: what every backend does alike (FSDP2's AVG on gloo was reported to
-        # sum, pytorch issue 162338; tests/test_fsdp.py checks the gradients against DDP's)
-        module.set_force_sum_reduction_for_comms(True)
-    home = "cpu" if cfg.fsdp_cpu_offload else d.device
-    if random_shape:
-        loader.random_shards(llm, dtype, home)
-    else:
-        loader.load_shards(llm, cfg.model_dir, dtype, home, cfg.quant_cache)
-    model.encoder.set_embed_scale(llm.model.embed_tokens.weight)
-    fully_shard.state(model)._lazy_init()  # the root is the root even if its first call is decoding
-    llm.stop_together = lambda done: all_sum([not done], d)[0] == 0
-    return model
-
-
 def setup(cfg: TrainConfig, d: Dist) -> Run:
     """Checks, data, model, optimizer, and the checkpoint to resume from (if any)."""
     prepared = preflight.prepare_run(cfg, d)
@@ -378,11 +341,8 @@ def setup(cfg: TrainConfig, d: Dist) -> Run:
         raise ConfigError(f"the train split has {len(train_ds)} clips, fewer than batch_size x world_size "
                           f"= {cfg.batch_size} x {d.world}: lower batch_size or use more data")
     seed_everything(cfg.seed)  # the same initial weights on every rank
-    if cfg.fsdp:
-        model = shard(cfg, tok, d, train_ds.features)
-    else:
-        model = build_model(cfg, tok, d.device)
-        model.encoder.set_input_stats(train_ds.features)  # the same on every rank; a resume loads the trained ones
+    # the encoder standardised to the training split, the same on every rank (a resume loads the trained stats)
+    model = build_model(cfg, tok, d.device, features=train_ds.features, shard=cfg.fsdp)
     count = lambda m: sum(p.numel() for p in m.parameters() if p.requires_grad)  # noqa: E731
     log.info(f"trained parameters: LLM {count(model.llm):,} (LoRA and modules_to_save), "
              f"encoder {count(model.encoder):,}")

@@ -9,30 +9,22 @@ import argparse
 from benchmarks.shapes import GPU_PEAKS, QWEN25_SHAPES, bench_shape
 
 
-def ours_qlora(cfg, config, random_weights: bool, device, d=None):
+def ours_qlora(cfg, config, random_weights: bool, device):
     """(SignTranslator, tokenizer) from translator.build_model, the product's one assembly (base ->
-    LoRA -> pose encoder); with random weights its base is loader.random_model, built with the
-    dtype / quantization that build_model would load. Under FSDP (d: processes.Dist) train.shard builds
-    it, each rank loading (or drawing) only its chunks."""
+    LoRA -> pose encoder), with random weights of `config`'s shape if random_weights. Under FSDP
+    (cfg.fsdp, a torchrun job) each rank loads, or draws, only its chunks of the base."""
     from types import SimpleNamespace
 
-    import torch
-
     import loader
-    import train
     import translator
     from tokenizer import Tokenizer
 
-    if not random_weights:
+    if random_weights:
+        tok = SimpleNamespace(pose_token_id=config.vocab_size - 1, pad_id=0)  # all data.collate reads
+    else:
         tok = Tokenizer.from_dir(loader.model_path(cfg.model_dir))
-        return (train.shard(cfg, tok, d) if cfg.fsdp else translator.build_model(cfg, tok, device)), tok
-    tok = SimpleNamespace(pose_token_id=config.vocab_size - 1, pad_id=0)  # all data.collate reads
-    if cfg.fsdp:
-        return train.shard(cfg, tok, d, random_shape=config), tok
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    llm = loader.random_model(config, dtype, device, cfg.base_quantize, cfg.double_quant,
-                              offload_embeddings=cfg.offload_embeddings)
-    return translator.build_model(cfg, tok, device, llm=llm), tok
+    return translator.build_model(cfg, tok, device, random_shape=config if random_weights else None,
+                                  shard=cfg.fsdp), tok
 
 
 def hf_qlora(cfg, config, pose_token_id: int, feature_dim: int, device):
@@ -354,7 +346,7 @@ def bench_train(args):
             before = torch.cuda.memory_allocated(device)
         torch.manual_seed(0)
         if stack == "ours":
-            model, tok = ours_qlora(cfg, config, a.random_weights, device, d)
+            model, tok = ours_qlora(cfg, config, a.random_weights, device)
             label = f"ours ({'NF4' if cfg.quantize == 'nf4' else '16-bit'} + LoRA{f', FSDP x{world}' if d else ''})"
         elif stack == "hf":
             try:
