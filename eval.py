@@ -139,6 +139,24 @@ def derangement(n: int, seed: int = 0) -> list[int]:
     return out
 
 
+def shuffled_sources(indices: list[int]) -> list[int]:
+    """The shuffled-pose decoding's sources: the clip whose poses each clip of `indices` gets, a
+    fixed derangement of them; [] with fewer than two clips (nothing to shuffle)."""
+    return [indices[k] for k in derangement(len(indices))] if len(indices) > 1 else []
+
+
+def score(rows: list[dict], shuffled_rows: list[dict]) -> dict:
+    """The metrics of decoded rows, and with shuffled_rows (the same clips decoded from
+    shuffled_sources' poses, [] if not run) bleu4_shuffled and chrf_shuffled; each row gets its
+    hypothesis_shuffled, as the predictions files hold it."""
+    metrics = compute_metrics([r["hypothesis"] for r in rows], [r["reference"] for r in rows])
+    if not shuffled_rows:
+        return metrics
+    for r, s in zip(rows, shuffled_rows):
+        r["hypothesis_shuffled"] = s["hypothesis"]
+    return with_shuffled(metrics, shuffled_rows)
+
+
 def with_shuffled(metrics: dict, shuffled_rows: list[dict]) -> dict:
     """Add bleu4_shuffled and chrf_shuffled: the same decoding with every clip's poses replaced by
     another clip's of the same set (derangement). A model that reads the signs loses most of its
@@ -295,12 +313,8 @@ def evaluate(args: argparse.Namespace) -> None:
                                          args.num_beams, device, progress=True, static=args.static,
                                          poses_from=poses_from)
     rows = run()
-    metrics = compute_metrics([r["hypothesis"] for r in rows], [r["reference"] for r in rows])
-    if not args.no_shuffled and len(every) > 1:
-        shuffled = run(derangement(len(every)))
-        metrics = with_shuffled(metrics, shuffled)
-        for r, s in zip(rows, shuffled):
-            r["hypothesis_shuffled"] = s["hypothesis"]
+    sources = [] if args.no_shuffled else shuffled_sources(every)
+    metrics = score(rows, run(sources) if sources else [])
     write_predictions(rows, out)
     print(f"{len(rows)} predictions in {out}", file=sys.stderr)
     print(json.dumps(metrics))

@@ -224,14 +224,12 @@ def validate(model: SignTranslator, val_ds: data.SignDataset, indices: list[int]
     """Validation loss and translation metrics on a fixed subset, sharded over the ranks: with each
     clip's own poses, and with shuffled poses (a model that uses the signs does much worse there)."""
     model.eval()
-    shuffled_from = [indices[k] for k in ev.derangement(len(indices))] if len(indices) > 1 else indices
-    losses = [answer_loss(model, tok, val_ds, indices, src, cfg, d) for src in (indices, shuffled_from)]
+    shuffled_from = ev.shuffled_sources(indices)
+    losses = [answer_loss(model, tok, val_ds, indices, src, cfg, d) for src in (indices, shuffled_from or indices)]
     (loss, n, loss_shuffled, _) = all_sum([*losses[0], *losses[1]], d)
-    rows, shuffled = decode_both(model, tok, val_ds, indices, cfg, d)
+    rows, shuffled = decode_both(model, tok, val_ds, indices, shuffled_from, cfg, d)
     model.train()
-    m = ev.compute_metrics([r["hypothesis"] for r in rows], [r["reference"] for r in rows])
-    if shuffled:
-        m = ev.with_shuffled(m, shuffled)
+    m = ev.score(rows, shuffled)
     return {"val_loss": loss / max(n, 1), "val_loss_shuffled": loss_shuffled / max(n, 1),
             **{f"val_{k}": v for k, v in m.items() if k != "signature"}, "example": rows[0] if rows else None}
 
@@ -254,10 +252,10 @@ def answer_loss(model: SignTranslator, tok: Tokenizer, ds: data.SignDataset, ind
     return loss, n
 
 
-def decode_both(model: SignTranslator, tok: Tokenizer, ds: data.SignDataset, indices: list[int], cfg: TrainConfig,
-                d: Dist) -> tuple[list[dict], list[dict]]:
-    """Greedy translations of ds[indices], and of the same clips with shuffled poses (a derangement
-    over all of `indices`: eval.with_shuffled), sharded over the ranks and gathered on every rank."""
+def decode_both(model: SignTranslator, tok: Tokenizer, ds: data.SignDataset, indices: list[int],
+                shuffled_from: list[int], cfg: TrainConfig, d: Dist) -> tuple[list[dict], list[dict]]:
+    """Greedy translations of ds[indices], and of the same clips with the poses of shuffled_from
+    (eval.shuffled_sources; [] for none), sharded over the ranks and gathered on every rank."""
     mine, count = sharding.share(indices, d.rank, d.world, lockstep=isinstance(model, FSDPModule))
     pad = indices[:1] * (count - len(mine))  # FSDP: as many clips on every rank, the extra one dropped
 
@@ -267,10 +265,7 @@ def decode_both(model: SignTranslator, tok: Tokenizer, ds: data.SignDataset, ind
                              poses_from=poses_from and poses_from + pad)
         return gather(rows[:len(mine)], d)
 
-    if len(indices) < 2:
-        return decode(), []
-    shuffled_from = [indices[k] for k in ev.derangement(len(indices))]
-    return decode(), decode(shuffled_from[d.rank::d.world])
+    return decode(), decode(shuffled_from[d.rank::d.world]) if shuffled_from else []
 
 
 # ----------------------------------------------------------------------------- the run
@@ -292,16 +287,15 @@ def evaluate_test(model: SignTranslator, tok: Tokenizer, cfg: TrainConfig, out_d
     if best.exists():
         checkpoints.load_trained(model, ckpt)
     test_ds = data.SignDataset(cfg.data, "test", tok)
-    rows, shuffled = decode_both(model, tok, test_ds, list(range(len(test_ds))), cfg, d)
+    every = list(range(len(test_ds)))
+    rows, shuffled = decode_both(model, tok, test_ds, every, ev.shuffled_sources(every), cfg, d)
     if not d.main:
         return None
-    for r, s in zip(rows, shuffled):
-        r["hypothesis_shuffled"] = s["hypothesis"]
+    metrics = ev.score(rows, shuffled)
     out = ev.predictions_path(out_dir, "test", ckpt, num_beams=1)
     ev.write_predictions(rows, out)
     log.info(f"test split, {'best' if best.exists() else 'last'} checkpoint {ckpt.name}; predictions in {out}")
-    metrics = ev.compute_metrics([r["hypothesis"] for r in rows], [r["reference"] for r in rows])
-    return ev.with_shuffled(metrics, shuffled) if shuffled else metrics
+    return metrics
 
 
 @dataclass
