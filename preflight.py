@@ -165,27 +165,27 @@ class Prepared:
     resume: Path | None   # the checkpoint to resume from (find_resume), None: from step 0
 
 
-def prepare_run(cfg: TrainConfig, d: Dist) -> Prepared:
+def prepare_run(cfg: TrainConfig, proc: Dist) -> Prepared:
     """Everything that can fail before the model is loaded: batch arithmetic, out_dir, first-use
     assets, data and base checkpoint present, the checkpoint to resume from and its base, the pose
     cache. Resolves cfg in place (the layout) and saves it as the run's config.json."""
     out_dir = Path(cfg.out_dir)
-    accum = accumulation(cfg, d.world)
+    accum = accumulation(cfg, proc.world)
     if cfg.fsdp and not dist.is_initialized():
         raise ConfigError("fsdp=True shards the model over the processes of a torchrun job: start it with "
                           "torchrun --nproc_per_node N train.py ... (N >= 1)")
     keep_run_layout(cfg, out_dir)
     check_run_dir(cfg, out_dir)
-    if d.main:
+    if proc.main:
         out_dir.mkdir(parents=True, exist_ok=True)
-    if d.world > 1:
+    if proc.world > 1:
         dist.barrier()
-    setup_logging(out_dir, d)
-    if d.main:
+    setup_logging(out_dir, proc)
+    if proc.main:
         for left in checkpoints.clean(out_dir):
             log.info(f"removed {left}, left by an interrupted save")
         create_first_use_assets(cfg)
-    if d.world > 1:
+    if proc.world > 1:
         dist.barrier()
     base_dir = check_inputs(cfg)
     if cfg.data.pose.layout == "auto":  # a new run: the layout its files have, recorded in its config
@@ -193,10 +193,10 @@ def prepare_run(cfg: TrainConfig, d: Dist) -> Prepared:
         log.info(f"layout 'auto': {cfg.data.pose.layout} (the first layout the corpus's pose files fit)")
     base = checkpoints.base_identity(cfg.model_dir, base_dir)
     ckpt = find_resume(cfg, out_dir, base)  # every rank: each reads the same files, the same answer
-    data.ensure_cache(cfg.data, d.rank, d.world)
-    if d.main:
+    data.ensure_cache(cfg.data, proc.rank, proc.world)
+    if proc.main:
         log.info("config:\n" + "\n".join(f"  {k} = {v!r}" for k, v in config.flat(cfg).items()))
-        log.info(f"{d.world} process(es) on {d.device.type}; samples per step = batch_size {cfg.batch_size} "
-                 f"x grad_accum {accum} x world_size {d.world} = {cfg.batch_size * accum * d.world}")
+        log.info(f"{proc.world} process(es) on {proc.device.type}; samples per step = batch_size {cfg.batch_size} "
+                 f"x grad_accum {accum} x world_size {proc.world} = {cfg.batch_size * accum * proc.world}")
         config.save_run_config(cfg, out_dir / "config.json")
     return Prepared(out_dir, accum, base_dir, base, ckpt)

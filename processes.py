@@ -61,39 +61,39 @@ def setup_distributed() -> Dist:
     return Dist(rank, world, local, dev)
 
 
-def setup_logging(out_dir: Path, d: Dist) -> None:
+def setup_logging(out_dir: Path, proc: Dist) -> None:
     """Every rank logs to OUT_DIR/logs/rank{r}.log; rank 0 also to the console (above the bar)."""
     class TqdmHandler(logging.Handler):
         def emit(self, record: logging.LogRecord) -> None:
             tqdm.write(self.format(record), file=sys.stderr)
 
     (out_dir / "logs").mkdir(parents=True, exist_ok=True)
-    handlers = [logging.FileHandler(out_dir / "logs" / f"rank{d.rank}.log")]
-    if d.main:
+    handlers = [logging.FileHandler(out_dir / "logs" / f"rank{proc.rank}.log")]
+    if proc.main:
         handlers.append(TqdmHandler())
     for h in list(log.handlers):  # a second run in the same process (tests) starts clean
         log.removeHandler(h)
         h.close()
-    fmt = logging.Formatter(f"%(asctime)s [rank {d.rank}] %(levelname)s %(message)s", "%H:%M:%S")
+    fmt = logging.Formatter(f"%(asctime)s [rank {proc.rank}] %(levelname)s %(message)s", "%H:%M:%S")
     for h in handlers:
         h.setFormatter(fmt)
         log.addHandler(h)
     log.setLevel(logging.INFO)
 
 
-def all_sum(values: list[float], d: Dist) -> list[float]:
+def all_sum(values: list[float], proc: Dist) -> list[float]:
     """Sum a few numbers over ranks in one collective (float64 keeps token counts exact)."""
-    t = torch.tensor(values, dtype=torch.float64, device=d.device)
-    if d.world > 1:
+    t = torch.tensor(values, dtype=torch.float64, device=proc.device)
+    if proc.world > 1:
         dist.all_reduce(t)
     return t.tolist()
 
 
-def gather(rows: list, d: Dist) -> list:
+def gather(rows: list, proc: Dist) -> list:
     """Every rank's list, concatenated (rank 0's first), on every rank."""
-    if d.world == 1:
+    if proc.world == 1:
         return rows
-    parts = [None] * d.world
+    parts = [None] * proc.world
     dist.all_gather_object(parts, rows)
     return [r for p in parts for r in p]
 

@@ -27,6 +27,7 @@ kernels".
 How to run: python -m pytest tests/test_quant.py; python bench.py kernels
 """
 from functools import partial
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -96,9 +97,20 @@ def quantize_absmax(absmax: Tensor, blocksize: int = 256) -> tuple[Tensor, Tenso
 # ----------------------------------------------------------------------------- dispatch: which path computes
 
 
-def _path(a: Tensor, nf4: tuple, shape: tuple[int, int], blocksize: int, direction: str) -> str:
-    """Which implementation computes a product with this 4-bit weight (nf4: packed, absmax, and
-    double quantization's scale and offset or None): direction "fwd" is a @ W^T (a = x), "dx" is
+class NF4Weight(NamedTuple):
+    """A frozen 4-bit weight as the compute paths take it (Linear4bit's buffers)."""
+    packed: Tensor               # (out * in / 2,) uint8: two NF4 codes per byte
+    absmax: Tensor               # (blocks,) float32, or with double quantization its 8-bit codes
+    scale: Tensor | None         # double quantization: float32 scale per 256 blocks of absmax, else None
+    offset: Tensor | None        # double quantization: the absmax's mean, else None
+
+    def float_absmax(self) -> Tensor:
+        """The float32 absmax per block, what the fused kernels and the torch path take."""
+        return self.absmax if self.scale is None else dequantize_absmax(self.absmax, self.scale, self.offset)
+
+
+def _path(a: Tensor, nf4: NF4Weight, shape: tuple[int, int], blocksize: int, direction: str) -> str:
+    """Which implementation computes a product with this 4-bit weight: direction "fwd" is a @ W^T (a = x), "dx" is
     a @ W (a = dy), both with M = a.shape[0] rows.
         "torch"    QUANT_BACKEND=torch, or unset and `a` is not on a GPU: the pure-torch reference
                    (dequantize, then matmul; without a GPU Triton has only its interpreter, for tests)
@@ -122,7 +134,7 @@ CROSSOVER_M = 128
 _TWO_KERNELS: dict[tuple, bool] = {}  # (device, N, K, dtype, M bucket, direction) -> two kernels are faster
 
 
-def _two_kernels_faster(a: Tensor, nf4: tuple, shape: tuple[int, int], blocksize: int, direction: str) -> bool:
+def _two_kernels_faster(a: Tensor, nf4: NF4Weight, shape: tuple[int, int], blocksize: int, direction: str) -> bool:
     """Whether dequantize + cuBLAS beats the fused kernels at a's M rows. On a GPU both are timed
     whole on first use per (device, shape, dtype, M bucket, direction), the fused one after its
     autotuning, and the faster is kept. Buckets as the kernels' autotuner keys them (M = 1; then
@@ -159,17 +171,11 @@ def _scratch(device: torch.device, dtype: torch.dtype, numel: int) -> Tensor:
     return buf
 
 
-def _dequantized(nf4: tuple, shape: tuple[int, int], blocksize: int, dtype: torch.dtype) -> Tensor:
+def _dequantized(nf4: NF4Weight, shape: tuple[int, int], blocksize: int, dtype: torch.dtype) -> Tensor:
     """W in `dtype`, in the scratch buffer: valid until the next layer's dequantization."""
-    packed, absmax, scale, offset = nf4
-    out = _scratch(packed.device, dtype, shape[0] * shape[1])
-    return nf4_kernels.dequantize_nf4_triton(packed, absmax, shape, blocksize, dtype, scale, offset, out=out)
-
-
-def _float_absmax(nf4: tuple) -> tuple[Tensor, Tensor]:
-    """(packed, float32 absmax): what the fused kernels and the torch path take."""
-    packed, absmax, scale, offset = nf4
-    return packed, (absmax if scale is None else dequantize_absmax(absmax, scale, offset))
+    out = _scratch(nf4.packed.device, dtype, shape[0] * shape[1])
+    return nf4_kernels.dequantize_nf4_triton(nf4.packed, nf4.absmax, shape, blocksize, dtype, nf4.scale, nf4.offset,
+                                             out=out)
 
 
 _GEMV_PLAN: dict[tuple, str] = {}  # (device, N, K, dtype) -> the faster GEMV plan
@@ -197,7 +203,8 @@ def dispatch_choices() -> dict[str, dict]:
     return {"dequant": dict(_TWO_KERNELS), "gemv_plan": dict(_GEMV_PLAN)}
 
 
-def _matmul(path: str, x: Tensor, nf4: tuple, bias: Tensor | None, shape: tuple[int, int], blocksize: int) -> Tensor:
+def _matmul(path: str, x: Tensor, nf4: NF4Weight, bias: Tensor | None, shape: tuple[int, int],
+            blocksize: int) -> Tensor:
     """y = x @ W^T (+ bias) by `path` (see _path)."""
     if path == "dequant":
         w = _dequantized(nf4, shape, blocksize, x.dtype)
@@ -205,18 +212,18 @@ def _matmul(path: str, x: Tensor, nf4: tuple, bias: Tensor | None, shape: tuple[
             with torch.autocast(x.device.type, enabled=False):
                 return F.linear(x, w, bias)
         return F.linear(x, w, bias)
-    packed, absmax = _float_absmax(nf4)
+    packed, absmax = nf4.packed, nf4.float_absmax()
     if path == "fused":
         plan = _gemv_plan(x, packed, absmax, shape, blocksize) if x.shape[0] == 1 else "split"
         return nf4_kernels.nf4_matmul_triton(x, packed, absmax, bias, shape, blocksize, plan)
     return nf4_matmul_torch(x, packed, absmax, bias, shape, blocksize)
 
 
-def _matmul_dx(path: str, dy: Tensor, nf4: tuple, shape: tuple[int, int], blocksize: int) -> Tensor:
+def _matmul_dx(path: str, dy: Tensor, nf4: NF4Weight, shape: tuple[int, int], blocksize: int) -> Tensor:
     """dx = dy @ W by `path`."""
     if path == "dequant":
         return dy @ _dequantized(nf4, shape, blocksize, dy.dtype)
-    packed, absmax = _float_absmax(nf4)
+    packed, absmax = nf4.packed, nf4.float_absmax()
     if path == "fused":
         return nf4_kernels.nf4_matmul_dx_triton(dy, packed, absmax, shape, blocksize)
     return nf4_matmul_dx_torch(dy, packed, absmax, shape, blocksize)
@@ -233,12 +240,12 @@ class _NF4Linear(torch.autograd.Function):
     def forward(ctx, x, packed, absmax, scale, offset, bias, shape, blocksize):
         ctx.save_for_backward(packed, absmax, scale, offset)
         ctx.shape, ctx.blocksize = shape, blocksize
-        nf4 = (packed, absmax, scale, offset)
+        nf4 = NF4Weight(packed, absmax, scale, offset)
         return _matmul(_path(x, nf4, shape, blocksize, "fwd"), x, nf4, bias, shape, blocksize)
 
     @staticmethod
     def backward(ctx, dy):
-        nf4, (shape, blocksize) = ctx.saved_tensors, (ctx.shape, ctx.blocksize)
+        nf4, (shape, blocksize) = NF4Weight(*ctx.saved_tensors), (ctx.shape, ctx.blocksize)
         dy = dy.contiguous()
         dx = db = None
         if ctx.needs_input_grad[0]:

@@ -241,7 +241,7 @@ def share(indices: list[int], rank: int, world: int, lockstep: bool) -> tuple[li
 
 
 @contextmanager
-def decoding_together(model: nn.Module, d: Dist):
+def decoding_together(model: nn.Module, proc: Dist):
     """Decoding under FSDP (`model` a translator.SignTranslator). It calls the encoder, the
     embeddings and lm_head outside the model's forward: the root's own tensors are gathered for
     it (each layer gathers its own as it runs). And every call of a layer is a collective, so
@@ -251,7 +251,7 @@ def decoding_together(model: nn.Module, d: Dist):
         yield
         return
     model.unshard()
-    model.llm.stop_together = lambda done: all_sum([not done], d)[0] == 0
+    model.llm.stop_together = lambda done: all_sum([not done], proc)[0] == 0
     try:
         yield
     finally:

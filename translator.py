@@ -84,16 +84,17 @@ class PoseEncoder(nn.Module):
         self.embed_scale.copy_(row_rms.median())
 
     @torch.no_grad()
-    def set_input_stats(self, features: np.ndarray, max_frames: int = 200_000) -> None:
-        """Standardise the input from a (frames, F) array of training features (at most
-        max_frames rows, spread evenly): per point and coordinate, the mean and std over the
-        frames where the point is present (std at least 0.01, a few millimetres).
+    def set_input_stats(self, features: np.ndarray, sample_rows: int = 200_000) -> None:
+        """Standardise the input from a (frames, F) array of training features (all the frames
+        of a split, of which sample_rows rows spread evenly are read): per point and coordinate,
+        the mean and std over the frames where the point is present (std at least 0.01, a few
+        millimetres).
 
         Without it the encoder learns the words of some corpora very slowly or not at all: a hand
         shape moves its points by a few hundredths of a shoulder width around offsets of up to
         ~1, and AdamW's steps, about lr per weight whatever the gradient's size, would take tens
         of thousands of steps to grow weights that amplify such small differences."""
-        rows = np.linspace(0, len(features) - 1, min(len(features), max_frames)).astype(np.int64)
+        rows = np.linspace(0, len(features) - 1, min(len(features), sample_rows)).astype(np.int64)
         p = torch.from_numpy(np.asarray(features[rows], np.float32)).view(len(rows), -1, self.channels)
         xy, present = p[..., :-1], p[..., -1:]                                # (N, K, C), (N, K, 1)
         n = present.sum(0).clamp(min=1)

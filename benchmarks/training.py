@@ -202,12 +202,13 @@ def cpu_peak(step, tensors) -> tuple[int, str]:
     return live.peak, live.at
 
 
-def time_steps(model, cfg, batch: dict, steps: int, warmup: int, device, profile: int = 0, d=None) -> dict:
+def time_steps(model, cfg, batch: dict, steps: int, warmup: int, device, profile: int = 0, proc=None) -> dict:
     """train.train_step (forward + backward + clip + AdamW) on the same micro-batch: median seconds
     of `steps` steps after `warmup` untimed ones (Triton autotuning, allocator warm-up), and the
     peak memory: on a GPU max_memory_allocated over the timed steps (AdamW's moments, made by the
     first step, are in it; one-off warm-up buffers such as the autotuner's are not), on the CPU
-    the tensor bytes of one more step counted by cpu_peak. d: the processes.Dist of a torchrun job (FSDP)."""
+    the tensor bytes of one more step counted by cpu_peak. proc: this process's processes.Dist in a
+    torchrun job (FSDP)."""
     import statistics
     import time
 
@@ -215,7 +216,7 @@ def time_steps(model, cfg, batch: dict, steps: int, warmup: int, device, profile
 
     import processes
     import train
-    d = d or processes.Dist(0, 1, 0, device)
+    proc = proc or processes.Dist(0, 1, 0, device)
     opt = train.make_optimizer(model, cfg)
     model.train()
     cuda = device.type == "cuda"
@@ -226,7 +227,7 @@ def time_steps(model, cfg, batch: dict, steps: int, warmup: int, device, profile
             torch.cuda.reset_peak_memory_stats(device)
         sync()
         t0 = time.perf_counter()
-        out = train.train_step(model, [batch], opt, cfg, step, d, False)
+        out = train.train_step(model, [batch], opt, cfg, step, proc, False)
         sync()
         if step >= warmup:
             times.append(time.perf_counter() - t0)
@@ -234,11 +235,11 @@ def time_steps(model, cfg, batch: dict, steps: int, warmup: int, device, profile
         peak, at = torch.cuda.max_memory_allocated(device), ""
     else:
         state = [t for s in opt.state.values() for t in s.values() if torch.is_tensor(t)]
-        peak, at = cpu_peak(lambda: train.train_step(model, [batch], opt, cfg, warmup + steps, d, False),
+        peak, at = cpu_peak(lambda: train.train_step(model, [batch], opt, cfg, warmup + steps, proc, False),
                             local_tensors([*model.parameters(), *model.buffers(), *state]))
     if profile:  # one more step under the profiler: where the time goes, by kernel
         with torch.profiler.profile() as prof:
-            train.train_step(model, [batch], opt, cfg, warmup + steps + 1, d, False)
+            train.train_step(model, [batch], opt, cfg, warmup + steps + 1, proc, False)
             sync()
         sort = "self_cuda_time_total" if cuda else "self_cpu_time_total"
         print(prof.key_averages().table(sort_by=sort, row_limit=profile, max_name_column_width=60))
@@ -277,7 +278,7 @@ def bench_train(args):
 
     import torch
 
-    import config as configs
+    from config import load_config
     import data
     import poses
 
@@ -298,11 +299,11 @@ def bench_train(args):
                    help="after timing, profile one step and print the N costliest ops")
     p.add_argument("--fsdp", action="store_true", help="under torchrun: shard the model over the processes (FSDP2)")
     a, overrides = p.parse_known_args(args)
-    cfg = configs.load_config(([a.config] if a.config else []) + overrides)
+    cfg = load_config(([a.config] if a.config else []) + overrides)
     sizes = [int(b) for b in a.batch.split(",")] if a.batch else [cfg.batch_size]
     cuda = torch.cuda.is_available()
     device = torch.device("cuda" if cuda else "cpu")
-    d, world = None, 1
+    proc, world = None, 1
     if a.fsdp:
         import contextlib
         import io
@@ -312,9 +313,9 @@ def bench_train(args):
             raise SystemExit("bench.py train --fsdp: start it with "
                              "torchrun --nproc_per_node N bench.py train --fsdp ...")
         cfg.fsdp, a.stacks = True, "ours"
-        d = processes.setup_distributed()
-        device, world = d.device, d.world
-        if not d.main:  # one table: rank 0's
+        proc = processes.setup_distributed()
+        device, world = proc.device, proc.world
+        if not proc.main:  # one table: rank 0's
             contextlib.redirect_stdout(io.StringIO()).__enter__()
     steps, warmup = a.steps or (10 if cuda else 3), a.warmup if a.warmup is not None else (3 if cuda else 1)
     if not cuda:
@@ -347,7 +348,7 @@ def bench_train(args):
         torch.manual_seed(0)
         if stack == "ours":
             model, tok = ours_qlora(cfg, config, a.random_weights, device)
-            label = f"ours ({'NF4' if cfg.quantize == 'nf4' else '16-bit'} + LoRA{f', FSDP x{world}' if d else ''})"
+            label = f"ours ({'NF4' if cfg.quantize == 'nf4' else '16-bit'} + LoRA{f', FSDP x{world}' if proc else ''})"
         elif stack == "hf":
             try:
                 model = hf_qlora(cfg, config, config.vocab_size - 1, feature_dim, device)
@@ -368,7 +369,7 @@ def bench_train(args):
             cfg.batch_size = size
             batch = synthetic_batch(tok, prompt, feature_dim, size, a.frames, (20, 40), config.vocab_size)
             try:
-                r = time_steps(model, cfg, batch, steps, warmup, device, a.profile if size == sizes[-1] else 0, d)
+                r = time_steps(model, cfg, batch, steps, warmup, device, a.profile if size == sizes[-1] else 0, proc)
             except torch.cuda.OutOfMemoryError:
                 print(f"{label}, batch {size}: out of memory")
                 batch = None
@@ -390,7 +391,7 @@ def bench_train(args):
         del model
     if not rows:
         return results
-    ranks = f" on each of {world} ranks (tokens, labels, TFLOP, samples/s: the job's)" if d else ""
+    ranks = f" on each of {world} ranks (tokens, labels, TFLOP, samples/s: the job's)" if proc else ""
     print(f"per step: one micro-batch of `batch` clips{ranks}, input_ids (clips, positions), tokens = every position "
           f"(labels: answer tokens); TFLOP: train_flops; median of {steps} steps after {warmup} warm-up")
     print(f"{'stack':<28}{'batch':>6}{'input_ids':>12}{'tokens':>8}{'labels':>7}{'TFLOP':>8}{'step ms':>10}"
@@ -408,7 +409,7 @@ def bench_train(args):
         for size in sorted(set(ours) & set(theirs)):
             print(f"batch {size}: ours / theirs {theirs[size]['step_s'] / ours[size]['step_s']:.2f}x tokens/s, "
                   f"{ours[size]['peak_gib'] / theirs[size]['peak_gib']:.2f}x peak memory")
-    if d:  # leave together (a rank tearing down gloo early can abort the others)
+    if proc:  # leave together (a rank tearing down gloo early can abort the others)
         torch.distributed.barrier()
         torch.distributed.destroy_process_group()
     return results

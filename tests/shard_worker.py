@@ -46,7 +46,7 @@ class LargestFloat(TorchDispatchMode):
 def main() -> None:
     out, overrides = Path(sys.argv[1]), sys.argv[2:]
     cfg = config.load_config(["--fsdp=True", "--layout=holistic", *overrides])  # no corpus to detect it from
-    d = processes.setup_distributed()
+    proc = processes.setup_distributed()
     reads, read_rows = [], sharding._read_rows
 
     def recorded(f, name, rows):
@@ -63,16 +63,16 @@ def main() -> None:
 
     sharding._read_rows, sharding.load_shards = recorded, tracked
     tok = SimpleNamespace(pose_token_id=0, pad_id=0)  # build_model reads the pose token id only
-    model = translator.build_model(cfg, tok, d.device, shard=True)
+    model = translator.build_model(cfg, tok, proc.device, shard=True)
     model.eval()
     ids = torch.arange(12).reshape(2, 6) % model.llm.config.vocab_size
-    with torch.no_grad(), sharding.decoding_together(model, d):
+    with torch.no_grad(), sharding.decoding_together(model, proc):
         logits = model.llm(input_ids=ids)
     tensors = {name: (t.to_local() if isinstance(t, DTensor) else t).contiguous()
                for name, t in model.llm.state_dict().items() if ".lora_" not in name}
     out.mkdir(parents=True, exist_ok=True)
-    save_file(tensors, str(out / f"rank{d.rank}.safetensors"))
-    (out / f"rank{d.rank}.json").write_text(json.dumps(
+    save_file(tensors, str(out / f"rank{proc.rank}.safetensors"))
+    (out / f"rank{proc.rank}.json").write_text(json.dumps(
         {"reads": reads, "largest_float": largest.numel, "logits": logits.tolist(),
          "embed_scale": float(model.encoder.embed_scale)}))
     torch.distributed.barrier()
