@@ -12,8 +12,8 @@ block stores absmax = max|w| (float32) and, per weight, the index (0..15) of the
 to w / absmax. Two indices per byte, the first element in the high nibble. 4 bits + 32/64 bits
 per weight = 4.5 bits; double quantization stores the absmax in 8 bits (blocks of 256) instead:
 4 + 8/64 + 32/(64*256) ~ 4.127 bits. This file holds the encoder (quantize_nf4, quantize_absmax);
-the decoding side, which is what the kernels compute, is in kernels/nf4_kernels.py beside them (the level
-tables, dequantize_nf4, dequantize_absmax; re-exported here).
+the decoding side, which is what the kernels compute, is in kernels/nf4_format.py beside them (the
+level tables, dequantize_nf4, dequantize_absmax; re-exported here).
 
 Compute. Linear4bit's y = x @ W^T + b and its input gradient dy @ W each run one of three paths,
 chosen by `_path` (the reason for each branch is there): the pure-torch reference (dequantize,
@@ -35,15 +35,14 @@ from torch import Tensor, nn
 
 from kernels import nf4_kernels
 from kernels import triton_support
-from kernels.nf4_kernels import (  # noqa: F401 (the format's API)
+from kernels.nf4_format import (  # noqa: F401 (the format's API: its decoding, beside the kernels)
     DYNAMIC_MAP_8BIT,
     NF4_LEVELS,
     dequantize_absmax,
     dequantize_nf4,
     dynamic_map_8bit,
-    nf4_matmul_dx_torch,
-    nf4_matmul_torch,
 )
+from kernels.nf4_kernels import nf4_matmul_dx_torch, nf4_matmul_torch
 
 # ----------------------------------------------------------------------------- format: the encoder (pure torch)
 

@@ -2,8 +2,8 @@
 kernels that compute it, each beside its reference, and the harness that checks and times them.
 
 quant.py holds the format's encoder (quantize_nf4, double quantization) and the Linear4bit module
-that dispatches to what is here; this file holds the decoding side, which is what a kernel computes:
-the level tables, dequantize_nf4 and dequantize_absmax (re-exported by quant.py), and
+that dispatches to what is here; kernels/nf4_format.py the decoding every kernel computes (the level
+tables, dequantize_nf4, dequantize_absmax); this file the products:
 
     reference (pure torch)      Triton                      what for
     dequantize_nf4 (+ absmax)   _nf4_dequantize_kernel      W to 16 bits for cuBLAS (many rows)
@@ -36,79 +36,12 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from kernels import triton_support
+from kernels.nf4_format import (BYTE_TO_LEVELS, DYNAMIC_MAP_8BIT, NF4_LEVELS, dequantize_absmax, dequantize_nf4,
+                                on_device)
 from kernels.triton_support import INTERPRET, tl, triton
-
-# ----------------------------------------------------------------------------- the format's tables
-
-# The 16 NF4 levels (QLoRA appendix; bitsandbytes `get_4bit_type("nf4")`): quantiles of N(0, 1)
-# scaled to [-1, 1], with an exact 0. Asymmetric (7 negative, 8 positive) so that 0 is a level.
-NF4_LEVELS = torch.tensor([
-    -1.0, -0.6961928009986877, -0.5250730514526367, -0.39491748809814453,
-    -0.28444138169288635, -0.18477343022823334, -0.09105003625154495, 0.0,
-    0.07958029955625534, 0.16093020141124725, 0.24611230194568634, 0.33791524171829224,
-    0.44070982933044434, 0.5626170039176941, 0.7229568362236023, 1.0], dtype=torch.float32)
-
-# byte b -> (level of its high nibble b >> 4, level of its low nibble b & 15): one lookup per byte.
-_BYTE_TO_LEVELS = torch.stack([NF4_LEVELS.repeat_interleave(16), NF4_LEVELS.repeat(16)], dim=1)  # (256, 2)
-
-
-def dynamic_map_8bit() -> Tensor:
-    """bitsandbytes' signed 8-bit dynamic map (`create_dynamic_map()`), used to store the absmax
-    in double quantization: 1 sign bit, a run of zeros giving the decimal exponent 10^-6..10^0,
-    the remaining bits a linear fraction in [0.1, 1]. 256 sorted float32 values in [-0.993, 1]."""
-    data = []
-    for i in range(7):
-        edges = torch.linspace(0.1, 1, 2**i + 1, dtype=torch.float32)
-        means = (edges[:-1] + edges[1:]) / 2.0
-        data += ((10 ** (-6 + i)) * means).tolist() + (-(10 ** (-6 + i)) * means).tolist()
-    return torch.tensor(sorted(data + [0.0, 1.0]), dtype=torch.float32)
-
-
-DYNAMIC_MAP_8BIT = dynamic_map_8bit()
-_ON_DEVICE: dict[tuple[int, torch.device], Tensor] = {}
-
-
-def _on(device: torch.device, table: Tensor) -> Tensor:
-    """One of this file's constant tables on `device`, copied there once per process. A copy per
-    call would cost more than its bytes: a host-to-device copy from pageable memory first waits
-    for the CUDA stream to drain, so the CPU could never run ahead of the GPU."""
-    key = (id(table), torch.device(device))
-    if key not in _ON_DEVICE:
-        _ON_DEVICE[key] = table.to(device)
-    return _ON_DEVICE[key]
 
 
 # ----------------------------------------------------------------------------- references (pure torch)
-
-
-def _scale_blocks(values: Tensor, absmax: Tensor, blocksize: int) -> Tensor:
-    """values (n,) float32 * the absmax of each one's block -> (n,) float32 (the last block may be partial).
-    Whole blocks (every weight matrix of a real model) are scaled in place: `values` must be a
-    fresh tensor the caller owns; that saves a padded copy and a product the size of W."""
-    n = values.numel()
-    pad = -n % blocksize
-    if pad == 0:
-        return values.view(-1, blocksize).mul_(absmax[:, None]).view(-1)
-    return (F.pad(values, (0, pad)).view(-1, blocksize) * absmax[:, None]).view(-1)[:n]
-
-
-def dequantize_nf4(packed: Tensor, absmax: Tensor, shape, blocksize: int = 64,
-                   dtype: torch.dtype = torch.float32) -> Tensor:
-    """Inverse of quant.quantize_nf4: level * absmax in float32, then rounded once to `dtype` (as bnb).
-    packed (ceil(n/2),) uint8, absmax (ceil(n/blocksize),) float32, n = prod(shape): any shape."""
-    n = math.prod(shape)
-    # index_select with int32 indices rather than indexing with packed.long(), whose int64 copy
-    # alone is 8 bytes per byte read (the CPU timings before and after: docs/benchmark-log.md,
-    # "CPU: model, kernels, data, training steps"). A fresh (n/2, 2) tensor, scaled in place.
-    values = _on(packed.device, _BYTE_TO_LEVELS).index_select(0, packed.int()).view(-1)[:n]  # (n,) high nibble first
-    return _scale_blocks(values, absmax.float(), blocksize).view(shape).to(dtype)
-
-
-def dequantize_absmax(codes: Tensor, scale: Tensor, offset: Tensor, blocksize: int = 256) -> Tensor:
-    """Inverse of quant.quantize_absmax (double quantization): codes (b,) uint8, scale float32 per
-    `blocksize` codes, offset () -> absmax float32 (b,) = map[code] * scale + offset."""
-    values = _on(codes.device, DYNAMIC_MAP_8BIT)[codes.long()]
-    return _scale_blocks(values, scale, blocksize) + offset
 
 
 def nf4_matmul_torch(x: Tensor, packed: Tensor, absmax: Tensor, bias: Tensor | None, shape: tuple[int, int],
@@ -275,7 +208,7 @@ _nf4_matmul_decode = triton.autotune(configs=_configs({**_TINY, "BLOCK_N": 16, "
 
 @triton.jit
 def _nf4_pair(byte, pairs_ptr, ASM: tl.constexpr):
-    """(level of byte >> 4, level of byte & 15), float32, from the 256 x 2 table _BYTE_TO_LEVELS
+    """(level of byte >> 4, level of byte & 15), float32, from the 256 x 2 table BYTE_TO_LEVELS
     (2 KiB, L1-resident): one 8-byte lookup per byte instead of one 4-byte lookup per nibble,
     which halves the load instructions of the M = 1 kernel, whose L1 traffic would otherwise
     be the limit (the arithmetic: BENCHMARKS.md, "M=1 GEMV kernel"). PTX as in _nf4_level."""
@@ -400,7 +333,7 @@ def _launch_args(a: Tensor, shape: tuple[int, int], blocksize: int) -> tuple:
     if not fused_shape_ok(shape[1], blocksize):
         raise ValueError(f"nf4_kernels: the fused kernels need in_features ({shape[1]}) to be a multiple of "
                          f"the blocksize ({blocksize}, a power of two >= 16); use the torch path")
-    levels = _on(a.device, NF4_LEVELS)
+    levels = on_device(a.device, NF4_LEVELS)
     # float32 inputs: exact float32 products (tf32 would lose 13 mantissa bits); ignored for 16-bit.
     return levels, ("ieee" if a.dtype == torch.float32 else "tf32")
 
@@ -428,7 +361,7 @@ def dequantize_nf4_triton(packed: Tensor, absmax: Tensor, shape, blocksize: int 
     double = absmax_scale is not None
     _nf4_dequantize_kernel[(triton.cdiv(n, DEQUANT_BLOCK),)](
         packed, absmax, absmax_scale if double else absmax, absmax_offset if double else absmax,
-        _on(packed.device, NF4_LEVELS), _on(packed.device, DYNAMIC_MAP_8BIT), out, n, BS=blocksize,
+        on_device(packed.device, NF4_LEVELS), on_device(packed.device, DYNAMIC_MAP_8BIT), out, n, BS=blocksize,
         GROUP=absmax_blocksize, DOUBLE=double, BLOCK=DEQUANT_BLOCK, num_warps=4, enable_fp_fusion=False)
     return out.view(-1)[:n].view(shape)
 
@@ -450,7 +383,7 @@ def nf4_matmul_triton(x: Tensor, packed: Tensor, absmax: Tensor, bias: Tensor | 
     if M == 1:
         gemv = _nf4_gemv_kernel if atomic else _nf4_gemv_direct
         gemv[lambda meta: (triton.cdiv(N, meta["BLOCK_N"]), meta["SPLIT_K"])](
-            x, packed, absmax, _on(x.device, _BYTE_TO_LEVELS), b, y, N, K // blocksize, BS=blocksize,
+            x, packed, absmax, on_device(x.device, BYTE_TO_LEVELS), b, y, N, K // blocksize, BS=blocksize,
             HAS_BIAS=bias is not None, ATOMIC=atomic, ASM=not INTERPRET)
     else:
         kernel = _nf4_matmul_decode if atomic else _nf4_matmul_kernel
