@@ -62,9 +62,9 @@ def nf4_matmul_dx_torch(dy: Tensor, packed: Tensor, absmax: Tensor, shape: tuple
 # The dequantization kernel: W written out once in 16 bits (or 32) for cuBLAS. Where many rows of x
 # share W (training, prefill), that and a cuBLAS matmul beat the fused kernels below (quant.py's
 # _path and its arithmetic). Memory-bound: per weight it reads 0.5 + 4/64 bytes (1/64 + a little
-# with double quant) and writes 2 (bf16, fp16) or 4 (fp32). Version 1 (this one): the flattened
-# weight in tiles of DEQUANT_BLOCK; no loop, so no pipelining: plain tl.load gathers of the levels
-# and the absmax (which the matmul kernels could not use, see _nf4_level) are fine here.
+# with double quant) and writes 2 (bf16, fp16) or 4 (fp32). The flattened weight in tiles of
+# DEQUANT_BLOCK; no loop, so no pipelining: plain tl.load gathers of the levels and the absmax
+# (which the matmul kernels could not use, see _nf4_level) are fine here.
 DEQUANT_BLOCK = 1024  # weights per program: 8 per thread of 4 warps (one 16-byte store in bf16)
 
 
