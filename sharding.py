@@ -14,8 +14,9 @@
     memory_plan, describe the bytes of model tensors a rank holds, and the per-device peak they
                           plan (train.py logs both at the start of a run)
 
-translator.build_model calls shard_and_load when asked to shard (train.py under --fsdp); model.py,
-translator.py and lora.py know nothing of FSDP. Tests: tests/test_fsdp.py (2 processes, gloo).
+translator.build_model hands the model to shard_and_load when asked to shard (train.py under
+--fsdp) and gathers the embedding rows' RMS through `whole`: that is all it knows of FSDP; model.py
+and lora.py know nothing of it. Tests: tests/test_fsdp.py (2 processes, gloo).
 """
 import json
 from contextlib import ExitStack, contextmanager
@@ -38,10 +39,10 @@ from processes import Dist, all_sum
 
 # ----------------------------------------------------------------------------- wrapping and loading
 
-def shard_and_load(model: nn.Module, llm: Qwen2, layers: list[nn.Module], source: str | None, dtype: torch.dtype,
-                   device: torch.device, cpu_offload: bool = False, quant_cache: str = "") -> None:
-    """FSDP2 over all processes, in place: each decoder layer in `layers`, then the root `model`
-    (the encoder, embeddings, final norm, lm_head), sharded by fully_shard while `llm`, the base,
+def shard_and_load(model: nn.Module, llm: Qwen2, source: str | None, dtype: torch.dtype, device: torch.device,
+                   cpu_offload: bool = False, quant_cache: str = "") -> None:
+    """FSDP2 over all processes, in place: each decoder layer of `llm`, the base, then the root
+    `model` (the encoder, embeddings, final norm, lm_head), sharded by fully_shard while the base
     is still on the meta device; then this rank's chunks of the base read from checkpoint `source`
     (load_shards), or drawn at random where source is None (benchmarks: `python bench.py train
     --random-weights --fsdp`). cpu_offload: the shards, their gradients and AdamW in host memory
@@ -52,7 +53,7 @@ def shard_and_load(model: nn.Module, llm: Qwen2, layers: list[nn.Module], source
     mesh = init_device_mesh(device.type, (dist.get_world_size(),))
     offload = CPUOffloadPolicy(pin_memory=device.type == "cuda") if cpu_offload else OffloadPolicy()
     scalars = {p for p in model.parameters() if p.dim() == 0}  # FSDP2 shards dim 0: these stay whole
-    for module in (*layers, model):
+    for module in (*llm.model.layers, model):
         fully_shard(module, mesh=mesh, offload_policy=offload, ignored_params=scalars)
         # SUM, then / world_size: what every backend does alike (FSDP2's AVG on gloo was reported to
         # sum, pytorch issue 162338; tests/test_fsdp.py checks the gradients against DDP's)
@@ -84,13 +85,13 @@ def _rows_held(t: Tensor) -> slice | None:
     return local_rows(t.shape[0], t.device_mesh.get_local_rank(), t.device_mesh.size())
 
 
-def local_part(target: Tensor, whole: Tensor) -> Tensor:
-    """`whole` laid out as `target` is: this rank's rows of it as a DTensor if FSDP sharded target,
-    else `whole` itself (a checkpoint's tensors into a sharded model, checkpoints.load)."""
+def local_part(target: Tensor, full: Tensor) -> Tensor:
+    """`full` (a whole tensor) laid out as `target` is: this rank's rows of it as a DTensor if FSDP
+    sharded target, else `full` itself (a checkpoint's tensors into a sharded model, checkpoints.load)."""
     rows = _rows_held(target)
     if rows is None:
-        return whole
-    return DTensor.from_local(whole[rows].to(target.to_local().device), target.device_mesh, target.placements,
+        return full
+    return DTensor.from_local(full[rows].to(target.to_local().device), target.device_mesh, target.placements,
                               run_check=False, shape=target.shape, stride=target.stride())
 
 
@@ -121,7 +122,6 @@ def _put(module: nn.Module, attr: str, t: Tensor) -> None:
         t = DTensor.from_local(t, old.device_mesh, old.placements, run_check=False, shape=old.shape,
                                stride=old.stride())
     loader.put_tensor(module, attr, t)
-
 
 
 # ----------------------------------------------------------------------------- each rank loads its rows

@@ -290,8 +290,8 @@ def build_model(cfg, tok: Tokenizer, device: torch.device, features: np.ndarray 
         if p.requires_grad:  # AdamW updates would round away in a 16-bit trained tensor
             p.data = p.data.float()
     if shard:
-        sharding.shard_and_load(model, llm, list(llm.model.layers), None if random_shape else cfg.model_dir, dtype,
-                                device, cfg.fsdp_cpu_offload, cfg.quant_cache)
+        sharding.shard_and_load(model, llm, None if random_shape else cfg.model_dir, dtype, device,
+                                cfg.fsdp_cpu_offload, cfg.quant_cache)
     encoder.set_embed_scale(sharding.whole(embedding_rms(llm.model.embed_tokens.weight)))
     return model
 
