@@ -19,7 +19,7 @@ Run:
     python data.py synth data/synth --n 500 --seed 0       # synthetic corpus (synth/demo.py)
     python data.py prepare data/synth --workers 2          # cache; last line: JSON summary
     python data.py videos my_videos data/mine              # videos -> .pose files + CSV (video.py)
-    python data.py import how2sign SRC OUT                 # importers/
+    python data.py import how2sign SRC OUT; python data.py show CLIP.pose --out clip.gif   # importers/, show.py
 """
 import argparse
 import dataclasses
@@ -43,6 +43,7 @@ from tqdm import tqdm
 
 import importers
 import poses
+import show
 from corpus import DataError, Row, read_rows, resolve_layout, source_files
 from poses import PoseConfig, PoseError
 
@@ -572,7 +573,7 @@ def main(argv=None) -> None:
     v.add_argument("out_dir")
     v.add_argument("--texts", default=None, help="CSV uid,text (uid: a video's file name without extension; "
                                                  "default VIDEO_DIR/texts.csv if present)")
-    for command in (importers,):   # data.py import ...: its file holds its command line
+    for command in (importers, show):   # data.py import ..., data.py show ...: each file holds its command line
         command.add_command(sub)
     args = parser.parse_args(argv)
     if hasattr(args, "command"):

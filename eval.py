@@ -249,6 +249,29 @@ def check_outputs(args: argparse.Namespace, out: Path) -> None:
         raise ConfigError(f"--out {out}: cannot write in {out.parent} (no such folder, or not writable)")
 
 
+def check_base(ckpt: Path, cfg: config.TrainConfig) -> None:
+    """The run's base model is where cfg.model_dir says, and is the one the checkpoint was trained on."""
+    if not (Path(loader.model_path(cfg.model_dir)) / "config.json").is_file():
+        raise FileNotFoundError(f"model_dir {cfg.model_dir} (the run's base model) holds no config.json; "
+                                "pass --model_dir=DIR where it is now")
+    base = {"model_dir": cfg.model_dir, "fingerprint": loader.fingerprint(loader.model_path(cfg.model_dir))}
+    mismatch = checkpoints.base_mismatch(ckpt, base)
+    if mismatch:
+        raise ConfigError(mismatch)
+
+
+def load_run_model(ckpt: Path, cfg: config.TrainConfig) -> tuple[Tokenizer, SignTranslator, torch.device]:
+    """The run's model (translator.build_model) with the checkpoint's trained tensors (eval.py,
+    data.py show --run); check_base first."""
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    tok = Tokenizer.from_dir(loader.model_path(cfg.model_dir))
+    with redirect_stdout(sys.stderr):  # stdout carries the results only
+        model = build_model(cfg, tok, device)
+    checkpoints.load_trained(model, ckpt)
+    print(f"checkpoint: {ckpt}", file=sys.stderr)
+    return tok, model, device
+
+
 def evaluate(args: argparse.Namespace) -> None:
     if args.plot:  # a checkpoint directory means its run
         run = Path(args.run)
@@ -260,23 +283,12 @@ def evaluate(args: argparse.Namespace) -> None:
     cfg.model_dir = args.model_dir or cfg.model_dir
     out = Path(args.out) if args.out else predictions_path(ckpt.resolve().parent, args.split, ckpt, args.num_beams)
     check_outputs(args, out)
-    if not (Path(loader.model_path(cfg.model_dir)) / "config.json").is_file():
-        raise FileNotFoundError(f"model_dir {cfg.model_dir} (the run's base model) holds no config.json; "
-                                "pass --model_dir=DIR where it is now")
-    base = {"model_dir": cfg.model_dir, "fingerprint": loader.fingerprint(loader.model_path(cfg.model_dir))}
-    mismatch = checkpoints.base_mismatch(ckpt, base)
-    if mismatch:
-        raise ConfigError(mismatch)
+    check_base(ckpt, cfg)
     max_new = cfg.max_new_tokens if args.max_new_tokens is None else args.max_new_tokens
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dcfg = cfg.data
     if args.video:  # before the model: a video that fails costs no model load
         args.pose = pose_of_video(args.video, args.save_pose)
-    tok = Tokenizer.from_dir(loader.model_path(cfg.model_dir))
-    with redirect_stdout(sys.stderr):  # stdout carries the results only
-        model = build_model(cfg, tok, device)
-    checkpoints.load_trained(model, ckpt)
-    print(f"checkpoint: {ckpt}", file=sys.stderr)
+    tok, model, device = load_run_model(ckpt, cfg)
     if args.export_adapter or args.export_merged:  # the LLM side only: the pose encoder stays in ckpt
         if args.export_adapter:
             print(lora.save_peft_adapter(model.llm, args.export_adapter, base_model_name_or_path=cfg.model_dir))
