@@ -57,12 +57,17 @@ class Panel:
         return [name for name, tr in self.tracks.items() if not np.isfinite(tr.xy[t]).all(-1).any()]
 
     def bounds(self) -> tuple[float, float, float, float]:
-        """x0, x1, y0, y1 over all frames (0.5-99.5 percentiles: a tracking glitch does not shrink the rest)."""
-        pts = np.concatenate([tr.xy.reshape(-1, 2) for tr in self.tracks.values()])
-        pts = pts[np.isfinite(pts).all(-1)]
-        if not len(pts):
+        """x0, x1, y0, y1 holding every part over all frames (each part's 0.5-99.5 percentiles: a
+        tracking glitch does not shrink the rest, and the face's many points do not crop an arm)."""
+        boxes = []
+        for tr in self.tracks.values():
+            pts = tr.xy.reshape(-1, 2)
+            pts = pts[np.isfinite(pts).all(-1)]
+            if len(pts):
+                boxes += [np.percentile(pts, 0.5, axis=0), np.percentile(pts, 99.5, axis=0)]
+        if not boxes:
             return 0.0, 1.0, 0.0, 1.0
-        (x0, y0), (x1, y1) = np.percentile(pts, 0.5, axis=0), np.percentile(pts, 99.5, axis=0)
+        (x0, y0), (x1, y1) = np.min(boxes, axis=0), np.max(boxes, axis=0)
         pad = 0.08 * max(x1 - x0, y1 - y0, 1e-6)
         return x0 - pad, x1 + pad, y0 - pad, y1 + pad
 
