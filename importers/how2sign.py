@@ -15,8 +15,8 @@ how2sign/how2sign.github.io) makes with `rgb_front_2D_keypoints english_translat
           reads them)
 
 The files are found by name anywhere under SRC (a CSV named how2sign_realigned_{split}.csv, a
-folder openpose_output/json below a folder named after the split), so other arrangements of the
-same download work too. The keypoint clips are the ones How2Sign distributes; its authors say
+folder openpose_output/json, or json, below a folder named after the split), so other
+arrangements of the same download work too. The keypoint clips are the ones How2Sign distributes; its authors say
 clips that match the re-aligned times must be cut from the full videos
 (how2sign/how2sign.github.io issue 9): the re-aligned CSV gives each clip its English here.
 
@@ -48,13 +48,14 @@ FRAME_FILE = re.compile(r"_(\d+)_keypoints\.json$")
 
 # ----------------------------------------------------------------------------- finding the files
 def find_files(src: Path, report: Report) -> dict[str, tuple[Path | None, Path | None]]:
-    """split -> (its re-aligned CSV, its openpose_output/json folder), None where missing. The
-    json folders' thousands of clip folders are not walked here."""
+    """split -> (its re-aligned CSV, its keypoints' json folder), None where missing. A json
+    folder belongs to the nearest folder above it named train, val or test (SRC may be a split's
+    own folder); its thousands of clip folders are not walked here."""
     csvs, roots = {s: [] for s in SPLITS}, {s: [] for s in SPLITS}
     for dirpath, dirnames, filenames in os.walk(src):
         here = Path(dirpath)
-        if here.name == "json" and here.parent.name == "openpose_output":
-            split = next((p for p in reversed(here.relative_to(src).parts) if p in SPLITS), None)
+        if here.name == "json":
+            split = next((p for p in reversed(here.resolve().parts) if p in SPLITS), None)
             if split:
                 roots[split].append(here)
             dirnames.clear()
@@ -65,9 +66,9 @@ def find_files(src: Path, report: Report) -> dict[str, tuple[Path | None, Path |
                 csvs[m.group(1)].append(here / name)
     found = {}
     for split in SPLITS:
-        # two keypoint folders for a split: the frontal view's is the one the CSV's names have
-        front = sorted(roots[split], key=lambda p: "front" not in str(p))
-        for what, paths in (("CSVs", csvs[split]), ("openpose_output/json folders", front)):
+        # several json folders for a split: OpenPose's own, and the frontal view's (the CSV's names)
+        front = sorted(roots[split], key=lambda p: (p.parent.name != "openpose_output", "front" not in str(p)))
+        for what, paths in (("CSVs", csvs[split]), ("json folders", front)):
             if len(paths) > 1:
                 report.note(f"{split}: {len(paths)} {what} ({', '.join(map(str, paths))}); using {paths[0]}")
         found[split] = (csvs[split][0] if csvs[split] else None, front[0] if front else None)

@@ -6,6 +6,7 @@ what was written: values, frames, missing points, splits, texts. Broken and part
 are reported by file, never fatal."""
 import csv
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -149,9 +150,10 @@ def test_how2sign_splits_texts_and_skips(how2sign_import):
 
 
 def test_how2sign_partial_download_and_cli(how2sign_import, tmp_path):
-    _, src, out, _ = how2sign_import
+    _, download, out, _ = how2sign_import
+    src = shutil.copytree(download, tmp_path / "download")          # the module's download stays whole
     (src / "How2Sign" / "sentence_level" / "test" / "text" / "en" / "raw_text" / "re_aligned" /
-     "how2sign_realigned_test.csv").rename(tmp_path / "moved.csv")
+     "how2sign_realigned_test.csv").unlink()
     res = data_py("import", "how2sign", src, tmp_path / "again", "--workers", "1")
     assert res.returncode == 0, res.stderr
     summary = json.loads(res.stdout.strip().splitlines()[-1])
@@ -166,6 +168,24 @@ def test_how2sign_partial_download_and_cli(how2sign_import, tmp_path):
     assert res.returncode == 2 and res.stderr.startswith("error:") and "how2sign_realigned_" in res.stderr
     with pytest.raises(ImportFailed, match="no such folder"):
         how2sign.import_how2sign(tmp_path / "nowhere", tmp_path / "y")
+
+
+def test_how2sign_other_arrangements(how2sign_import, tmp_path):
+    """The same download rearranged as users keep it: the CSVs side by side, each split's json
+    folder under a folder named after the split; and SRC a split's own folder."""
+    _, src, _, first = how2sign_import
+    level = src / "How2Sign" / "sentence_level"
+    flat = tmp_path / "flat"
+    for split in ("train", "val", "test"):
+        (flat / split).mkdir(parents=True)
+        shutil.copytree(level / split / "rgb_front" / "features" / "openpose_output", flat / split / "openpose_output")
+        for csv_file in level.glob(f"{split}/**/how2sign_realigned_*.csv"):
+            shutil.copy(csv_file, flat)
+    again = how2sign.import_how2sign(flat, tmp_path / "out", workers=1, progress=False)
+    assert {k: again[k] for k in ("csv_rows", "folders", "written", "reasons")} == \
+           {k: first[k] for k in ("csv_rows", "folders", "reasons")} | {"written": first["written"] + first["kept"]}
+    one = how2sign.import_how2sign(level / "val", tmp_path / "val-only", workers=1, progress=False)
+    assert one["csv_rows"] == {"val": 1} and one["written"] == 1
 
 
 # ----------------------------------------------------------------------------- Kaggle
