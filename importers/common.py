@@ -49,6 +49,17 @@ class Report:
     def skip(self, clip: str, error: ClipError, **where) -> None:
         self.skipped.append({"clip": clip, **where, "reason": error.kind, "detail": str(error)})
 
+    def outcome(self, clip: str, status: str, detail: str, **where) -> bool:
+        """Count a worker's result: "written", "kept", or the reason the clip is skipped. True
+        when the clip is in the output."""
+        if status == "written":
+            self.written += 1
+        elif status == "kept":
+            self.kept += 1
+        else:
+            self.skip(clip, ClipError(status, detail), **where)
+        return status in ("written", "kept")
+
     def note(self, text: str) -> None:
         self.notes.append(text)
         print(f"note: {text}", file=sys.stderr)

@@ -168,8 +168,24 @@ def import_how2sign(src, out_dir, workers: int | None = None, progress: bool = T
                            "download script lays it out: sentence_level/{split}/text/en/raw_text/re_aligned/"
                            "how2sign_realigned_{split}.csv and sentence_level/{split}/rgb_front/features/"
                            "openpose_output/json/{SENTENCE_NAME}/...")
+    jobs, counts = clips_to_import(found, src, report)
+    results = in_order(convert, [(str(folder), str(out / "poses" / f"{name}.pose")) for _, name, _, folder in jobs],
+                       workers, "how2sign", progress)
+    by_split = {s: [] for s in SPLITS}
+    for (split, name, text, _), (status, detail) in zip(jobs, results):
+        if report.outcome(name, status, detail, split=split):
+            by_split[split].append([name, text])
+    for split, rows in by_split.items():
+        if split in counts["csv_rows"]:
+            write_csv(out / f"{split}.csv", ["uid", "text"], rows)
+    return report.finish(format="how2sign", **counts)
+
+
+def clips_to_import(found: dict, src: Path, report: Report) -> tuple[list[tuple], dict]:
+    """Every usable CSV row as (split, SENTENCE_NAME, SENTENCE, its keypoint folder); the rows
+    that cannot be used go to the report. Also the counts of CSV rows and keypoint folders."""
     counts = {"csv_rows": {}, "folders": {}, "folders_without_row": {}}
-    seen, jobs = {}, []                                   # jobs: (split, name, text)
+    seen, jobs = {}, []
     for split, (csv_path, root) in found.items():
         if csv_path is None:
             report.note(f"{split}: no how2sign_realigned_{split}.csv under {src}; the split is left out")
@@ -201,16 +217,4 @@ def import_how2sign(src, out_dir, workers: int | None = None, progress: bool = T
             else:
                 jobs.append((split, name, text, root / name))
             seen.setdefault(name, where)
-    results = in_order(convert, [(str(folder), str(out / "poses" / f"{name}.pose")) for _, name, _, folder in jobs],
-                       workers, "how2sign", progress)
-    by_split = {s: [] for s in SPLITS}
-    for (split, name, text, _), (status, detail) in zip(jobs, results):
-        if status in ("written", "kept"):
-            setattr(report, status, getattr(report, status) + 1)
-            by_split[split].append([name, text])
-        else:
-            report.skip(name, ClipError(status, detail), split=split)
-    for split, rows in by_split.items():
-        if split in counts["csv_rows"]:
-            write_csv(out / f"{split}.csv", ["uid", "text"], rows)
-    return report.finish(format="how2sign", **counts)
+    return jobs, counts

@@ -236,12 +236,9 @@ def import_signs(src, out_dir, fps: float = 30.0, width: int = 1000, height: int
     lexicon = []
     for (r, rel, _), (status, detail, frames) in zip(jobs, in_order(convert_sign, [j for *_, j in jobs],
                                                                       workers, "kaggle-signs", progress)):
-        if status in ("written", "kept"):
-            setattr(report, status, getattr(report, status) + 1)
+        if report.outcome(r["path"], status, detail):
             lexicon.append([rel.as_posix(), "en", "ase", 0, round(frames / fps * 1000), r["sign"],
                             r["sign"].upper(), 0])
-        else:
-            report.skip(r["path"], ClipError(status, detail))
     write_csv(out / "index.csv", ["path", "spoken_language", "signed_language", "start", "end", "words",
                                   "glosses", "priority"], lexicon)
     return report.finish(format="kaggle-signs", csv_rows=len(rows) + len(bad), signs=len({r[5] for r in lexicon}))
@@ -296,12 +293,8 @@ def import_fingerspelling(src, out_dir, fps: float = 30.0, width: int = 1000, he
     for (path, todo), results in zip(by_file.items(), in_order(convert_file, items, workers,
                                                                 "kaggle-fingerspelling", progress)):
         for (s, _), (status, detail) in zip(todo, results):
-            uid = uid_of[(path, s)]
-            if status in ("written", "kept"):
-                setattr(report, status, getattr(report, status) + 1)
-                kept.append(uid)
-            else:
-                report.skip(uid, ClipError(status, detail))
+            if report.outcome(uid_of[(path, s)], status, detail):
+                kept.append(uid_of[(path, s)])
     splits = dict(zip(kept, split_by_video(kept))) if kept else {}
     for split in ("train", "val", "test"):
         write_csv(out / f"{split}.csv", ["uid", "text"], [[u, text_of[u]] for u in kept if splits[u] == split])
