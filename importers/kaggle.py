@@ -31,7 +31,8 @@ hands as missing. The files give neither the videos' size nor their frame rate: 
 What it writes:
   kaggle-signs          OUT/index.csv, the lexicon format (path,spoken_language,signed_language,
                         start,end,words,glosses,priority: poses/{participant}/{sequence}.pose, en,
-                        ase, 0, the clip's length in ms, the sign, the sign in capitals, 0)
+                        ase, 0, the clip's length in ms rounded up (an end at or past the clip's
+                        end is the whole file), the sign, the sign in capitals, 0)
   kaggle-fingerspelling OUT/train.csv, val.csv, test.csv (uid,text: uid {participant}--{sequence},
                         the phrase; split 80/10/10 by signer, corpus.split_by_video) and
                         OUT/poses/{uid}.pose
@@ -43,6 +44,7 @@ Parquet is read with pyarrow, the optional extra: pip install -r requirements-fo
     python data.py import kaggle-fingerspelling ~/asl-fingerspelling data/asl-fs [--supplemental]
 """
 import csv
+import math
 from pathlib import Path
 
 import numpy as np
@@ -237,7 +239,7 @@ def import_signs(src, out_dir, fps: float = 30.0, width: int = 1000, height: int
     for (r, rel, _), (status, detail, frames) in zip(jobs, in_order(convert_sign, [j for *_, j in jobs],
                                                                       workers, "kaggle-signs", progress)):
         if report.outcome(r["path"], status, detail):
-            lexicon.append([rel.as_posix(), "en", "ase", 0, round(frames / fps * 1000), r["sign"],
+            lexicon.append([rel.as_posix(), "en", "ase", 0, math.ceil(frames * 1000 / fps), r["sign"],
                             r["sign"].upper(), 0])
     write_csv(out / "index.csv", ["path", "spoken_language", "signed_language", "start", "end", "words",
                                   "glosses", "priority"], lexicon)
