@@ -290,11 +290,13 @@ def read_with_run(run, pose_path, model_dir: str | None = None) -> tuple[Reading
     ckpt = checkpoints.pick(Path(run))
     cfg = config.load_run_config(ckpt)
     cfg.model_dir = model_dir or cfg.model_dir
+    pcfg = cfg.data.pose
+    # the features first: a file of another layout is an error before any model is loaded
+    feats = torch.from_numpy(poses.load_pose(pose_path, pcfg))[None]                     # (1, T', F)
     run_eval.check_base(ckpt, cfg)
     tok, model, device = run_eval.load_run_model(ckpt, cfg)
-    pcfg = cfg.data.pose
     translation = run_eval.translate_file(model, tok, cfg.data, str(pose_path), cfg.max_new_tokens, 1, device)
-    feats = torch.from_numpy(poses.load_pose(pose_path, pcfg))[None].to(device)          # (1, T', F)
+    feats = feats.to(device)
     with torch.no_grad():
         _, _, logits = model.encoder(feats, torch.ones(feats.shape[:2], dtype=torch.bool, device=device))
     if logits is None:
