@@ -149,7 +149,7 @@ def test_how2sign_splits_texts_and_skips(how2sign_import):
     assert corpus.resolve_layout(cfg, rows).pose.layout == "openpose"
 
 
-def test_how2sign_partial_download_and_cli(how2sign_import, tmp_path):
+def test_how2sign_partial_download_and_cli(how2sign_import, tmp_path, capsys):
     _, download, out, _ = how2sign_import
     src = shutil.copytree(download, tmp_path / "download")          # the module's download stays whole
     (src / "How2Sign" / "sentence_level" / "test" / "text" / "en" / "raw_text" / "re_aligned" /
@@ -164,8 +164,11 @@ def test_how2sign_partial_download_and_cli(how2sign_import, tmp_path):
     again = how2sign.import_how2sign(src, out, workers=1, progress=False)
     assert (again["written"], again["kept"]) == (0, 4)
     # nothing to import at all: one error line naming what was expected
-    res = data_py("import", "how2sign", tmp_path / "again", tmp_path / "x")
-    assert res.returncode == 2 and res.stderr.startswith("error:") and "how2sign_realigned_" in res.stderr
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as stop:
+        data.main(["import", "how2sign", str(tmp_path / "again"), str(tmp_path / "x")])
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and err.startswith("error:") and "how2sign_realigned_" in err
     with pytest.raises(ImportFailed, match="no such folder"):
         how2sign.import_how2sign(tmp_path / "nowhere", tmp_path / "y")
 
