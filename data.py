@@ -19,6 +19,7 @@ Run:
     python data.py synth data/synth --n 500 --seed 0       # synthetic corpus (synth/demo.py)
     python data.py prepare data/synth --workers 2          # cache; last line: JSON summary
     python data.py videos my_videos data/mine              # videos -> .pose files + CSV (video.py)
+    python data.py import how2sign SRC OUT; python data.py show CLIP.pose --out clip.gif   # importers/, show.py
 """
 import argparse
 import dataclasses
@@ -40,7 +41,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+import importers
 import poses
+import show
 from corpus import DataError, Row, read_rows, resolve_layout, source_files
 from poses import PoseConfig, PoseError
 
@@ -572,16 +575,14 @@ def main(argv=None) -> None:
     v.add_argument("out_dir")
     v.add_argument("--texts", default=None, help="CSV uid,text (uid: a video's file name without extension; "
                                                  "default VIDEO_DIR/texts.csv if present)")
+    for command in (importers, show):   # data.py import ..., data.py show ...: each file holds its command line
+        command.add_command(sub)
     args = parser.parse_args(argv)
-    if args.cmd == "videos":
+    if hasattr(args, "command"):
+        sys.exit(args.command(args))
+    if args.cmd == "videos":   # video.py's own command line, which reports skipped videos and counts
         import video
-        try:
-            s = video.videos_to_corpus(args.video_dir, args.out_dir, texts=args.texts)
-        except video.VideoExtraMissing as e:
-            sys.exit(f"error: {e}")
-        for k in s["skipped"]:
-            print(f"skipped {k['video']}: {k['reason']}", file=sys.stderr)
-        print(json.dumps({k: len(x) if isinstance(x, list) else x for k, x in s.items()}))
+        sys.exit(video.main(["--dir", args.video_dir, args.out_dir] + (["--texts", args.texts] if args.texts else [])))
     elif args.cmd == "synth":
         from synth import demo   # the generator lives in its own folder; only this command needs it
         demo.generate_corpus(args.out_dir, n=args.n, seed=args.seed)

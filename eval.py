@@ -267,6 +267,32 @@ def check_outputs(args: argparse.Namespace, out: Path) -> None:
         raise ConfigError(f"--out {out}: cannot write in {out.parent} (no such folder, or not writable)")
 
 
+def check_base(ckpt: Path, cfg: config.TrainConfig) -> Path:
+    """The run's base model folder (model_dir, or a Hub repo id's cached snapshot), checked to hold a
+    checkpoint and to be the one `ckpt` was trained on."""
+    base_dir = loader.model_path(cfg.model_dir)
+    if not (base_dir / "config.json").is_file():
+        raise FileNotFoundError(f"model_dir {cfg.model_dir} (the run's base model) holds no config.json; "
+                                "pass --model_dir=DIR where it is now")
+    mismatch = checkpoints.base_mismatch(ckpt, checkpoints.base_identity(cfg.model_dir, base_dir))
+    if mismatch:
+        raise ConfigError(mismatch)
+    return base_dir
+
+
+def load_run_model(ckpt: Path, cfg: config.TrainConfig,
+                   base_dir: Path) -> tuple[Tokenizer, SignTranslator, torch.device]:
+    """The run's model (translator.build_model) with the checkpoint's trained tensors (eval.py,
+    data.py show --run); base_dir from check_base."""
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    tok = Tokenizer.from_dir(base_dir)
+    with redirect_stdout(sys.stderr):  # stdout carries the results only
+        model = build_model(cfg, tok, device)
+    checkpoints.load_trained(model, ckpt)
+    print(f"checkpoint: {ckpt}", file=sys.stderr)
+    return tok, model, device
+
+
 def evaluate(args: argparse.Namespace) -> None:
     if args.plot:  # a checkpoint directory means its run
         run = Path(args.run)
@@ -278,23 +304,12 @@ def evaluate(args: argparse.Namespace) -> None:
     cfg.model_dir = args.model_dir or cfg.model_dir
     out = Path(args.out) if args.out else predictions_path(ckpt.resolve().parent, args.split, ckpt, args.num_beams)
     check_outputs(args, out)
-    base_dir = loader.model_path(cfg.model_dir)  # model_dir, or a Hub repo id's cached snapshot
-    if not (base_dir / "config.json").is_file():
-        raise FileNotFoundError(f"model_dir {cfg.model_dir} (the run's base model) holds no config.json; "
-                                "pass --model_dir=DIR where it is now")
-    mismatch = checkpoints.base_mismatch(ckpt, checkpoints.base_identity(cfg.model_dir, base_dir))
-    if mismatch:
-        raise ConfigError(mismatch)
+    base_dir = check_base(ckpt, cfg)
     max_new = cfg.max_new_tokens if args.max_new_tokens is None else args.max_new_tokens
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dcfg = cfg.data
     if args.video:  # before the model: a video that fails costs no model load
         args.pose = pose_of_video(args.video, args.save_pose)
-    tok = Tokenizer.from_dir(base_dir)
-    with redirect_stdout(sys.stderr):  # stdout carries the results only
-        model = build_model(cfg, tok, device)
-    checkpoints.load_trained(model, ckpt)
-    print(f"checkpoint: {ckpt}", file=sys.stderr)
+    tok, model, device = load_run_model(ckpt, cfg, base_dir)
     if args.export_adapter or args.export_merged:  # the LLM side only: the pose encoder stays in ckpt
         if args.export_adapter:
             print(lora.save_peft_adapter(model.llm, args.export_adapter, base_model_name_or_path=cfg.model_dir))

@@ -76,8 +76,8 @@ OP_FACE = tuple([f"FEB_{i}" for i in range(17, 27)] + [f"FE_{i}" for i in range(
                 + [f"FN_{i}" for i in (27, 30, 31, 33, 35)] + [f"FLO_{i}" for i in range(48, 60)]
                 + [f"FLI_{i}" for i in range(60, 68)])
 LAYOUTS = {
-    # MediaPipe Holistic (iSign's 576 points; also the 586 of a refined face mesh, whose first 468
-    # points are the same): 9 + 21 + 21 + 43 points
+    # MediaPipe Holistic (iSign's 576 points; the 543 of Google's Kaggle sets, without the world
+    # landmarks; the 586 of a refined face mesh, whose first 468 points are the same): 9 + 21 + 21 + 43
     "holistic": {
         "body": Part("POSE_LANDMARKS", ("LEFT_SHOULDER", "RIGHT_SHOULDER", "NOSE", "LEFT_ELBOW", "RIGHT_ELBOW",
                                         "LEFT_WRIST", "RIGHT_WRIST", "LEFT_HIP", "RIGHT_HIP"),
@@ -221,13 +221,19 @@ def select_points(header, body, cfg: PoseConfig, path="<pose>") -> tuple[np.ndar
     if coords.shape[-1] < dims:
         raise PoseError("layout lacks points", f"{path}: use_z needs 3-D points, the file has {coords.shape[-1]}-D")
     idx = np.array([index[w] for w in wanted])
-    body = _layout(cfg)["body"]
-    anchors = [index[(body.component, p)] for p in body.anchor]
-    shown = ((conf[:, :, anchors] > 0) & np.isfinite(coords[:, :, anchors]).all(-1)).all(-1).sum(0)  # (P,)
-    person = int(np.argmax(shown))                                         # argmax: the first on a tie
+    person = signer(header, coords, conf, cfg)
     xyz = coords[:, person, idx, :dims].astype(np.float32)                 # (T, K, C)
     present = (conf[:, person, idx] > 0) & np.isfinite(xyz).all(-1)        # (T, K)
     return xyz, present
+
+
+def signer(header, coords: np.ndarray, conf: np.ndarray, cfg: PoseConfig) -> int:
+    """The person (of coords (T, P, N, D), conf (T, P, N)) whose two shoulders, the layout's
+    body anchor, show in the most frames; the first one on a tie."""
+    index, body = _point_index(header), _layout(cfg)["body"]
+    anchors = [index[(body.component, p)] for p in body.anchor]
+    shown = ((conf[:, :, anchors] > 0) & np.isfinite(coords[:, :, anchors]).all(-1)).all(-1).sum(0)  # (P,)
+    return int(np.argmax(shown))
 
 
 def detect_layout(header, path="<pose>") -> str:
