@@ -41,6 +41,7 @@ import torch
 from tqdm import tqdm
 
 import poses
+import processes
 from corpus import DataError, Row, read_rows, resolve_layout, source_files
 from poses import PoseConfig, PoseError
 
@@ -178,11 +179,40 @@ def _usable(summary: dict, out: Path) -> dict:
                     f"every skipped row and its reason is in {out / 'skipped.jsonl'}")
 
 
+def rebuild_command(cfg: DataConfig) -> str:
+    """The command that builds this cache again from scratch."""
+    args = [cfg.data_dir]
+    args += ["--cache", cfg.cache_dir] if cfg.cache_dir else []
+    args += ["--csv", cfg.csv] if cfg.csv != DataConfig.csv else []
+    args += ["--layout", cfg.pose.layout] if cfg.pose.layout != "auto" else []
+    return f"python data.py prepare {' '.join(map(str, args))} --force"
+
+
 def prepare(cfg: DataConfig, workers: int | None = None, progress: bool = True, force: bool = False) -> dict:
     """Build (or finish) the cache; returns {"ok": N, "skipped": M, "reasons": {...}, ...}.
 
     Built again when the corpus files changed, or a pose file did (size or mtime); a cache of
-    other settings is refused (DataError) unless force=True, which also rebuilds in any case."""
+    other settings is refused (DataError) unless force=True, which also rebuilds in any case.
+    One builder at a time: the others wait for it (OUT/.lock), then find the cache done."""
+    out = cache_dir(cfg)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        lock = processes.hold_lock(out / ".lock", wait=lambda holder: print(
+            f"waiting: another process is building the pose cache in {out} ({holder}; lock file {out / '.lock'}); "
+            "this one goes on when it is done", file=sys.stderr, flush=True))
+    except OSError as e:   # a read-only cache folder: fine to read, impossible to build in
+        if not force and is_fresh(cfg) and not changed_poses(cfg):
+            return _usable(json.loads((out / "DONE").read_text())["summary"], out)
+        raise DataError(f"cannot write in the pose cache folder {out} ({e.strerror or e}); build the cache in "
+                        "a folder you can write: data.py prepare --cache DIR, train.py --cache_dir=DIR") from None
+    try:
+        return _build(cfg, workers, progress, force)
+    finally:
+        os.close(lock)
+
+
+def _build(cfg: DataConfig, workers: int | None, progress: bool, force: bool) -> dict:
+    """prepare's work, under the cache's lock."""
     t0, sig, out = time.time(), signature(cfg), cache_dir(cfg)
     rows = read_rows(cfg)
     cfg = resolve_layout(cfg, rows)
@@ -244,15 +274,18 @@ def _merge(cfg: DataConfig, rows: list[Row], shards: Path, out: Path) -> dict:
     """Copy the shards' frames, in corpus order, into features.npy; write index.json,
     skipped.jsonl and poses.json (each row's pose file stat). Returns the summary."""
     kept, skipped, stats = [], [], {}             # kept: (row, shard file, start in shard, frames)
+    counted = Counter()
     for f in sorted(shards.glob("shard-*.json")):
         start = 0
         for i, n, reason, detail, *stat in json.loads(f.read_text()):   # no stat: a shard of an older version
             stats[i] = stat[0] if stat else None
+            counted[i] += 1
             if reason:
                 skipped.append({"uid": rows[i].uid, "pose": rows[i].pose, "reason": reason, "detail": detail})
             else:
                 kept.append((i, f.with_suffix(".npy"), start, n))
                 start += n
+    check_counts(counted, len(rows), cfg)
     kept.sort()
     lengths = np.array([n for *_, n in kept], np.int64)
     starts = np.cumsum(lengths) - lengths
@@ -279,6 +312,19 @@ def _merge(cfg: DataConfig, rows: list[Row], shards: Path, out: Path) -> dict:
     return {"ok": len(kept), "skipped": len(skipped), "layout": cfg.pose.layout,
             "reasons": dict(Counter(s["reason"] for s in skipped)),
             "splits": dict(Counter(index["split"])), "frames": int(lengths.sum()), "cache": str(out)}
+
+
+def check_counts(counted: Counter, n_rows: int, cfg: DataConfig) -> None:
+    """Every corpus row exactly once in the shards, or a DataError: a cache of other rows than the
+    corpus's (e.g. written by two builders at once) must not be marked done."""
+    twice = sorted(i for i, c in counted.items() if c > 1)
+    missing = n_rows - len(counted)
+    if twice or missing:
+        what = (f"row {twice[0]} more than once" if twice else "") + (", " if twice and missing else "") + \
+            (f"{missing} rows missing" if missing else "")
+        raise DataError(f"{cache_dir(cfg)}: the build holds {sum(counted.values())} rows for a corpus of {n_rows} "
+                        f"({what}; did another process write into it?); nothing was marked done. Build it again: "
+                        f"{rebuild_command(cfg)}")
 
 
 def ensure_cache(cfg: DataConfig, rank: int = 0, world_size: int = 1, timeout_s: float = 24 * 3600,
