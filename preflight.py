@@ -2,6 +2,7 @@
 and what the run needs created on first use.
 
     accumulation              micro-steps per optimizer step (global_batch split over the ranks)
+    claim_out_dir             out_dir writable, and this run its one owner while it runs
     check_run_dir             an out_dir holding another run is an error, never overwritten
     check_inputs              the corpus and the base checkpoint exist (with how to get them)
     create_first_use_assets   the CPU demo's synthetic corpus and random tiny Qwen2 + BPE tokenizer
@@ -29,7 +30,7 @@ import corpus
 import data
 import loader
 from config import ConfigError, TrainConfig
-from processes import Dist, setup_logging
+from processes import Dist, all_sum, setup_logging
 
 log = logging.getLogger("train")  # the run's log (processes.setup_logging)
 
@@ -60,6 +61,21 @@ def check_run_dir(cfg: TrainConfig, out_dir: Path) -> None:
     if not cfg.resume and checkpoints.listed(out_dir):
         raise ConfigError(f"{out_dir} already holds checkpoints; pass --resume=auto to continue that "
                           "run, or choose another --out_dir")
+
+
+def claim_out_dir(out_dir: Path) -> str | None:
+    """Rank 0, before anything is written there: out_dir created, writable, and owned by this run
+    for its life (checkpoints.own). None, or why the run cannot have it."""
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        holder = checkpoints.own(out_dir)
+    except OSError as e:
+        return (f"out_dir {out_dir} cannot be written ({e.strerror or e}); choose a folder you can write "
+                "with --out_dir=DIR")
+    if holder:
+        return (f"{out_dir} is in use by another run ({holder}; lock file {out_dir / '.lock'}); wait for it to "
+                "end (then --resume=auto continues it), or choose another --out_dir")
+    return None
 
 
 def check_inputs(cfg: TrainConfig) -> None:
@@ -155,11 +171,10 @@ def prepare_run(cfg: TrainConfig, d: Dist) -> tuple[Path, int, dict, Path | None
     if cfg.fsdp and not dist.is_initialized():
         raise ConfigError("fsdp=True shards the model over the processes of a torchrun job: start it with "
                           "torchrun --nproc_per_node N train.py ... (N >= 1)")
+    refused = claim_out_dir(out_dir) if d.main else None
+    if all_sum([refused is not None], d)[0]:   # every rank leaves, only rank 0 knows why
+        raise ConfigError(refused or f"rank 0 could not claim out_dir {out_dir} (its reason is on its console)")
     check_run_dir(cfg, out_dir)
-    if d.main:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    if d.world > 1:
-        dist.barrier()
     setup_logging(out_dir, d)
     if d.main:
         for left in checkpoints.clean(out_dir):

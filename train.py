@@ -563,6 +563,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             return train(cfg, d)
         finally:
+            checkpoints.release(Path(cfg.out_dir))   # the run is over: another may own out_dir
             if d.world > 1:
                 dist.destroy_process_group()
     except (ConfigError, corpus.DataError, FileNotFoundError) as e:
