@@ -200,6 +200,15 @@ def own(out_dir: Path) -> str | None:
     return None
 
 
+def run_dir_of(path: Path) -> Path | None:
+    """The run directory that path is in (or is), None if none: the nearest folder at or above it
+    with a run's config.json beside its metrics, logs or checkpoints."""
+    for p in (Path(path).resolve(), *Path(path).resolve().parents):
+        if (p / "config.json").is_file() and ((p / "metrics.jsonl").is_file() or (p / "logs").is_dir() or listed(p)):
+            return p
+    return None
+
+
 def release(out_dir: Path) -> None:
     """The run is over: another may own out_dir."""
     fd = _owned.pop(Path(out_dir).resolve(), None)

@@ -242,6 +242,11 @@ def check_outputs(args: argparse.Namespace, out: Path) -> None:
         lora.refuse_overwrite(args.export_adapter, lora.ADAPTER_FILES)
     if args.export_merged:
         lora.refuse_overwrite(args.export_merged, lora.MERGED_FILES)
+    for flag, target in (("--export_adapter", args.export_adapter), ("--export_merged", args.export_merged)):
+        run = checkpoints.run_dir_of(Path(target)) if target else None
+        if run:  # its config.json would replace the run's, and keep_last would prune it with a checkpoint
+            raise ConfigError(f"{flag} {target} is inside the run directory {run}: export outside it "
+                              f"(e.g. {run}-export); nothing was written")
     if args.pose and not Path(args.pose).is_file():
         raise FileNotFoundError(f"--pose {args.pose}: no such file")
     writes_predictions = not (args.export_adapter or args.export_merged or args.pose or args.video)
