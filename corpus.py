@@ -15,7 +15,8 @@ Layouts read:
     PHOENIX poses); an empty split is assigned by video.
 A row that cannot be used (an unquoted comma, bytes that are not UTF-8, a uid naming a file
 outside the pose folder, an unknown split) is kept with its problem, never fatal: data.prepare
-lists it in skipped.jsonl. A UTF-8 byte-order mark (as Excel writes) is skipped.
+lists it in skipped.jsonl. A UTF-8 byte-order mark (as Excel writes) is skipped. A quote left
+open across lines stops the read (DataError naming the line): it would merge rows silently.
 
 References:
   - iSign (Joshi et al. 2024, "iSign: A Benchmark for Indian Sign Language Processing").
@@ -108,8 +109,10 @@ def _read_csv(path: Path) -> list[tuple[str, str, str]]:
         if not {"uid", "text"} <= set(reader.fieldnames or []):
             raise DataError(f"{path}: needs columns uid,text; has {reader.fieldnames} (the first line must "
                             "name the columns, e.g. `uid,text`)")
-        out = []
+        out, previous = [], reader.line_num
         for r in reader:
+            _refuse_line_breaks(path, r, previous, reader.line_num)
+            previous = reader.line_num
             where, uid, text = f"{path} line {reader.line_num}", (r["uid"] or "").strip(), (r["text"] or "").strip()
             problem = ""
             if None in r:   # DictReader's key for the fields beyond the header's
@@ -121,6 +124,20 @@ def _read_csv(path: Path) -> list[tuple[str, str, str]]:
                 problem = f"{where}: empty uid"
             out.append((uid, text, problem))
         return out
+
+
+def _refuse_line_breaks(path: Path, fields: dict, previous: int, end: int) -> None:
+    """A field holding a line break is a quote opened and closed lines later, or never: one stray
+    `"` turns every row up to the next `"` (or the end of the file) into one text, and the corpus
+    silently loses them. The file must be fixed, so this stops the read (DataError). `previous`
+    and `end`: the reader's line number after the previous row and after this one."""
+    values = [v for v in fields.values() if isinstance(v, str)] + (fields.get(None) or [])
+    breaks = sum(v.count("\n") + v.count("\r") - v.count("\r\n") for v in values)
+    if breaks:
+        start = max(previous + 1, end - breaks)   # a quote never closed holds the file's last line break too
+        raise DataError(f"{path} line {start}: a quote opens there and closes only at line {end} (or never), so "
+                        f"lines {start}-{end} would be one text; remove that stray \", double it (\"\") or put the "
+                        "text's quotes on its own line, then run again (nothing was read)")
 
 
 def _read_manifest(path: Path, data_dir: Path) -> list[Row]:
