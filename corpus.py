@@ -2,6 +2,7 @@
 
     read_rows      every row of the corpus (uid, text, pose path, split, problem), in file order
     split_texts    one split's texts, straight from the corpus files (e.g. to train a tokenizer)
+    splits_source  where the splits come from, in words
     split_by_video the deterministic train/val/test split by video when the corpus has none
     resolve_layout layout "auto" -> the keypoint layout of the corpus's first readable pose file
     Row, DataError a row (a bad one keeps its problem, for data.prepare to report and skip) and
@@ -173,11 +174,29 @@ def source_files(cfg: CorpusConfig) -> list[Path]:
     d = Path(cfg.data_dir)
     if cfg.csv.endswith(".jsonl"):
         return [d / cfg.csv]
+    split_files = [d / f"{s}.csv" for s in SPLITS if (d / f"{s}.csv").is_file()]
     if (d / "train.csv").is_file():
-        return [d / f"{s}.csv" for s in SPLITS if (d / f"{s}.csv").is_file()]
+        return split_files
     if not (d / cfg.csv).is_file():
+        if split_files:
+            raise FileNotFoundError(f"{d}: {', '.join(f.name for f in split_files)} but no train.csv: the train "
+                                    f"split has no clips; add train.csv (or one CSV, {cfg.csv}, split by video)")
         raise FileNotFoundError(f"{d}: no {cfg.csv} (nor train.csv / val.csv / test.csv)")
     return [d / cfg.csv]
+
+
+def splits_source(cfg: CorpusConfig) -> str:
+    """Where the splits come from, in words (e.g. 'splits from train.csv, val.csv; iSign_v1.1.csv
+    beside them is not read'): a corpus with split files ignores its main CSV."""
+    files = source_files(cfg)
+    if cfg.csv.endswith(".jsonl"):
+        return f'splits from the "split" field of {files[0].name} (rows without one: by video)'
+    if files[0].name != "train.csv":
+        return (f"splits: {files[0].name}'s rows by video, {'/'.join(f'{r:g}' for r in cfg.split_ratios)} "
+                f"(split_ratios, split_seed {cfg.split_seed})")
+    ignored = Path(cfg.data_dir) / cfg.csv
+    return (f"splits from {', '.join(f.name for f in files)}" +
+            (f"; {cfg.csv} beside them is not read" if ignored.is_file() else ""))
 
 
 def read_rows(cfg: CorpusConfig) -> list[Row]:

@@ -42,7 +42,7 @@ from tqdm import tqdm
 
 import poses
 import processes
-from corpus import DataError, Row, read_rows, resolve_layout, source_files
+from corpus import DataError, Row, read_rows, resolve_layout, source_files, splits_source
 from poses import PoseConfig, PoseError
 
 FEATURE_VERSION = 2  # bump when the feature computation changes: every cache becomes stale
@@ -312,6 +312,12 @@ def _merge(cfg: DataConfig, rows: list[Row], shards: Path, out: Path) -> dict:
     return {"ok": len(kept), "skipped": len(skipped), "layout": cfg.pose.layout,
             "reasons": dict(Counter(s["reason"] for s in skipped)),
             "splits": dict(Counter(index["split"])), "frames": int(lengths.sum()), "cache": str(out)}
+
+
+def split_sizes(cfg: DataConfig) -> dict[str, int]:
+    """Clips per split in the complete cache (0 for an empty split)."""
+    counts = json.loads((cache_dir(cfg) / "DONE").read_text())["summary"]["splits"]
+    return {s: counts.get(s, 0) for s in ("train", "val", "test")}
 
 
 def check_counts(counted: Counter, n_rows: int, cfg: DataConfig) -> None:
@@ -634,7 +640,9 @@ def main(argv=None) -> None:
         cfg = DataConfig(data_dir=args.data_dir, cache_dir=args.cache, csv=args.csv,
                          pose=PoseConfig(layout=args.layout))
         try:
-            print(json.dumps(prepare(cfg, workers=args.workers, force=args.force)))
+            summary = prepare(cfg, workers=args.workers, force=args.force)
+            print(f"{splits_source(cfg)}: {summary['splits']} clips", file=sys.stderr)
+            print(json.dumps(summary))
         except (DataError, FileNotFoundError) as e:
             print(f"error: {e}", file=sys.stderr)
             raise SystemExit(2)

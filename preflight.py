@@ -5,6 +5,7 @@ and what the run needs created on first use.
     claim_out_dir             out_dir writable, and this run its one owner while it runs
     check_run_dir             an out_dir holding another run is an error, never overwritten
     check_inputs              the corpus and the base checkpoint exist (with how to get them)
+    check_splits              what an empty split means for the run, said before the model loads
     create_first_use_assets   the CPU demo's synthetic corpus and random tiny Qwen2 + BPE tokenizer
     find_resume               the checkpoint to resume from (--resume=auto|PATH), checked
     prepare_run               all of the above in order, the layout resolved, the pose cache built,
@@ -90,6 +91,26 @@ def check_inputs(cfg: TrainConfig) -> None:
         raise ConfigError(f"model_dir {cfg.model_dir} holds no checkpoint (config.json missing){searched}. Download "
                           f"it with: hf download {cfg.model_repo}{where}  "
                           "(pip install huggingface_hub; older versions: huggingface-cli download)")
+
+
+def check_splits(cfg: TrainConfig, sizes: dict[str, int], main: bool) -> None:
+    """What an empty split means for this run, said before the model loads: no train split is an
+    error; no validation split, no validation (and no `best`); no test split, no test_at_end
+    (turned off here: the run must not fail at its end, nor a requeued run at every end)."""
+    source = corpus.splits_source(cfg.data)
+    if main:
+        log.info(f"{source}: " + ", ".join(f"{k} {v}" for k, v in sizes.items()) + " clips")
+    if not sizes["train"]:
+        raise ConfigError(f"the train split of {cfg.data.data_dir} has no clips ({source}); give the corpus a "
+                          "train split (train.csv, or split_ratios when it has one CSV)")
+    if not sizes["val"] and main:
+        log.warning(f"no validation split in {cfg.data.data_dir} ({source}): no validation runs, no `best` "
+                    "checkpoint is chosen, and test_at_end tests the last one")
+    if not sizes["test"] and cfg.test_at_end:
+        cfg.test_at_end = False
+        if main:
+            log.warning(f"no test split in {cfg.data.data_dir} ({source}): test_at_end is skipped (the run's "
+                        "checkpoints are evaluated with `python eval.py OUT_DIR --split val`)")
 
 
 def create_first_use_assets(cfg: TrainConfig) -> None:
@@ -191,6 +212,7 @@ def prepare_run(cfg: TrainConfig, d: Dist) -> tuple[Path, int, dict, Path | None
     base = {"model_dir": cfg.model_dir, "fingerprint": loader.fingerprint(loader.model_path(cfg.model_dir))}
     ckpt = find_resume(cfg, out_dir, base)  # every rank: each reads the same files, the same answer
     data.ensure_cache(cfg.data, d.rank, d.world)
+    check_splits(cfg, data.split_sizes(cfg.data), d.main)
     if d.main:
         log.info("config:\n" + "\n".join(f"  {k} = {v!r}" for k, v in config.flat(cfg).items()))
         log.info(f"{d.world} process(es) on {d.device.type}; samples per step = batch_size {cfg.batch_size} "
