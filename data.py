@@ -6,7 +6,8 @@ What this is:
   - Features of one file: poses.py (`poses.load_pose`, `PoseConfig` inside DataConfig.pose).
   - Cache: `prepare` converts every row once, in parallel, into features.npy (all frames, float16,
     memory-mapped) + index.json (offsets, texts, splits). Resumable (rows are committed in
-    shards), rebuilt when the CSV or a pose file changes, never replaced by a build of other
+    shards), one builder at a time (CACHE/.lock), rebuilt when the CSV or a pose file changes or
+    its files are not what DONE recorded (a damaged cache), never replaced by a build of other
     settings without force=True (DataError), and never stopped by a bad row or file: skipped
     rows (a malformed CSV/JSONL row too) go to skipped.jsonl with their reason.
   - Batches: `SignDataset` (chat prompt with ONE pose placeholder, answer + <|im_end|>),
@@ -85,12 +86,47 @@ def signature(cfg: DataConfig) -> dict:
 
 
 def is_fresh(cfg: DataConfig) -> bool:
-    """True when the cache is complete and built from the current corpus and settings."""
+    """True when the cache is complete, undamaged and built from the current corpus and settings."""
     done = cache_dir(cfg) / "DONE"
     try:
-        return json.loads(done.read_text())["hash"] == signature(cfg)["hash"]
+        same = json.loads(done.read_text())["hash"] == signature(cfg)["hash"]
     except (FileNotFoundError, ValueError, KeyError):
         return False
+    return same and damage(cfg) is None
+
+
+CACHE_FILES = ("features.npy", "index.json", "skipped.jsonl", "poses.json")   # their sizes are in DONE
+
+
+def damage(cfg: DataConfig) -> str | None:
+    """What is wrong with a complete cache's files (None: nothing seen): a size other than DONE
+    recorded (a cache of an older version records none), or a features.npy shorter or longer
+    than its own header says (truncated by a full disk or an interrupted copy). Cheap: a few
+    stat calls and one header read, no data."""
+    out = cache_dir(cfg)
+    try:
+        recorded = json.loads((out / "DONE").read_text()).get("files", {})
+    except (OSError, ValueError):
+        return None                               # not complete: missing, not damaged
+    for name, size in recorded.items():
+        path = out / name
+        if not path.is_file():
+            return f"{path} is missing"
+        if path.stat().st_size != size:
+            return f"{path} has {path.stat().st_size} bytes, {out / 'DONE'} records {size}"
+    features = out / "features.npy"
+    try:
+        with open(features, "rb") as f:
+            version = np.lib.format.read_magic(f)
+            read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else \
+                np.lib.format.read_array_header_2_0
+            shape, _, dtype = read_header(f)
+            expected = f.tell() + int(np.prod(shape)) * dtype.itemsize
+    except (OSError, ValueError) as e:
+        return f"{features}: not a readable .npy file ({e})"
+    if features.stat().st_size != expected:
+        return f"{features} has {features.stat().st_size} bytes, its header describes {expected}"
+    return None
 
 
 def _write_atomic(path: Path, write: Callable[[Path], None]) -> None:
@@ -224,6 +260,8 @@ def _build(cfg: DataConfig, workers: int | None, progress: bool, force: bool) ->
                 return _usable(json.loads((out / "DONE").read_text())["summary"], out)
             print(f"{len(changed)} pose files changed since the cache was built (e.g. {changed[0]}): "
                   "building it again", file=sys.stderr)
+        elif why := damage(cfg):
+            print(f"the pose cache in {out} is damaged ({why}): building it again", file=sys.stderr)
     shards = out / "shards"
     progress_file = shards / "signature.json"
     if shards.exists() and (force or not progress_file.is_file()
@@ -265,6 +303,7 @@ def _build(cfg: DataConfig, workers: int | None, progress: bool, force: bool) ->
     summary.update(seconds=round(time.time() - t0, 2), converted=len(todo),
                    files_per_s=round(len(todo) / max(time.time() - t0, 1e-9), 1))
     sig["summary"] = summary
+    sig["files"] = {name: (out / name).stat().st_size for name in CACHE_FILES}
     _write_atomic(out / "DONE", lambda p: p.write_text(json.dumps(sig)))
     shutil.rmtree(shards)
     return _usable(summary, out)
@@ -402,7 +441,10 @@ class SignDataset(torch.utils.data.Dataset):
     def __init__(self, cfg: DataConfig, split: str, tokenizer, augment: bool = False, n_words: int = 0,
                  words: list[str] | None = None):
         if not is_fresh(cfg):
-            raise FileNotFoundError(f"{cache_dir(cfg)}: pose cache missing or stale; run "
+            why = damage(cfg)
+            raise FileNotFoundError(f"{cache_dir(cfg)}: pose cache damaged ({why}); build it again with "
+                                    f"`{rebuild_command(cfg)}`" if why else
+                                    f"{cache_dir(cfg)}: pose cache missing or stale; run "
                                     f"`python data.py prepare {cfg.data_dir}` (or ensure_cache)")
         index = json.loads((cache_dir(cfg) / "index.json").read_text())
         rows = [k for k, s in enumerate(index["split"]) if s == split]
