@@ -165,8 +165,9 @@ def find_resume(cfg: TrainConfig, out_dir: Path, base: dict) -> Path | None:
             raise ConfigError(f"--resume=auto: none of the {len(saved)} checkpoints in {out_dir} can be used "
                               f"({'; '.join(f'{c.name}: {why}' for c, why in problems.items())}); nothing was "
                               "changed. Move them away to train from step 0, or --resume=PATH a copy of a good one")
-        if ckpt is None:
-            return None  # nothing saved yet: the run starts at step 0
+        if ckpt is None:  # nothing saved yet (or a mistyped out_dir): say so, it starts over
+            log.info(f"--resume=auto: no checkpoint in {out_dir} yet, so the run starts from step 0")
+            return None
     else:
         ckpt = Path(cfg.resume)
         problem = checkpoints.problem(ckpt)
