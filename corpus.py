@@ -236,7 +236,7 @@ def resolve_layout(cfg: Config, rows: list[Row] | None = None) -> Config:
     problems = []
     for r in (rows if rows is not None else read_rows(cfg))[:100]:
         try:
-            header, _ = poses.read_pose(r.pose)
+            header, _ = poses.read_pose(r.pose, cfg.pose.max_pose_mb)
             layout = poses.detect_layout(header, r.pose)
         except PoseError as e:
             problems.append(str(e))

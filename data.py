@@ -658,6 +658,8 @@ def main(argv=None) -> None:
     p.add_argument("--layout", default=PoseConfig.layout, choices=["auto", *poses.LAYOUTS],
                    help="keypoint layout (default: auto, the first that the corpus's first readable file fits)")
     p.add_argument("--force", action="store_true", help="rebuild from scratch, even over a cache of other settings")
+    p.add_argument("--max_pose_mb", type=float, default=PoseConfig.max_pose_mb,
+                   help="larger .pose files are skipped unread (memory per worker: docs/data.md)")
     v = sub.add_parser("videos", help="a folder of videos -> a corpus in the iSign layout (video.py; "
                                       "pip install -r requirements-video.txt)")
     v.add_argument("video_dir")
@@ -680,7 +682,7 @@ def main(argv=None) -> None:
         print(json.dumps({"out_dir": args.out_dir, "n": args.n, "seed": args.seed}))
     else:
         cfg = DataConfig(data_dir=args.data_dir, cache_dir=args.cache, csv=args.csv,
-                         pose=PoseConfig(layout=args.layout))
+                         pose=PoseConfig(layout=args.layout, max_pose_mb=args.max_pose_mb))
         try:
             summary = prepare(cfg, workers=args.workers, force=args.force)
             print(f"{splits_source(cfg)}: {summary['splits']} clips", file=sys.stderr)
