@@ -22,7 +22,6 @@ References:
 """
 import dataclasses
 import math
-import mmap
 import os
 import stat
 from dataclasses import dataclass, field
@@ -43,9 +42,9 @@ class PoseConfig:
     fps: float | None = None         # subsample to at most this frame rate (None: keep the file's)
     max_frames: int = 300            # longer clips are subsampled uniformly to this length
     min_frames: int = 4              # shorter clips are skipped ("too few frames")
-    # larger .pose files are skipped unread ("pose file too large"): what one file may cost a
-    # prepare worker's memory (about twice this; docs/data.md, "Memory")
-    max_pose_mb: float = field(default=256.0, metadata={"runtime": True})
+    # larger .pose files are skipped unread ("pose file too large"): a bound on what one file
+    # costs a prepare worker's memory (docs/data.md, "Memory per worker")
+    max_pose_mb: float = field(default=128.0, metadata={"runtime": True})
     # augmentation (train only): maximum magnitudes, each drawn uniformly per sample
     augment: bool = True
     aug_rotate_deg: float = 10.0
@@ -187,24 +186,23 @@ def body_frame(cfg: PoseConfig) -> np.ndarray:
 def read_pose(path, max_mb: float | None = None):
     """Read a .pose file with pose-format; any failure is a PoseError naming the file. A file over
     max_mb is refused from its size and header before its body is read: reading costs memory in
-    proportion to the file's size (docs/data.md, "Memory per worker"). The file is memory-mapped,
-    so its bytes are page cache the system can drop, not the reader's own memory."""
+    proportion to the file's size (docs/data.md, "Memory per worker")."""
     path = Path(path)
-    st = _regular_file(path)
+    size = _regular_file(path).st_size
     try:
         with open(path, "rb") as f:
-            reader = BufferReader(mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ))
+            if max_mb and size > max_mb * 2**20:
+                mb = f"{size / 2**20:.1f}" if size < 10 * 2**20 else f"{size / 2**20:,.0f}"
+                raise PoseError("pose file too large", (
+                    f"{path}: {mb} MB{_body_shape(f.read(1 << 20), size)}, beyond max_pose_mb="
+                    f"{max_mb:g}, so not read (reading a file takes memory in proportion to its size, in each "
+                    "prepare worker: docs/data.md, \"Memory per worker\"); raise max_pose_mb (data.py prepare "
+                    "--max_pose_mb N, train.py --max_pose_mb=N) if the machine has that memory, or cut the clip"))
+            reader = BufferReader(f.read())
         header = PoseHeader.read(reader)
-    except Exception as e:
-        raise PoseError("unreadable pose file", f"{path}: not a readable .pose file ({type(e).__name__}: {e})") from e
-    if max_mb and st.st_size > max_mb * 2**20:
-        raise PoseError("pose file too large", (
-            f"{path}: {st.st_size / 2**20:.0f} MB{_body_shape(header, reader)}, beyond max_pose_mb={max_mb:g}, "
-            "so not read (reading a file takes memory in proportion to its size, in each prepare worker: "
-            "docs/data.md, \"Memory per worker\"); raise max_pose_mb (data.py prepare --max_pose_mb N, train.py "
-            "--max_pose_mb=N) if the machine has that memory, or cut the clip"))
-    try:
         body = NumPyPoseBody.read(header, reader)
+    except PoseError:
+        raise
     except Exception as e:
         raise PoseError("unreadable pose file", f"{path}: not a readable .pose file ({type(e).__name__}: {e})") from e
     # pose-format v0.1 infers the frame count from the bytes left, so a truncated file "parses"
@@ -234,21 +232,25 @@ def _regular_file(path: Path) -> os.stat_result:
     return st
 
 
-def _body_shape(header, reader: BufferReader) -> str:
-    """' (N frames x P people x K points)' from the header and the body's first fields, as
-    pose-format counts them (v0.1 has no usable frame count: the bytes left say it); '' if odd."""
+def _body_shape(head: bytes, size: int) -> str:
+    """' (N frames x P people x K points)' from a file's first bytes (its header, and the body's
+    first fields) and its size, as pose-format counts them (v0.1's frame count is a ushort that
+    may have wrapped: the bytes left say it); '' when the header does not fit in `head`."""
     try:
+        reader = BufferReader(head)
+        header = PoseHeader.read(reader)
         points, dims, version = header.total_points(), header.num_dims(), round(header.version, 3)
         if version == 0.2:
             _, frames, people = reader.unpack_f("f"), reader.unpack_f("I"), reader.unpack_f("H")
         elif version == 0.1:
             _, _, people = reader.unpack_f("HHH")
-            frames = reader.bytes_left() // max(people * points * (dims + 1) * 4, 1)
+            frames = (size - reader.read_offset) // max(people * points * (dims + 1) * 4, 1)
         else:
             return ""
     except Exception:  # only a description: the size alone refuses the file
         return ""
-    return f" ({frames:,} frames x {people} people x {points} points)" if people and points else ""
+    who = "1 person" if people == 1 else f"{people} people"
+    return f" ({frames:,} frames x {who} x {points} points)" if people and points else ""
 
 
 def select_points(header, body, cfg: PoseConfig, path="<pose>") -> tuple[np.ndarray, np.ndarray]:
