@@ -71,6 +71,7 @@ class Row:
     pose: str          # path of the .pose file
     split: str
     problem: str = ""  # why the corpus row itself is unusable (file and line named); prepare skips it
+    where: str = ""    # the corpus file and line it comes from, e.g. "data/x/train.csv line 7"
 
 
 def video_id(uid: str) -> str:
@@ -101,8 +102,8 @@ def _utf8(text: str) -> bool:
         return False
 
 
-def _read_csv(path: Path) -> list[tuple[str, str, str]]:
-    """(uid, text, problem) per data row, problem "" when the row is good. A UTF-8 BOM (as Excel
+def _read_csv(path: Path) -> list[tuple[str, str, str, str]]:
+    """(uid, text, problem, where) per data row, problem "" when the row is good. A UTF-8 BOM (as Excel
     writes) is skipped; a row with bytes that are not UTF-8 or with more fields than the header
     (an unquoted comma in the text) is kept with its problem, for prepare to report and skip."""
     with open(path, newline="", encoding="utf-8-sig", errors="surrogateescape") as f:
@@ -123,7 +124,7 @@ def _read_csv(path: Path) -> list[tuple[str, str, str]]:
                 problem = f"{where}: bytes that are not UTF-8 (save the file as UTF-8)"
             elif not uid:
                 problem = f"{where}: empty uid"
-            out.append((uid, text, problem))
+            out.append((uid, text, problem, where))
         return out
 
 
@@ -165,7 +166,7 @@ def _read_manifest(path: Path, data_dir: Path) -> list[Row]:
                 rows.append(Row(f"line-{n}", "", "", "", f"{where}: {problem}"))
             else:
                 rows.append(Row(str(it.get("uid") or Path(it["pose"]).stem), str(it.get("text") or "").strip(),
-                                str(data_dir / it["pose"]), it.get("split") or ""))
+                                str(data_dir / it["pose"]), it.get("split") or "", where=where))
     return rows
 
 
@@ -205,7 +206,8 @@ def read_rows(cfg: CorpusConfig) -> list[Row]:
     if cfg.csv.endswith(".jsonl"):
         return _split_unsplit(_read_manifest(files[0], d), cfg)
     split_files = files[0].name == "train.csv"
-    rows = [Row(u, t, "", f.stem if split_files else "", problem) for f in files for u, t, problem in _read_csv(f)]
+    rows = [Row(u, t, "", f.stem if split_files else "", problem, where)
+            for f in files for u, t, problem, where in _read_csv(f)]
     pose_dir = os.path.normpath(d / cfg.pose_dir)
     for r in rows:
         r.pose = str(d / cfg.pose_dir / f"{r.uid}.pose")

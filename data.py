@@ -271,11 +271,11 @@ def _build(cfg: DataConfig, workers: int | None, progress: bool, force: bool) ->
     progress_file.write_text(json.dumps(sig))
     (out / "DONE").unlink(missing_ok=True)
     done = {r[0] for f in shards.glob("shard-*.json") for r in json.loads(f.read_text())}
-    seen, results, todo = set(), [], []
+    first, results, todo = {}, [], []             # first: uid -> the row that used it first
     for i, r in enumerate(rows):
-        duplicate = not r.problem and r.uid in seen
+        duplicate = not r.problem and r.uid in first
         if not r.problem:
-            seen.add(r.uid)
+            first.setdefault(r.uid, r)
         if i in done:
             continue
         if r.problem:
@@ -283,7 +283,8 @@ def _build(cfg: DataConfig, workers: int | None, progress: bool, force: bool) ->
         elif not r.text:
             results.append((i, None, "empty text", f"{r.uid}: empty text", None))
         elif duplicate:
-            results.append((i, None, "duplicate uid", f"{r.uid}: uid already used by an earlier row", None))
+            results.append((i, None, "duplicate uid", f"{r.where}: uid {r.uid!r} is already used by "
+                                                      f"{first[r.uid].where}; give each clip its own uid", None))
         else:
             todo.append((i, r.pose))
     workers = workers or os.cpu_count() or 1
