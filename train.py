@@ -542,8 +542,9 @@ def train(cfg: TrainConfig, d: Dist) -> int:
     state = run.state
     log.info(f"done: step {state.step}/{cfg.max_steps} in {state.seconds / 60:.1f} min, "
              f"{state.tokens / max(state.seconds, 1e-9):.0f} tokens/s, {state.skipped} skipped steps, "
-             f"peak memory {peak_memory_gb(d.device):.2f} GB (rank {d.rank}); best val BLEU-4 "
-             f"{state.best_bleu:.2f} at step {state.best_step}; weights digest {weights_digest(run.model)}")
+             f"peak memory {peak_memory_gb(d.device):.2f} GB (rank {d.rank}); " +
+             (f"best val BLEU-4 {state.best_bleu:.2f} at step {state.best_step}" if state.best_step is not None
+              else "no validation yet") + f"; weights digest {weights_digest(run.model)}")
     if cfg.test_at_end and state.step == cfg.max_steps:
         metrics = evaluate_test(run.model, run.tok, cfg, run.out_dir, d)
         if d.main:
