@@ -31,7 +31,7 @@ import corpus
 import data
 import loader
 from config import ConfigError, TrainConfig
-from processes import Dist, all_sum, setup_logging
+from processes import FILE_ONLY, Dist, all_sum, setup_logging
 
 log = logging.getLogger("train")  # the run's log (processes.setup_logging)
 
@@ -215,7 +215,8 @@ def prepare_run(cfg: TrainConfig, d: Dist) -> tuple[Path, int, dict, Path | None
     data.ensure_cache(cfg.data, d.rank, d.world)
     check_splits(cfg, data.split_sizes(cfg.data), d.main)
     if d.main:
-        log.info("config:\n" + "\n".join(f"  {k} = {v!r}" for k, v in config.flat(cfg).items()))
+        log.info("config:\n" + "\n".join(f"  {k} = {v!r}" for k, v in config.flat(cfg).items()), extra=FILE_ONLY)
+        log.info(f"the resolved config: {out_dir / 'config.json'} (and {out_dir / 'logs' / 'rank0.log'})")
         log.info(f"{d.world} process(es) on {d.device.type}; samples per step = batch_size {cfg.batch_size} "
                  f"x grad_accum {accum} x world_size {d.world} = {cfg.batch_size * accum * d.world}")
         config.save_run_config(cfg, out_dir / "config.json")

@@ -5,6 +5,7 @@ collectives the loop needs, seeding, peak memory, and stopping on a signal at a 
                               WORLD_SIZE / LOCAL_RANK, a plain `python train.py` is a world of one
                               (NCCL on GPUs, gloo on the CPU)
     setup_logging             OUT_DIR/logs/rank{r}.log on every rank; rank 0 also on the console
+                              (but records logged with extra=FILE_ONLY)
     all_sum, gather           numbers summed over ranks, lists concatenated
     seed_everything           torch, numpy and Python's RNGs from one seed
     peak_memory_gb            the device's peak (CUDA allocator), else the process's peak RSS
@@ -37,6 +38,7 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 log = logging.getLogger("train")  # the run's log: setup_logging gives it its handlers (curves.py logs here too)
+FILE_ONLY = {"file_only": True}   # log.info(..., extra=FILE_ONLY): to the log files, not the console
 
 
 @dataclass
@@ -77,6 +79,7 @@ def setup_logging(out_dir: Path, d: Dist) -> None:
     handlers = [logging.FileHandler(out_dir / "logs" / f"rank{d.rank}.log")]
     if d.main:
         handlers.append(TqdmHandler())
+        handlers[-1].addFilter(lambda record: not getattr(record, "file_only", False))
     for h in list(log.handlers):  # a second run in the same process (tests) starts clean
         log.removeHandler(h)
         h.close()

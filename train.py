@@ -286,11 +286,31 @@ def mean_losses(losses: list[tuple[float | None, float]], words: bool) -> dict:
     return out
 
 
+def tested_checkpoint(out_dir: Path, cfg: TrainConfig) -> Path:
+    """The checkpoint test_at_end evaluates: the best by validation BLEU-4, else the last."""
+    best = out_dir / "best"
+    return best.resolve() if best.exists() else checkpoints.step_dir(out_dir, cfg.max_steps)
+
+
+def next_steps(cfg: TrainConfig, out_dir: Path, example_uid: str | None) -> str:
+    """What to do with a finished run, as a newcomer needs it: where the test translations are
+    (or how to get them) and how to translate one clip."""
+    pose = Path(cfg.data.data_dir) / cfg.data.pose_dir / f"{example_uid}.pose"
+    pose = pose if example_uid and pose.is_file() else "CLIP.pose"
+    tested = ev.predictions_path(out_dir, "test", tested_checkpoint(out_dir, cfg), num_beams=1)
+    return "\n".join(["next steps:",
+                      f"  the test split's translations, one JSON line per clip: {tested}" if tested.is_file() else
+                      f"  translate the test split (metrics, predictions file): python eval.py {out_dir} --split test",
+                      f"  translate one clip: python eval.py {out_dir} --pose {pose}",
+                      f"  more: docs/evaluation.md; train longer: the same command with --resume=auto "
+                      f"--max_steps={2 * cfg.max_steps}"])
+
+
 def evaluate_test(model: SignTranslator, tok: Tokenizer, cfg: TrainConfig, out_dir: Path, d: Dist) -> dict | None:
     """test_at_end: the best checkpoint's weights (else the last one's, in the model) on the test
     split, as eval.py reports them (predictions file included)."""
     best = out_dir / "best"
-    ckpt = best.resolve() if best.exists() else checkpoints.step_dir(out_dir, cfg.max_steps)
+    ckpt = tested_checkpoint(out_dir, cfg)
     if best.exists():
         checkpoints.load_trained(model, ckpt)
     test_ds = data.SignDataset(cfg.data, "test", tok)
@@ -549,6 +569,8 @@ def train(cfg: TrainConfig, d: Dist) -> int:
         metrics = evaluate_test(run.model, run.tok, cfg, run.out_dir, d)
         if d.main:
             print(json.dumps(metrics), flush=True)
+    if d.main and state.step == cfg.max_steps:
+        log.info(next_steps(cfg, run.out_dir, run.val_ds.uids[0] if len(run.val_ds) else None))
     if d.world > 1:  # leave together: a rank tearing down gloo while rank 0 still saves can abort
         dist.barrier()
     return exit_code
