@@ -231,6 +231,7 @@ def prepare(cfg: DataConfig, workers: int | None = None, progress: bool = True, 
     other settings is refused (DataError) unless force=True, which also rebuilds in any case.
     One builder at a time: the others wait for it (OUT/.lock), then find the cache done."""
     out = cache_dir(cfg)
+    source_files(cfg)                              # no corpus there: an error before any folder is made
     try:
         out.mkdir(parents=True, exist_ok=True)
         lock = processes.hold_lock(out / ".lock", wait=lambda holder: print(

@@ -82,6 +82,10 @@ def test_1_a_cache_whose_rows_do_not_match_the_corpus_is_not_marked_done(fixture
     assert not data.is_fresh(cfg) and not (root / "cache" / "DONE").exists()
     monkeypatch.undo()
     assert data.prepare(cfg, workers=1, progress=False, force=True)["ok"] == 6
+    # the lock's folder is made only for a corpus that is there: a mistyped data_dir stays absent
+    with pytest.raises(FileNotFoundError, match="no iSign_v1.1.csv"):
+        data.prepare(data.DataConfig(data_dir=str(tmp_path / "typo")), workers=1, progress=False)
+    assert not (tmp_path / "typo").exists()
 
 
 def test_2_a_second_training_into_a_busy_out_dir_is_refused(shared, tmp_path):
