@@ -100,32 +100,19 @@ CACHE_FILES = ("features.npy", "index.json", "skipped.jsonl", "poses.json")   # 
 
 def damage(cfg: DataConfig) -> str | None:
     """What is wrong with a complete cache's files (None: nothing seen): a size other than DONE
-    recorded (a cache of an older version records none), or a features.npy shorter or longer
-    than its own header says (truncated by a full disk or an interrupted copy). Cheap: a few
-    stat calls and one header read, no data."""
+    recorded (a full disk, a copy cut short), or a features.npy shorter than its own header says
+    (a cache too old to record sizes). Cheap: a few stat calls and one header read."""
     out = cache_dir(cfg)
     try:
         recorded = json.loads((out / "DONE").read_text()).get("files", {})
-    except (OSError, ValueError):
-        return None                               # not complete: missing, not damaged
-    for name, size in recorded.items():
-        path = out / name
-        if not path.is_file():
-            return f"{path} is missing"
-        if path.stat().st_size != size:
-            return f"{path} has {path.stat().st_size} bytes, {out / 'DONE'} records {size}"
-    features = out / "features.npy"
-    try:
-        with open(features, "rb") as f:
-            version = np.lib.format.read_magic(f)
-            read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else \
-                np.lib.format.read_array_header_2_0
-            shape, _, dtype = read_header(f)
-            expected = f.tell() + int(np.prod(shape)) * dtype.itemsize
+        for name, size in recorded.items():
+            if (out / name).stat().st_size != size:
+                return f"{out / name} has {(out / name).stat().st_size} bytes, {out / 'DONE'} records {size}"
+        np.load(out / "features.npy", mmap_mode="r")   # maps the file: shorter than its header says fails
+    except FileNotFoundError as e:
+        return f"{e.filename} is missing" if (out / "DONE").is_file() else None
     except (OSError, ValueError) as e:
-        return f"{features}: not a readable .npy file ({e})"
-    if features.stat().st_size != expected:
-        return f"{features} has {features.stat().st_size} bytes, its header describes {expected}"
+        return f"{out / 'features.npy'}: {e}"
     return None
 
 
@@ -237,9 +224,7 @@ def prepare(cfg: DataConfig, workers: int | None = None, progress: bool = True, 
         lock = processes.hold_lock(out / ".lock", wait=lambda holder: print(
             f"waiting: another process is building the pose cache in {out} ({holder}; lock file {out / '.lock'}); "
             "this one goes on when it is done", file=sys.stderr, flush=True))
-    except OSError as e:   # a read-only cache folder: fine to read, impossible to build in
-        if not force and is_fresh(cfg) and not changed_poses(cfg):
-            return _usable(json.loads((out / "DONE").read_text())["summary"], out)
+    except OSError as e:
         raise DataError(f"cannot write in the pose cache folder {out} ({e.strerror or e}); build the cache in "
                         "a folder you can write: data.py prepare --cache DIR, train.py --cache_dir=DIR") from None
     try:
@@ -326,7 +311,10 @@ def _merge(cfg: DataConfig, rows: list[Row], shards: Path, out: Path) -> dict:
             else:
                 kept.append((i, f.with_suffix(".npy"), start, n))
                 start += n
-    check_counts(counted, len(rows), cfg)
+    if len(counted) != len(rows) or max(counted.values(), default=1) > 1:   # e.g. two builders at once
+        raise DataError(f"{out}: the build holds {sum(counted.values())} rows for a corpus of {len(rows)} (did "
+                        f"another process write into it?); nothing was marked done. Build it again: "
+                        f"{rebuild_command(cfg)}")
     kept.sort()
     lengths = np.array([n for *_, n in kept], np.int64)
     starts = np.cumsum(lengths) - lengths
@@ -359,19 +347,6 @@ def split_sizes(cfg: DataConfig) -> dict[str, int]:
     """Clips per split in the complete cache (0 for an empty split)."""
     counts = json.loads((cache_dir(cfg) / "DONE").read_text())["summary"]["splits"]
     return {s: counts.get(s, 0) for s in ("train", "val", "test")}
-
-
-def check_counts(counted: Counter, n_rows: int, cfg: DataConfig) -> None:
-    """Every corpus row exactly once in the shards, or a DataError: a cache of other rows than the
-    corpus's (e.g. written by two builders at once) must not be marked done."""
-    twice = sorted(i for i, c in counted.items() if c > 1)
-    missing = n_rows - len(counted)
-    if twice or missing:
-        what = (f"row {twice[0]} more than once" if twice else "") + (", " if twice and missing else "") + \
-            (f"{missing} rows missing" if missing else "")
-        raise DataError(f"{cache_dir(cfg)}: the build holds {sum(counted.values())} rows for a corpus of {n_rows} "
-                        f"({what}; did another process write into it?); nothing was marked done. Build it again: "
-                        f"{rebuild_command(cfg)}")
 
 
 def ensure_cache(cfg: DataConfig, rank: int = 0, world_size: int = 1, timeout_s: float = 24 * 3600,

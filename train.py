@@ -292,20 +292,6 @@ def tested_checkpoint(out_dir: Path, cfg: TrainConfig) -> Path:
     return best.resolve() if best.exists() else checkpoints.step_dir(out_dir, cfg.max_steps)
 
 
-def next_steps(cfg: TrainConfig, out_dir: Path, example_uid: str | None) -> str:
-    """What to do with a finished run, as a newcomer needs it: where the test translations are
-    (or how to get them) and how to translate one clip."""
-    pose = Path(cfg.data.data_dir) / cfg.data.pose_dir / f"{example_uid}.pose"
-    pose = pose if example_uid and pose.is_file() else "CLIP.pose"
-    tested = ev.predictions_path(out_dir, "test", tested_checkpoint(out_dir, cfg), num_beams=1)
-    return "\n".join(["next steps:",
-                      f"  the test split's translations, one JSON line per clip: {tested}" if tested.is_file() else
-                      f"  translate the test split (metrics, predictions file): python eval.py {out_dir} --split test",
-                      f"  translate one clip: python eval.py {out_dir} --pose {pose}",
-                      f"  more: docs/evaluation.md; train longer: the same command with --resume=auto "
-                      f"--max_steps={2 * cfg.max_steps}"])
-
-
 def evaluate_test(model: SignTranslator, tok: Tokenizer, cfg: TrainConfig, out_dir: Path, d: Dist) -> dict | None:
     """test_at_end: the best checkpoint's weights (else the last one's, in the model) on the test
     split, as eval.py reports them (predictions file included)."""
@@ -570,7 +556,9 @@ def train(cfg: TrainConfig, d: Dist) -> int:
         if d.main:
             print(json.dumps(metrics), flush=True)
     if d.main and state.step == cfg.max_steps:
-        log.info(next_steps(cfg, run.out_dir, run.val_ds.uids[0] if len(run.val_ds) else None))
+        clip = Path(cfg.data.data_dir) / cfg.data.pose_dir / f"{run.val_ds.uids[0] if len(run.val_ds) else 'CLIP'}.pose"
+        tested = ev.predictions_path(run.out_dir, "test", tested_checkpoint(run.out_dir, cfg), num_beams=1)
+        log.info(ev.next_steps(run.out_dir, tested, clip))
     if d.world > 1:  # leave together: a rank tearing down gloo while rank 0 still saves can abort
         dist.barrier()
     return exit_code
