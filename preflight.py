@@ -105,7 +105,8 @@ def check_splits(cfg: TrainConfig, sizes: dict[str, int], main: bool) -> None:
                           "train split (train.csv, or split_ratios when it has one CSV)")
     if not sizes["val"] and main:
         log.warning(f"no validation split in {cfg.data.data_dir} ({source}): no validation runs, no `best` "
-                    "checkpoint is chosen, and test_at_end tests the last one")
+                    "checkpoint is chosen, and test_at_end tests the last one (give the corpus a val.csv, or "
+                    "split_ratios with a val share, to have one)")
     if not sizes["test"] and cfg.test_at_end:
         cfg.test_at_end = False
         if main:
