@@ -186,18 +186,20 @@ def source_files(cfg: CorpusConfig) -> list[Path]:
     return [d / cfg.csv]
 
 
-def splits_source(cfg: CorpusConfig) -> str:
+def splits_source(cfg: CorpusConfig, sizes: dict[str, int] | None = None) -> str:
     """Where the splits come from, in words (e.g. 'splits from train.csv, val.csv; iSign_v1.1.csv
-    beside them is not read'): a corpus with split files ignores its main CSV."""
+    beside them is not read': a corpus with split files ignores its main CSV), and with `sizes`
+    the clips in each."""
     files = source_files(cfg)
     if cfg.csv.endswith(".jsonl"):
-        return f'splits from the "split" field of {files[0].name} (rows without one: by video)'
-    if files[0].name != "train.csv":
-        return (f"splits: {files[0].name}'s rows by video, {'/'.join(f'{r:g}' for r in cfg.split_ratios)} "
-                f"(split_ratios, split_seed {cfg.split_seed})")
-    ignored = Path(cfg.data_dir) / cfg.csv
-    return (f"splits from {', '.join(f.name for f in files)}" +
-            (f"; {cfg.csv} beside them is not read" if ignored.is_file() else ""))
+        source = f'splits from the "split" field of {files[0].name} (rows without one: by video)'
+    elif files[0].name != "train.csv":
+        source = (f"splits: {files[0].name}'s rows by video, {'/'.join(f'{r:g}' for r in cfg.split_ratios)} "
+                  f"(split_ratios, split_seed {cfg.split_seed})")
+    else:
+        source = f"splits from {', '.join(f.name for f in files)}" + (
+            f"; {cfg.csv} beside them is not read" if (Path(cfg.data_dir) / cfg.csv).is_file() else "")
+    return source + (": " + ", ".join(f"{s} {sizes.get(s, 0)}" for s in SPLITS) + " clips" if sizes else "")
 
 
 def read_rows(cfg: CorpusConfig) -> list[Row]:

@@ -662,7 +662,7 @@ def main(argv=None) -> None:
                          pose=PoseConfig(layout=args.layout, max_pose_mb=args.max_pose_mb))
         try:
             summary = prepare(cfg, workers=args.workers, force=args.force)
-            print(f"{splits_source(cfg)}: {summary['splits']} clips", file=sys.stderr)
+            print(splits_source(cfg, summary["splits"]), file=sys.stderr)
             print(json.dumps(summary))
         except (DataError, FileNotFoundError) as e:
             print(f"error: {e}", file=sys.stderr)

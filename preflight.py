@@ -99,7 +99,7 @@ def check_splits(cfg: TrainConfig, sizes: dict[str, int], main: bool) -> None:
     (turned off here: the run must not fail at its end, nor a requeued run at every end)."""
     source = corpus.splits_source(cfg.data)
     if main:
-        log.info(f"{source}: " + ", ".join(f"{k} {v}" for k, v in sizes.items()) + " clips")
+        log.info(corpus.splits_source(cfg.data, sizes))
     if not sizes["train"]:
         raise ConfigError(f"the train split of {cfg.data.data_dir} has no clips ({source}); give the corpus a "
                           "train split (train.csv, or split_ratios when it has one CSV)")
