@@ -20,6 +20,7 @@ import dataclasses
 import logging
 import os
 import shutil
+import tempfile
 from pathlib import Path
 
 import torch
@@ -69,6 +70,8 @@ def claim_out_dir(out_dir: Path) -> str | None:
     for its life (checkpoints.own). None, or why the run cannot have it."""
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out_dir):  # a file can be made there (the lock's may exist already)
+            pass
         holder = checkpoints.own(out_dir)
     except OSError as e:
         return (f"out_dir {out_dir} cannot be written ({e.strerror or e}); choose a folder you can write "
