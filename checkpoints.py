@@ -8,6 +8,7 @@
         meta.json                 written last: step, time, the base model's fingerprint, and every
                                   file's size and sha256
     OUT_DIR/best -> ckpt-000600   relative link to the best checkpoint by validation BLEU
+    OUT_DIR/.lock                 held by the run's rank 0 while it runs (own): one run at a time
 
 A checkpoint is written into a hidden temporary directory, every file fsynced, then renamed: a
 half-written one is never seen under its name. meta.json lets a reader check each file, so a
@@ -36,6 +37,7 @@ from torch import nn
 
 import loader
 import sharding
+from processes import hold_lock, lock_holder
 
 TRAINED, OPTIMIZER, STATE, META = "trained.safetensors", "optimizer.safetensors", "state.json", "meta.json"
 
@@ -184,6 +186,42 @@ def consolidated(model: nn.Module, opt: torch.optim.Optimizer, keep: bool) -> tu
             if keep:
                 (moments if key else tensors)[name + key] = full.cpu()
     return tensors, moments
+
+
+# ----------------------------------------------------------------------------- the run directory's owner
+
+_owned: dict[Path, int] = {}  # run directory -> the fd that holds its lock, in this process
+
+
+def own(out_dir: Path) -> str | None:
+    """Make this process the owner of out_dir (rank 0, for the run's life: until release() or the
+    process's end, a kill included). None when it is; else who owns it, e.g. 'pid 4242 on node7
+    since 2026-01-02 10:00:00': two runs writing one directory would mix their metrics, logs
+    and checkpoints. Raises OSError when the folder cannot be written."""
+    out_dir = Path(out_dir).resolve()
+    if out_dir in _owned:
+        return None
+    fd = hold_lock(out_dir / ".lock")
+    if fd is None:
+        return lock_holder(out_dir / ".lock")
+    _owned[out_dir] = fd
+    return None
+
+
+def run_dir_of(path: Path) -> Path | None:
+    """The run directory that path is in (or is), None if none: the nearest folder at or above it
+    with a run's config.json beside its metrics, logs or checkpoints."""
+    for p in (Path(path).resolve(), *Path(path).resolve().parents):
+        if (p / "config.json").is_file() and ((p / "metrics.jsonl").is_file() or (p / "logs").is_dir() or listed(p)):
+            return p
+    return None
+
+
+def release(out_dir: Path) -> None:
+    """The run is over: another may own out_dir."""
+    fd = _owned.pop(Path(out_dir).resolve(), None)
+    if fd is not None:
+        os.close(fd)
 
 
 # ----------------------------------------------------------------------------- writing (rank 0)

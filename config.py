@@ -267,6 +267,7 @@ RULES = {
     **{k: (_fraction, "in [0, 1)") for k in ("lora_dropout", "encoder_dropout", "aug_speed", "aug_frame_drop")},
     "lr": (_positive, "> 0"),
     "lora_alpha": (_positive, "> 0"),
+    "max_pose_mb": (_positive, "> 0"),
     "min_lr_ratio": (lambda v: 0 <= v <= 1, "in [0, 1]"),
     "fps": (lambda v: v is None or _positive(v), "None or > 0"),
     "split_ratios": (lambda v: len(v) == 3 and all(x >= 0 for x in v) and sum(v) > 0,

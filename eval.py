@@ -182,6 +182,17 @@ def write_predictions(rows: list[dict], path: Path) -> None:
     os.replace(tmp, path)
 
 
+def next_steps(run_dir: Path, predictions: Path, clip: Path) -> str:
+    """What to do with a finished run, as a newcomer needs it (train.py ends with it): where the
+    test translations are, or how to make them, and how to translate one clip."""
+    return "\n".join([
+        "next steps:",
+        f"  the test split's translations, one JSON line per clip: {predictions}" if predictions.is_file() else
+        f"  translate the test split (metrics and a predictions file): python eval.py {run_dir} --split test",
+        f"  translate one clip: python eval.py {run_dir} --pose {clip if clip.is_file() else 'CLIP.pose'}",
+        "  more: docs/evaluation.md; to train longer, the same command with --resume=auto and a larger --max_steps"])
+
+
 def translate_file(model: SignTranslator, tok: Tokenizer, dcfg: data.DataConfig, pose_path: str,
                    max_new_tokens: int, num_beams: int, device: torch.device, static: bool = False) -> str:
     """One .pose file -> its English translation."""
@@ -260,6 +271,11 @@ def check_outputs(args: argparse.Namespace, out: Path) -> None:
         lora.refuse_overwrite(args.export_adapter, lora.ADAPTER_FILES)
     if args.export_merged:
         lora.refuse_overwrite(args.export_merged, lora.MERGED_FILES)
+    for flag, target in (("--export_adapter", args.export_adapter), ("--export_merged", args.export_merged)):
+        run = checkpoints.run_dir_of(Path(target)) if target else None
+        if run:  # its config.json would replace the run's, and keep_last would prune it with a checkpoint
+            raise ConfigError(f"{flag} {target} is inside the run directory {run}: export outside it "
+                              f"(e.g. {run}-export); nothing was written")
     if args.pose and not Path(args.pose).is_file():
         raise FileNotFoundError(f"--pose {args.pose}: no such file")
     writes_predictions = not (args.export_adapter or args.export_merged or args.pose or args.video)

@@ -3,8 +3,10 @@ and what the run needs created on first use.
 
     accumulation              micro-steps per optimizer step (global_batch split over the ranks)
     keep_run_layout           a run out_dir already holds keeps the layout it resolved
+    claim_out_dir             out_dir writable, and this run its one owner while it runs
     check_run_dir             an out_dir holding another run is an error, never overwritten
     check_inputs              the corpus and the base checkpoint exist (with how to get them)
+    check_splits              what an empty split means for the run, said before the model loads
     create_first_use_assets   the CPU demo's synthetic corpus and random tiny Qwen2 + BPE tokenizer
     find_resume               the checkpoint to resume from (--resume=auto|PATH), checked
     prepare_run               all of the above in order, the layout resolved, the pose cache built,
@@ -18,6 +20,7 @@ Used by train.py; tests: python -m pytest tests/test_train.py tests/test_robust.
 import logging
 import os
 import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,7 +33,7 @@ import corpus
 import data
 import loader
 from config import ConfigError, TrainConfig
-from processes import Dist, setup_logging
+from processes import FILE_ONLY, Dist, all_sum, setup_logging
 
 log = logging.getLogger("train")  # the run's log (processes.setup_logging)
 
@@ -69,6 +72,23 @@ def check_run_dir(cfg: TrainConfig, out_dir: Path) -> None:
                           "run, or choose another --out_dir")
 
 
+def claim_out_dir(out_dir: Path) -> str | None:
+    """Rank 0, before anything is written there: out_dir created, writable, and owned by this run
+    for its life (checkpoints.own). None, or why the run cannot have it."""
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out_dir):  # a file can be made there (the lock's may exist already)
+            pass
+        holder = checkpoints.own(out_dir)
+    except OSError as e:
+        return (f"out_dir {out_dir} cannot be written ({e.strerror or e}); choose a folder you can write "
+                "with --out_dir=DIR")
+    if holder:
+        return (f"{out_dir} is in use by another run ({holder}; lock file {out_dir / '.lock'}); wait for it to "
+                "end (then --resume=auto continues it), or choose another --out_dir")
+    return None
+
+
 def check_inputs(cfg: TrainConfig) -> Path:
     """Data and base checkpoint exist (before anything heavy is loaded); returns where the base's
     files are (loader.model_path: model_dir, or a Hub repo id's snapshot in the local cache)."""
@@ -84,6 +104,27 @@ def check_inputs(cfg: TrainConfig) -> Path:
                           f"it with: hf download {cfg.model_repo}{where}  "
                           "(pip install huggingface_hub; older versions: huggingface-cli download)")
     return base_dir
+
+
+def check_splits(cfg: TrainConfig, sizes: dict[str, int], main: bool) -> None:
+    """What an empty split means for this run, said before the model loads: no train split is an
+    error; no validation split, no validation (and no `best`); no test split, no test_at_end
+    (turned off here: the run must not fail at its end, nor a requeued run at every end)."""
+    source = corpus.splits_source(cfg.data)
+    if main:
+        log.info(corpus.splits_source(cfg.data, sizes))
+    if not sizes["train"]:
+        raise ConfigError(f"the train split of {cfg.data.data_dir} has no clips ({source}); give the corpus a "
+                          "train split (train.csv, or split_ratios when it has one CSV)")
+    if not sizes["val"] and main:
+        log.warning(f"no validation split in {cfg.data.data_dir} ({source}): no validation runs, no `best` "
+                    "checkpoint is chosen, and test_at_end tests the last one (give the corpus a val.csv, or "
+                    "split_ratios with a val share, to have one)")
+    if not sizes["test"] and cfg.test_at_end:
+        cfg.test_at_end = False
+        if main:
+            log.warning(f"no test split in {cfg.data.data_dir} ({source}): test_at_end is skipped (the run's "
+                        "checkpoints are evaluated with `python eval.py OUT_DIR --split val`)")
 
 
 def create_first_use_assets(cfg: TrainConfig) -> None:
@@ -138,8 +179,9 @@ def find_resume(cfg: TrainConfig, out_dir: Path, base: dict) -> Path | None:
             raise ConfigError(f"--resume=auto: none of the {len(saved)} checkpoints in {out_dir} can be used "
                               f"({'; '.join(f'{c.name}: {why}' for c, why in problems.items())}); nothing was "
                               "changed. Move them away to train from step 0, or --resume=PATH a copy of a good one")
-        if ckpt is None:
-            return None  # nothing saved yet: the run starts at step 0
+        if ckpt is None:  # nothing saved yet (or a mistyped out_dir): say so, it starts over
+            log.info(f"--resume=auto: no checkpoint in {out_dir} yet, so the run starts from step 0")
+            return None
     else:
         ckpt = Path(cfg.resume)
         problem = checkpoints.problem(ckpt)
@@ -175,11 +217,10 @@ def prepare_run(cfg: TrainConfig, proc: Dist) -> Prepared:
         raise ConfigError("fsdp=True shards the model over the processes of a torchrun job: start it with "
                           "torchrun --nproc_per_node N train.py ... (N >= 1)")
     keep_run_layout(cfg, out_dir)
+    refused = claim_out_dir(out_dir) if proc.main else None
+    if all_sum([refused is not None], proc)[0]:   # every rank leaves, only rank 0 knows why
+        raise ConfigError(refused or f"rank 0 could not claim out_dir {out_dir} (its reason is on its console)")
     check_run_dir(cfg, out_dir)
-    if proc.main:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    if proc.world > 1:
-        dist.barrier()
     setup_logging(out_dir, proc)
     if proc.main:
         for left in checkpoints.clean(out_dir):
@@ -194,8 +235,10 @@ def prepare_run(cfg: TrainConfig, proc: Dist) -> Prepared:
     base = checkpoints.base_identity(cfg.model_dir, base_dir)
     ckpt = find_resume(cfg, out_dir, base)  # every rank: each reads the same files, the same answer
     data.ensure_cache(cfg.data, proc.rank, proc.world)
+    check_splits(cfg, data.split_sizes(cfg.data), proc.main)
     if proc.main:
-        log.info("config:\n" + "\n".join(f"  {k} = {v!r}" for k, v in config.flat(cfg).items()))
+        log.info("config:\n" + "\n".join(f"  {k} = {v!r}" for k, v in config.flat(cfg).items()), extra=FILE_ONLY)
+        log.info(f"the resolved config: {out_dir / 'config.json'} (and {out_dir / 'logs' / 'rank0.log'})")
         log.info(f"{proc.world} process(es) on {proc.device.type}; samples per step = batch_size {cfg.batch_size} "
                  f"x grad_accum {accum} x world_size {proc.world} = {cfg.batch_size * accum * proc.world}")
         config.save_run_config(cfg, out_dir / "config.json")

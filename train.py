@@ -280,11 +280,17 @@ def mean_losses(losses: list[tuple[float | None, float]], words: bool) -> dict:
     return out
 
 
+def tested_checkpoint(out_dir: Path, cfg: TrainConfig) -> Path:
+    """The checkpoint test_at_end evaluates: the best by validation BLEU-4, else the last."""
+    best = out_dir / "best"
+    return best.resolve() if best.exists() else checkpoints.step_dir(out_dir, cfg.max_steps)
+
+
 def evaluate_test(model: SignTranslator, tok: Tokenizer, cfg: TrainConfig, out_dir: Path, proc: Dist) -> dict | None:
     """test_at_end: the best checkpoint's weights (else the last one's, in the model) on the test
     split, as eval.py reports them (predictions file included)."""
     best = out_dir / "best"
-    ckpt = best.resolve() if best.exists() else checkpoints.step_dir(out_dir, cfg.max_steps)
+    ckpt = tested_checkpoint(out_dir, cfg)
     if best.exists():
         checkpoints.load_trained(model, ckpt)
     test_ds = data.SignDataset(cfg.data, "test", tok)
@@ -499,12 +505,17 @@ def train(cfg: TrainConfig, proc: Dist) -> int:
     state = run.state
     log.info(f"done: step {state.step}/{cfg.max_steps} in {state.seconds / 60:.1f} min, "
              f"{state.tokens / max(state.seconds, 1e-9):.0f} tokens/s, {state.skipped} skipped steps, "
-             f"peak memory {peak_memory_gb(proc.device):.2f} GB (rank {proc.rank}); best val BLEU-4 "
-             f"{state.best_bleu:.2f} at step {state.best_step}; weights digest {weights_digest(run.model)}")
+             f"peak memory {peak_memory_gb(proc.device):.2f} GB (rank {proc.rank}); " +
+             (f"best val BLEU-4 {state.best_bleu:.2f} at step {state.best_step}" if state.best_step is not None
+              else "no validation yet") + f"; weights digest {weights_digest(run.model)}")
     if cfg.test_at_end and state.step == cfg.max_steps:
         metrics = evaluate_test(run.model, run.tok, cfg, run.out_dir, proc)
         if proc.main:
             print(json.dumps(metrics), flush=True)
+    if proc.main and state.step == cfg.max_steps:
+        clip = Path(cfg.data.data_dir) / cfg.data.pose_dir / f"{run.val_ds.uids[0] if len(run.val_ds) else 'CLIP'}.pose"
+        tested = ev.predictions_path(run.out_dir, "test", tested_checkpoint(run.out_dir, cfg), num_beams=1)
+        log.info(ev.next_steps(run.out_dir, tested, clip))
     if proc.world > 1:  # leave together: a rank tearing down gloo while rank 0 still saves can abort
         dist.barrier()
     return exit_code
@@ -520,6 +531,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             return train(cfg, proc)
         finally:
+            checkpoints.release(Path(cfg.out_dir))   # the run is over: another may own out_dir
             if proc.world > 1:
                 dist.destroy_process_group()
     except (ConfigError, corpus.DataError, FileNotFoundError) as e:
