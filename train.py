@@ -53,6 +53,7 @@ import re
 import signal
 import sys
 import time
+from collections import Counter
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -70,6 +71,7 @@ import corpus
 import curves
 import data
 import eval as ev
+import lexicon
 import loader
 import preflight
 import sharding
@@ -186,7 +188,8 @@ def train_step(ddp: torch.nn.Module, micro: list[dict], opt: torch.optim.Optimiz
     lm = step >= cfg.aux_only_steps
     word_weight = cfg.aux_weight if lm else 1.0
     n_local = sum(int((b["labels"][:, 1:] != -100).sum()) for b in micro)
-    n_global, clips_global = all_sum([n_local, sum(len(b["uids"]) for b in micro)], d)
+    clips = sum(len(b["uids"]) + len(b.get("iso_word_label", ())) for b in micro)   # iso_*: lexicon.MixedBatches
+    n_global, clips_global = all_sum([n_local, clips], d)
     sums = torch.zeros(2, dtype=torch.float64, device=d.device)  # LM and word loss, on the device: one sync a step
     for i, batch in enumerate(micro):
         with grad_sync(ddp, last=i == len(micro) - 1), autocast(d.device):
@@ -222,9 +225,10 @@ def train_step(ddp: torch.nn.Module, micro: list[dict], opt: torch.optim.Optimiz
 
 @torch.no_grad()
 def validate(model: SignTranslator, val_ds: data.SignDataset, indices: list[int], tok: Tokenizer, cfg: TrainConfig,
-             d: Dist) -> dict:
+             d: Dist, train_counts: Counter) -> dict:
     """Validation loss and translation metrics on a fixed subset, sharded over the ranks: with each
-    clip's own poses, and with shuffled poses (a model that uses the signs does much worse there)."""
+    clip's own poses, and with shuffled poses (a model that uses the signs does much worse there);
+    the recall of the references' words by their count in the training texts (eval.word_recall_by_freq)."""
     model.eval()
     shuffled_from = [indices[k] for k in ev.derangement(len(indices))] if len(indices) > 1 else indices
     losses = [answer_loss(model, tok, val_ds, indices, src, cfg, d) for src in (indices, shuffled_from)]
@@ -232,6 +236,8 @@ def validate(model: SignTranslator, val_ds: data.SignDataset, indices: list[int]
     rows, shuffled = decode_both(model, tok, val_ds, indices, cfg, d)
     model.train()
     m = ev.compute_metrics([r["hypothesis"] for r in rows], [r["reference"] for r in rows])
+    m["word_recall_by_freq"] = ev.word_recall_by_freq([r["hypothesis"] for r in rows], [r["reference"] for r in rows],
+                                                      train_counts)
     if shuffled:
         m = ev.with_shuffled(m, shuffled)
     return {"val_loss": loss / max(n, 1), "val_loss_shuffled": loss_shuffled / max(n, 1),
@@ -286,7 +292,8 @@ def mean_losses(losses: list[tuple[float | None, float]], words: bool) -> dict:
     return out
 
 
-def evaluate_test(model: SignTranslator, tok: Tokenizer, cfg: TrainConfig, out_dir: Path, d: Dist) -> dict | None:
+def evaluate_test(model: SignTranslator, tok: Tokenizer, cfg: TrainConfig, out_dir: Path, d: Dist,
+                  train_counts: Counter) -> dict | None:
     """test_at_end: the best checkpoint's weights (else the last one's, in the model) on the test
     split, as eval.py reports them (predictions file included)."""
     best = out_dir / "best"
@@ -303,6 +310,8 @@ def evaluate_test(model: SignTranslator, tok: Tokenizer, cfg: TrainConfig, out_d
     ev.write_predictions(rows, out)
     log.info(f"test split, {'best' if best.exists() else 'last'} checkpoint {ckpt.name}; predictions in {out}")
     metrics = ev.compute_metrics([r["hypothesis"] for r in rows], [r["reference"] for r in rows])
+    metrics["word_recall_by_freq"] = ev.word_recall_by_freq([r["hypothesis"] for r in rows],
+                                                            [r["reference"] for r in rows], train_counts)
     return ev.with_shuffled(metrics, shuffled) if shuffled else metrics
 
 
@@ -324,6 +333,7 @@ class Run:
     stop: StopSignal
     tb: object | None             # torch.utils.tensorboard.SummaryWriter on rank 0 with tensorboard=True
     base: dict                    # the base model's fingerprint, saved in every checkpoint
+    train_counts: Counter         # words of the training texts: eval.word_recall_by_freq's bins
 
 
 def shard(cfg: TrainConfig, tok: Tokenizer, d: Dist, features: np.ndarray | None = None,
@@ -365,8 +375,10 @@ def setup(cfg: TrainConfig, d: Dist) -> Run:
     """Checks, data, model, optimizer, and the checkpoint to resume from (if any)."""
     out_dir, accum, base, ckpt = preflight.prepare_run(cfg, d)
     tok = Tokenizer.from_dir(loader.model_path(cfg.model_dir))
+    lex = lexicon.Lexicon(lexicon.lexicon_config(cfg.data)) if cfg.data.lexicon_dir else None
     train_ds = data.SignDataset(cfg.data, "train", tok, augment=cfg.data.pose.augment,
-                                n_words=cfg.aux_words if uses_words(cfg) else 0)
+                                n_words=cfg.aux_words if uses_words(cfg) else 0,
+                                words=[w.lower() for w in cfg.aux_vocabulary] or None)
     val_ds = data.SignDataset(cfg.data, "val", tok)
     for name, ds in (("train", train_ds), ("val", val_ds)):
         if ds.truncated and d.main:
@@ -390,7 +402,11 @@ def setup(cfg: TrainConfig, d: Dist) -> Run:
                                 cfg.fsdp_cpu_offload, accum)
     if d.main:
         log.info(sharding.describe(plan, d.device))
-    batches = data.Batches(train_ds, sampler, collate_fn(model, tok), cfg.seed, cfg.num_workers, d.rank)
+    if lex:   # a share of stitched sentences (lexicon.py)
+        batches = lexicon.mixed_batches(train_ds, sampler, collate_fn(model, tok), tok, lex, cfg.data.lexicon_mix,
+                                        cfg.max_steps * accum, cfg.seed, cfg.num_workers, d.rank)
+    else:
+        batches = data.Batches(train_ds, sampler, collate_fn(model, tok), cfg.seed, cfg.num_workers, d.rank)
     seed_everything(cfg.seed + 1 + d.rank)  # dropout differs between ranks
     state = LoopState()
     if ckpt is not None:
@@ -410,7 +426,7 @@ def setup(cfg: TrainConfig, d: Dist) -> Run:
     model.train()
     tb = curves.tensorboard_writer(out_dir, state.step) if d.main and cfg.tensorboard else None
     return Run(cfg, d, out_dir, accum, tok, model, ddp, opt, batches, val_ds, subset(len(val_ds), cfg.eval_samples),
-               state, StopSignal(), tb, base)
+               state, StopSignal(), tb, base, ev.training_counts(train_ds.texts))
 
 
 def maybe_validate(run: Run) -> bool:
@@ -418,9 +434,10 @@ def maybe_validate(run: Run) -> bool:
     cfg, state = run.cfg, run.state
     if not run.val_idx or (state.step % cfg.eval_every and state.step != cfg.max_steps):
         return False
-    m = validate(run.model, run.val_ds, run.val_idx, run.tok, cfg, run.d)
+    m = validate(run.model, run.val_ds, run.val_idx, run.tok, cfg, run.d, run.train_counts)
     example = m.pop("example")
-    log.info(f"step {state.step}: " + ", ".join(f"{k} {v:.3f}" for k, v in m.items()) +
+    log.info(f"step {state.step}: " + ", ".join(f"{k} {v:.3f}" for k, v in m.items() if not isinstance(v, dict)) +
+             f"\n  word recall by training count: {ev.recall_line(m['val_word_recall_by_freq'])}" +
              (f"\n  {example['reference']!r}\n  -> {example['hypothesis']!r}" if example else ""))
     if run.d.main:
         curves.record(run.out_dir, {"step": state.step, **m}, run.tb)
@@ -545,7 +562,7 @@ def train(cfg: TrainConfig, d: Dist) -> int:
              f"peak memory {peak_memory_gb(d.device):.2f} GB (rank {d.rank}); best val BLEU-4 "
              f"{state.best_bleu:.2f} at step {state.best_step}; weights digest {weights_digest(run.model)}")
     if cfg.test_at_end and state.step == cfg.max_steps:
-        metrics = evaluate_test(run.model, run.tok, cfg, run.out_dir, d)
+        metrics = evaluate_test(run.model, run.tok, cfg, run.out_dir, d, run.train_counts)
         if d.main:
             print(json.dumps(metrics), flush=True)
     if d.world > 1:  # leave together: a rank tearing down gloo while rank 0 still saves can abort

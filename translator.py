@@ -178,6 +178,73 @@ def word_presence_loss(logits: Tensor, token_mask: Tensor, targets: Tensor) -> T
             + (bce * absent).sum(1) / absent.sum(1).clamp(min=1)).sum()
 
 
+def isolated_word_loss(logits: Tensor, token_mask: Tensor, labels: Tensor) -> Tensor:
+    """Sum over the batch of the cross-entropy of which ONE word each clip signs: isolated signs
+    of a dictionary (lexicon.py) through the word head. logits (B, T', V) per token, pooled over
+    each clip's tokens as word_presence_loss pools them; labels (B,) the word's slot. A softmax
+    over every word makes each sign push the others away, as isolated-sign recognition is trained
+    (e.g. WLASL, Li et al. 2020)."""
+    n = token_mask.sum(1, keepdim=True).clamp(min=1)                         # (B, 1)
+    pooled = logits.float().masked_fill(~token_mask[..., None], float("-inf")).logsumexp(1) - n.log()  # (B, V)
+    return F.cross_entropy(pooled, labels, reduction="sum")
+
+
+class WordHints(nn.Module):
+    """The word head's `k` likeliest words of a clip, given to the LLM as text: k x span soft
+    tokens after the pose tokens, each word's own tokens (its first `span`, a filler token after
+    them) as the sum of their input embedding and their row of lm_head (scaled to the embedding's
+    norm), times the head's probability of the word, in the order the clip signs them (where each
+    word's logit peaks). A language model copies from its context: moving a token's lm_head row
+    into the last position raises that token's logit, so copying a word works the same for every
+    word, one written a few times or never as well as a frequent one, where the LLM would
+    otherwise have to learn each rare word's sign from a handful of clips (docs/training.md, "The
+    long tail"); the input embedding is the word as a pretrained LLM reads it. The choice is not
+    trained through the LLM (detached): the word losses train the head.
+
+    token_ids (V, span): the tokens of the head's V words (config aux_vocabulary)."""
+
+    def __init__(self, token_ids: Tensor, k: int):
+        super().__init__()
+        self.k = k
+        self.register_buffer("token_ids", token_ids, persistent=False)
+
+    @property
+    def tokens(self) -> int:
+        return self.k * self.token_ids.shape[1]
+
+    def forward(self, logits: Tensor, token_mask: Tensor, embed: nn.Module, lm_head: nn.Module) -> Tensor:
+        """logits (B, T', aux_words) per token, token_mask (B, T') -> hints (B, k * span, H)."""
+        V, k = self.token_ids.shape[0], min(self.k, self.token_ids.shape[0])
+        z = logits.detach().float()[..., :V].masked_fill(~token_mask[..., None], float("-inf"))   # (B, T', V)
+        n = token_mask.sum(1, keepdim=True).clamp(min=1)
+        p, top = (z.logsumexp(1) - n.log()).topk(k, dim=1)                  # (B, k): word_presence_loss's pooling
+        order = z.argmax(1).gather(1, top).argsort(1)                      # by where each word peaks
+        top, p = top.gather(1, order), p.gather(1, order)
+        ids = self.token_ids[top]                                          # (B, k, span)
+        e = embed(ids)                                                     # (B, k, span, H)
+        out = lm_head.weight[ids].to(e.dtype)                              # the tokens' output rows, as long
+        e = e + out * (e.norm(dim=-1, keepdim=True) / out.norm(dim=-1, keepdim=True).clamp(min=1e-6)).detach()
+        e = (e * torch.sigmoid(p)[..., None, None].to(e.dtype)).flatten(1, 2)
+        return F.pad(e, (0, 0, 0, self.tokens - e.shape[1]))               # fewer words than k: zeros
+
+
+def hint_token_ids(words: list[str], tok: Tokenizer, span: int = 3) -> Tensor:
+    """(V, span) the first `span` tokens of each word (" word"; "?" alone), the pad token after."""
+    ids = [tok.encode(w if w == "?" else f" {w}")[:span] for w in words]
+    return torch.tensor([i + [tok.pad_id] * (span - len(i)) for i in ids], dtype=torch.long)
+
+
+def append_tokens(tokens: Tensor, token_mask: Tensor, extra: Tensor) -> tuple[Tensor, Tensor]:
+    """(B, T', H) right-padded tokens + (B, m, H) -> (B, T' + m, H) with each sample's m extra
+    tokens right after its own, and the new mask."""
+    B, T, H = tokens.shape
+    m = extra.shape[1]
+    lengths = token_mask.sum(1, keepdim=True)                              # (B, 1)
+    where = (lengths + torch.arange(m, device=tokens.device))[..., None].expand(B, m, H)
+    out = torch.cat((tokens, tokens.new_zeros(B, m, H)), 1).scatter(1, where, extra.to(tokens.dtype))
+    return out, torch.arange(T + m, device=tokens.device) < lengths + m
+
+
 def splice_pose_tokens(inputs_embeds: Tensor, input_ids: Tensor, pose_token_id: int, tokens: Tensor,
                        token_mask: Tensor) -> Tensor:
     """Put sample i's soft tokens (tokens[i][token_mask[i]], in order) at the pose_token_id
@@ -207,10 +274,14 @@ class SignTranslator(nn.Module):
     are the names in checkpoints."""
 
     def __init__(self, llm: Qwen2, encoder: PoseEncoder, pose_token_id: int, pad_id: int = 0,
-                 answer_dropout: float = 0.0):
+                 answer_dropout: float = 0.0, hints: WordHints | None = None):
         super().__init__()
         self.llm, self.encoder, self.pose_token_id = llm, encoder, pose_token_id
-        self.pad_id, self.answer_dropout = pad_id, answer_dropout
+        self.pad_id, self.answer_dropout, self.hints = pad_id, answer_dropout, hints
+
+    def tokens_per_clip(self, frames: Tensor | int) -> Tensor | int:
+        """Soft tokens a clip of `frames` frames becomes: the encoder's, then the word hints."""
+        return self.encoder.output_lengths(frames) + (self.hints.tokens if self.hints is not None else 0)
 
     def embed(self, batch: dict) -> tuple[Tensor, Tensor | None, Tensor]:
         """Prompt (+ answer) embeddings with the soft pose tokens spliced in (B, T, H); the encoder's
@@ -220,16 +291,21 @@ class SignTranslator(nn.Module):
         pad token with probability p, so the next word cannot always be guessed from the words
         before it and must come from the signs (word dropout, Bowman et al. 2016)."""
         tokens, token_mask, words = self.encoder(batch["poses"], batch["pose_mask"])  # (B, T', H), (B, T')
+        pose_mask = token_mask
+        if self.hints is not None:
+            hints = self.hints(words, token_mask, self.llm.model.embed_tokens, self.llm.lm_head)
+            tokens, pose_mask = append_tokens(tokens, token_mask, hints)
         ids = batch["input_ids"]
         if self.training and self.answer_dropout > 0 and "labels" in batch:
             drop = (batch["labels"] != -100) & (torch.rand(ids.shape, device=ids.device) < self.answer_dropout)
             ids = ids.masked_fill(drop, self.pad_id)
         embeds = self.llm.model.embed_tokens(ids)  # (B, T, H)
-        return splice_pose_tokens(embeds, ids, self.pose_token_id, tokens, token_mask), words, token_mask
+        return splice_pose_tokens(embeds, ids, self.pose_token_id, tokens, pose_mask), words, token_mask
 
     def forward(self, batch: dict, lm: bool = True) -> Losses:
         """The language-model loss over the answer tokens, and the encoder's word loss when the
-        batch has word targets. lm=False skips the LLM (the encoder's warm-up on words alone).
+        batch has word targets (and isolated dictionary signs, iso_*: lexicon.MixedBatches).
+        lm=False skips the LLM (the encoder's warm-up on words alone).
 
         The vocabulary projection runs only where a label is: (N, V) logits for N answer tokens
         instead of (B, T, V), which for Qwen's 152k vocabulary would dwarf everything else."""
@@ -247,6 +323,9 @@ class SignTranslator(nn.Module):
         word_sum = torch.zeros((), device=at.device)
         if words is not None and "word_targets" in batch:
             word_sum = word_presence_loss(words, token_mask, batch["word_targets"])
+        if words is not None and "iso_word_label" in batch:   # a dictionary's signs, one word each
+            _, iso_mask, iso_words = self.encoder(batch["iso_poses"], batch["iso_pose_mask"])
+            word_sum = word_sum + isolated_word_loss(iso_words, iso_mask, batch["iso_word_label"])
         return Losses(lm_sum, at.sum(), word_sum)
 
     @torch.no_grad()
@@ -279,7 +358,10 @@ def build_model(cfg, tok: Tokenizer, device: torch.device, llm: Qwen2 | None = N
                           dropout=cfg.encoder_dropout, aux_words=cfg.aux_words if uses_words(cfg) else 0).to(device)
     if not llm.model.embed_tokens.weight.is_meta:
         encoder.set_embed_scale(llm.model.embed_tokens.weight)
-    model = SignTranslator(llm, encoder, tok.pose_token_id, tok.pad_id, cfg.answer_dropout)
+    hints = None
+    if cfg.word_hints and uses_words(cfg) and cfg.aux_vocabulary:   # the vocabulary: resolved where a run starts
+        hints = WordHints(hint_token_ids(cfg.aux_vocabulary[:cfg.aux_words], tok), cfg.word_hints).to(device)
+    model = SignTranslator(llm, encoder, tok.pose_token_id, tok.pad_id, cfg.answer_dropout, hints)
     for p in model.parameters():
         if p.requires_grad:  # AdamW updates would round away in a 16-bit trained tensor
             p.data = p.data.float()
@@ -301,8 +383,8 @@ def to_device(batch: dict, device: torch.device) -> dict:
 
 
 def collate_fn(model: SignTranslator, tok: Tokenizer, for_generation: bool = False):
-    """data.collate with one pose placeholder expanded to the encoder's number of soft tokens."""
-    return lambda items: data.collate(items, tok, model.encoder.output_lengths, for_generation=for_generation)
+    """data.collate with one pose placeholder expanded to the model's number of soft tokens."""
+    return lambda items: data.collate(items, tok, model.tokens_per_clip, for_generation=for_generation)
 
 
 def autocast(device: torch.device):
