@@ -8,6 +8,8 @@ adjectives, time words, negation, yes/no and wh-questions. Within each word clas
 ranked by a seeded permutation (`Vocabulary(seed)`) and drawn with probability proportional to
 1 / rank (Zipf's law), so a corpus has a few frequent words and a long tail of rare ones, and two
 vocabulary seeds rank the words differently. Names are glossed FS:NAME, signed letter by letter.
+The English says nothing the signs do not: the time word sets the tense (none: the present),
+each thing has its own article ("the", or "a"/"an").
 
 Signing order (time-topic-comment, as synth/kinds_grammar.py; non-manual markers beside it):
 TIME OBJECT (ADJ) SUBJECT VERB (NO) (QUESTION) (WHO|WHAT). Negation and yes/no questions are
@@ -78,6 +80,8 @@ class Vocabulary:
         self.weights = {k: 1 / np.arange(1, len(v) + 1) for k, v in self.ranked.items()}
         for w in self.weights.values():
             w /= w.sum()
+        # each thing has its own article (no sign says "a" or "the": a random one could not be read)
+        self.article = {o: "the" if rng.random() < .5 else "an" if o[0] in "aeiou" else "a" for o in OBJECTS}
 
     def draw(self, rng: np.random.Generator, cls: str) -> str:
         return self.ranked[cls][int(rng.choice(len(self.ranked[cls]), p=self.weights[cls]))]
@@ -99,7 +103,7 @@ class Vocabulary:
     def sentence(self, rng: np.random.Generator) -> Sentence:
         form = str(rng.choice(list(FORMS), p=np.array(list(FORMS.values())) / sum(FORMS.values())))
         time = self.draw(rng, "times") if rng.random() < .5 else None
-        tense = TIMES[time] if time else str(rng.choice(["present", "past", "future"], p=[.5, .3, .2]))
+        tense = TIMES[time] if time else "present"   # the time word sets the tense, as it is signed
         if form == "state":
             return self.state(rng, time, tense, str(rng.choice(["statement", "negative", "yes_no"], p=[.6, .2, .2])))
         return self.clause(rng, form, time, tense)
@@ -111,7 +115,9 @@ class Vocabulary:
         third, past = VERBS[verb]
         adj = self.draw(rng, "adjectives") if rng.random() < .35 else None
         obj = self.draw(rng, "objects")
-        o = [str(rng.choice(["a", "the"])), *([adj] if adj else []), obj]
+        o = [self.article[obj], *([adj] if adj else []), obj]
+        if o[0] != "the":                                          # a or an, by the next word
+            o[0] = "an" if o[1][0] in "aeiou" else "a"
         aux = {"past": "did", "future": "will"}.get(tense, "does")
         finite = {"past": past, "future": f"will {verb}"}.get(tense, third)
         words = {"statement": [*subj, finite, *o], "negative": [*subj, aux, "not", verb, *o],
