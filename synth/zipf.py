@@ -9,7 +9,7 @@ sign-language-processing's spoken-to-signed-translation (docs/data.md, "Sign dic
   - many signs differ in ONE parameter only: the lexicon is drawn in families, each member the
     first one with its hand shape, its place, its path or its palm orientation changed;
   - names are fingerspelled letter by letter (26 letter signs: hand shapes and palms at one place);
-  - signer-specific variants: a fifth of the signs have a second form (another place or shape),
+  - signer-specific variants: an eighth of the signs have a second form (another place or shape),
     and each signer uses it for each such word with probability 1/2;
   - negation and yes/no questions are marked by the face (a head shake; raised brows and a head
     tilt); in about half of those clips (`manual`) the manual NO or QUESTION sign is left out, so
@@ -52,8 +52,9 @@ from synth import demo
 from synth import kinds as sk
 from synth.zipf_grammar import LETTERS, SIGNS, Vocabulary
 
-VARIANT_SHARE = .2        # words with a signer-specific second form
-MOVE = 1.8                # a zipf sign's path: synth/kinds.py's "mixed" paths made this much larger
+VARIANT_SHARE = .12       # words with a signer-specific second form
+FAMILY = (.7, .22, .08)   # words drawn alone, in pairs, in threes that differ in one parameter
+MOVE = 2.                 # a zipf sign's path: synth/kinds.py's "mixed" paths made this much larger
 LETTER_PLACE = (-.2, .02, -.3)   # where the dominant hand spells, right-hand space (metres)
 BROWS = [i for ids, *_ in sk.FACE_CONTOURS[8:12] for i in ids]
 HEAD = list(range(11)) + list(range(33, 501))   # body head points and the face mesh
@@ -61,7 +62,7 @@ HEAD = list(range(11)) + list(range(33, 501))   # body head points and the face 
 
 # ----------------------------------------------------------------------------- signs
 def _rng(vocab_seed: int, *keys) -> np.random.Generator:
-    digest = hashlib.sha256(":".join(map(str, ("synth_zipf/v2", vocab_seed, *keys))).encode()).digest()
+    digest = hashlib.sha256(":".join(map(str, ("synth_zipf/v3", vocab_seed, *keys))).encode()).digest()
     return np.random.default_rng(int.from_bytes(digest[:8], "little"))
 
 
@@ -92,7 +93,7 @@ def lexicon_signs(vocab_seed: int) -> tuple[dict[str, sk.Sign], dict[str, sk.Sig
     order = [SIGNS[i] for i in rng.permutation(len(SIGNS))]
     signs, i = {}, 0
     while i < len(order):
-        size = int(rng.choice([1, 2, 3], p=[.55, .3, .15]))
+        size = int(rng.choice([1, 2, 3], p=FAMILY))
         first = sk.mixed_sign(order[i], _rng(vocab_seed, "sign", order[i]), kind="zipf")
         path = np.array(first.path)
         first = dataclasses.replace(first, path=sk._tup(sk._inside(path[0] + MOVE * (path - path[0]))))
