@@ -90,7 +90,7 @@ def bench_model(args):
     from transformers import AutoModelForCausalLM
     from transformers import Qwen2Config as HFConfig
 
-    import model as M
+    from model import Qwen2, Qwen2Config
 
     p = argparse.ArgumentParser(prog="bench.py model")
     for flag, default in [("layers", 4), ("hidden", 512), ("heads", 8), ("kv_heads", 2), ("intermediate", 1376),
@@ -105,7 +105,7 @@ def bench_model(args):
     hf_cfg = HFConfig(**shape, rope_parameters={"rope_type": "default", "rope_theta": 1e6})
     theirs = AutoModelForCausalLM.from_config(hf_cfg, attn_implementation="sdpa", dtype=torch.float32).train()
     assert theirs.config._attn_implementation == "sdpa"
-    ours = M.Qwen2(M.Qwen2Config(**shape, rope_theta=1e6)).train()
+    ours = Qwen2(Qwen2Config(**shape, rope_theta=1e6)).train()
     ours.load_state_dict(theirs.state_dict())  # strict: same names, same weights
 
     ids = torch.randint(0, a.vocab, (a.batch, a.seq))
@@ -238,7 +238,7 @@ def bench_decode(args):
 
     import torch
 
-    import config as configs
+    from config import load_config
     import loader
 
     p = argparse.ArgumentParser(prog="bench.py decode", allow_abbrev=False)
@@ -255,7 +255,7 @@ def bench_decode(args):
     a, overrides = p.parse_known_args(args)
     if a.new < 3:
         raise SystemExit("bench.py decode: --new must be at least 3 (the time per token is a difference)")
-    cfg = configs.load_config(([a.config] if a.config else []) + overrides)
+    cfg = load_config(([a.config] if a.config else []) + overrides)
     default = "7B" if torch.cuda.is_available() else "0.5B"  # 7B in float32 would not fit a small CPU machine
     config, source = bench_shape(cfg, a.shape or (None if a.config else default), random_weights=True)
     if a.layers:

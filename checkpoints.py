@@ -8,6 +8,7 @@
         meta.json                 written last: step, time, the base model's fingerprint, and every
                                   file's size and sha256
     OUT_DIR/best -> ckpt-000600   relative link to the best checkpoint by validation BLEU
+    OUT_DIR/.lock                 held by the run's rank 0 while it runs (own): one run at a time
 
 A checkpoint is written into a hidden temporary directory, every file fsynced, then renamed: a
 half-written one is never seen under its name. meta.json lets a reader check each file, so a
@@ -16,7 +17,7 @@ saved: a checkpoint is a few MB to a few hundred MB whatever the base model's si
 
 One format for DDP and FSDP: the tensors are whole. Under FSDP each rank holds a dim-0 chunk of
 every trained tensor and of its AdamW moments; `consolidated` gathers them for rank 0 to write,
-and loading gives each rank its chunk again (loader.local_part), so a checkpoint resumes with any
+and loading gives each rank its chunk again (sharding.local_part), so a checkpoint resumes with any
 world size, under FSDP or DDP, and eval.py reads it in one process.
 """
 import base64
@@ -34,7 +35,9 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from loader import gathered, local_part
+import loader
+import sharding
+from processes import hold_lock, lock_holder
 
 TRAINED, OPTIMIZER, STATE, META = "trained.safetensors", "optimizer.safetensors", "state.json", "meta.json"
 
@@ -93,8 +96,14 @@ def pick(path: Path) -> Path:
     raise FileNotFoundError(f"{path}: no usable checkpoint (expected ckpt-NNNNNN/ with {META})")
 
 
+def base_identity(model_dir: str, files: Path) -> dict:
+    """What a checkpoint records of its base model and base_mismatch compares: model_dir as the
+    run names it, and the fingerprint of its files (`files`: loader.model_path(model_dir))."""
+    return {"model_dir": model_dir, "fingerprint": loader.fingerprint(files)}
+
+
 def base_mismatch(ckpt: Path, base: dict) -> str | None:
-    """Why `base` ({"model_dir", "fingerprint"}: loader.fingerprint) is not the base model the
+    """Why `base` (base_identity) is not the base model the
     checkpoint was trained on (None if it is). A base of the same shapes (Qwen2.5-7B for
     7B-Instruct) would load without an error and quietly give other results."""
     saved = json.loads((ckpt / META).read_text()).get("base")
@@ -129,7 +138,7 @@ def load_trained(model: nn.Module, ckpt: Path) -> None:
                              "encoder_width or base?)")
     with torch.no_grad():
         for name, p in own.items():
-            p.copy_(local_part(p, tensors[name]))
+            p.copy_(sharding.local_part(p, tensors[name]))
 
 
 def load(ckpt: Path, model: nn.Module, opt: torch.optim.Optimizer) -> dict:
@@ -139,7 +148,8 @@ def load(ckpt: Path, model: nn.Module, opt: torch.optim.Optimizer) -> dict:
     for name, p in trained_tensors(model).items():
         state = {k.split(":", 1)[1]: v for k, v in moments.items() if k.split(":", 1)[0] == name}
         if state:  # the moments are laid out as their parameter; fused AdamW keeps step on its device too
-            opt.state[p] = {k: local_part(p, v) if v.shape == p.shape else v.to(p.device) for k, v in state.items()}
+            opt.state[p] = {k: sharding.local_part(p, v) if v.shape == p.shape else v.to(p.device)
+                            for k, v in state.items()}
     return json.loads((ckpt / STATE).read_text())
 
 
@@ -172,10 +182,46 @@ def consolidated(model: nn.Module, opt: torch.optim.Optimizer, keep: bool) -> tu
     tensors, moments = {}, {}
     for name, p in trained_tensors(model).items():
         for key, t in [("", p.detach()), *((f":{k}", v) for k, v in opt.state.get(p, {}).items())]:
-            whole = gathered(t)
+            full = sharding.whole(t)
             if keep:
-                (moments if key else tensors)[name + key] = whole.cpu()
+                (moments if key else tensors)[name + key] = full.cpu()
     return tensors, moments
+
+
+# ----------------------------------------------------------------------------- the run directory's owner
+
+_owned: dict[Path, int] = {}  # run directory -> the fd that holds its lock, in this process
+
+
+def own(out_dir: Path) -> str | None:
+    """Make this process the owner of out_dir (rank 0, for the run's life: until release() or the
+    process's end, a kill included). None when it is; else who owns it, e.g. 'pid 4242 on node7
+    since 2026-01-02 10:00:00': two runs writing one directory would mix their metrics, logs
+    and checkpoints. Raises OSError when the folder cannot be written."""
+    out_dir = Path(out_dir).resolve()
+    if out_dir in _owned:
+        return None
+    fd = hold_lock(out_dir / ".lock")
+    if fd is None:
+        return lock_holder(out_dir / ".lock")
+    _owned[out_dir] = fd
+    return None
+
+
+def run_dir_of(path: Path) -> Path | None:
+    """The run directory that path is in (or is), None if none: the nearest folder at or above it
+    with a run's config.json beside its metrics, logs or checkpoints."""
+    for p in (Path(path).resolve(), *Path(path).resolve().parents):
+        if (p / "config.json").is_file() and ((p / "metrics.jsonl").is_file() or (p / "logs").is_dir() or listed(p)):
+            return p
+    return None
+
+
+def release(out_dir: Path) -> None:
+    """The run is over: another may own out_dir."""
+    fd = _owned.pop(Path(out_dir).resolve(), None)
+    if fd is not None:
+        os.close(fd)
 
 
 # ----------------------------------------------------------------------------- writing (rank 0)

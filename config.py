@@ -119,6 +119,19 @@ class TrainConfig:
     num_workers: int = runtime(2)    # data loader processes per rank (0: in the main process)
     cpu_threads: int = runtime(0)    # > 0: torch threads of a CPU run (0: torch's default)
 
+    # What the code needs from the keys above, decided here once for every caller (properties:
+    # not keys, not saved in config.json).
+    @property
+    def base_quantize(self) -> str | None:
+        """quantize as loader.py takes it: "nf4", or None for the 16-bit base (quantize="none")."""
+        return None if self.quantize == "none" else self.quantize
+
+    @property
+    def word_head_size(self) -> int:
+        """Words the encoder's word head scores: aux_words while the word objective is on
+        (aux_weight or aux_only_steps), else 0: no head and no word targets."""
+        return self.aux_words if self.aux_weight > 0 or self.aux_only_steps > 0 else 0
+
 
 class ConfigError(ValueError):
     pass
@@ -257,6 +270,7 @@ RULES = {
     **{k: (_fraction, "in [0, 1)") for k in ("lora_dropout", "encoder_dropout", "aug_speed", "aug_frame_drop")},
     "lr": (_positive, "> 0"),
     "lora_alpha": (_positive, "> 0"),
+    "max_pose_mb": (_positive, "> 0"),
     "min_lr_ratio": (lambda v: 0 <= v <= 1, "in [0, 1]"),
     "fps": (lambda v: v is None or _positive(v), "None or > 0"),
     "split_ratios": (lambda v: len(v) == 3 and all(x >= 0 for x in v) and sum(v) > 0,

@@ -2,6 +2,7 @@
 
     read_rows      every row of the corpus (uid, text, pose path, split, problem), in file order
     split_texts    one split's texts, straight from the corpus files (e.g. to train a tokenizer)
+    splits_source  where the splits come from, in words
     split_by_video the deterministic train/val/test split by video when the corpus has none
     resolve_layout layout "auto" -> the keypoint layout of the corpus's first readable pose file
     Row, DataError a row (a bad one keeps its problem, for data.prepare to report and skip) and
@@ -19,7 +20,8 @@ Layouts read:
     with its window (start and end in ms; lexicon.py uses them).
 A row that cannot be used (an unquoted comma, bytes that are not UTF-8, a uid naming a file
 outside the pose folder, an unknown split) is kept with its problem, never fatal: data.prepare
-lists it in skipped.jsonl. A UTF-8 byte-order mark (as Excel writes) is skipped.
+lists it in skipped.jsonl. A UTF-8 byte-order mark (as Excel writes) is skipped. A quote left
+open across lines stops the read (DataError naming the line): it would merge rows silently.
 
 References:
   - iSign (Joshi et al. 2024, "iSign: A Benchmark for Indian Sign Language Processing").
@@ -73,6 +75,7 @@ class Row:
     pose: str          # path of the .pose file
     split: str
     problem: str = ""  # why the corpus row itself is unusable (file and line named); prepare skips it
+    where: str = ""    # the corpus file and line it comes from, e.g. "data/x/train.csv line 7"
     window: tuple[int, int] | None = None   # a dictionary row's (start, end) in ms within its file
 
 
@@ -104,8 +107,8 @@ def _utf8(text: str) -> bool:
         return False
 
 
-def _read_csv(path: Path) -> list[tuple[str, str, str]]:
-    """(uid, text, problem) per data row, problem "" when the row is good. A UTF-8 BOM (as Excel
+def _read_csv(path: Path) -> list[tuple[str, str, str, str]]:
+    """(uid, text, problem, where) per data row, problem "" when the row is good. A UTF-8 BOM (as Excel
     writes) is skipped; a row with bytes that are not UTF-8 or with more fields than the header
     (an unquoted comma in the text) is kept with its problem, for prepare to report and skip."""
     with open(path, newline="", encoding="utf-8-sig", errors="surrogateescape") as f:
@@ -113,8 +116,10 @@ def _read_csv(path: Path) -> list[tuple[str, str, str]]:
         if not {"uid", "text"} <= set(reader.fieldnames or []):
             raise DataError(f"{path}: needs columns uid,text; has {reader.fieldnames} (the first line must "
                             "name the columns, e.g. `uid,text`)")
-        out = []
+        out, previous = [], reader.line_num
         for r in reader:
+            _refuse_line_breaks(path, r, previous, reader.line_num)
+            previous = reader.line_num
             where, uid, text = f"{path} line {reader.line_num}", (r["uid"] or "").strip(), (r["text"] or "").strip()
             problem = ""
             if None in r:   # DictReader's key for the fields beyond the header's
@@ -124,8 +129,22 @@ def _read_csv(path: Path) -> list[tuple[str, str, str]]:
                 problem = f"{where}: bytes that are not UTF-8 (save the file as UTF-8)"
             elif not uid:
                 problem = f"{where}: empty uid"
-            out.append((uid, text, problem))
+            out.append((uid, text, problem, where))
         return out
+
+
+def _refuse_line_breaks(path: Path, fields: dict, previous: int, end: int) -> None:
+    """A field holding a line break is a quote opened and closed lines later, or never: one stray
+    `"` turns every row up to the next `"` (or the end of the file) into one text, and the corpus
+    silently loses them. The file must be fixed, so this stops the read (DataError). `previous`
+    and `end`: the reader's line number after the previous row and after this one."""
+    values = [v for v in fields.values() if isinstance(v, str)] + (fields.get(None) or [])
+    breaks = sum(v.count("\n") + v.count("\r") - v.count("\r\n") for v in values)
+    if breaks:
+        start = max(previous + 1, end - breaks)   # a quote never closed holds the file's last line break too
+        raise DataError(f"{path} line {start}: a quote opens there and closes only at line {end} (or never), so "
+                        f"lines {start}-{end} would be one text; remove that stray \", double it (\"\") or put the "
+                        "text's quotes on its own line, then run again (nothing was read)")
 
 
 def _read_manifest(path: Path, data_dir: Path) -> list[Row]:
@@ -152,7 +171,7 @@ def _read_manifest(path: Path, data_dir: Path) -> list[Row]:
                 rows.append(Row(f"line-{n}", "", "", "", f"{where}: {problem}"))
             else:
                 rows.append(Row(str(it.get("uid") or Path(it["pose"]).stem), str(it.get("text") or "").strip(),
-                                str(data_dir / it["pose"]), it.get("split") or ""))
+                                str(data_dir / it["pose"]), it.get("split") or "", where=where))
     return rows
 
 
@@ -195,8 +214,8 @@ def _read_lexicon(path: Path) -> list[Row]:
                        "start or end is not a whole number of milliseconds" if start is None or end is None else
                        f"start {start} ms is negative" if start < 0 else
                        f"end {end} ms is not after start {start} ms" if 0 < end <= start else "")
-            rows.append(Row(uid, words, pose, "train", f"{where}: {problem}" if problem else "",
-                            None if problem else (start, end)))
+            rows.append(Row(uid, words, pose, "train", f"{where}: {problem}" if problem else "", where,
+                            window=None if problem else (start, end)))
     return rows
 
 
@@ -205,11 +224,31 @@ def source_files(cfg: CorpusConfig) -> list[Path]:
     d = Path(cfg.data_dir)
     if cfg.csv.endswith(".jsonl"):
         return [d / cfg.csv]
+    split_files = [d / f"{s}.csv" for s in SPLITS if (d / f"{s}.csv").is_file()]
     if (d / "train.csv").is_file():
-        return [d / f"{s}.csv" for s in SPLITS if (d / f"{s}.csv").is_file()]
+        return split_files
     if not (d / cfg.csv).is_file():
+        if split_files:
+            raise FileNotFoundError(f"{d}: {', '.join(f.name for f in split_files)} but no train.csv: the train "
+                                    f"split has no clips; add train.csv (or one CSV, {cfg.csv}, split by video)")
         raise FileNotFoundError(f"{d}: no {cfg.csv} (nor train.csv / val.csv / test.csv)")
     return [d / cfg.csv]
+
+
+def splits_source(cfg: CorpusConfig, sizes: dict[str, int] | None = None) -> str:
+    """Where the splits come from, in words (e.g. 'splits from train.csv, val.csv; iSign_v1.1.csv
+    beside them is not read': a corpus with split files ignores its main CSV), and with `sizes`
+    the clips in each."""
+    files = source_files(cfg)
+    if cfg.csv.endswith(".jsonl"):
+        source = f'splits from the "split" field of {files[0].name} (rows without one: by video)'
+    elif files[0].name != "train.csv":
+        source = (f"splits: {files[0].name}'s rows by video, {'/'.join(f'{r:g}' for r in cfg.split_ratios)} "
+                  f"(split_ratios, split_seed {cfg.split_seed})")
+    else:
+        source = f"splits from {', '.join(f.name for f in files)}" + (
+            f"; {cfg.csv} beside them is not read" if (Path(cfg.data_dir) / cfg.csv).is_file() else "")
+    return source + (": " + ", ".join(f"{s} {sizes.get(s, 0)}" for s in SPLITS) + " clips" if sizes else "")
 
 
 def read_rows(cfg: CorpusConfig) -> list[Row]:
@@ -220,7 +259,8 @@ def read_rows(cfg: CorpusConfig) -> list[Row]:
     if len(files) == 1 and is_lexicon_index(files[0]):
         return _read_lexicon(files[0])
     split_files = files[0].name == "train.csv"
-    rows = [Row(u, t, "", f.stem if split_files else "", problem) for f in files for u, t, problem in _read_csv(f)]
+    rows = [Row(u, t, "", f.stem if split_files else "", problem, where)
+            for f in files for u, t, problem, where in _read_csv(f)]
     pose_dir = os.path.normpath(d / cfg.pose_dir)
     for r in rows:
         r.pose = str(d / cfg.pose_dir / f"{r.uid}.pose")
@@ -251,7 +291,7 @@ def resolve_layout(cfg: Config, rows: list[Row] | None = None) -> Config:
     problems = []
     for r in (rows if rows is not None else read_rows(cfg))[:100]:
         try:
-            header, _ = poses.read_pose(r.pose)
+            header, _ = poses.read_pose(r.pose, cfg.pose.max_pose_mb)
             layout = poses.detect_layout(header, r.pose)
         except PoseError as e:
             problems.append(str(e))

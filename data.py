@@ -6,7 +6,8 @@ What this is:
   - Features of one file: poses.py (`poses.load_pose`, `PoseConfig` inside DataConfig.pose).
   - Cache: `prepare` converts every row once, in parallel, into features.npy (all frames, float16,
     memory-mapped) + index.json (offsets, texts, splits). Resumable (rows are committed in
-    shards), rebuilt when the CSV or a pose file changes, never replaced by a build of other
+    shards), one builder at a time (CACHE/.lock), rebuilt when the CSV or a pose file changes or
+    its files are not what DONE recorded (a damaged cache), never replaced by a build of other
     settings without force=True (DataError), and never stopped by a bad row or file: skipped
     rows (a malformed CSV/JSONL row too) go to skipped.jsonl with their reason.
   - Batches: `SignDataset` (chat prompt with ONE pose placeholder, answer + <|im_end|>),
@@ -19,6 +20,7 @@ Run:
     python data.py synth data/synth --n 500 --seed 0       # synthetic corpus (synth/demo.py)
     python data.py prepare data/synth --workers 2          # cache; last line: JSON summary
     python data.py videos my_videos data/mine              # videos -> .pose files + CSV (video.py)
+    python data.py import how2sign SRC OUT; python data.py show CLIP.pose --out clip.gif   # importers/, show.py
 """
 import argparse
 import dataclasses
@@ -39,8 +41,11 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+import importers
 import poses
-from corpus import DataError, Row, read_rows, resolve_layout, source_files
+import processes
+import show
+from corpus import DataError, Row, read_rows, resolve_layout, source_files, splits_source
 from poses import PoseConfig, PoseError
 from words import word_vocabulary, words_of
 
@@ -72,9 +77,10 @@ def cache_dir(cfg: DataConfig) -> Path:
 
 
 def signature(cfg: DataConfig) -> dict:
-    """What the cache depends on: the feature settings (layout "auto" resolved) and the corpus
-    files (size, mtime)."""
-    cfg = resolve_layout(cfg)
+    """What the cache depends on: the feature settings (the layout resolved: prepare, or the
+    run's config) and the corpus files (size, mtime)."""
+    if cfg.pose.layout == "auto":
+        raise ValueError("signature: layout 'auto' must be resolved first (corpus.resolve_layout)")
     keys = ("csv", "pose_dir", "split_ratios", "split_seed")
     settings = {k: getattr(cfg, k) for k in keys}
     settings.update({k: getattr(cfg.pose, k) for k in ("layout", "use_z", "place", "fps", "max_frames", "min_frames")})
@@ -86,12 +92,35 @@ def signature(cfg: DataConfig) -> dict:
 
 
 def is_fresh(cfg: DataConfig) -> bool:
-    """True when the cache is complete and built from the current corpus and settings."""
+    """True when the cache is complete, undamaged and built from the current corpus and settings.
+    A run passes its resolved layout; "auto" from other callers is resolved here, from the corpus."""
     done = cache_dir(cfg) / "DONE"
     try:
-        return json.loads(done.read_text())["hash"] == signature(cfg)["hash"]
+        same = json.loads(done.read_text())["hash"] == signature(resolve_layout(cfg))["hash"]
     except (FileNotFoundError, ValueError, KeyError):
         return False
+    return same and damage(cfg) is None
+
+
+CACHE_FILES = ("features.npy", "index.json", "skipped.jsonl", "poses.json")   # their sizes are in DONE
+
+
+def damage(cfg: DataConfig) -> str | None:
+    """What is wrong with a complete cache's files (None: nothing seen): a size other than DONE
+    recorded (a full disk, a copy cut short), or a features.npy shorter than its own header says
+    (a cache too old to record sizes). Cheap: a few stat calls and one header read."""
+    out = cache_dir(cfg)
+    try:
+        recorded = json.loads((out / "DONE").read_text()).get("files", {})
+        for name, size in recorded.items():
+            if (out / name).stat().st_size != size:
+                return f"{out / name} has {(out / name).stat().st_size} bytes, {out / 'DONE'} records {size}"
+        np.load(out / "features.npy", mmap_mode="r")   # maps the file: shorter than its header says fails
+    except FileNotFoundError as e:
+        return f"{e.filename} is missing" if (out / "DONE").is_file() else None
+    except (OSError, ValueError) as e:
+        return f"{out / 'features.npy'}: {e}"
+    return None
 
 
 def _write_atomic(path: Path, write: Callable[[Path], None]) -> None:
@@ -180,14 +209,42 @@ def _usable(summary: dict, out: Path) -> dict:
                     f"every skipped row and its reason is in {out / 'skipped.jsonl'}")
 
 
+def rebuild_command(cfg: DataConfig) -> str:
+    """The command that builds this cache again from scratch."""
+    args = [cfg.data_dir]
+    args += ["--cache", cfg.cache_dir] if cfg.cache_dir else []
+    args += ["--csv", cfg.csv] if cfg.csv != DataConfig.csv else []
+    args += ["--layout", cfg.pose.layout] if cfg.pose.layout != "auto" else []
+    return f"python data.py prepare {' '.join(map(str, args))} --force"
+
+
 def prepare(cfg: DataConfig, workers: int | None = None, progress: bool = True, force: bool = False) -> dict:
     """Build (or finish) the cache; returns {"ok": N, "skipped": M, "reasons": {...}, ...}.
 
     Built again when the corpus files changed, or a pose file did (size or mtime); a cache of
-    other settings is refused (DataError) unless force=True, which also rebuilds in any case."""
-    t0, sig, out = time.time(), signature(cfg), cache_dir(cfg)
-    rows = read_rows(cfg)
-    cfg = resolve_layout(cfg, rows)
+    other settings is refused (DataError) unless force=True, which also rebuilds in any case.
+    One builder at a time: the others wait for it (OUT/.lock), then find the cache done."""
+    out = cache_dir(cfg)
+    source_files(cfg)                              # no corpus there: an error before any folder is made
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        lock = processes.hold_lock(out / ".lock", wait=lambda holder: print(
+            f"waiting: another process is building the pose cache in {out} ({holder}; lock file {out / '.lock'}); "
+            "this one goes on when it is done", file=sys.stderr, flush=True))
+    except OSError as e:
+        raise DataError(f"cannot write in the pose cache folder {out} ({e.strerror or e}); build the cache in "
+                        "a folder you can write: data.py prepare --cache DIR, train.py --cache_dir=DIR") from None
+    try:
+        return _build(cfg, workers, progress, force)
+    finally:
+        os.close(lock)
+
+
+def _build(cfg: DataConfig, workers: int | None, progress: bool, force: bool) -> dict:
+    """prepare's work, under the cache's lock."""
+    t0, out, rows = time.time(), cache_dir(cfg), read_rows(cfg)
+    cfg = resolve_layout(cfg, rows)   # "auto": decided here, once, and recorded in the cache
+    sig = signature(cfg)
     if not force:
         _refuse_other_settings(out, sig)
         if is_fresh(cfg):
@@ -196,6 +253,8 @@ def prepare(cfg: DataConfig, workers: int | None = None, progress: bool = True, 
                 return _usable(json.loads((out / "DONE").read_text())["summary"], out)
             print(f"{len(changed)} pose files changed since the cache was built (e.g. {changed[0]}): "
                   "building it again", file=sys.stderr)
+        elif why := damage(cfg):
+            print(f"the pose cache in {out} is damaged ({why}): building it again", file=sys.stderr)
     shards = out / "shards"
     progress_file = shards / "signature.json"
     if shards.exists() and (force or not progress_file.is_file()
@@ -205,11 +264,11 @@ def prepare(cfg: DataConfig, workers: int | None = None, progress: bool = True, 
     progress_file.write_text(json.dumps(sig))
     (out / "DONE").unlink(missing_ok=True)
     done = {r[0] for f in shards.glob("shard-*.json") for r in json.loads(f.read_text())}
-    seen, results, todo = set(), [], []
+    first, results, todo = {}, [], []             # first: uid -> the row that used it first
     for i, r in enumerate(rows):
-        duplicate = not r.problem and r.uid in seen
+        duplicate = not r.problem and r.uid in first
         if not r.problem:
-            seen.add(r.uid)
+            first.setdefault(r.uid, r)
         if i in done:
             continue
         if r.problem:
@@ -217,7 +276,8 @@ def prepare(cfg: DataConfig, workers: int | None = None, progress: bool = True, 
         elif not r.text:
             results.append((i, None, "empty text", f"{r.uid}: empty text", None))
         elif duplicate:
-            results.append((i, None, "duplicate uid", f"{r.uid}: uid already used by an earlier row", None))
+            results.append((i, None, "duplicate uid", f"{r.where}: uid {r.uid!r} is already used by "
+                                                      f"{first[r.uid].where}; give each clip its own uid", None))
         else:
             todo.append((i, r.pose, r.window))
     workers = workers or os.cpu_count() or 1
@@ -237,6 +297,7 @@ def prepare(cfg: DataConfig, workers: int | None = None, progress: bool = True, 
     summary.update(seconds=round(time.time() - t0, 2), converted=len(todo),
                    files_per_s=round(len(todo) / max(time.time() - t0, 1e-9), 1))
     sig["summary"] = summary
+    sig["files"] = {name: (out / name).stat().st_size for name in CACHE_FILES}
     _write_atomic(out / "DONE", lambda p: p.write_text(json.dumps(sig)))
     shutil.rmtree(shards)
     return _usable(summary, out)
@@ -246,15 +307,21 @@ def _merge(cfg: DataConfig, rows: list[Row], shards: Path, out: Path) -> dict:
     """Copy the shards' frames, in corpus order, into features.npy; write index.json,
     skipped.jsonl and poses.json (each row's pose file stat). Returns the summary."""
     kept, skipped, stats = [], [], {}             # kept: (row, shard file, start in shard, frames)
+    counted = Counter()
     for f in sorted(shards.glob("shard-*.json")):
         start = 0
         for i, n, reason, detail, *stat in json.loads(f.read_text()):   # no stat: a shard of an older version
             stats[i] = stat[0] if stat else None
+            counted[i] += 1
             if reason:
                 skipped.append({"uid": rows[i].uid, "pose": rows[i].pose, "reason": reason, "detail": detail})
             else:
                 kept.append((i, f.with_suffix(".npy"), start, n))
                 start += n
+    if len(counted) != len(rows) or max(counted.values(), default=1) > 1:   # e.g. two builders at once
+        raise DataError(f"{out}: the build holds {sum(counted.values())} rows for a corpus of {len(rows)} (did "
+                        f"another process write into it?); nothing was marked done. Build it again: "
+                        f"{rebuild_command(cfg)}")
     kept.sort()
     lengths = np.array([n for *_, n in kept], np.int64)
     starts = np.cumsum(lengths) - lengths
@@ -281,6 +348,12 @@ def _merge(cfg: DataConfig, rows: list[Row], shards: Path, out: Path) -> dict:
     return {"ok": len(kept), "skipped": len(skipped), "layout": cfg.pose.layout,
             "reasons": dict(Counter(s["reason"] for s in skipped)),
             "splits": dict(Counter(index["split"])), "frames": int(lengths.sum()), "cache": str(out)}
+
+
+def split_sizes(cfg: DataConfig) -> dict[str, int]:
+    """Clips per split in the complete cache (0 for an empty split)."""
+    counts = json.loads((cache_dir(cfg) / "DONE").read_text())["summary"]["splits"]
+    return {s: counts.get(s, 0) for s in ("train", "val", "test")}
 
 
 def ensure_cache(cfg: DataConfig, rank: int = 0, world_size: int = 1, timeout_s: float = 24 * 3600,
@@ -334,7 +407,10 @@ class SignDataset(torch.utils.data.Dataset):
     def __init__(self, cfg: DataConfig, split: str, tokenizer, augment: bool = False, n_words: int = 0,
                  words: list[str] | None = None):
         if not is_fresh(cfg):
-            raise FileNotFoundError(f"{cache_dir(cfg)}: pose cache missing or stale; run "
+            why = damage(cfg)
+            raise FileNotFoundError(f"{cache_dir(cfg)}: pose cache damaged ({why}); build it again with "
+                                    f"`{rebuild_command(cfg)}`" if why else
+                                    f"{cache_dir(cfg)}: pose cache missing or stale; run "
                                     f"`python data.py prepare {cfg.data_dir}` (or ensure_cache)")
         index = json.loads((cache_dir(cfg) / "index.json").read_text())
         rows = [k for k, s in enumerate(index["split"]) if s == split]
@@ -550,6 +626,8 @@ def main(argv=None) -> None:
     p.add_argument("--layout", default=PoseConfig.layout, choices=["auto", *poses.LAYOUTS],
                    help="keypoint layout (default: auto, the first that the corpus's first readable file fits)")
     p.add_argument("--force", action="store_true", help="rebuild from scratch, even over a cache of other settings")
+    p.add_argument("--max_pose_mb", type=float, default=PoseConfig.max_pose_mb,
+                   help="larger .pose files are skipped unread (memory per worker: docs/data.md)")
     x = sub.add_parser("lexicon", help="a folder of .pose files or videos named by word -> a sign dictionary "
                                        "(index.csv; lexicon.py)")
     x.add_argument("src")
@@ -560,28 +638,28 @@ def main(argv=None) -> None:
     v.add_argument("out_dir")
     v.add_argument("--texts", default=None, help="CSV uid,text (uid: a video's file name without extension; "
                                                  "default VIDEO_DIR/texts.csv if present)")
+    for command in (importers, show):   # data.py import ..., data.py show ...: each file holds its command line
+        command.add_command(sub)
     args = parser.parse_args(argv)
+    if hasattr(args, "command"):
+        sys.exit(args.command(args))
     if args.cmd == "lexicon":
         import lexicon
         print(json.dumps(lexicon.write_index(args.src, args.out_dir)))
-    elif args.cmd == "videos":
+    elif args.cmd == "videos":   # video.py's own command line, which reports skipped videos and counts
         import video
-        try:
-            s = video.videos_to_corpus(args.video_dir, args.out_dir, texts=args.texts)
-        except video.VideoExtraMissing as e:
-            sys.exit(f"error: {e}")
-        for k in s["skipped"]:
-            print(f"skipped {k['video']}: {k['reason']}", file=sys.stderr)
-        print(json.dumps({k: len(x) if isinstance(x, list) else x for k, x in s.items()}))
+        sys.exit(video.main(["--dir", args.video_dir, args.out_dir] + (["--texts", args.texts] if args.texts else [])))
     elif args.cmd == "synth":
         from synth import demo   # the generator lives in its own folder; only this command needs it
         demo.generate_corpus(args.out_dir, n=args.n, seed=args.seed)
         print(json.dumps({"out_dir": args.out_dir, "n": args.n, "seed": args.seed}))
     else:
         cfg = DataConfig(data_dir=args.data_dir, cache_dir=args.cache, csv=args.csv,
-                         pose=PoseConfig(layout=args.layout))
+                         pose=PoseConfig(layout=args.layout, max_pose_mb=args.max_pose_mb))
         try:
-            print(json.dumps(prepare(cfg, workers=args.workers, force=args.force)))
+            summary = prepare(cfg, workers=args.workers, force=args.force)
+            print(splits_source(cfg, summary["splits"]), file=sys.stderr)
+            print(json.dumps(summary))
         except (DataError, FileNotFoundError) as e:
             print(f"error: {e}", file=sys.stderr)
             raise SystemExit(2)

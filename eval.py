@@ -196,6 +196,28 @@ def derangement(n: int, seed: int = 0) -> list[int]:
     return out
 
 
+def shuffled_sources(indices: list[int]) -> list[int]:
+    """The shuffled-pose decoding's sources: the clip whose poses each clip of `indices` gets, a
+    fixed derangement of them; [] with fewer than two clips (nothing to shuffle)."""
+    return [indices[k] for k in derangement(len(indices))] if len(indices) > 1 else []
+
+
+def score(rows: list[dict], shuffled_rows: list[dict], train_counts: Counter | None = None) -> dict:
+    """The metrics of decoded rows; with train_counts (training_counts) word_recall_by_freq; with
+    shuffled_rows (the same clips decoded from shuffled_sources' poses, [] if not run)
+    bleu4_shuffled and chrf_shuffled; each row gets its hypothesis_shuffled, as the predictions
+    files hold it."""
+    hypotheses, references = [r["hypothesis"] for r in rows], [r["reference"] for r in rows]
+    metrics = compute_metrics(hypotheses, references)
+    if train_counts is not None:
+        metrics["word_recall_by_freq"] = word_recall_by_freq(hypotheses, references, train_counts)
+    if not shuffled_rows:
+        return metrics
+    for r, s in zip(rows, shuffled_rows):
+        r["hypothesis_shuffled"] = s["hypothesis"]
+    return with_shuffled(metrics, shuffled_rows)
+
+
 def with_shuffled(metrics: dict, shuffled_rows: list[dict]) -> dict:
     """Add bleu4_shuffled and chrf_shuffled: the same decoding with every clip's poses replaced by
     another clip's of the same set (derangement). A model that reads the signs loses most of its
@@ -219,6 +241,17 @@ def write_predictions(rows: list[dict], path: Path) -> None:
         tmp.unlink(missing_ok=True)
         raise
     os.replace(tmp, path)
+
+
+def next_steps(run_dir: Path, predictions: Path, clip: Path) -> str:
+    """What to do with a finished run, as a newcomer needs it (train.py ends with it): where the
+    test translations are, or how to make them, and how to translate one clip."""
+    return "\n".join([
+        "next steps:",
+        f"  the test split's translations, one JSON line per clip: {predictions}" if predictions.is_file() else
+        f"  translate the test split (metrics and a predictions file): python eval.py {run_dir} --split test",
+        f"  translate one clip: python eval.py {run_dir} --pose {clip if clip.is_file() else 'CLIP.pose'}",
+        "  more: docs/evaluation.md; to train longer, the same command with --resume=auto and a larger --max_steps"])
 
 
 def translate_file(model: SignTranslator, tok: Tokenizer, dcfg: data.DataConfig, pose_path: str,
@@ -299,11 +332,42 @@ def check_outputs(args: argparse.Namespace, out: Path) -> None:
         lora.refuse_overwrite(args.export_adapter, lora.ADAPTER_FILES)
     if args.export_merged:
         lora.refuse_overwrite(args.export_merged, lora.MERGED_FILES)
+    for flag, target in (("--export_adapter", args.export_adapter), ("--export_merged", args.export_merged)):
+        run = checkpoints.run_dir_of(Path(target)) if target else None
+        if run:  # its config.json would replace the run's, and keep_last would prune it with a checkpoint
+            raise ConfigError(f"{flag} {target} is inside the run directory {run}: export outside it "
+                              f"(e.g. {run}-export); nothing was written")
     if args.pose and not Path(args.pose).is_file():
         raise FileNotFoundError(f"--pose {args.pose}: no such file")
     writes_predictions = not (args.export_adapter or args.export_merged or args.pose or args.video)
     if writes_predictions and not os.access(out.parent, os.W_OK):
         raise ConfigError(f"--out {out}: cannot write in {out.parent} (no such folder, or not writable)")
+
+
+def check_base(ckpt: Path, cfg: config.TrainConfig) -> Path:
+    """The run's base model folder (model_dir, or a Hub repo id's cached snapshot), checked to hold a
+    checkpoint and to be the one `ckpt` was trained on."""
+    base_dir = loader.model_path(cfg.model_dir)
+    if not (base_dir / "config.json").is_file():
+        raise FileNotFoundError(f"model_dir {cfg.model_dir} (the run's base model) holds no config.json; "
+                                "pass --model_dir=DIR where it is now")
+    mismatch = checkpoints.base_mismatch(ckpt, checkpoints.base_identity(cfg.model_dir, base_dir))
+    if mismatch:
+        raise ConfigError(mismatch)
+    return base_dir
+
+
+def load_run_model(ckpt: Path, cfg: config.TrainConfig,
+                   base_dir: Path) -> tuple[Tokenizer, SignTranslator, torch.device]:
+    """The run's model (translator.build_model) with the checkpoint's trained tensors (eval.py,
+    data.py show --run); base_dir from check_base."""
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    tok = Tokenizer.from_dir(base_dir)
+    with redirect_stdout(sys.stderr):  # stdout carries the results only
+        model = build_model(cfg, tok, device)
+    checkpoints.load_trained(model, ckpt)
+    print(f"checkpoint: {ckpt}", file=sys.stderr)
+    return tok, model, device
 
 
 def evaluate(args: argparse.Namespace) -> None:
@@ -318,23 +382,12 @@ def evaluate(args: argparse.Namespace) -> None:
     cfg.model_dir = args.model_dir or cfg.model_dir
     out = Path(args.out) if args.out else predictions_path(ckpt.resolve().parent, args.split, ckpt, args.num_beams)
     check_outputs(args, out)
-    if not (Path(loader.model_path(cfg.model_dir)) / "config.json").is_file():
-        raise FileNotFoundError(f"model_dir {cfg.model_dir} (the run's base model) holds no config.json; "
-                                "pass --model_dir=DIR where it is now")
-    base = {"model_dir": cfg.model_dir, "fingerprint": loader.fingerprint(loader.model_path(cfg.model_dir))}
-    mismatch = checkpoints.base_mismatch(ckpt, base)
-    if mismatch:
-        raise ConfigError(mismatch)
+    base_dir = check_base(ckpt, cfg)
     max_new = cfg.max_new_tokens if args.max_new_tokens is None else args.max_new_tokens
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dcfg = cfg.data
     if args.video:  # before the model: a video that fails costs no model load
         args.pose = pose_of_video(args.video, args.save_pose)
-    tok = Tokenizer.from_dir(loader.model_path(cfg.model_dir))
-    with redirect_stdout(sys.stderr):  # stdout carries the results only
-        model = build_model(cfg, tok, device)
-    checkpoints.load_trained(model, ckpt)
-    print(f"checkpoint: {ckpt}", file=sys.stderr)
+    tok, model, device = load_run_model(ckpt, cfg, base_dir)
     if args.export_adapter or args.export_merged:  # the LLM side only: the pose encoder stays in ckpt
         if args.export_adapter:
             print(lora.save_peft_adapter(model.llm, args.export_adapter, base_model_name_or_path=cfg.model_dir))
@@ -353,16 +406,8 @@ def evaluate(args: argparse.Namespace) -> None:
                                          args.num_beams, device, progress=True, static=args.static,
                                          poses_from=poses_from)
     rows = run()
-    metrics = compute_metrics([r["hypothesis"] for r in rows], [r["reference"] for r in rows])
-    counts = run_training_counts(dcfg, trained_on)
-    if counts is not None:
-        metrics["word_recall_by_freq"] = word_recall_by_freq([r["hypothesis"] for r in rows],
-                                                             [r["reference"] for r in rows], counts)
-    if not args.no_shuffled and len(every) > 1:
-        shuffled = run(derangement(len(every)))
-        metrics = with_shuffled(metrics, shuffled)
-        for r, s in zip(rows, shuffled):
-            r["hypothesis_shuffled"] = s["hypothesis"]
+    sources = [] if args.no_shuffled else shuffled_sources(every)
+    metrics = score(rows, run(sources) if sources else [], run_training_counts(dcfg, trained_on))
     write_predictions(rows, out)
     print(f"{len(rows)} predictions in {out}", file=sys.stderr)
     print(json.dumps(metrics))

@@ -16,7 +16,7 @@ module stores (gpt-fast keeps quantization as a conversion step beside the model
     save_model     config.json + model.safetensors in the Hugging Face layout; a 4-bit model in
                    bitsandbytes' layout, which transformers' from_pretrained loads (that layout,
                    tensor by tensor, and its checks: bnb_format.py)
-    empty_model, load_shards   FSDP: the model on the meta device, sharded by fully_shard, then
+    empty_model    the model as load_model builds it, left on the meta device: FSDP shards it, then
                    each rank reads and quantizes only the rows it holds (no rank has the whole)
 
 Names are the Hugging Face names (model.layers.0.self_attn.q_proj.weight); loading is strict:
@@ -36,15 +36,12 @@ import os
 import re
 from collections import defaultdict
 from contextlib import ExitStack
-from functools import partial
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
 from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import Tensor, nn
-from torch.distributed.tensor import DTensor
 
 import bnb_format
 import quant
@@ -80,7 +77,7 @@ def model_path(model_dir: str | Path) -> Path:
     return path
 
 
-def _checkpoint_index(path: Path, config: Qwen2Config) -> dict[str, Path]:
+def checkpoint_index(path: Path, config: Qwen2Config) -> dict[str, Path]:
     """Tensor name -> the safetensors file that holds it, for a single-file or sharded checkpoint."""
     index, single = path / "model.safetensors.index.json", path / "model.safetensors"
     if index.exists():
@@ -108,7 +105,7 @@ def fingerprint(path: str | Path, sample: int = 256) -> str:
     h = hashlib.sha256(json.dumps(config.to_dict(), sort_keys=True).encode())
     if (path / "tokenizer.json").is_file():
         h.update((path / "tokenizer.json").read_bytes())
-    for file in sorted(set(_checkpoint_index(path, config).values())):
+    for file in sorted(set(checkpoint_index(path, config).values())):
         with open(file, "rb") as f:  # safetensors: 8-byte header length, JSON header, then the data
             n = int.from_bytes(f.read(8), "little")
             header = json.loads(f.read(n))
@@ -124,7 +121,7 @@ def _names_in(file: Path) -> dict[str, Path]:
         return {name: file for name in f.keys()}
 
 
-def _expected_shapes(model: nn.Module) -> dict[str, tuple[int, ...]]:
+def expected_shapes(model: nn.Module) -> dict[str, tuple[int, ...]]:
     """Every tensor a checkpoint must hold for this model (a tied lm_head is not stored)."""
     shapes = {name: tuple(t.shape) for name, t in model.state_dict().items()}
     if model.config.tie_word_embeddings:
@@ -132,16 +129,10 @@ def _expected_shapes(model: nn.Module) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-def _put(module: nn.Module, attr: str, t: Tensor) -> None:
-    """Install t as module.attr in place of the meta tensor there. Where FSDP has sharded that
-    parameter (a DTensor), t is this rank's chunk of it and becomes a DTensor of the same layout."""
+def put_tensor(module: nn.Module, attr: str, t: Tensor) -> None:
+    """Install t as module.attr in place of the (meta) tensor there, a parameter keeping its
+    requires_grad (sharding.py first wraps an FSDP rank's chunk as its DTensor)."""
     old = getattr(module, attr)
-    if isinstance(old, DTensor):
-        if t.shape != old.to_local().shape:
-            raise ValueError(f"{type(module).__name__}.{attr}: a chunk of shape {tuple(t.shape)} for a rank that "
-                             f"holds {tuple(old.to_local().shape)} of {tuple(old.shape)}")
-        t = DTensor.from_local(t, old.device_mesh, old.placements, run_check=False, shape=old.shape,
-                               stride=old.stride())
     if attr in module._parameters:
         module._parameters[attr] = nn.Parameter(t, requires_grad=old.requires_grad)
     else:
@@ -156,10 +147,10 @@ def _set_tensor(model: nn.Module, name: str, t: Tensor) -> None:
     if attr == "weight" and hasattr(module, "quantize_") and t.is_floating_point():
         module.quantize_(t)
     else:
-        _put(module, attr, t)
+        put_tensor(module, attr, t)
 
 
-def _check_names(where: dict[str, Path], expected: dict[str, tuple[int, ...]]) -> dict[Path, list[str]]:
+def check_names(where: dict[str, Path], expected: dict[str, tuple[int, ...]]) -> dict[Path, list[str]]:
     """Names against `expected`, strictly; returns the names by the file that holds them."""
     unexpected = sorted(set(where) - set(expected))
     if unexpected:
@@ -175,7 +166,7 @@ def _check_names(where: dict[str, Path], expected: dict[str, tuple[int, ...]]) -
     return by_file
 
 
-def _check_shape(f, file: Path, name: str, expected: dict[str, tuple[int, ...]]) -> None:
+def check_shape(f, file: Path, name: str, expected: dict[str, tuple[int, ...]]) -> None:
     if name not in f.keys():
         raise ValueError(f"tensor {name} is not in {file}, although the index says so")
     shape = tuple(f.get_slice(name).get_shape())
@@ -187,10 +178,10 @@ def _stream_into(model: nn.Module, where: dict[str, Path], expected: dict[str, t
                  dtype: torch.dtype | None, device) -> None:
     """Check names and shapes against `expected` strictly, then load tensors one at a time (peak
     memory ~ one copy). dtype=None keeps the stored dtypes (the nf4 cache: uint8 + fp32 absmax)."""
-    for file, names in _check_names(where, expected).items():
+    for file, names in check_names(where, expected).items():
         with safe_open(file, framework="pt", device="cpu") as f:
             for name in names:
-                _check_shape(f, file, name, expected)
+                check_shape(f, file, name, expected)
                 t, home = f.get_tensor(name), _home(model, name, device)
                 t = t.to(home, dtype) if dtype is not None and t.is_floating_point() else t.to(home)
                 _set_tensor(model, name, t)
@@ -220,7 +211,7 @@ def _swap_in_nf4(model: Qwen2, dtype: torch.dtype, double_quant: bool = False) -
                                                        compute_dtype=dtype, device="meta", double_quant=double_quant))
 
 
-def _quant_cache_file(path: Path, where: dict[str, Path], dtype: torch.dtype, double_quant: bool,
+def quant_cache_file(path: Path, where: dict[str, Path], dtype: torch.dtype, double_quant: bool,
                       cache_dir: Path) -> Path:
     """The cache file name: a hash of the checkpoint's path, files (size, mtime), dtype and format."""
     stats = [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(set(where.values()))]
@@ -243,7 +234,7 @@ def _skeleton(config: Qwen2Config, source: str, dtype: torch.dtype, quantize: st
     _check_quantize(quantize, double_quant)
     with torch.device("meta"):
         model = Qwen2(config)
-    shapes = _expected_shapes(model)
+    shapes = expected_shapes(model)
     if offload_embeddings:
         _swap_in_host_embedding(model, source)
     if quantize == "nf4":
@@ -282,7 +273,7 @@ def _load_bnb_4bit(model: nn.Module, where: dict[str, Path], device) -> set[str]
                 raise ValueError(f"tensor {key} in {files[key]}: {prefix} is stored in 4 bits, but only the "
                                  "seven projections of each layer can be 4-bit here")
             for attr, t in bnb_format.from_bnb(module, prefix, read, files).items():
-                _put(module, attr, t.to(device))
+                put_tensor(module, attr, t.to(device))
             filled.add(f"{prefix}.weight")
     return filled
 
@@ -299,30 +290,29 @@ def load_model(path: str | Path, dtype: torch.dtype = torch.float32, device="cpu
     NF4 (a quantization_config in config.json, e.g. the `*-bnb-4bit` repositories) needs
     quantize="nf4" and is read as stored, with no round trip through 16 bits. quant_cache=DIR saves
     the quantized tensors there on the first load of a 16-bit checkpoint and reads them back on
-    later loads of the same (unchanged) one. offload_embeddings=True keeps the (frozen) input
+    later loads of the same (unchanged) one (None or "": no cache). offload_embeddings=True keeps the (frozen) input
     embedding table in host memory (HostEmbedding; untied models only)."""
-    _check_quantize(quantize, double_quant)
     path = model_path(path)
     raw = json.loads((path / "config.json").read_text())
     config = Qwen2Config.from_dict(raw, source=str(path / "config.json"))
+    model, hf_shapes = _skeleton(config, str(path / "config.json"), dtype, quantize, double_quant, offload_embeddings)
     prequantized = bnb_format.is_bnb_4bit(raw, str(path / "config.json"))
     if prequantized and quantize != "nf4":
         raise ValueError(f"{path / 'config.json'}: this checkpoint is in bitsandbytes 4-bit NF4 "
                          "(quantization_config); load it with quantize='nf4', or load the 16-bit one")
-    where = _checkpoint_index(path, config)
-    model, hf_shapes = _skeleton(config, str(path / "config.json"), dtype, quantize, double_quant, offload_embeddings)
+    where = checkpoint_index(path, config)
     cached = None
-    if quantize == "nf4" and quant_cache is not None and not prequantized:
-        cached = _quant_cache_file(path, where, dtype, double_quant, Path(quant_cache))
+    if quantize == "nf4" and quant_cache and not prequantized:
+        cached = quant_cache_file(path, where, dtype, double_quant, Path(quant_cache))
     if cached is not None and cached.exists():
-        _stream_into(model, _names_in(cached), _expected_shapes(model), None, device)
+        _stream_into(model, _names_in(cached), expected_shapes(model), None, device)
         return model.eval()
     if prequantized:  # the 4-bit projections first, then everything else as in a 16-bit checkpoint
         filled = _load_bnb_4bit(model, where, device)
         hf_shapes = {k: v for k, v in hf_shapes.items() if k not in filled}
     _stream_into(model, where, hf_shapes, dtype, device)
     if cached is not None:
-        _save_file(_state(model), cached)
+        save_tensors(_state(model), cached)
     return model.eval()
 
 
@@ -355,155 +345,12 @@ def random_model(config: Qwen2Config, dtype: torch.dtype = torch.float32, device
 def empty_model(source: str | Path | Qwen2Config, dtype: torch.dtype = torch.float32, quantize: str | None = None,
                 double_quant: bool = False, offload_embeddings: bool = False) -> Qwen2:
     """The model of checkpoint directory `source` (or of a Qwen2Config) as load_model builds it, left
-    on the meta device: FSDP shards it (fully_shard) before anything is loaded, then load_shards (or
-    random_shards) fills this rank's chunks."""
+    on the meta device: FSDP shards it (fully_shard) before anything is loaded, then
+    sharding.load_shards (or random_shards) fills this rank's chunks."""
     if isinstance(source, Qwen2Config):
         return _skeleton(source, "empty_model", dtype, quantize, double_quant, offload_embeddings)[0]
     file = model_path(source) / "config.json"
     return _skeleton(Qwen2Config.from_json(file), str(file), dtype, quantize, double_quant, offload_embeddings)[0]
-
-
-def local_rows(n: int, rank: int, world: int) -> slice:
-    """The dim-0 rows of an n-row tensor that FSDP2 gives `rank`: torch.chunk's split, ceil(n / world)
-    rows each, so the last ranks may hold fewer or none."""
-    c = -(-n // world)
-    return slice(min(n, rank * c), min(n, (rank + 1) * c))
-
-
-def _rows_held(t: Tensor) -> slice | None:
-    """The rows of t this rank holds if FSDP sharded it (a DTensor); None: t is whole here."""
-    if not isinstance(t, DTensor):
-        return None
-    return local_rows(t.shape[0], t.device_mesh.get_local_rank(), t.device_mesh.size())
-
-
-def local_part(target: Tensor, whole: Tensor) -> Tensor:
-    """`whole` laid out as `target` is: this rank's rows of it as a DTensor if FSDP sharded target,
-    else `whole` itself (a checkpoint's tensors into a sharded model, checkpoints.load)."""
-    rows = _rows_held(target)
-    if rows is None:
-        return whole
-    return DTensor.from_local(whole[rows].to(target.to_local().device), target.device_mesh, target.placements,
-                              run_check=False, shape=target.shape, stride=target.stride())
-
-
-def gathered(t: Tensor) -> Tensor:
-    """t whole: FSDP's chunks of it all-gathered from every rank (all must call), else t itself."""
-    return t.full_tensor() if isinstance(t, DTensor) else t
-
-
-def _gather_chunks(mine: Tensor, n: int) -> Tensor:
-    """Every rank's chunk (local_rows) of an n-long 1-D tensor, put back together on every rank."""
-    world = dist.get_world_size()
-    comm = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
-    padded = torch.zeros(-(-n // world), dtype=mine.dtype, device=comm)
-    padded[:len(mine)] = mine
-    chunks = [torch.empty_like(padded) for _ in range(world)]
-    dist.all_gather(chunks, padded)
-    return torch.cat(chunks)[:n].to(mine.device)
-
-
-def _owner(model: nn.Module, name: str) -> tuple[nn.Module, str]:
-    """The module that holds checkpoint tensor `name`, and its attribute; a projection that LoRA
-    wraps (lora.LoRALinear) keeps it at NAME.base."""
-    module_name, attr = name.rsplit(".", 1)
-    module = model.get_submodule(module_name)
-    return getattr(module, "base", module), attr
-
-
-def _read_rows(f, name: str, rows: slice | None) -> Tensor:
-    """Rows of tensor `name` from an open safetensors file (None: all of it); only those are read."""
-    return f.get_tensor(name) if rows is None else f.get_slice(name)[rows]
-
-
-def _fill_shards(model: nn.Module, readers: dict, dtype: torch.dtype, device, cache: Path | None) -> None:
-    """Each checkpoint tensor (name -> read(rows)) into `model`, as this rank holds it. A 4-bit
-    projection's chunks come from the cache file if there is one, else from quantize_part."""
-    cached = safe_open(cache, framework="pt", device="cpu") if cache is not None and cache.exists() else None
-    pieces = {}
-    for name, read in readers.items():
-        module, attr = _owner(model, name)
-        if isinstance(module, quant.Linear4bit) and attr == "weight":
-            prefix = name.rsplit(".", 1)[0]
-            if cached is not None:
-                got = {k.rsplit(".", 1)[1]: cached.get_tensor(k) for k in cached.keys() if k.startswith(prefix + ".")}
-            else:
-                parts = {k: _rows_held(p) for k, p in module.named_parameters(recurse=False) if k != "bias"}
-                parts = {k: rows if rows is not None else slice(0, len(getattr(module, k)))
-                         for k, rows in parts.items()}
-                # the callbacks run inside quantize_part; the defaults bind this iteration's read and module
-                got = module.quantize_part(lambda r0, r1, read=read: read(slice(r0, r1)).to(device, dtype), parts,
-                                           lambda mine, module=module: _gather_chunks(mine, len(module.absmax)))
-                pieces.update({f"{prefix}.{k}": t for k, t in got.items()})
-            for k, t in got.items():
-                _put(module, k, t.to(device))
-        else:
-            target = getattr(module, attr)
-            t = read(_rows_held(target)).to("cpu" if isinstance(module, HostEmbedding) else device, dtype)
-            _put(module, attr, t.to(target.dtype) if target.requires_grad else t)  # trained: float32 (build_model)
-    if cached is None and cache is not None:
-        _save_file(pieces, cache)
-
-
-@torch.no_grad()
-def load_shards(model: nn.Module, path: str | Path, dtype: torch.dtype, device,
-                quant_cache: str | Path | None = None) -> None:
-    """FSDP's loading, without the whole model on any rank. `model` is an empty_model (LoRA may wrap
-    its projections) whose parameters fully_shard has made DTensors, still on the meta device; each
-    gets this rank's dim-0 chunk (local_rows), read from the checkpoint with
-    safe_open(...).get_slice, so only those rows are read. A 4-bit projection reads the rows under
-    its chunks of the packed bytes and absmax and quantizes them (Linear4bit.quantize_part: the
-    same bytes as quantizing the whole; double_quant all-gathers each matrix's float32 absmax for
-    its offset). Buffers (a HostEmbedding's table) are loaded whole. Peak memory: this rank's
-    chunks (on `device`) plus one tensor's rows in host memory. quant_cache=DIR: the 4-bit chunks are saved there on
-    the first load, one file per rank (...-shard{r}of{world}), and read back by later loads with
-    the same world size. Names and shapes are checked strictly, as by load_model."""
-    path = model_path(path)
-    raw = json.loads((path / "config.json").read_text())
-    config = Qwen2Config.from_dict(raw, source=str(path / "config.json"))
-    if bnb_format.is_bnb_4bit(raw, str(path / "config.json")):
-        raise ValueError(f"{path / 'config.json'}: a checkpoint bitsandbytes saved in 4 bits cannot be loaded "
-                         "sharded (--fsdp) yet; use the 16-bit checkpoint, which each rank quantizes in part")
-    with torch.device("meta"):
-        expected = _expected_shapes(Qwen2(config))
-    where = _checkpoint_index(path, config)
-    cache, nf4 = None, [m for m in model.modules() if isinstance(m, quant.Linear4bit)]
-    if quant_cache is not None and nf4:
-        file = _quant_cache_file(path, where, dtype, nf4[0].double_quant, Path(quant_cache))
-        cache = file.with_name(f"{file.stem}-shard{dist.get_rank()}of{dist.get_world_size()}{file.suffix}")
-        found = [None] * dist.get_world_size()
-        dist.all_gather_object(found, cache.exists())
-        if not all(found):  # all ranks quantize, or none: double_quant's absmax gather is a collective
-            cache.unlink(missing_ok=True)
-    with ExitStack() as files:
-        opened = {}
-        for file, names in _check_names(where, expected).items():
-            opened[file] = files.enter_context(safe_open(file, framework="pt", device="cpu"))
-            for name in names:
-                _check_shape(opened[file], file, name, expected)
-        readers = {name: partial(_read_rows, opened[file], name) for name, file in where.items()}
-        tied = model.lm_head.weight is model.model.embed_tokens.weight
-        if config.tie_word_embeddings and not tied:  # lm_head untied to be trained (lora._untie): a copy
-            # (cloned: safetensors returns views of the mapped file, and both would be the same memory)
-            readers["lm_head.weight"] = lambda rows: readers["model.embed_tokens.weight"](rows).clone()
-        _fill_shards(model, readers, dtype, device, cache)
-    if tied:
-        model.tie_weights()
-
-
-@torch.no_grad()
-def random_shards(model: nn.Module, dtype: torch.dtype, device, std: float = 0.02) -> None:
-    """load_shards with random rows (init_weight_) instead of a checkpoint: each rank draws its own
-    chunks, so a model too large for one device can be benchmarked (bench.py train --fsdp)."""
-    with torch.device("meta"):
-        shapes = _expected_shapes(Qwen2(model.config))
-
-    def read(name: str, shape: tuple[int, ...], rows: slice | None) -> Tensor:
-        n = len(range(*rows.indices(shape[0]))) if rows is not None else shape[0]
-        return init_weight_(name, torch.empty((n, *shape[1:]), device=device), std)
-
-    _fill_shards(model, {name: partial(read, name, shape) for name, shape in shapes.items()}, dtype, device, None)
-    model.tie_weights()
 
 
 def _state(model: Qwen2) -> dict[str, Tensor]:
@@ -512,7 +359,7 @@ def _state(model: Qwen2) -> dict[str, Tensor]:
             if not (k == "lm_head.weight" and model.config.tie_word_embeddings)}
 
 
-def _save_file(state: dict[str, Tensor], file: Path) -> None:
+def save_tensors(state: dict[str, Tensor], file: Path) -> None:
     """Tensors as one safetensors file, written atomically."""
     file.parent.mkdir(parents=True, exist_ok=True)
     tmp = file.with_name(f"{file.name}.tmp{os.getpid()}")
@@ -530,13 +377,13 @@ def save_model(model: Qwen2, out_dir: str | Path) -> None:
     for name, m in four_bit.items():
         state.update(bnb_format.to_bnb(name, m))
     with torch.device("meta"):
-        names = set(_expected_shapes(Qwen2(model.config)))
+        names = set(expected_shapes(Qwen2(model.config)))
     extra = sorted(k for k in set(state) ^ names if k.rsplit(".weight", 1)[0] not in four_bit)
     if extra:
         raise ValueError(f"save_model writes Qwen2 checkpoints, 16-bit or 4-bit, but this model has other tensors "
                          f"({extra[:3]}, LoRA modules?); use lora.export_merged for those")
     out_dir = Path(out_dir)
-    _save_file(state, out_dir / "model.safetensors")
+    save_tensors(state, out_dir / "model.safetensors")
     config = {**model.config.to_dict(), "dtype": str(model.model.embed_tokens.weight.dtype).removeprefix("torch.")}
     if four_bit:
         config["quantization_config"] = bnb_format.quantization_config(next(iter(four_bit.values())))

@@ -186,7 +186,6 @@ def apply_lora(model: nn.Module, r: int = 16, alpha: float = 32, dropout: float 
     for name, linear in chosen.items():
         parent, _, child = name.rpartition(".")
         setattr(model.get_submodule(parent), child, LoRALinear(linear, r, alpha, dropout, device))
-    model.lora_modules_to_save = modules_to_save  # read back by lora_state_dict and the savers
 
     # Freeze by module, not by parameter name: a tied lm_head shares its Parameter with
     # embed_tokens and appears under one name only in named_parameters().
@@ -200,6 +199,20 @@ def apply_lora(model: nn.Module, r: int = 16, alpha: float = 32, dropout: float 
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
+def saved_modules(model: nn.Module) -> list[str]:
+    """The modules_to_save of `model`, read from what apply_lora left trainable: the outermost
+    modules outside the adapters (lora_A, lora_B) that have parameters, all of them trained."""
+    adapters = {f"{n}.{ab}" for n in lora_modules(model) for ab in ("lora_A", "lora_B")}
+    out = []
+    for name, m in model.named_modules():
+        params = list(m.parameters())
+        if (name in adapters or isinstance(m, LoRALinear) or not params or any(name.startswith(o + ".") for o in out)
+                or not all(p.requires_grad for p in params)):
+            continue
+        out.append(name)
+    return out
+
+
 def lora_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     """LoRA A/B and modules_to_save tensors under the model's own names (the PEFT names without
     the `base_model.model.` prefix). The tensors share storage with the model, like state_dict."""
@@ -207,7 +220,7 @@ def lora_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     for name, m in lora_modules(model).items():
         out[f"{name}.lora_A.weight"] = m.lora_A.weight.detach()
         out[f"{name}.lora_B.weight"] = m.lora_B.weight.detach()
-    for name in _saved_module_names(model, getattr(model, "lora_modules_to_save", ())):
+    for name in saved_modules(model):
         out.update(model.get_submodule(name).state_dict(prefix=name + "."))
     return out
 
@@ -258,7 +271,7 @@ def save_peft_adapter(model: nn.Module, out_dir, base_model_name_or_path: str | 
         "peft_type": "LORA", "task_type": "CAUSAL_LM", "base_model_name_or_path": base_model_name_or_path,
         "r": first.r, "lora_alpha": first.alpha, "lora_dropout": first.dropout_p,
         "target_modules": sorted({_short(n) for n in modules}),
-        "modules_to_save": list(getattr(model, "lora_modules_to_save", ())) or None,
+        "modules_to_save": [_short(n) for n in saved_modules(model)] or None,
         "init_lora_weights": True, "inference_mode": True, **PLAIN_LORA,
     }
     out = Path(out_dir)

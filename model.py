@@ -305,9 +305,9 @@ class Qwen2(nn.Module):
         ))
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.gradient_checkpointing = False
-        # Decoding on every process of an FSDP job: each layer call all-gathers that layer's weights
-        # (a collective), so all processes must take as many steps. train.py then sets this to a
-        # function (this process is done) -> (every process is done); None: each stops on its own.
+        # Decoding stops when this process's rows are done (None), or, where several processes must
+        # take as many steps (their layers run collectives), when stop_together(done) says that
+        # every process is done (sharding.decoding_together sets it for the time of a decoding).
         self.stop_together = None
         self.tie_weights()
 

@@ -22,7 +22,9 @@ References:
 """
 import dataclasses
 import math
-from dataclasses import dataclass
+import os
+import stat
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
@@ -40,6 +42,9 @@ class PoseConfig:
     fps: float | None = None         # subsample to at most this frame rate (None: keep the file's)
     max_frames: int = 300            # longer clips are subsampled uniformly to this length
     min_frames: int = 4              # shorter clips are skipped ("too few frames")
+    # larger .pose files are skipped unread ("pose file too large"): a bound on what one file
+    # costs a prepare worker's memory (docs/data.md, "Memory per worker")
+    max_pose_mb: float = field(default=128.0, metadata={"runtime": True})
     # augmentation (train only): maximum magnitudes, each drawn uniformly per sample
     augment: bool = True
     aug_rotate_deg: float = 10.0
@@ -76,8 +81,8 @@ OP_FACE = tuple([f"FEB_{i}" for i in range(17, 27)] + [f"FE_{i}" for i in range(
                 + [f"FN_{i}" for i in (27, 30, 31, 33, 35)] + [f"FLO_{i}" for i in range(48, 60)]
                 + [f"FLI_{i}" for i in range(60, 68)])
 LAYOUTS = {
-    # MediaPipe Holistic (iSign's 576 points; also the 586 of a refined face mesh, whose first 468
-    # points are the same): 9 + 21 + 21 + 43 points
+    # MediaPipe Holistic (iSign's 576 points; the 543 of Google's Kaggle sets, without the world
+    # landmarks; the 586 of a refined face mesh, whose first 468 points are the same): 9 + 21 + 21 + 43
     "holistic": {
         "body": Part("POSE_LANDMARKS", ("LEFT_SHOULDER", "RIGHT_SHOULDER", "NOSE", "LEFT_ELBOW", "RIGHT_ELBOW",
                                         "LEFT_WRIST", "RIGHT_WRIST", "LEFT_HIP", "RIGHT_HIP"),
@@ -178,15 +183,26 @@ def body_frame(cfg: PoseConfig) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------- one file -> features
-def read_pose(path):
-    """Read a .pose file with pose-format; any failure is a PoseError naming the file."""
+def read_pose(path, max_mb: float | None = None):
+    """Read a .pose file with pose-format; any failure is a PoseError naming the file. A file over
+    max_mb is refused from its size and header before its body is read: reading costs memory in
+    proportion to the file's size (docs/data.md, "Memory per worker")."""
     path = Path(path)
-    if not path.is_file():
-        raise PoseError("missing pose file", f"{path}: no such file")
+    size = _regular_file(path).st_size
     try:
-        reader = BufferReader(path.read_bytes())
+        with open(path, "rb") as f:
+            if max_mb and size > max_mb * 2**20:
+                mb = f"{size / 2**20:.1f}" if size < 10 * 2**20 else f"{size / 2**20:,.0f}"
+                raise PoseError("pose file too large", (
+                    f"{path}: {mb} MB{_body_shape(f.read(1 << 20), size)}, beyond max_pose_mb="
+                    f"{max_mb:g}, so not read (reading a file takes memory in proportion to its size, in each "
+                    "prepare worker: docs/data.md, \"Memory per worker\"); raise max_pose_mb (data.py prepare "
+                    "--max_pose_mb N, train.py --max_pose_mb=N) if the machine has that memory, or cut the clip"))
+            reader = BufferReader(f.read())
         header = PoseHeader.read(reader)
         body = NumPyPoseBody.read(header, reader)
+    except PoseError:
+        raise
     except Exception as e:
         raise PoseError("unreadable pose file", f"{path}: not a readable .pose file ({type(e).__name__}: {e})") from e
     # pose-format v0.1 infers the frame count from the bytes left, so a truncated file "parses"
@@ -195,6 +211,46 @@ def read_pose(path):
         raise PoseError("unreadable pose file", f"{path}: {reader.bytes_left()} bytes after the last frame "
                                                 "(truncated or corrupt file)")
     return header, body
+
+
+def _regular_file(path: Path) -> os.stat_result:
+    """The stat of the file path names (links followed); PoseError when it is missing or is not a
+    regular file (a FIFO or a device would block a reader, or never end)."""
+    link = f" (a link to {os.path.realpath(path)})" if path.is_symlink() else ""
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        raise PoseError("missing pose file", f"{path}: no such file{link}") from None
+    except OSError as e:
+        raise PoseError("unreadable pose file", f"{path}{link}: {e.strerror}") from None
+    if not stat.S_ISREG(st.st_mode):
+        what = ("a folder" if stat.S_ISDIR(st.st_mode) else "a FIFO" if stat.S_ISFIFO(st.st_mode) else
+                "a device" if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode) else "a socket")
+        raise PoseError("not a regular file", f"{path}{link}: {what}, not a regular file")
+    if st.st_size == 0:
+        raise PoseError("unreadable pose file", f"{path}{link}: empty file")
+    return st
+
+
+def _body_shape(head: bytes, size: int) -> str:
+    """' (N frames x P people x K points)' from a file's first bytes (its header, and the body's
+    first fields) and its size, as pose-format counts them (v0.1's frame count is a ushort that
+    may have wrapped: the bytes left say it); '' when the header does not fit in `head`."""
+    try:
+        reader = BufferReader(head)
+        header = PoseHeader.read(reader)
+        points, dims, version = header.total_points(), header.num_dims(), round(header.version, 3)
+        if version == 0.2:
+            _, frames, people = reader.unpack_f("f"), reader.unpack_f("I"), reader.unpack_f("H")
+        elif version == 0.1:
+            _, _, people = reader.unpack_f("HHH")
+            frames = (size - reader.read_offset) // max(people * points * (dims + 1) * 4, 1)
+        else:
+            return ""
+    except Exception:  # only a description: the size alone refuses the file
+        return ""
+    who = "1 person" if people == 1 else f"{people} people"
+    return f" ({frames:,} frames x {who} x {points} points)" if people and points else ""
 
 
 def select_points(header, body, cfg: PoseConfig, path="<pose>") -> tuple[np.ndarray, np.ndarray]:
@@ -221,13 +277,19 @@ def select_points(header, body, cfg: PoseConfig, path="<pose>") -> tuple[np.ndar
     if coords.shape[-1] < dims:
         raise PoseError("layout lacks points", f"{path}: use_z needs 3-D points, the file has {coords.shape[-1]}-D")
     idx = np.array([index[w] for w in wanted])
-    body = _layout(cfg)["body"]
-    anchors = [index[(body.component, p)] for p in body.anchor]
-    shown = ((conf[:, :, anchors] > 0) & np.isfinite(coords[:, :, anchors]).all(-1)).all(-1).sum(0)  # (P,)
-    person = int(np.argmax(shown))                                         # argmax: the first on a tie
+    person = signer(header, coords, conf, cfg)
     xyz = coords[:, person, idx, :dims].astype(np.float32)                 # (T, K, C)
     present = (conf[:, person, idx] > 0) & np.isfinite(xyz).all(-1)        # (T, K)
     return xyz, present
+
+
+def signer(header, coords: np.ndarray, conf: np.ndarray, cfg: PoseConfig) -> int:
+    """The person (of coords (T, P, N, D), conf (T, P, N)) whose two shoulders, the layout's
+    body anchor, show in the most frames; the first one on a tie."""
+    index, body = _point_index(header), _layout(cfg)["body"]
+    anchors = [index[(body.component, p)] for p in body.anchor]
+    shown = ((conf[:, :, anchors] > 0) & np.isfinite(coords[:, :, anchors]).all(-1)).all(-1).sum(0)  # (P,)
+    return int(np.argmax(shown))
 
 
 def detect_layout(header, path="<pose>") -> str:
@@ -302,7 +364,7 @@ def load_pose(path, cfg: PoseConfig, window_ms: tuple[int, int] | None = None) -
     With layout "auto" the file's own first fitting layout is used (a corpus resolves it once:
     corpus.resolve_layout). window_ms: only that part of the file (window_frames), as a sign
     dictionary's row names it."""
-    header, body = read_pose(path)
+    header, body = read_pose(path, cfg.max_pose_mb)
     if cfg.layout == "auto":
         cfg = dataclasses.replace(cfg, layout=detect_layout(header, path))
     xyz, present = select_points(header, body, cfg, path)

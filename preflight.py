@@ -2,8 +2,11 @@
 and what the run needs created on first use.
 
     accumulation              micro-steps per optimizer step (global_batch split over the ranks)
+    keep_run_layout           a run out_dir already holds keeps the layout it resolved
+    claim_out_dir             out_dir writable, and this run its one owner while it runs
     check_run_dir             an out_dir holding another run is an error, never overwritten
     check_inputs              the corpus and the base checkpoint exist (with how to get them)
+    check_splits              what an empty split means for the run, said before the model loads
     create_first_use_assets   the CPU demo's synthetic corpus and random tiny Qwen2 + BPE tokenizer
     find_resume               the checkpoint to resume from (--resume=auto|PATH), checked
     prepare_run               all of the above in order, the layout resolved, the pose cache built,
@@ -14,10 +17,11 @@ change; train.main prints it as one line and exits with code 2, before any weigh
 
 Used by train.py; tests: python -m pytest tests/test_train.py tests/test_robust.py
 """
-import dataclasses
 import logging
 import os
 import shutil
+import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -30,8 +34,7 @@ import data
 import lexicon
 import loader
 from config import ConfigError, TrainConfig
-from processes import Dist, setup_logging
-from translator import uses_words
+from processes import FILE_ONLY, Dist, all_sum, setup_logging
 
 log = logging.getLogger("train")  # the run's log (processes.setup_logging)
 
@@ -47,14 +50,20 @@ def accumulation(cfg: TrainConfig, world: int) -> int:
     return cfg.global_batch // per_round
 
 
+def keep_run_layout(cfg: TrainConfig, out_dir: Path) -> None:
+    """Layout "auto" is decided once per run, when the run starts: a run that out_dir already
+    holds keeps the layout its config.json records; a new run's is resolved from its corpus
+    (corpus.resolve_layout in prepare_run, once the corpus exists)."""
+    saved = out_dir / "config.json"
+    if cfg.data.pose.layout == "auto" and saved.is_file():
+        cfg.data.pose.layout = config.load_run_config(saved).data.pose.layout
+
+
 def check_run_dir(cfg: TrainConfig, out_dir: Path) -> None:
     """An out_dir that holds another run is an error, not something to overwrite or mix with."""
     saved = out_dir / "config.json"
     if saved.is_file():
         old = config.load_run_config(saved)
-        if cfg.data.pose.layout == "auto":  # resolves to what the run resolved (prepare_run checks again)
-            pose = dataclasses.replace(cfg.data.pose, layout=old.data.pose.layout)
-            cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, pose=pose))
         diff = config.differences(old, cfg)
         if diff:
             raise ConfigError(f"{out_dir} holds a run with a different config ({'; '.join(diff[:5])}); "
@@ -64,8 +73,27 @@ def check_run_dir(cfg: TrainConfig, out_dir: Path) -> None:
                           "run, or choose another --out_dir")
 
 
-def check_inputs(cfg: TrainConfig) -> None:
-    """Data and base checkpoint exist (before anything heavy is loaded)."""
+def claim_out_dir(out_dir: Path) -> str | None:
+    """Rank 0, before anything is written there: out_dir created, writable, and owned by this run
+    for its life (checkpoints.own). None, or why the run cannot have it."""
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out_dir):  # a file can be made there (the lock's may exist already)
+            pass
+        holder = checkpoints.own(out_dir)
+    except OSError as e:
+        return (f"out_dir {out_dir} cannot be written ({e.strerror or e}); choose a folder you can write "
+                "with --out_dir=DIR")
+    if holder:
+        return (f"{out_dir} is in use by another run ({holder}; lock file {out_dir / '.lock'}); wait for it to "
+                "end (then --resume=auto continues it), or choose another --out_dir")
+    return None
+
+
+def check_inputs(cfg: TrainConfig) -> Path:
+    """Data and base checkpoint exist (before anything heavy is loaded); returns where the base's
+    files are (loader.model_path: model_dir, or a Hub repo id's snapshot in the local cache)."""
+    base_dir = loader.model_path(cfg.model_dir)
     if not Path(cfg.data.data_dir).is_dir():
         raise ConfigError(f"data_dir {cfg.data.data_dir} does not exist (getting iSign: docs/training.md, "
                           "\"iSign, step by step\"; or `python data.py synth DIR` for a synthetic corpus)")
@@ -73,13 +101,35 @@ def check_inputs(cfg: TrainConfig) -> None:
     if lexicon_dir and not (Path(lexicon_dir) / "index.csv").is_file():
         raise ConfigError(f"lexicon_dir {lexicon_dir} holds no index.csv (a sign dictionary: docs/data.md, "
                           "\"Sign dictionaries\"; `python data.py lexicon FOLDER OUT` makes one from a folder)")
-    if not (loader.model_path(cfg.model_dir) / "config.json").is_file():
+    if not (base_dir / "config.json").is_file():
         searched = (f", nor is it in the Hugging Face cache {loader.hub_cache()}"
                     if loader.REPO_ID.fullmatch(cfg.model_dir) else "")
         where = "" if cfg.model_dir == cfg.model_repo else f" --local-dir {cfg.model_dir}"  # a repo id: the cache
         raise ConfigError(f"model_dir {cfg.model_dir} holds no checkpoint (config.json missing){searched}. Download "
                           f"it with: hf download {cfg.model_repo}{where}  "
                           "(pip install huggingface_hub; older versions: huggingface-cli download)")
+    return base_dir
+
+
+def check_splits(cfg: TrainConfig, sizes: dict[str, int], main: bool) -> None:
+    """What an empty split means for this run, said before the model loads: no train split is an
+    error; no validation split, no validation (and no `best`); no test split, no test_at_end
+    (turned off here: the run must not fail at its end, nor a requeued run at every end)."""
+    source = corpus.splits_source(cfg.data)
+    if main:
+        log.info(corpus.splits_source(cfg.data, sizes))
+    if not sizes["train"]:
+        raise ConfigError(f"the train split of {cfg.data.data_dir} has no clips ({source}); give the corpus a "
+                          "train split (train.csv, or split_ratios when it has one CSV)")
+    if not sizes["val"] and main:
+        log.warning(f"no validation split in {cfg.data.data_dir} ({source}): no validation runs, no `best` "
+                    "checkpoint is chosen, and test_at_end tests the last one (give the corpus a val.csv, or "
+                    "split_ratios with a val share, to have one)")
+    if not sizes["test"] and cfg.test_at_end:
+        cfg.test_at_end = False
+        if main:
+            log.warning(f"no test split in {cfg.data.data_dir} ({source}): test_at_end is skipped (the run's "
+                        "checkpoints are evaluated with `python eval.py OUT_DIR --split val`)")
 
 
 def create_first_use_assets(cfg: TrainConfig) -> None:
@@ -136,8 +186,9 @@ def find_resume(cfg: TrainConfig, out_dir: Path, base: dict) -> Path | None:
             raise ConfigError(f"--resume=auto: none of the {len(saved)} checkpoints in {out_dir} can be used "
                               f"({'; '.join(f'{c.name}: {why}' for c, why in problems.items())}); nothing was "
                               "changed. Move them away to train from step 0, or --resume=PATH a copy of a good one")
-        if ckpt is None:
-            return None  # nothing saved yet: the run starts at step 0
+        if ckpt is None:  # nothing saved yet (or a mistyped out_dir): say so, it starts over
+            log.info(f"--resume=auto: no checkpoint in {out_dir} yet, so the run starts from step 0")
+            return None
     else:
         ckpt = Path(cfg.resume)
         problem = checkpoints.problem(ckpt)
@@ -153,44 +204,53 @@ def find_resume(cfg: TrainConfig, out_dir: Path, base: dict) -> Path | None:
     return ckpt
 
 
-def prepare_run(cfg: TrainConfig, d: Dist) -> tuple[Path, int, dict, Path | None]:
+@dataclass(frozen=True)
+class Prepared:
+    """What prepare_run decided about a run, besides the config it resolved (train.setup's input)."""
+    out_dir: Path
+    grad_accum: int       # micro-steps per optimizer step (accumulation)
+    base_dir: Path        # the base checkpoint's files (check_inputs)
+    base: dict            # its identity, saved in every checkpoint (checkpoints.base_identity)
+    resume: Path | None   # the checkpoint to resume from (find_resume), None: from step 0
+
+
+def prepare_run(cfg: TrainConfig, proc: Dist) -> Prepared:
     """Everything that can fail before the model is loaded: batch arithmetic, out_dir, first-use
     assets, data and base checkpoint present, the checkpoint to resume from and its base, the pose
-    cache. Saves the resolved config. Returns out_dir, grad_accum, the base's fingerprint and the
-    checkpoint to resume from."""
+    cache. Resolves cfg in place (the layout) and saves it as the run's config.json."""
     out_dir = Path(cfg.out_dir)
-    accum = accumulation(cfg, d.world)
+    accum = accumulation(cfg, proc.world)
     if cfg.fsdp and not dist.is_initialized():
         raise ConfigError("fsdp=True shards the model over the processes of a torchrun job: start it with "
                           "torchrun --nproc_per_node N train.py ... (N >= 1)")
+    keep_run_layout(cfg, out_dir)
+    refused = claim_out_dir(out_dir) if proc.main else None
+    if all_sum([refused is not None], proc)[0]:   # every rank leaves, only rank 0 knows why
+        raise ConfigError(refused or f"rank 0 could not claim out_dir {out_dir} (its reason is on its console)")
     check_run_dir(cfg, out_dir)
-    if d.main:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    if d.world > 1:
-        dist.barrier()
-    setup_logging(out_dir, d)
-    if d.main:
+    setup_logging(out_dir, proc)
+    if proc.main:
         for left in checkpoints.clean(out_dir):
             log.info(f"removed {left}, left by an interrupted save")
         create_first_use_assets(cfg)
-    if d.world > 1:
+    if proc.world > 1:
         dist.barrier()
-    check_inputs(cfg)
-    requested = cfg.data.pose.layout
-    cfg.data = corpus.resolve_layout(cfg.data)  # the run's config records the layout its files have
-    if requested != cfg.data.pose.layout:
+    base_dir = check_inputs(cfg)
+    if cfg.data.pose.layout == "auto":  # a new run: the layout its files have, recorded in its config
+        cfg.data = corpus.resolve_layout(cfg.data)
         log.info(f"layout 'auto': {cfg.data.pose.layout} (the first layout the corpus's pose files fit)")
-        check_run_dir(cfg, out_dir)  # again: a resumed run must have resolved the same layout
-    base = {"model_dir": cfg.model_dir, "fingerprint": loader.fingerprint(loader.model_path(cfg.model_dir))}
+    base = checkpoints.base_identity(cfg.model_dir, base_dir)
     ckpt = find_resume(cfg, out_dir, base)  # every rank: each reads the same files, the same answer
-    data.ensure_cache(cfg.data, d.rank, d.world)
+    data.ensure_cache(cfg.data, proc.rank, proc.world)
     if cfg.data.lexicon_dir:   # the dictionary's clips: the corpus's features, a cache of its own
-        data.ensure_cache(lexicon.lexicon_config(cfg.data), d.rank, d.world)
-    if uses_words(cfg) and not cfg.aux_vocabulary:   # the word head's words, saved for eval.py
+        data.ensure_cache(lexicon.lexicon_config(cfg.data), proc.rank, proc.world)
+    check_splits(cfg, data.split_sizes(cfg.data), proc.main)
+    if cfg.word_head_size and not cfg.aux_vocabulary:   # the word head's words, saved for eval.py
         cfg.aux_vocabulary = lexicon.head_vocabulary(cfg.data, cfg.aux_words)
-    if d.main:
-        log.info("config:\n" + "\n".join(f"  {k} = {v!r}" for k, v in config.flat(cfg).items()))
-        log.info(f"{d.world} process(es) on {d.device.type}; samples per step = batch_size {cfg.batch_size} "
-                 f"x grad_accum {accum} x world_size {d.world} = {cfg.batch_size * accum * d.world}")
+    if proc.main:
+        log.info("config:\n" + "\n".join(f"  {k} = {v!r}" for k, v in config.flat(cfg).items()), extra=FILE_ONLY)
+        log.info(f"the resolved config: {out_dir / 'config.json'} (and {out_dir / 'logs' / 'rank0.log'})")
+        log.info(f"{proc.world} process(es) on {proc.device.type}; samples per step = batch_size {cfg.batch_size} "
+                 f"x grad_accum {accum} x world_size {proc.world} = {cfg.batch_size * accum * proc.world}")
         config.save_run_config(cfg, out_dir / "config.json")
-    return out_dir, accum, base, ckpt
+    return Prepared(out_dir, accum, base_dir, base, ckpt)

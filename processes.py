@@ -5,10 +5,12 @@ collectives the loop needs, seeding, peak memory, and stopping on a signal at a 
                               WORLD_SIZE / LOCAL_RANK, a plain `python train.py` is a world of one
                               (NCCL on GPUs, gloo on the CPU)
     setup_logging             OUT_DIR/logs/rank{r}.log on every rank; rank 0 also on the console
+                              (but records logged with extra=FILE_ONLY)
     all_sum, gather           numbers summed over ranks, lists concatenated
     seed_everything           torch, numpy and Python's RNGs from one seed
     peak_memory_gb            the device's peak (CUDA allocator), else the process's peak RSS
     StopSignal                SIGTERM / SIGINT only ask the loop to stop at the next step boundary
+    hold_lock                 one process at a time on a folder (a run directory, a pose cache)
 
 References: PyTorch's torchrun and torch.distributed documentation (environment variables,
 process groups, object collectives).
@@ -16,14 +18,19 @@ process groups, object collectives).
 Used by train.py (and preflight.py, benchmarks/training.py, tests/shard_worker.py); knows nothing of the
 model or the data. Tests: python -m pytest tests/test_resume.py tests/test_train.py
 """
+import errno
+import fcntl
 import logging
 import os
 import random
 import signal
+import socket
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
+from typing import Callable
 
 import numpy as np
 import torch
@@ -31,6 +38,7 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 log = logging.getLogger("train")  # the run's log: setup_logging gives it its handlers (curves.py logs here too)
+FILE_ONLY = {"file_only": True}   # log.info(..., extra=FILE_ONLY): to the log files, not the console
 
 
 @dataclass
@@ -61,39 +69,40 @@ def setup_distributed() -> Dist:
     return Dist(rank, world, local, dev)
 
 
-def setup_logging(out_dir: Path, d: Dist) -> None:
+def setup_logging(out_dir: Path, proc: Dist) -> None:
     """Every rank logs to OUT_DIR/logs/rank{r}.log; rank 0 also to the console (above the bar)."""
     class TqdmHandler(logging.Handler):
         def emit(self, record: logging.LogRecord) -> None:
             tqdm.write(self.format(record), file=sys.stderr)
 
     (out_dir / "logs").mkdir(parents=True, exist_ok=True)
-    handlers = [logging.FileHandler(out_dir / "logs" / f"rank{d.rank}.log")]
-    if d.main:
+    handlers = [logging.FileHandler(out_dir / "logs" / f"rank{proc.rank}.log")]
+    if proc.main:
         handlers.append(TqdmHandler())
+        handlers[-1].addFilter(lambda record: not getattr(record, "file_only", False))
     for h in list(log.handlers):  # a second run in the same process (tests) starts clean
         log.removeHandler(h)
         h.close()
-    fmt = logging.Formatter(f"%(asctime)s [rank {d.rank}] %(levelname)s %(message)s", "%H:%M:%S")
+    fmt = logging.Formatter(f"%(asctime)s [rank {proc.rank}] %(levelname)s %(message)s", "%H:%M:%S")
     for h in handlers:
         h.setFormatter(fmt)
         log.addHandler(h)
     log.setLevel(logging.INFO)
 
 
-def all_sum(values: list[float], d: Dist) -> list[float]:
+def all_sum(values: list[float], proc: Dist) -> list[float]:
     """Sum a few numbers over ranks in one collective (float64 keeps token counts exact)."""
-    t = torch.tensor(values, dtype=torch.float64, device=d.device)
-    if d.world > 1:
+    t = torch.tensor(values, dtype=torch.float64, device=proc.device)
+    if proc.world > 1:
         dist.all_reduce(t)
     return t.tolist()
 
 
-def gather(rows: list, d: Dist) -> list:
+def gather(rows: list, proc: Dist) -> list:
     """Every rank's list, concatenated (rank 0's first), on every rank."""
-    if d.world == 1:
+    if proc.world == 1:
         return rows
-    parts = [None] * d.world
+    parts = [None] * proc.world
     dist.all_gather_object(parts, rows)
     return [r for p in parts for r in p]
 
@@ -131,3 +140,39 @@ class StopSignal:
     def __exit__(self, *exc: object) -> None:
         for s, handler in self.previous.items():
             signal.signal(s, handler)
+
+
+def hold_lock(path: Path, wait: Callable[[str], None] | None = None) -> int | None:
+    """The exclusive lock on `path` (flock; the file is created if missing), which then records
+    who holds it. Returns its file descriptor: the lock lasts until os.close(fd) or the process's
+    end, killed or not (the OS releases it: a lock is never left stale by a dead process). Held by
+    another process: None, or with `wait`, wait(its holder) once and then wait for the lock. On a
+    filesystem without locks (some network mounts) a warning, and the fd unlocked."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if wait is None:
+                os.close(fd)
+                return None
+            wait(lock_holder(path))
+            fcntl.flock(fd, fcntl.LOCK_EX)
+    except OSError as e:
+        if e.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+            os.close(fd)
+            raise
+        print(f"warning: cannot lock {path} ({e.strerror}: the filesystem has no file locks); make sure no "
+              "other process uses this folder at the same time", file=sys.stderr)
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}\n"
+              .encode(), 0)
+    return fd
+
+
+def lock_holder(path: Path) -> str:
+    """Who holds the lock on `path`, as its holder wrote it ('pid N on HOST since TIME')."""
+    try:
+        return Path(path).read_text().strip() or "a process that has not written its name yet"
+    except OSError:
+        return "another process"

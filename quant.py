@@ -12,8 +12,8 @@ block stores absmax = max|w| (float32) and, per weight, the index (0..15) of the
 to w / absmax. Two indices per byte, the first element in the high nibble. 4 bits + 32/64 bits
 per weight = 4.5 bits; double quantization stores the absmax in 8 bits (blocks of 256) instead:
 4 + 8/64 + 32/(64*256) ~ 4.127 bits. This file holds the encoder (quantize_nf4, quantize_absmax);
-the decoding side, which is what the kernels compute, is in kernels/nf4_kernels.py beside them (the level
-tables, dequantize_nf4, dequantize_absmax; re-exported here).
+the decoding side, which is what the kernels compute, is in kernels/nf4_format.py beside them (the
+level tables, dequantize_nf4, dequantize_absmax; re-exported here).
 
 Compute. Linear4bit's y = x @ W^T + b and its input gradient dy @ W each run one of three paths,
 chosen by `_path` (the reason for each branch is there): the pure-torch reference (dequantize,
@@ -27,6 +27,7 @@ kernels".
 How to run: python -m pytest tests/test_quant.py; python bench.py kernels
 """
 from functools import partial
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -34,15 +35,14 @@ from torch import Tensor, nn
 
 from kernels import nf4_kernels
 from kernels import triton_support
-from kernels.nf4_kernels import (  # noqa: F401 (the format's API)
+from kernels.nf4_format import (  # noqa: F401 (the format's API: its decoding, beside the kernels)
     DYNAMIC_MAP_8BIT,
     NF4_LEVELS,
     dequantize_absmax,
     dequantize_nf4,
     dynamic_map_8bit,
-    nf4_matmul_dx_torch,
-    nf4_matmul_torch,
 )
+from kernels.nf4_kernels import nf4_matmul_dx_torch, nf4_matmul_torch
 
 # ----------------------------------------------------------------------------- format: the encoder (pure torch)
 
@@ -96,9 +96,20 @@ def quantize_absmax(absmax: Tensor, blocksize: int = 256) -> tuple[Tensor, Tenso
 # ----------------------------------------------------------------------------- dispatch: which path computes
 
 
-def _path(a: Tensor, nf4: tuple, shape: tuple[int, int], blocksize: int, direction: str) -> str:
-    """Which implementation computes a product with this 4-bit weight (nf4: packed, absmax, and
-    double quantization's scale and offset or None): direction "fwd" is a @ W^T (a = x), "dx" is
+class NF4Weight(NamedTuple):
+    """A frozen 4-bit weight as the compute paths take it (Linear4bit's buffers)."""
+    packed: Tensor               # (out * in / 2,) uint8: two NF4 codes per byte
+    absmax: Tensor               # (blocks,) float32, or with double quantization its 8-bit codes
+    scale: Tensor | None         # double quantization: float32 scale per 256 blocks of absmax, else None
+    offset: Tensor | None        # double quantization: the absmax's mean, else None
+
+    def float_absmax(self) -> Tensor:
+        """The float32 absmax per block, what the fused kernels and the torch path take."""
+        return self.absmax if self.scale is None else dequantize_absmax(self.absmax, self.scale, self.offset)
+
+
+def _path(a: Tensor, nf4: NF4Weight, shape: tuple[int, int], blocksize: int, direction: str) -> str:
+    """Which implementation computes a product with this 4-bit weight: direction "fwd" is a @ W^T (a = x), "dx" is
     a @ W (a = dy), both with M = a.shape[0] rows.
         "torch"    QUANT_BACKEND=torch, or unset and `a` is not on a GPU: the pure-torch reference
                    (dequantize, then matmul; without a GPU Triton has only its interpreter, for tests)
@@ -116,23 +127,13 @@ def _path(a: Tensor, nf4: tuple, shape: tuple[int, int], blocksize: int, directi
 
 
 # The crossover in rows where nothing can be timed (the interpreter; a CUDA graph capture, which
-# would record the timing loop). Arithmetic, per weight of W and row of x, for a GPU of bandwidth B
-# and tensor-core peak P, a kernel reaching a share e of P:
-#   dequant + cuBLAS: (0.5625 + 2) / B to read the packed bytes and write W in 16 bits, then
-#                     cuBLAS, max(2 / B, 2 M / (e_c P)): bound by reading W up to M ~ e_c P / B
-#   fused:            max(0.5625 / B, 2 M / (e_f P)), e_f < e_c: the dequantization's ALU and L1 work
-#                     shares the SMs with the tensor cores
-# Below M ~ e_f P / (4 B) the fused kernels move 8x fewer bytes; above it they are compute-bound and
-# lose once 2 M / (e_f P) exceeds 4.5625 / B, at M* = 4.5625 e_f (P / B) / 2. P / B is 206 FLOP per
-# byte for the H200's datasheet peaks; with e_f as measured at M = 4096 (BENCHMARKS.md, "NF4 kernels",
-# which works this out), M* is about a hundred rows: 128, a power of two like the kernels' M buckets.
-# The fused kernels measured so far are far from the bandwidth at small M too (same table): that is
-# why a GPU times the choice instead.
+# would record the timing loop): about where the fused kernels, compute-bound, start to lose to
+# cuBLAS, still bound by reading W (the arithmetic: BENCHMARKS.md, "Dequantize + cuBLAS for many rows").
 CROSSOVER_M = 128
 _TWO_KERNELS: dict[tuple, bool] = {}  # (device, N, K, dtype, M bucket, direction) -> two kernels are faster
 
 
-def _two_kernels_faster(a: Tensor, nf4: tuple, shape: tuple[int, int], blocksize: int, direction: str) -> bool:
+def _two_kernels_faster(a: Tensor, nf4: NF4Weight, shape: tuple[int, int], blocksize: int, direction: str) -> bool:
     """Whether dequantize + cuBLAS beats the fused kernels at a's M rows. On a GPU both are timed
     whole on first use per (device, shape, dtype, M bucket, direction), the fused one after its
     autotuning, and the faster is kept. Buckets as the kernels' autotuner keys them (M = 1; then
@@ -169,17 +170,11 @@ def _scratch(device: torch.device, dtype: torch.dtype, numel: int) -> Tensor:
     return buf
 
 
-def _dequantized(nf4: tuple, shape: tuple[int, int], blocksize: int, dtype: torch.dtype) -> Tensor:
+def _dequantized(nf4: NF4Weight, shape: tuple[int, int], blocksize: int, dtype: torch.dtype) -> Tensor:
     """W in `dtype`, in the scratch buffer: valid until the next layer's dequantization."""
-    packed, absmax, scale, offset = nf4
-    out = _scratch(packed.device, dtype, shape[0] * shape[1])
-    return nf4_kernels.dequantize_nf4_triton(packed, absmax, shape, blocksize, dtype, scale, offset, out=out)
-
-
-def _float_absmax(nf4: tuple) -> tuple[Tensor, Tensor]:
-    """(packed, float32 absmax): what the fused kernels and the torch path take."""
-    packed, absmax, scale, offset = nf4
-    return packed, (absmax if scale is None else dequantize_absmax(absmax, scale, offset))
+    out = _scratch(nf4.packed.device, dtype, shape[0] * shape[1])
+    return nf4_kernels.dequantize_nf4_triton(nf4.packed, nf4.absmax, shape, blocksize, dtype, nf4.scale, nf4.offset,
+                                             out=out)
 
 
 _GEMV_PLAN: dict[tuple, str] = {}  # (device, N, K, dtype) -> the faster GEMV plan
@@ -207,7 +202,8 @@ def dispatch_choices() -> dict[str, dict]:
     return {"dequant": dict(_TWO_KERNELS), "gemv_plan": dict(_GEMV_PLAN)}
 
 
-def _matmul(path: str, x: Tensor, nf4: tuple, bias: Tensor | None, shape: tuple[int, int], blocksize: int) -> Tensor:
+def _matmul(path: str, x: Tensor, nf4: NF4Weight, bias: Tensor | None, shape: tuple[int, int],
+            blocksize: int) -> Tensor:
     """y = x @ W^T (+ bias) by `path` (see _path)."""
     if path == "dequant":
         w = _dequantized(nf4, shape, blocksize, x.dtype)
@@ -215,18 +211,18 @@ def _matmul(path: str, x: Tensor, nf4: tuple, bias: Tensor | None, shape: tuple[
             with torch.autocast(x.device.type, enabled=False):
                 return F.linear(x, w, bias)
         return F.linear(x, w, bias)
-    packed, absmax = _float_absmax(nf4)
+    packed, absmax = nf4.packed, nf4.float_absmax()
     if path == "fused":
         plan = _gemv_plan(x, packed, absmax, shape, blocksize) if x.shape[0] == 1 else "split"
         return nf4_kernels.nf4_matmul_triton(x, packed, absmax, bias, shape, blocksize, plan)
     return nf4_matmul_torch(x, packed, absmax, bias, shape, blocksize)
 
 
-def _matmul_dx(path: str, dy: Tensor, nf4: tuple, shape: tuple[int, int], blocksize: int) -> Tensor:
+def _matmul_dx(path: str, dy: Tensor, nf4: NF4Weight, shape: tuple[int, int], blocksize: int) -> Tensor:
     """dx = dy @ W by `path`."""
     if path == "dequant":
         return dy @ _dequantized(nf4, shape, blocksize, dy.dtype)
-    packed, absmax = _float_absmax(nf4)
+    packed, absmax = nf4.packed, nf4.float_absmax()
     if path == "fused":
         return nf4_kernels.nf4_matmul_dx_triton(dy, packed, absmax, shape, blocksize)
     return nf4_matmul_dx_torch(dy, packed, absmax, shape, blocksize)
@@ -243,12 +239,12 @@ class _NF4Linear(torch.autograd.Function):
     def forward(ctx, x, packed, absmax, scale, offset, bias, shape, blocksize):
         ctx.save_for_backward(packed, absmax, scale, offset)
         ctx.shape, ctx.blocksize = shape, blocksize
-        nf4 = (packed, absmax, scale, offset)
+        nf4 = NF4Weight(packed, absmax, scale, offset)
         return _matmul(_path(x, nf4, shape, blocksize, "fwd"), x, nf4, bias, shape, blocksize)
 
     @staticmethod
     def backward(ctx, dy):
-        nf4, (shape, blocksize) = ctx.saved_tensors, (ctx.shape, ctx.blocksize)
+        nf4, (shape, blocksize) = NF4Weight(*ctx.saved_tensors), (ctx.shape, ctx.blocksize)
         dy = dy.contiguous()
         dx = db = None
         if ctx.needs_input_grad[0]:
@@ -273,7 +269,7 @@ def quantize_nf4_part(read_rows, shape: tuple[int, int], blocksize: int, packed:
     in both). When in_features % blocksize == 0 (every Qwen2 projection) each block lies within one
     row: rows quantize independently, and a piece that starts or ends inside a row reads that row.
     Otherwise a block can run on into the next row, which is then read too: still exact, at most
-    one extra row at each end. FSDP's sharded loading (loader.load_shards) calls this per rank."""
+    one extra row at each end. FSDP's sharded loading (sharding.load_shards) calls this per rank."""
     n, cols = shape[0] * shape[1], shape[1]
     spans = [(2 * p.start, min(n, 2 * p.stop)) for p in (packed,) if p.stop > p.start]
     spans += [(blocksize * a.start, min(n, blocksize * a.stop)) for a in (absmax,) if a.stop > a.start]

@@ -21,7 +21,7 @@ then cosine decay, gradient clipping; bf16 autocast on GPUs, float32 on the CPU.
 of DDP. Each decoder layer, then the root, is sharded over all processes: a rank keeps a dim-0
 chunk of every tensor (the 4-bit base too: quant.Linear4bit), all-gathers a layer just before it
 runs, and reduce-scatters the gradients (once per step). No rank ever loads the whole model
-(loader.load_shards); checkpoints hold whole tensors, as under DDP (checkpoints.py).
+(sharding.shard_and_load); checkpoints hold whole tensors, as under DDP (checkpoints.py).
 
 Surviving long runs (OUT_DIR/ckpt-000600/ every save_every steps, and best -> the best val BLEU):
 - a checkpoint holds the trained tensors only, optimizer state, step, data position and the RNG
@@ -72,14 +72,12 @@ import curves
 import data
 import eval as ev
 import lexicon
-import loader
 import preflight
 import sharding
 from config import ConfigError, TrainConfig
-from model import Qwen2Config
 from processes import Dist, StopSignal, all_sum, gather, peak_memory_gb, seed_everything, setup_distributed
 from tokenizer import Tokenizer
-from translator import SignTranslator, autocast, base_dtype, build_model, collate_fn, to_device, uses_words
+from translator import SignTranslator, autocast, build_model, collate_fn, to_device
 
 log = logging.getLogger("train")
 
@@ -98,8 +96,8 @@ def make_optimizer(model: SignTranslator, cfg: TrainConfig) -> torch.optim.AdamW
     """Two parameter groups: the encoder learns from scratch and takes a larger rate than LoRA.
 
     fused=True: one kernel updates every tensor in place. The default (foreach) implementation
-    makes a temporary the size of all trained weights (sqrt of the second moments), which was the
-    step's memory peak at 14B (BENCHMARKS.md, "QLoRA training at full size")."""
+    makes a temporary the size of all trained weights (sqrt of the second moments), which can be
+    the step's memory peak (docs/memory.md)."""
     enc = [p for p in model.encoder.parameters() if p.requires_grad]
     llm = [p for p in model.llm.parameters() if p.requires_grad]
     groups = [{"params": llm, "lr": cfg.lr, "base_lr": cfg.lr},
@@ -114,7 +112,7 @@ def weights_digest(model: SignTranslator) -> str:
     h = hashlib.sha256()
     for name, p in sorted(checkpoints.trained_tensors(model).items()):
         h.update(name.encode())
-        h.update(loader.gathered(p.detach()).cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+        h.update(sharding.whole(p.detach()).cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()[:16]
 
 
@@ -131,25 +129,26 @@ class LoopState:
 
 
 def save_checkpoint(out_dir: Path, model: SignTranslator, opt: torch.optim.Optimizer, state: LoopState, sampler: dict,
-                    base: dict, d: Dist) -> Path:
+                    base: dict, proc: Dist) -> Path:
     """All ranks call this (every rank's RNG state is gathered, and FSDP's shards); rank 0 writes ckpt-STEP."""
-    rngs = gather([checkpoints.rng_state()], d)
-    tensors, moments = checkpoints.consolidated(model, opt, keep=d.main)
-    if d.main:
+    rngs = gather([checkpoints.rng_state()], proc)
+    tensors, moments = checkpoints.consolidated(model, opt, keep=proc.main)
+    if proc.main:
         checkpoints.save(out_dir, state.step, tensors, moments,
-                         {**asdict(state), "sampler": sampler, "world_size": d.world, "rng": rngs}, base)
+                         {**asdict(state), "sampler": sampler, "world_size": proc.world, "rng": rngs}, base)
         log.info(f"saved {checkpoints.step_dir(out_dir, state.step)}")
     return checkpoints.step_dir(out_dir, state.step)
 
 
-def load_checkpoint(ckpt: Path, model: SignTranslator, opt: torch.optim.Optimizer, d: Dist) -> tuple[LoopState, dict]:
+def load_checkpoint(ckpt: Path, model: SignTranslator, opt: torch.optim.Optimizer,
+                    proc: Dist) -> tuple[LoopState, dict]:
     """Trained tensors, optimizer state and this rank's RNG; returns the loop state and the
     data position."""
     saved = checkpoints.load(ckpt, model, opt)
-    if saved["world_size"] == d.world:
-        checkpoints.set_rng_state(saved["rng"][d.rank])
+    if saved["world_size"] == proc.world:
+        checkpoints.set_rng_state(saved["rng"][proc.rank])
     else:  # data order and dropout then differ from the uninterrupted run
-        log.warning(f"{ckpt} was saved by {saved['world_size']} ranks, now {d.world}: "
+        log.warning(f"{ckpt} was saved by {saved['world_size']} ranks, now {proc.world}: "
                     "training continues, but not bit-exactly")
     names = {f.name for f in dataclasses.fields(LoopState)}
     return LoopState(**{k: v for k, v in saved.items() if k in names}), saved["sampler"]
@@ -178,7 +177,7 @@ def grad_sync(model: torch.nn.Module, last: bool) -> AbstractContextManager:
 
 
 def train_step(ddp: torch.nn.Module, micro: list[dict], opt: torch.optim.Optimizer, cfg: TrainConfig, step: int,
-               d: Dist, stop_requested: bool) -> dict:
+               proc: Dist, stop_requested: bool) -> dict:
     """Forward/backward over the micro-batches, then one optimizer step unless the loss or the
     gradient is non-finite anywhere (decided from all-reduced numbers: every rank agrees).
 
@@ -189,27 +188,27 @@ def train_step(ddp: torch.nn.Module, micro: list[dict], opt: torch.optim.Optimiz
     word_weight = cfg.aux_weight if lm else 1.0
     n_local = sum(int((b["labels"][:, 1:] != -100).sum()) for b in micro)
     clips = sum(len(b["uids"]) + len(b.get("iso_word_label", ())) for b in micro)   # iso_*: lexicon.MixedBatches
-    n_global, clips_global = all_sum([n_local, clips], d)
-    sums = torch.zeros(2, dtype=torch.float64, device=d.device)  # LM and word loss, on the device: one sync a step
+    n_global, clips_global = all_sum([n_local, clips], proc)
+    sums = torch.zeros(2, dtype=torch.float64, device=proc.device)  # LM and word loss, on the device: one sync a step
     for i, batch in enumerate(micro):
-        with grad_sync(ddp, last=i == len(micro) - 1), autocast(d.device):
-            out = ddp(to_device(batch, d.device), lm=lm)
+        with grad_sync(ddp, last=i == len(micro) - 1), autocast(proc.device):
+            out = ddp(to_device(batch, proc.device), lm=lm)
             loss = out.lm / n_global + word_weight * out.words / clips_global
-            if fault_injected("NAN", step, d.rank):
+            if fault_injected("NAN", step, proc.rank):
                 loss = loss * float("nan")
             # Each rank scales by world: the average over ranks (DDP's; FSDP's sum / world) then
             # yields the sums over every rank divided by the global counts, however tokens and
             # clips fall on micro-batches.
-            (loss * d.world).backward()
-            if fault_injected("OOM", step, d.rank):
+            (loss * proc.world).backward()
+            if fault_injected("OOM", step, proc.rank):
                 raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB. (TRAIN_TEST_OOM)")
         sums += torch.stack((out.lm.detach(), out.words.detach())).double()
     if isinstance(ddp, FSDPModule):
-        sharding.average_whole_grads(ddp, d.world)
+        sharding.average_whole_grads(ddp, proc.world)
     lm_local, words_local = sums.tolist()
     tokens = sum(int(b["attention_mask"].sum()) for b in micro)
     lm_sum, word_sum, bad, stop, tokens = all_sum(
-        [lm_local, words_local, not math.isfinite(lm_local + words_local), stop_requested, tokens], d)
+        [lm_local, words_local, not math.isfinite(lm_local + words_local), stop_requested, tokens], proc)
     params = [p for g in opt.param_groups for p in g["params"]]
     norm = float("nan") if bad else float(torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip or float("inf")))
     skipped = bool(bad) or not math.isfinite(norm)  # the norm is of the all-reduced grads: same on every rank
@@ -225,60 +224,53 @@ def train_step(ddp: torch.nn.Module, micro: list[dict], opt: torch.optim.Optimiz
 
 @torch.no_grad()
 def validate(model: SignTranslator, val_ds: data.SignDataset, indices: list[int], tok: Tokenizer, cfg: TrainConfig,
-             d: Dist, train_counts: Counter) -> dict:
+             proc: Dist, train_counts: Counter) -> dict:
     """Validation loss and translation metrics on a fixed subset, sharded over the ranks: with each
     clip's own poses, and with shuffled poses (a model that uses the signs does much worse there);
     the recall of the references' words by their count in the training texts (eval.word_recall_by_freq)."""
     model.eval()
-    shuffled_from = [indices[k] for k in ev.derangement(len(indices))] if len(indices) > 1 else indices
-    losses = [answer_loss(model, tok, val_ds, indices, src, cfg, d) for src in (indices, shuffled_from)]
-    (loss, n, loss_shuffled, _) = all_sum([*losses[0], *losses[1]], d)
-    rows, shuffled = decode_both(model, tok, val_ds, indices, cfg, d)
+    shuffled_from = ev.shuffled_sources(indices)
+    losses = [answer_loss(model, tok, val_ds, indices, src, cfg, proc) for src in (indices, shuffled_from or indices)]
+    (loss, n, loss_shuffled, _) = all_sum([*losses[0], *losses[1]], proc)
+    rows, shuffled = decode_both(model, tok, val_ds, indices, shuffled_from, cfg, proc)
     model.train()
-    m = ev.compute_metrics([r["hypothesis"] for r in rows], [r["reference"] for r in rows])
-    m["word_recall_by_freq"] = ev.word_recall_by_freq([r["hypothesis"] for r in rows], [r["reference"] for r in rows],
-                                                      train_counts)
-    if shuffled:
-        m = ev.with_shuffled(m, shuffled)
+    m = ev.score(rows, shuffled, train_counts)
     return {"val_loss": loss / max(n, 1), "val_loss_shuffled": loss_shuffled / max(n, 1),
             **{f"val_{k}": v for k, v in m.items() if k != "signature"}, "example": rows[0] if rows else None}
 
 
 def answer_loss(model: SignTranslator, tok: Tokenizer, ds: data.SignDataset, indices: list[int],
-                poses_from: list[int], cfg: TrainConfig, d: Dist) -> tuple[float, int]:
+                poses_from: list[int], cfg: TrainConfig, proc: Dist) -> tuple[float, int]:
     """(summed cross-entropy, answer tokens) of this rank's share of ds[indices], clip k given the
     poses of poses_from[k]. Under FSDP every rank runs as many batches (sharding.share): one short
     of clips runs its last on indices[0] and drops the result."""
-    mine, count = sharding.share(indices, d.rank, d.world, lockstep=isinstance(model, FSDPModule))
-    src = poses_from[d.rank::d.world]
+    mine, count = sharding.share(indices, proc.rank, proc.world, lockstep=isinstance(model, FSDPModule))
+    src = poses_from[proc.rank::proc.world]
     collate, loss, n = collate_fn(model, tok), 0.0, 0
     for k in range(0, count, cfg.eval_batch_size):
         chunk = list(zip(mine[k:k + cfg.eval_batch_size], src[k:k + cfg.eval_batch_size]))
         batch = collate([{**ds[i], "poses": ds[j]["poses"]} if i != j else ds[i] for i, j in chunk] or [ds[indices[0]]])
-        with autocast(d.device):
-            out = model(to_device(batch, d.device))
+        with autocast(proc.device):
+            out = model(to_device(batch, proc.device))
         if chunk:
             loss, n = loss + out.lm.item(), n + int(out.tokens)
     return loss, n
 
 
-def decode_both(model: SignTranslator, tok: Tokenizer, ds: data.SignDataset, indices: list[int], cfg: TrainConfig,
-                d: Dist) -> tuple[list[dict], list[dict]]:
-    """Greedy translations of ds[indices], and of the same clips with shuffled poses (a derangement
-    over all of `indices`: eval.with_shuffled), sharded over the ranks and gathered on every rank."""
-    mine, count = sharding.share(indices, d.rank, d.world, lockstep=isinstance(model, FSDPModule))
+def decode_both(model: SignTranslator, tok: Tokenizer, ds: data.SignDataset, indices: list[int],
+                shuffled_from: list[int], cfg: TrainConfig, proc: Dist) -> tuple[list[dict], list[dict]]:
+    """Greedy translations of ds[indices], and of the same clips with the poses of shuffled_from
+    (eval.shuffled_sources; [] for none), sharded over the ranks and gathered on every rank."""
+    mine, count = sharding.share(indices, proc.rank, proc.world, lockstep=isinstance(model, FSDPModule))
     pad = indices[:1] * (count - len(mine))  # FSDP: as many clips on every rank, the extra one dropped
 
     def decode(poses_from: list[int] | None = None) -> list[dict]:
-        with sharding.root_gathered(model):
-            rows = ev.decode(model, tok, ds, mine + pad, cfg.eval_batch_size, cfg.max_new_tokens, 1, d.device,
+        with sharding.decoding_together(model, proc):
+            rows = ev.decode(model, tok, ds, mine + pad, cfg.eval_batch_size, cfg.max_new_tokens, 1, proc.device,
                              poses_from=poses_from and poses_from + pad)
-        return gather(rows[:len(mine)], d)
+        return gather(rows[:len(mine)], proc)
 
-    if len(indices) < 2:
-        return decode(), []
-    shuffled_from = [indices[k] for k in ev.derangement(len(indices))]
-    return decode(), decode(shuffled_from[d.rank::d.world])
+    return decode(), decode(shuffled_from[proc.rank::proc.world]) if shuffled_from else []
 
 
 # ----------------------------------------------------------------------------- the run
@@ -292,34 +284,37 @@ def mean_losses(losses: list[tuple[float | None, float]], words: bool) -> dict:
     return out
 
 
-def evaluate_test(model: SignTranslator, tok: Tokenizer, cfg: TrainConfig, out_dir: Path, d: Dist,
+def tested_checkpoint(out_dir: Path, cfg: TrainConfig) -> Path:
+    """The checkpoint test_at_end evaluates: the best by validation BLEU-4, else the last."""
+    best = out_dir / "best"
+    return best.resolve() if best.exists() else checkpoints.step_dir(out_dir, cfg.max_steps)
+
+
+def evaluate_test(model: SignTranslator, tok: Tokenizer, cfg: TrainConfig, out_dir: Path, proc: Dist,
                   train_counts: Counter) -> dict | None:
     """test_at_end: the best checkpoint's weights (else the last one's, in the model) on the test
     split, as eval.py reports them (predictions file included)."""
     best = out_dir / "best"
-    ckpt = best.resolve() if best.exists() else checkpoints.step_dir(out_dir, cfg.max_steps)
+    ckpt = tested_checkpoint(out_dir, cfg)
     if best.exists():
         checkpoints.load_trained(model, ckpt)
     test_ds = data.SignDataset(cfg.data, "test", tok)
-    rows, shuffled = decode_both(model, tok, test_ds, list(range(len(test_ds))), cfg, d)
-    if not d.main:
+    every = list(range(len(test_ds)))
+    rows, shuffled = decode_both(model, tok, test_ds, every, ev.shuffled_sources(every), cfg, proc)
+    if not proc.main:
         return None
-    for r, s in zip(rows, shuffled):
-        r["hypothesis_shuffled"] = s["hypothesis"]
+    metrics = ev.score(rows, shuffled, train_counts)
     out = ev.predictions_path(out_dir, "test", ckpt, num_beams=1)
     ev.write_predictions(rows, out)
     log.info(f"test split, {'best' if best.exists() else 'last'} checkpoint {ckpt.name}; predictions in {out}")
-    metrics = ev.compute_metrics([r["hypothesis"] for r in rows], [r["reference"] for r in rows])
-    metrics["word_recall_by_freq"] = ev.word_recall_by_freq([r["hypothesis"] for r in rows],
-                                                            [r["reference"] for r in rows], train_counts)
-    return ev.with_shuffled(metrics, shuffled) if shuffled else metrics
+    return metrics
 
 
 @dataclass
 class Run:
     """What the loop works on (one object instead of a dozen arguments)."""
     cfg: TrainConfig
-    d: Dist
+    proc: Dist
     out_dir: Path
     accum: int
     tok: Tokenizer
@@ -336,97 +331,59 @@ class Run:
     train_counts: Counter         # words of the training texts: eval.word_recall_by_freq's bins
 
 
-def shard(cfg: TrainConfig, tok: Tokenizer, d: Dist, features: np.ndarray | None = None,
-          random_shape: Qwen2Config | None = None) -> SignTranslator:
-    """--fsdp: the model built around a base still on the meta device, each decoder layer and then
-    the root (the encoder, embeddings, final norm, lm_head) sharded over all ranks by FSDP2's
-    fully_shard, then this rank's chunks of the base read from the checkpoint (loader.load_shards),
-    or drawn at random for a model.Qwen2Config `random_shape` (benchmarks/training.py: `python bench.py
-    train --random-weights --fsdp`)."""
-    from torch.distributed.device_mesh import init_device_mesh
-    from torch.distributed.fsdp import CPUOffloadPolicy, OffloadPolicy, fully_shard
-
-    dtype = base_dtype(d.device)
-    llm = loader.empty_model(random_shape or cfg.model_dir, dtype, None if cfg.quantize == "none" else cfg.quantize,
-                             cfg.double_quant, cfg.offload_embeddings)
-    model = build_model(cfg, tok, d.device, llm=llm)
-    if features is not None:  # the training split's frames; before sharding, every rank the same
-        model.encoder.set_input_stats(features)
-    mesh = init_device_mesh(d.device.type, (d.world,))
-    offload = CPUOffloadPolicy(pin_memory=d.device.type == "cuda") if cfg.fsdp_cpu_offload else OffloadPolicy()
-    scalars = {p for p in model.parameters() if p.dim() == 0}  # FSDP2 shards dim 0: these stay whole
-    for module in (*llm.model.layers, model):
-        fully_shard(module, mesh=mesh, offload_policy=offload, ignored_params=scalars)
-        # SUM, then / world_size: what every backend does alike (FSDP2's AVG on gloo was reported to
-        # sum, pytorch issue 162338; tests/test_fsdp.py checks the gradients against DDP's)
-        module.set_force_sum_reduction_for_comms(True)
-    home = "cpu" if cfg.fsdp_cpu_offload else d.device
-    if random_shape:
-        loader.random_shards(llm, dtype, home)
-    else:
-        loader.load_shards(llm, cfg.model_dir, dtype, home, cfg.quant_cache or None)
-    model.encoder.set_embed_scale(llm.model.embed_tokens.weight)
-    fully_shard.state(model)._lazy_init()  # the root is the root even if its first call is decoding
-    llm.stop_together = lambda done: all_sum([not done], d)[0] == 0
-    return model
-
-
-def setup(cfg: TrainConfig, d: Dist) -> Run:
+def setup(cfg: TrainConfig, proc: Dist) -> Run:
     """Checks, data, model, optimizer, and the checkpoint to resume from (if any)."""
-    out_dir, accum, base, ckpt = preflight.prepare_run(cfg, d)
-    tok = Tokenizer.from_dir(loader.model_path(cfg.model_dir))
+    prepared = preflight.prepare_run(cfg, proc)
+    out_dir, accum, ckpt = prepared.out_dir, prepared.grad_accum, prepared.resume
+    tok = Tokenizer.from_dir(prepared.base_dir)
     lex = lexicon.Lexicon(lexicon.lexicon_config(cfg.data)) if cfg.data.lexicon_dir else None
     train_ds = data.SignDataset(cfg.data, "train", tok, augment=cfg.data.pose.augment,
-                                n_words=cfg.aux_words if uses_words(cfg) else 0,
-                                words=[w.lower() for w in cfg.aux_vocabulary] or None)
+                                n_words=cfg.word_head_size, words=[w.lower() for w in cfg.aux_vocabulary] or None)
     val_ds = data.SignDataset(cfg.data, "val", tok)
     for name, ds in (("train", train_ds), ("val", val_ds)):
-        if ds.truncated and d.main:
+        if ds.truncated and proc.main:
             log.warning(f"{name} split: {ds.truncated} answers longer than max_answer_tokens="
                         f"{cfg.data.max_answer_tokens} are cut to that length")
-    sampler = data.BucketSampler(train_ds.lengths, cfg.batch_size, d.world, d.rank, seed=cfg.seed, drop_last=True)
+    sampler = data.BucketSampler(train_ds.lengths, cfg.batch_size, proc.world, proc.rank, seed=cfg.seed, drop_last=True)
     if len(sampler) == 0:
         raise ConfigError(f"the train split has {len(train_ds)} clips, fewer than batch_size x world_size "
-                          f"= {cfg.batch_size} x {d.world}: lower batch_size or use more data")
+                          f"= {cfg.batch_size} x {proc.world}: lower batch_size or use more data")
     seed_everything(cfg.seed)  # the same initial weights on every rank
-    if cfg.fsdp:
-        model = shard(cfg, tok, d, train_ds.features)
-    else:
-        model = build_model(cfg, tok, d.device)
-        model.encoder.set_input_stats(train_ds.features)  # the same on every rank; a resume loads the trained ones
+    # the encoder standardised to the training split, the same on every rank (a resume loads the trained stats)
+    model = build_model(cfg, tok, proc.device, features=train_ds.features, shard=cfg.fsdp)
     count = lambda m: sum(p.numel() for p in m.parameters() if p.requires_grad)  # noqa: E731
     log.info(f"trained parameters: LLM {count(model.llm):,} (LoRA and modules_to_save), "
              f"encoder {count(model.encoder):,}")
     opt = make_optimizer(model, cfg)
-    plan = sharding.memory_plan(model, list(model.llm.model.layers), d.device, d.world, cfg.fsdp,
+    plan = sharding.memory_plan(model, list(model.llm.model.layers), proc.device, proc.world, cfg.fsdp,
                                 cfg.fsdp_cpu_offload, accum)
-    if d.main:
-        log.info(sharding.describe(plan, d.device))
+    if proc.main:
+        log.info(sharding.describe(plan, proc.device))
     if lex:   # a share of stitched sentences (lexicon.py)
         batches = lexicon.mixed_batches(train_ds, sampler, collate_fn(model, tok), tok, lex, cfg.data.lexicon_mix,
-                                        cfg.max_steps * accum, cfg.seed, cfg.num_workers, d.rank)
+                                        cfg.max_steps * accum, cfg.seed, cfg.num_workers, proc.rank)
     else:
-        batches = data.Batches(train_ds, sampler, collate_fn(model, tok), cfg.seed, cfg.num_workers, d.rank)
-    seed_everything(cfg.seed + 1 + d.rank)  # dropout differs between ranks
+        batches = data.Batches(train_ds, sampler, collate_fn(model, tok), cfg.seed, cfg.num_workers, proc.rank)
+    seed_everything(cfg.seed + 1 + proc.rank)  # dropout differs between ranks
     state = LoopState()
     if ckpt is not None:
-        state, position = load_checkpoint(ckpt, model, opt, d)
+        state, position = load_checkpoint(ckpt, model, opt, proc)
         batches.load_state_dict(position)
         log.info(f"resumed from {ckpt} at step {state.step}")
-    if d.main:
+    if proc.main:
         curves.trim(out_dir, state.step)
     ddp = model
-    if d.world > 1 and not cfg.fsdp:
+    if proc.world > 1 and not cfg.fsdp:
         for p in model.parameters():  # instead of DDP's init sync, which would also send the frozen base
             if p.requires_grad:
                 dist.broadcast(p.data, src=0)
         # find_unused_parameters: the LLM takes no part in the encoder's word warm-up (aux_only_steps)
-        ddp = DDP(model, device_ids=[d.local_rank] if d.device.type == "cuda" else None, init_sync=False,
+        ddp = DDP(model, device_ids=[proc.local_rank] if proc.device.type == "cuda" else None, init_sync=False,
                   forward_sync_buffers=False, find_unused_parameters=cfg.aux_only_steps > 0)
     model.train()
-    tb = curves.tensorboard_writer(out_dir, state.step) if d.main and cfg.tensorboard else None
-    return Run(cfg, d, out_dir, accum, tok, model, ddp, opt, batches, val_ds, subset(len(val_ds), cfg.eval_samples),
-               state, StopSignal(), tb, base, ev.training_counts(train_ds.texts))
+    tb = curves.tensorboard_writer(out_dir, state.step) if proc.main and cfg.tensorboard else None
+    return Run(cfg, proc, out_dir, accum, tok, model, ddp, opt, batches, val_ds, subset(len(val_ds), cfg.eval_samples),
+               state, StopSignal(), tb, prepared.base, ev.training_counts(train_ds.texts))
 
 
 def maybe_validate(run: Run) -> bool:
@@ -434,12 +391,12 @@ def maybe_validate(run: Run) -> bool:
     cfg, state = run.cfg, run.state
     if not run.val_idx or (state.step % cfg.eval_every and state.step != cfg.max_steps):
         return False
-    m = validate(run.model, run.val_ds, run.val_idx, run.tok, cfg, run.d, run.train_counts)
+    m = validate(run.model, run.val_ds, run.val_idx, run.tok, cfg, run.proc, run.train_counts)
     example = m.pop("example")
     log.info(f"step {state.step}: " + ", ".join(f"{k} {v:.3f}" for k, v in m.items() if not isinstance(v, dict)) +
              f"\n  word recall by training count: {ev.recall_line(m['val_word_recall_by_freq'])}" +
              (f"\n  {example['reference']!r}\n  -> {example['hypothesis']!r}" if example else ""))
-    if run.d.main:
+    if run.proc.main:
         curves.record(run.out_dir, {"step": state.step, **m}, run.tb)
     if m["val_bleu4"] < state.best_bleu:  # a tie goes to the later checkpoint, trained longer
         return False
@@ -449,20 +406,20 @@ def maybe_validate(run: Run) -> bool:
 
 def train_loop(run: Run) -> int:
     """Steps until max_steps, a signal (exit code 0) or divergence (exit code 1)."""
-    cfg, d, state, opt = run.cfg, run.d, run.state, run.opt
-    bar = tqdm(total=cfg.max_steps, initial=state.step, disable=not d.main, desc="train", dynamic_ncols=True)
+    cfg, proc, state, opt = run.cfg, run.proc, run.state, run.opt
+    bar = tqdm(total=cfg.max_steps, initial=state.step, disable=not proc.main, desc="train", dynamic_ncols=True)
     losses, t_start = [], time.time() - state.seconds
     while state.step < cfg.max_steps:
         step = state.step
         for g in opt.param_groups:
             g["lr"] = g["base_lr"] * lr_factor(step, cfg)
-        if fault_injected("SIGTERM", step, d.rank):
+        if fault_injected("SIGTERM", step, proc.rank):
             os.kill(os.getpid(), signal.SIGTERM)
         t0 = time.time()
         position = run.batches.state_dict()  # before this step's batches: where a checkpoint of `step` resumes
         micro = [next(run.batches) for _ in range(run.accum)]
         try:
-            out = train_step(run.ddp, micro, opt, cfg, step, d, run.stop.signum is not None)
+            out = train_step(run.ddp, micro, opt, cfg, step, proc, run.stop.signum is not None)
         except torch.OutOfMemoryError as e:
             bar.close()
             state.seconds = time.time() - t_start
@@ -473,21 +430,22 @@ def train_loop(run: Run) -> int:
         state.tokens += int(out["tokens"])
         losses += [] if out["skipped"] else [(out["loss"], out["word_loss"])]
         row = {"step": step, "lr": opt.param_groups[0]["lr"], "grad_norm": out["grad_norm"],
-               "tokens_per_s": out["tokens"] / (time.time() - t0), "peak_mem_gb": peak_memory_gb(d.device),
+               "tokens_per_s": out["tokens"] / (time.time() - t0), "peak_mem_gb": peak_memory_gb(proc.device),
                "skipped": state.skipped}
         bar.update(1)
         shown = {"loss": out["loss"]} if out["loss"] is not None else {"word_loss": out["word_loss"]}
         bar.set_postfix(**{k: f"{v:.3f}" for k, v in shown.items()}, lr=f"{row['lr']:.2e}",
                         tok_s=f"{row['tokens_per_s']:.0f}", mem=f"{row['peak_mem_gb']:.1f}G")
-        if d.main and (step % cfg.log_every == 0 or step == cfg.max_steps):
-            curves.record(run.out_dir, {**row, **mean_losses(losses, uses_words(cfg))}, run.tb)  # since the last row
+        if proc.main and (step % cfg.log_every == 0 or step == cfg.max_steps):
+            # the mean losses since the last row
+            curves.record(run.out_dir, {**row, **mean_losses(losses, cfg.word_head_size > 0)}, run.tb)
             losses = []
         new_best = maybe_validate(run)
         diverged = state.bad_in_row >= cfg.max_bad_steps
         state.seconds = time.time() - t_start
         if step % cfg.save_every == 0 or step == cfg.max_steps or out["stop"] or new_best or diverged:
-            ckpt = save_checkpoint(run.out_dir, run.model, opt, state, run.batches.state_dict(), run.base, d)
-            if d.main:
+            ckpt = save_checkpoint(run.out_dir, run.model, opt, state, run.batches.state_dict(), run.base, proc)
+            if proc.main:
                 if new_best:
                     checkpoints.point_best(run.out_dir, ckpt)
                 checkpoints.prune(run.out_dir, cfg.keep_last)
@@ -509,21 +467,21 @@ def out_of_memory(run: Run, error: torch.OutOfMemoryError, position: dict) -> in
     stop with one message saying what to change (exit code 1). With several processes the others
     wait in a collective that this one will never join, so nothing can be saved consistently: it
     leaves at once (torchrun then stops the others), and the newest checkpoint is where to go on."""
-    cfg, d, state = run.cfg, run.d, run.state
+    cfg, proc, state = run.cfg, run.proc, run.state
     run.opt.zero_grad(set_to_none=True)  # the failed step's partial gradients
-    peak = peak_memory_gb(d.device)
-    if d.device.type == "cuda":
+    peak = peak_memory_gb(proc.device)
+    if proc.device.type == "cuda":
         torch.cuda.empty_cache()
     ckpt = checkpoints.step_dir(run.out_dir, state.step)
-    if d.world == 1 and state.step > 0 and not ckpt.exists():
-        save_checkpoint(run.out_dir, run.model, run.opt, state, position, run.base, d)
+    if proc.world == 1 and state.step > 0 and not ckpt.exists():
+        save_checkpoint(run.out_dir, run.model, run.opt, state, position, run.base, proc)
     newest = checkpoints.listed(run.out_dir)[-1:]
-    message = oom_message(cfg, run.accum, d.world, state.step + 1, peak, error, newest[0] if newest else None)
+    message = oom_message(cfg, run.accum, proc.world, state.step + 1, peak, error, newest[0] if newest else None)
     log.error(message)
-    if d.world == 1:
+    if proc.world == 1:
         return 1
-    if not d.main:  # only rank 0 logs to the console
-        print(f"error (rank {d.rank}): {message}", file=sys.stderr, flush=True)
+    if not proc.main:  # only rank 0 logs to the console
+        print(f"error (rank {proc.rank}): {message}", file=sys.stderr, flush=True)
     logging.shutdown()
     os._exit(1)
 
@@ -548,8 +506,8 @@ def oom_message(cfg: TrainConfig, accum: int, world: int, step: int, peak_gb: fl
         "(this out_dir keeps its config)." if ckpt else "No checkpoint was saved: start again with the new values."])
 
 
-def train(cfg: TrainConfig, d: Dist) -> int:
-    run = setup(cfg, d)
+def train(cfg: TrainConfig, proc: Dist) -> int:
+    run = setup(cfg, proc)
     # Signal handlers only now: processes forked earlier (the cache's pool) must keep the default
     # ones, or Pool.terminate()'s SIGTERM would be caught and ignored by them.
     with run.stop:
@@ -559,13 +517,18 @@ def train(cfg: TrainConfig, d: Dist) -> int:
     state = run.state
     log.info(f"done: step {state.step}/{cfg.max_steps} in {state.seconds / 60:.1f} min, "
              f"{state.tokens / max(state.seconds, 1e-9):.0f} tokens/s, {state.skipped} skipped steps, "
-             f"peak memory {peak_memory_gb(d.device):.2f} GB (rank {d.rank}); best val BLEU-4 "
-             f"{state.best_bleu:.2f} at step {state.best_step}; weights digest {weights_digest(run.model)}")
+             f"peak memory {peak_memory_gb(proc.device):.2f} GB (rank {proc.rank}); " +
+             (f"best val BLEU-4 {state.best_bleu:.2f} at step {state.best_step}" if state.best_step is not None
+              else "no validation yet") + f"; weights digest {weights_digest(run.model)}")
     if cfg.test_at_end and state.step == cfg.max_steps:
-        metrics = evaluate_test(run.model, run.tok, cfg, run.out_dir, d, run.train_counts)
-        if d.main:
+        metrics = evaluate_test(run.model, run.tok, cfg, run.out_dir, proc, run.train_counts)
+        if proc.main:
             print(json.dumps(metrics), flush=True)
-    if d.world > 1:  # leave together: a rank tearing down gloo while rank 0 still saves can abort
+    if proc.main and state.step == cfg.max_steps:
+        clip = Path(cfg.data.data_dir) / cfg.data.pose_dir / f"{run.val_ds.uids[0] if len(run.val_ds) else 'CLIP'}.pose"
+        tested = ev.predictions_path(run.out_dir, "test", tested_checkpoint(run.out_dir, cfg), num_beams=1)
+        log.info(ev.next_steps(run.out_dir, tested, clip))
+    if proc.world > 1:  # leave together: a rank tearing down gloo while rank 0 still saves can abort
         dist.barrier()
     return exit_code
 
@@ -574,13 +537,14 @@ def main(argv: list[str] | None = None) -> int:
     rank0 = int(os.environ.get("RANK", "0")) == 0
     try:
         cfg = config.load_config(sys.argv[1:] if argv is None else argv)
-        d = setup_distributed()
-        if cfg.cpu_threads and d.device.type == "cpu":
+        proc = setup_distributed()
+        if cfg.cpu_threads and proc.device.type == "cpu":
             torch.set_num_threads(cfg.cpu_threads)
         try:
-            return train(cfg, d)
+            return train(cfg, proc)
         finally:
-            if d.world > 1:
+            checkpoints.release(Path(cfg.out_dir))   # the run is over: another may own out_dir
+            if proc.world > 1:
                 dist.destroy_process_group()
     except (ConfigError, corpus.DataError, FileNotFoundError) as e:
         if rank0:

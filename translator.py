@@ -26,7 +26,8 @@ import data
 import loader
 import lora
 import poses
-from model import Qwen2
+import sharding
+from model import Qwen2, Qwen2Config
 from tokenizer import Tokenizer
 
 
@@ -77,24 +78,23 @@ class PoseEncoder(nn.Module):
         self.register_buffer("embed_scale", torch.tensor(1.0))
 
     @torch.no_grad()
-    def set_embed_scale(self, embedding_weight: Tensor) -> None:
-        """embed_scale = median RMS of the embedding rows (median: unused vocab rows can be ~0)."""
-        # the float32 norm of each row without a float32 copy of the table (vocab x hidden x 4 bytes)
-        hidden = embedding_weight.shape[-1]
-        rms = torch.linalg.vector_norm(embedding_weight, dim=-1, dtype=torch.float32) / hidden**0.5
-        self.embed_scale.copy_(loader.gathered(rms.median()))  # FSDP's table: only the rows' RMS are gathered
+    def set_embed_scale(self, row_rms: Tensor) -> None:
+        """embed_scale = the median RMS of the embedding rows (row_rms: embedding_rms of the whole
+        table; the median, since unused vocabulary rows can be ~0)."""
+        self.embed_scale.copy_(row_rms.median())
 
     @torch.no_grad()
-    def set_input_stats(self, features: np.ndarray, max_frames: int = 200_000) -> None:
-        """Standardise the input from a (frames, F) array of training features (at most
-        max_frames rows, spread evenly): per point and coordinate, the mean and std over the
-        frames where the point is present (std at least 0.01, a few millimetres).
+    def set_input_stats(self, features: np.ndarray, sample_rows: int = 200_000) -> None:
+        """Standardise the input from a (frames, F) array of training features (all the frames
+        of a split, of which sample_rows rows spread evenly are read): per point and coordinate,
+        the mean and std over the frames where the point is present (std at least 0.01, a few
+        millimetres).
 
         Without it the encoder learns the words of some corpora very slowly or not at all: a hand
         shape moves its points by a few hundredths of a shoulder width around offsets of up to
         ~1, and AdamW's steps, about lr per weight whatever the gradient's size, would take tens
         of thousands of steps to grow weights that amplify such small differences."""
-        rows = np.linspace(0, len(features) - 1, min(len(features), max_frames)).astype(np.int64)
+        rows = np.linspace(0, len(features) - 1, min(len(features), sample_rows)).astype(np.int64)
         p = torch.from_numpy(np.asarray(features[rows], np.float32)).view(len(rows), -1, self.channels)
         xy, present = p[..., :-1], p[..., -1:]                                # (N, K, C), (N, K, 1)
         n = present.sum(0).clamp(min=1)
@@ -338,39 +338,50 @@ class SignTranslator(nn.Module):
         return [tok.decode(row).strip() for row in new.tolist()]
 
 
-def build_model(cfg, tok: Tokenizer, device: torch.device, llm: Qwen2 | None = None) -> SignTranslator:
-    """The one place a model is assembled (train.py, eval.py, benchmarks/training.py): the frozen base (4-bit by
-    default; or `llm`, already built) -> LoRA -> the pose encoder, sized to the data's features and
-    scaled to the embeddings. cfg is a config.TrainConfig. An `llm` still on the meta device
-    (train.py under FSDP: loaded after sharding) gets its adapters and encoder on `device`, and
-    the encoder's embedding scale once the table is loaded (PoseEncoder.set_embed_scale)."""
-    if llm is None:
-        llm = loader.load_model(cfg.model_dir, dtype=base_dtype(device),
-                                device=device, quantize=None if cfg.quantize == "none" else cfg.quantize,
-                                double_quant=cfg.double_quant, quant_cache=cfg.quant_cache or None,
-                                offload_embeddings=cfg.offload_embeddings)
+def build_model(cfg, tok: Tokenizer, device: torch.device, features: np.ndarray | None = None,
+                random_shape: Qwen2Config | None = None, shard: bool = False) -> SignTranslator:
+    """The one place a model is assembled (train.py, eval.py, benchmarks/training.py); cfg is a
+    config.TrainConfig. The frozen base (model_dir's checkpoint, 4-bit by default; random weights
+    of the model.Qwen2Config `random_shape` for benchmarks) -> LoRA -> the pose encoder, sized to
+    the data's features, standardised to the training split's `features` (set_input_stats; None:
+    a checkpoint brings them) and scaled to the embeddings (set_embed_scale). shard=True (--fsdp,
+    under torchrun): the base stays on the meta device until FSDP has sharded the model over the
+    processes; then each loads only its chunks (sharding.shard_and_load)."""
+    dtype, base = base_dtype(device), dict(quantize=cfg.base_quantize, double_quant=cfg.double_quant,
+                                           offload_embeddings=cfg.offload_embeddings)
+    if shard:
+        llm = loader.empty_model(random_shape or cfg.model_dir, dtype, **base)
+    elif random_shape is not None:
+        llm = loader.random_model(random_shape, dtype, device, **base)
+    else:
+        llm = loader.load_model(cfg.model_dir, dtype, device, quant_cache=cfg.quant_cache, **base)
     lora.apply_lora(llm, r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout,
                     targets=cfg.lora_targets, modules_to_save=cfg.modules_to_save, device=device)
     llm.gradient_checkpointing = cfg.gradient_checkpointing
     pcfg = cfg.data.pose
     encoder = PoseEncoder(poses.part_slices(pcfg), poses.channels(pcfg), llm.config.hidden_size,
                           width=cfg.encoder_width, layers=cfg.encoder_layers,
-                          dropout=cfg.encoder_dropout, aux_words=cfg.aux_words if uses_words(cfg) else 0).to(device)
-    if not llm.model.embed_tokens.weight.is_meta:
-        encoder.set_embed_scale(llm.model.embed_tokens.weight)
+                          dropout=cfg.encoder_dropout, aux_words=cfg.word_head_size).to(device)
+    if features is not None:  # before sharding: every rank the same
+        encoder.set_input_stats(features)
     hints = None
-    if cfg.word_hints and uses_words(cfg) and cfg.aux_vocabulary:   # the vocabulary: resolved where a run starts
+    if cfg.word_hints and cfg.word_head_size and cfg.aux_vocabulary:   # the vocabulary: resolved where a run starts
         hints = WordHints(hint_token_ids(cfg.aux_vocabulary[:cfg.aux_words], tok), cfg.word_hints).to(device)
     model = SignTranslator(llm, encoder, tok.pose_token_id, tok.pad_id, cfg.answer_dropout, hints)
     for p in model.parameters():
         if p.requires_grad:  # AdamW updates would round away in a 16-bit trained tensor
             p.data = p.data.float()
+    if shard:
+        sharding.shard_and_load(model, llm, None if random_shape else cfg.model_dir, dtype, device,
+                                cfg.fsdp_cpu_offload, cfg.quant_cache)
+    encoder.set_embed_scale(sharding.whole(embedding_rms(llm.model.embed_tokens.weight)))
     return model
 
 
-def uses_words(cfg) -> bool:
-    """Whether the run trains the encoder's word head (config: aux_weight, aux_only_steps)."""
-    return cfg.aux_words > 0 and (cfg.aux_weight > 0 or cfg.aux_only_steps > 0)
+def embedding_rms(weight: Tensor) -> Tensor:
+    """(vocab,) float32 RMS of each embedding row, without a float32 copy of the table (vocab x
+    hidden x 4 bytes); of a table FSDP shards, this rank's rows (sharding.whole gathers them)."""
+    return torch.linalg.vector_norm(weight, dim=-1, dtype=torch.float32) / weight.shape[-1] ** 0.5
 
 
 def base_dtype(device: torch.device) -> torch.dtype:

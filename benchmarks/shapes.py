@@ -20,11 +20,11 @@ GPU_PEAKS = {"H100 PCIe": (756e12, 2.0e12), "H100 NVL": (835e12, 3.9e12), "H100"
 
 
 def qwen25_config(size: str):
-    import model as qwen
+    from model import Qwen2Config
     if size not in QWEN25_SHAPES:
         raise SystemExit(f"bench.py: no Qwen2.5 shape {size!r}; known: {', '.join(QWEN25_SHAPES)}")
     h, i, n, nh, nkv, v, tied, eps = QWEN25_SHAPES[size]
-    return qwen.Qwen2Config(vocab_size=v, hidden_size=h, intermediate_size=i, num_hidden_layers=n,
+    return Qwen2Config(vocab_size=v, hidden_size=h, intermediate_size=i, num_hidden_layers=n,
                             num_attention_heads=nh, num_key_value_heads=nkv, max_position_embeddings=32768,
                             rope_theta=1e6, rms_norm_eps=eps, tie_word_embeddings=tied)
 
@@ -35,20 +35,20 @@ def bench_shape(cfg, size: str | None, random_weights: bool):
     import re
 
     import loader
-    import model as qwen
+    from model import Qwen2Config
     ckpt = loader.model_path(cfg.model_dir) / "config.json"
     if not random_weights:
         if size or not ckpt.is_file():
             raise SystemExit(f"bench.py train: {ckpt} not found (or --shape given): pass --random-weights "
                              "to measure a random model of that shape")
-        return qwen.Qwen2Config.from_json(ckpt), str(ckpt)
+        return Qwen2Config.from_json(ckpt), str(ckpt)
     if size:
         return qwen25_config(size), f"Qwen2.5-{size} shape (--shape)"
     if ckpt.is_file():
-        return qwen.Qwen2Config.from_json(ckpt), str(ckpt)
+        return Qwen2Config.from_json(ckpt), str(ckpt)
     if cfg.init_model:
         spec = {k: v for k, v in cfg.init_model.items() if k != "initializer_range"}
-        return qwen.Qwen2Config(**spec), "the config's init_model"
+        return Qwen2Config(**spec), "the config's init_model"
     found = re.search(r"-(\d+(?:\.\d+)?B)\b", cfg.model_repo)
     if not found:
         raise SystemExit(f"bench.py train: no checkpoint in {cfg.model_dir} and no size in model_repo "

@@ -5,34 +5,27 @@ the CPU's stand-in for peak GPU memory (cpu_peak). bench_train's docstring says 
     python bench.py train --config configs/tiny.py --random-weights --steps 2   # CPU smoke run
 """
 import argparse
+from dataclasses import dataclass
 
 from benchmarks.shapes import GPU_PEAKS, QWEN25_SHAPES, bench_shape
 
 
-def ours_qlora(cfg, config, random_weights: bool, device, d=None):
+def ours_qlora(cfg, config, random_weights: bool, device):
     """(SignTranslator, tokenizer) from translator.build_model, the product's one assembly (base ->
-    LoRA -> pose encoder); with random weights its base is loader.random_model, built with the
-    dtype / quantization that build_model would load. Under FSDP (d: processes.Dist) train.shard builds
-    it, each rank loading (or drawing) only its chunks."""
+    LoRA -> pose encoder), with random weights of `config`'s shape if random_weights. Under FSDP
+    (cfg.fsdp, a torchrun job) each rank loads, or draws, only its chunks of the base."""
     from types import SimpleNamespace
 
-    import torch
-
     import loader
-    import train
     import translator
     from tokenizer import Tokenizer
 
-    if not random_weights:
+    if random_weights:
+        tok = SimpleNamespace(pose_token_id=config.vocab_size - 1, pad_id=0)  # all data.collate reads
+    else:
         tok = Tokenizer.from_dir(loader.model_path(cfg.model_dir))
-        return (train.shard(cfg, tok, d) if cfg.fsdp else translator.build_model(cfg, tok, device)), tok
-    tok = SimpleNamespace(pose_token_id=config.vocab_size - 1, pad_id=0)  # all data.collate reads
-    if cfg.fsdp:
-        return train.shard(cfg, tok, d, random_shape=config), tok
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    llm = loader.random_model(config, dtype, device, None if cfg.quantize == "none" else cfg.quantize,
-                              cfg.double_quant, offload_embeddings=cfg.offload_embeddings)
-    return translator.build_model(cfg, tok, device, llm=llm), tok
+    return translator.build_model(cfg, tok, device, random_shape=config if random_weights else None,
+                                  shard=cfg.fsdp), tok
 
 
 def hf_qlora(cfg, config, pose_token_id: int, feature_dim: int, device):
@@ -210,12 +203,13 @@ def cpu_peak(step, tensors) -> tuple[int, str]:
     return live.peak, live.at
 
 
-def time_steps(model, cfg, batch: dict, steps: int, warmup: int, device, profile: int = 0, d=None) -> dict:
+def time_steps(model, cfg, batch: dict, steps: int, warmup: int, device, profile: int = 0, proc=None) -> dict:
     """train.train_step (forward + backward + clip + AdamW) on the same micro-batch: median seconds
     of `steps` steps after `warmup` untimed ones (Triton autotuning, allocator warm-up), and the
     peak memory: on a GPU max_memory_allocated over the timed steps (AdamW's moments, made by the
     first step, are in it; one-off warm-up buffers such as the autotuner's are not), on the CPU
-    the tensor bytes of one more step counted by cpu_peak. d: the processes.Dist of a torchrun job (FSDP)."""
+    the tensor bytes of one more step counted by cpu_peak. proc: this process's processes.Dist in a
+    torchrun job (FSDP)."""
     import statistics
     import time
 
@@ -223,7 +217,7 @@ def time_steps(model, cfg, batch: dict, steps: int, warmup: int, device, profile
 
     import processes
     import train
-    d = d or processes.Dist(0, 1, 0, device)
+    proc = proc or processes.Dist(0, 1, 0, device)
     opt = train.make_optimizer(model, cfg)
     model.train()
     cuda = device.type == "cuda"
@@ -234,7 +228,7 @@ def time_steps(model, cfg, batch: dict, steps: int, warmup: int, device, profile
             torch.cuda.reset_peak_memory_stats(device)
         sync()
         t0 = time.perf_counter()
-        out = train.train_step(model, [batch], opt, cfg, step, d, False)
+        out = train.train_step(model, [batch], opt, cfg, step, proc, False)
         sync()
         if step >= warmup:
             times.append(time.perf_counter() - t0)
@@ -242,11 +236,11 @@ def time_steps(model, cfg, batch: dict, steps: int, warmup: int, device, profile
         peak, at = torch.cuda.max_memory_allocated(device), ""
     else:
         state = [t for s in opt.state.values() for t in s.values() if torch.is_tensor(t)]
-        peak, at = cpu_peak(lambda: train.train_step(model, [batch], opt, cfg, warmup + steps, d, False),
+        peak, at = cpu_peak(lambda: train.train_step(model, [batch], opt, cfg, warmup + steps, proc, False),
                             local_tensors([*model.parameters(), *model.buffers(), *state]))
     if profile:  # one more step under the profiler: where the time goes, by kernel
         with torch.profiler.profile() as prof:
-            train.train_step(model, [batch], opt, cfg, warmup + steps + 1, d, False)
+            train.train_step(model, [batch], opt, cfg, warmup + steps + 1, proc, False)
             sync()
         sort = "self_cuda_time_total" if cuda else "self_cpu_time_total"
         print(prof.key_averages().table(sort_by=sort, row_limit=profile, max_name_column_width=60))
@@ -279,15 +273,31 @@ def bench_train(args):
     --fsdp: the model sharded over the job's processes as train.py --fsdp shards it (random weights:
     each rank draws its own chunks); every rank steps on the same synthetic batch; tokens, labels
     and samples/s are the job's, memory is rank 0's (its local shards, and its peak); ours only."""
-    import gc
-    import os
-    from types import SimpleNamespace
+    a, cfg = parse_args(args)
+    job = start(a, cfg)
+    config, source = bench_shape(cfg, a.shape, a.random_weights)
+    if a.layers:
+        config.num_hidden_layers = a.layers
+    if cfg.data.pose.layout == "auto":  # synthetic batches: the features of iSign's files
+        cfg.data.pose.layout = "holistic"
+    print_setup(job, a, cfg, config, source)
+    results, rows = {}, []
+    for stack in a.stacks.split(","):
+        for size, r in time_stack(stack, job, a, cfg, config).items():
+            results.setdefault(stack, {})[size] = r
+            rows.append((r["label"], size, r))
+    if rows:
+        print_table(job, rows, results)
+    if job.proc:  # leave together (a rank tearing down gloo early can abort the others)
+        import torch
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
+    return results
 
-    import torch
 
-    import config as configs
-    import data
-    import poses
+def parse_args(args: list[str]):
+    """bench.py train's options, and the config (a --config file and --key=value overrides)."""
+    from config import load_config
 
     p = argparse.ArgumentParser(prog="bench.py train", allow_abbrev=False)
     p.add_argument("--config", help="a configs/*.py file (default: config.TrainConfig's defaults)")
@@ -306,38 +316,61 @@ def bench_train(args):
                    help="after timing, profile one step and print the N costliest ops")
     p.add_argument("--fsdp", action="store_true", help="under torchrun: shard the model over the processes (FSDP2)")
     a, overrides = p.parse_known_args(args)
-    cfg = configs.load_config(([a.config] if a.config else []) + overrides)
-    sizes = [int(b) for b in a.batch.split(",")] if a.batch else [cfg.batch_size]
-    cuda = torch.cuda.is_available()
-    device = torch.device("cuda" if cuda else "cpu")
-    d, world = None, 1
-    if a.fsdp:
-        import contextlib
-        import io
+    return a, load_config(([a.config] if a.config else []) + overrides)
 
-        import processes
+
+@dataclass
+class Job:
+    """Where bench.py train runs: the device, this process in a torchrun job (--fsdp), the steps."""
+    device: object              # torch.device
+    cuda: bool
+    proc: object | None         # processes.Dist under --fsdp, else None
+    world: int
+    sizes: list[int]            # the micro-batch sizes timed
+    steps: int
+    warmup: int
+    peak_flops: float | None    # the GPU's dense bf16 peak (GPU_PEAKS), None: no MFU
+
+
+def start(a, cfg) -> Job:
+    """The device; under --fsdp the torchrun job (rank 0 alone prints); the CPU's threads."""
+    import contextlib
+    import io
+    import os
+
+    import torch
+
+    import processes
+
+    cuda = torch.cuda.is_available()
+    device, proc, world = torch.device("cuda" if cuda else "cpu"), None, 1
+    if a.fsdp:
         if "RANK" not in os.environ:
             raise SystemExit("bench.py train --fsdp: start it with "
                              "torchrun --nproc_per_node N bench.py train --fsdp ...")
         cfg.fsdp, a.stacks = True, "ours"
-        d = processes.setup_distributed()
-        device, world = d.device, d.world
-        if not d.main:  # one table: rank 0's
+        proc = processes.setup_distributed()
+        device, world = proc.device, proc.world
+        if not proc.main:  # one table: rank 0's
             contextlib.redirect_stdout(io.StringIO()).__enter__()
-    steps, warmup = a.steps or (10 if cuda else 3), a.warmup if a.warmup is not None else (3 if cuda else 1)
     if not cuda:
         torch.set_num_threads(a.threads)
-    config, source = bench_shape(cfg, a.shape, a.random_weights)
-    if a.layers:
-        config.num_hidden_layers = a.layers
-    if cfg.data.pose.layout == "auto":  # synthetic batches: the features of iSign's files
-        cfg.data.pose.layout = "holistic"
-    feature_dim = poses.feature_dim(cfg.data.pose)
+    name = torch.cuda.get_device_name() if cuda else ""
+    return Job(device, cuda, proc, world, [int(b) for b in a.batch.split(",")] if a.batch else [cfg.batch_size],
+               a.steps or (10 if cuda else 3), a.warmup if a.warmup is not None else (3 if cuda else 1),
+               next((v[0] for k, v in GPU_PEAKS.items() if k in name), None) if cuda else None)
 
-    name = torch.cuda.get_device_name() if cuda else f"CPU ({os.cpu_count()} cores, {a.threads} threads)"
-    peak_flops = next((v[0] for k, v in GPU_PEAKS.items() if k in name), None) if cuda else None
-    print(f"device: {name}, torch {torch.__version__}, {'bf16 autocast' if cuda else 'float32'}; "
-          f"peak assumed: {f'{peak_flops / 1e12:.0f} dense bf16 TFLOP/s' if peak_flops else 'unknown (no MFU)'}")
+
+def print_setup(job: Job, a, cfg, config, source: str) -> None:
+    """The device, the peak MFU is computed against, and the model (shape, weights, LoRA)."""
+    import os
+
+    import torch
+
+    name = torch.cuda.get_device_name() if job.cuda else f"CPU ({os.cpu_count()} cores, {a.threads} threads)"
+    peak = f"{job.peak_flops / 1e12:.0f} dense bf16 TFLOP/s" if job.peak_flops else "unknown (no MFU)"
+    print(f"device: {name}, torch {torch.__version__}, {'bf16 autocast' if job.cuda else 'float32'}; "
+          f"peak assumed: {peak}")
     print(f"model: {source}: {config.num_hidden_layers} layers, hidden {config.hidden_size}, intermediate "
           f"{config.intermediate_size}, heads {config.num_attention_heads}/{config.num_key_value_heads} kv, "
           f"vocab {config.vocab_size}, {'random' if a.random_weights else 'checkpoint'} weights, "
@@ -345,78 +378,89 @@ def bench_train(args):
           f"{'; modules_to_save ' + ','.join(cfg.modules_to_save) if cfg.modules_to_save else ''}; "
           f"gradient checkpointing {'on' if cfg.gradient_checkpointing else 'off'}")
 
+
+def time_stack(stack: str, job: Job, a, cfg, config) -> dict[int, dict]:
+    """One stack ("ours" or "hf") built once and timed at every micro-batch size: {size: the
+    measures of time_steps, with the counts and the row's label}; a size out of GPU memory is
+    reported and left out."""
+    import gc
+    from types import SimpleNamespace
+
+    import torch
+
+    import data
+    import poses
+
+    gc.collect()  # the previous stack's model, before this one is measured
+    if job.cuda:
+        torch.cuda.empty_cache()
+        before = torch.cuda.memory_allocated(job.device)
+    torch.manual_seed(0)
+    feature_dim = poses.feature_dim(cfg.data.pose)
+    if stack == "ours":
+        model, tok = ours_qlora(cfg, config, a.random_weights, job.device)
+        sharded = f", FSDP x{job.world}" if job.proc else ""
+        label = f"ours ({'NF4' if cfg.quantize == 'nf4' else '16-bit'} + LoRA{sharded})"
+    elif stack == "hf":
+        try:
+            model = hf_qlora(cfg, config, config.vocab_size - 1, feature_dim, job.device)
+        except ImportError as e:
+            print(f"transformers + PEFT + bitsandbytes: skipped: {e}")
+            return {}
+        tok = SimpleNamespace(pose_token_id=config.vocab_size - 1, pad_id=0)
+        label = "transformers+PEFT+bnb NF4"
+    else:
+        raise SystemExit(f"bench.py train: unknown stack {stack!r} (ours, hf)")
+    prompt = (data.build_prompt(tok, cfg.data) if hasattr(tok, "chat") else
+              [1 + k % (config.vocab_size - 2) for k in range(a.prompt_tokens)])
+    if not hasattr(tok, "chat"):
+        prompt[a.prompt_tokens // 2] = tok.pose_token_id  # where the pose sits in the ChatML prompt
+    model_gib = ((torch.cuda.memory_allocated(job.device) - before) if job.cuda else
+                 storage_bytes(local_tensors([*model.parameters(), *model.buffers()]))) / 2**30
     results = {}
-    rows = []
-    for stack in a.stacks.split(","):
-        gc.collect()  # the previous stack's model, before this one is measured
-        if cuda:
+    for size in job.sizes:  # the same model at every size; a fresh optimizer and peak count for each
+        cfg.batch_size = size
+        batch = synthetic_batch(tok, prompt, feature_dim, size, a.frames, (20, 40), config.vocab_size)
+        try:
+            r = time_steps(model, cfg, batch, job.steps, job.warmup, job.device,
+                           a.profile if size == job.sizes[-1] else 0, job.proc)
+        except torch.cuda.OutOfMemoryError:
+            print(f"{label}, batch {size}: out of memory")
+            batch = None
+            gc.collect()
             torch.cuda.empty_cache()
-            before = torch.cuda.memory_allocated(device)
-        torch.manual_seed(0)
-        if stack == "ours":
-            model, tok = ours_qlora(cfg, config, a.random_weights, device, d)
-            label = f"ours ({'NF4' if cfg.quantize == 'nf4' else '16-bit'} + LoRA{f', FSDP x{world}' if d else ''})"
-        elif stack == "hf":
-            try:
-                model = hf_qlora(cfg, config, config.vocab_size - 1, feature_dim, device)
-            except ImportError as e:
-                print(f"transformers + PEFT + bitsandbytes: skipped: {e}")
-                continue
-            tok = SimpleNamespace(pose_token_id=config.vocab_size - 1, pad_id=0)
-            label = "transformers+PEFT+bnb NF4"
-        else:
-            raise SystemExit(f"bench.py train: unknown stack {stack!r} (ours, hf)")
-        prompt = (data.build_prompt(tok, cfg.data) if hasattr(tok, "chat") else
-                  [1 + k % (config.vocab_size - 2) for k in range(a.prompt_tokens)])
-        if not hasattr(tok, "chat"):
-            prompt[a.prompt_tokens // 2] = tok.pose_token_id  # where the pose sits in the ChatML prompt
-        model_gib = ((torch.cuda.memory_allocated(device) - before) if cuda else
-                     storage_bytes(local_tensors([*model.parameters(), *model.buffers()]))) / 2**30
-        for size in sizes:  # the same model at every size; a fresh optimizer and peak count for each
-            cfg.batch_size = size
-            batch = synthetic_batch(tok, prompt, feature_dim, size, a.frames, (20, 40), config.vocab_size)
-            try:
-                r = time_steps(model, cfg, batch, steps, warmup, device, a.profile if size == sizes[-1] else 0, d)
-            except torch.cuda.OutOfMemoryError:
-                print(f"{label}, batch {size}: out of memory")
-                batch = None
-                gc.collect()
-                torch.cuda.empty_cache()
-                continue
-            # train_step counts the job's tokens: every rank steps on this batch
-            r.update(model_gib=model_gib, label_tokens=world * int((batch["labels"][:, 1:] != -100).sum()),
-                     batch=tuple(batch["input_ids"].shape))
-            r["flops"] = train_flops(config, cfg, r["tokens"], r["label_tokens"])
-            r["mfu"] = r["flops"] / r["step_s"] / peak_flops if peak_flops else None
-            results.setdefault(stack, {})[size] = r
-            rows.append((label, size, r))
-        if stack == "ours" and cfg.quantize == "nf4":
-            import quant
-            for what, chosen in quant.dispatch_choices().items():  # empty without a GPU: nothing is timed
-                for key, value in chosen.items():
-                    print(f"{label}: first-use choice {what} {tuple(str(k) for k in key)}: {value}")
-        del model
-    if not rows:
-        return results
-    ranks = f" on each of {world} ranks (tokens, labels, TFLOP, samples/s: the job's)" if d else ""
+            continue
+        # train_step counts the job's tokens: every rank steps on this batch
+        r.update(label=label, model_gib=model_gib, label_tokens=job.world * int((batch["labels"][:, 1:] != -100).sum()),
+                 batch=tuple(batch["input_ids"].shape))
+        r["flops"] = train_flops(config, cfg, r["tokens"], r["label_tokens"])
+        r["mfu"] = r["flops"] / r["step_s"] / job.peak_flops if job.peak_flops else None
+        results[size] = r
+    if stack == "ours" and cfg.quantize == "nf4":
+        import quant
+        for what, chosen in quant.dispatch_choices().items():  # empty without a GPU: nothing is timed
+            for key, value in chosen.items():
+                print(f"{label}: first-use choice {what} {tuple(str(k) for k in key)}: {value}")
+    return results
+
+
+def print_table(job: Job, rows: list[tuple], results: dict) -> None:
+    """One line per stack and size; on the CPU where the peak was reached; ours against theirs."""
+    ranks = f" on each of {job.world} ranks (tokens, labels, TFLOP, samples/s: the job's)" if job.proc else ""
     print(f"per step: one micro-batch of `batch` clips{ranks}, input_ids (clips, positions), tokens = every position "
-          f"(labels: answer tokens); TFLOP: train_flops; median of {steps} steps after {warmup} warm-up")
+          f"(labels: answer tokens); TFLOP: train_flops; median of {job.steps} steps after {job.warmup} warm-up")
     print(f"{'stack':<28}{'batch':>6}{'input_ids':>12}{'tokens':>8}{'labels':>7}{'TFLOP':>8}{'step ms':>10}"
           f"{'tokens/s':>10}{'samples/s':>11}{'peak GiB':>10}{'model GiB':>11}{'MFU':>7}{'loss':>8}")
     for label, size, r in rows:
         mfu = f"{100 * r['mfu']:6.1f}%" if r["mfu"] is not None else f"{'-':>7}"
         print(f"{label:<28}{size:>6}{'x'.join(map(str, r['batch'])):>12}{r['tokens']:>8}{r['label_tokens']:>7}"
               f"{r['flops'] / 1e12:8.3f}{r['step_s'] * 1e3:10.1f}{r['tokens'] / r['step_s']:10.0f}"
-              f"{size * world / r['step_s']:11.2f}{r['peak_gib']:10.2f}{r['model_gib']:11.2f}{mfu}{r['loss']:8.3f}")
-    if not cuda:
-        print("CPU memory: tensor bytes (bench_train.cpu_peak); peak reached in " +
+              f"{size * job.world / r['step_s']:11.2f}{r['peak_gib']:10.2f}{r['model_gib']:11.2f}{mfu}{r['loss']:8.3f}")
+    if not job.cuda:
+        print("CPU memory: tensor bytes (benchmarks/training.py cpu_peak); peak reached in " +
               "; ".join(f"{label.split(' ')[0]} batch {size}: {r['peak_at']}" for label, size, r in rows))
     if len(results) == 2:
         ours, theirs = results.values()
         for size in sorted(set(ours) & set(theirs)):
             print(f"batch {size}: ours / theirs {theirs[size]['step_s'] / ours[size]['step_s']:.2f}x tokens/s, "
                   f"{ours[size]['peak_gib'] / theirs[size]['peak_gib']:.2f}x peak memory")
-    if d:  # leave together (a rank tearing down gloo early can abort the others)
-        torch.distributed.barrier()
-        torch.distributed.destroy_process_group()
-    return results

@@ -4,28 +4,16 @@
 #   torchrun --nproc_per_node 4 train.py configs/qwen2_7b.py
 # Weights: hf download Qwen/Qwen2-7B --local-dir checkpoints/Qwen2-7B
 # Samples per optimizer step: batch_size 4 x grad_accum 8 x 4 GPUs = 128 (~740 steps per epoch).
-# Memory per GPU, PLANNED by arithmetic (the shape of configs/qwen7b_instruct.py, whose peak was
-# measured; see there): NF4 projections 6.5B x 0.5625 byte = 3.4 GiB; lm_head bf16 152064 x 3584 x 2
-# bytes = 1.02 GiB (the input table, as large, is in host memory: offload_embeddings); LoRA (10M) +
-# encoder (17M) float32 x 16 bytes (weight, grad, 2 AdamW moments) = 0.4 GiB; activations (4 clips,
-# checkpointed) ~0.35 GiB. About 5.2 GiB: any GPU of 8 GB or more, 1 to 8 of them.
+# Memory per GPU, by arithmetic: docs/memory.md.
 model_dir = "checkpoints/Qwen2-7B"
 model_repo = "Qwen/Qwen2-7B"
 data_dir = "data/isign"
 out_dir = "runs/qwen2-7b"
-quantize = "nf4"
 quant_cache = "checkpoints/nf4-cache"  # the quantized base, saved on first load, read back by later runs
 offload_embeddings = True  # the frozen input table (152064 x hidden, bf16: 1.02 GiB) stays in host memory
-lora_r = 16
-lora_alpha = 32
-lora_targets = ["q_proj", "k_proj", "v_proj", "o_proj"]
-lr = 1e-4
 encoder_lr = 3e-4
-batch_size = 4
-grad_accum = 8
 max_steps = 4000
 warmup_steps = 200
 gradient_checkpointing = True
-eval_every = 500
 save_every = 250
 num_workers = 4

@@ -3,17 +3,13 @@
 #   torchrun --nproc_per_node 4 train.py configs/qwen7b.py
 # Weights: hf download Qwen/Qwen2.5-7B --local-dir checkpoints/Qwen2.5-7B
 # Samples per optimizer step: batch_size 16 x grad_accum 2 x 4 GPUs = 128 (~740 steps per epoch).
-# Micro-batch and memory per GPU (~6.8 GB by arithmetic): as qwen7b_instruct.py.
+# Micro-batch and memory per GPU: as qwen7b_instruct.py (docs/memory.md).
 model_dir = "checkpoints/Qwen2.5-7B"
 model_repo = "Qwen/Qwen2.5-7B"
 data_dir = "data/isign"
 out_dir = "runs/qwen7b"
-quantize = "nf4"
 quant_cache = "checkpoints/nf4-cache"  # the quantized base, saved on first load, read back by later runs
 offload_embeddings = True  # the frozen input table (152064 x hidden, bf16: 1.02 GiB) stays in host memory
-lora_r = 16
-lora_alpha = 32
-lora_targets = ["q_proj", "k_proj", "v_proj", "o_proj"]
 lr = 2e-4
 encoder_lr = 3e-4
 batch_size = 16
@@ -21,6 +17,5 @@ grad_accum = 2
 max_steps = 4000
 warmup_steps = 200
 gradient_checkpointing = True
-eval_every = 500
 save_every = 250
 num_workers = 4

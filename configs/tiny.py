@@ -5,23 +5,16 @@
 # base knows no language, so LoRA goes on all seven projections and the embeddings and lm_head
 # are trained too (modules_to_save); a short prompt keeps the sequences short.
 # How long it takes and what it reaches on a 2-core CPU, measured: README, "What the tiny run reaches".
-data_dir = "data/synth"
 synth_n = 1500
-synth_seed = 0
 system_prompt = "Translate the signs."
 user_prompt = "{pose}"
-augment = True
 model_dir = ""            # the random base goes to out_dir/base: its tokenizer learns this corpus
 init_model = dict(hidden_size=128, intermediate_size=384, num_hidden_layers=2, num_attention_heads=4,
                   num_key_value_heads=2, max_position_embeddings=1024, vocab_size=1024)
-quantize = "nf4"
-lora_r = 16
-lora_alpha = 32
 lora_dropout = 0.0
 lora_targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 modules_to_save = ["embed_tokens", "lm_head"]
 encoder_width = 192
-encoder_dropout = 0.1
 # 16 clips per step on one process: batch_size 16 x grad_accum 1 x world_size 1
 batch_size = 16
 grad_accum = 1
@@ -29,11 +22,9 @@ max_steps = 2000
 lr = 2e-3
 encoder_lr = 3e-3
 warmup_steps = 50
-eval_every = 500
 eval_samples = 60
 eval_batch_size = 32
 max_new_tokens = 32
-save_every = 500
 keep_last = 2
 test_at_end = True
 out_dir = "runs/tiny"

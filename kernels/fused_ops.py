@@ -15,8 +15,8 @@ product and the sum; the backward kernels round where autograd would.
     swiglu_torch    <-> _swiglu_fwd, _swiglu_bwd         silu(gate) * up, the MLP's gate
     rms_norm, rope, swiglu                               what the model calls: kernel or reference
 
-Versions: each kernel is its first (c7bdb39: RMSNorm, RoPE; b4d3d83: SwiGLU), one program per row
-(RMSNorm), per position (RoPE: all q and k heads) or per block of 1024 elements (SwiGLU).
+One program per row (RMSNorm), per position (RoPE: all q and k heads) or per block of 1024
+elements (SwiGLU).
 
 FUSED_OPS=triton|torch picks the path (triton_support.use_triton: default triton for CUDA tensors
 when importable, torch elsewhere); a norm weight that is being trained always takes the torch path.

@@ -2,8 +2,8 @@
 kernels that compute it, each beside its reference, and the harness that checks and times them.
 
 quant.py holds the format's encoder (quantize_nf4, double quantization) and the Linear4bit module
-that dispatches to what is here; this file holds the decoding side, which is what a kernel computes:
-the level tables, dequantize_nf4 and dequantize_absmax (re-exported by quant.py), and
+that dispatches to what is here; kernels/nf4_format.py the decoding every kernel computes (the level
+tables, dequantize_nf4, dequantize_absmax); this file the products:
 
     reference (pure torch)      Triton                      what for
     dequantize_nf4 (+ absmax)   _nf4_dequantize_kernel      W to 16 bits for cuBLAS (many rows)
@@ -13,9 +13,9 @@ the level tables, dequantize_nf4 and dequantize_absmax (re-exported by quant.py)
     nf4_matmul_dx_torch         _nf4_matmul_dx_kernel       dx = dy W (the input's gradient)
 
 "Fused": W is never written out in 16 bits; a kernel loads a tile of packed bytes, turns it into
-16-bit values in registers (nibble -> level -> * absmax) and feeds them to the tensor cores. Each
-kernel's versions (what was tried and why each choice) are described beside it, the measured
-figures in BENCHMARKS.md ("NF4 kernels").
+16-bit values in registers (nibble -> level -> * absmax) and feeds them to the tensor cores. Why
+each kernel is as it is, is said beside it; the versions tried and the measured figures are in
+BENCHMARKS.md ("NF4 kernels").
 
 References
     QLoRA (Dettmers et al. 2023, arXiv:2305.14314): the NF4 levels, blockwise absmax, double quant.
@@ -36,79 +36,12 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from kernels import triton_support
+from kernels.nf4_format import (BYTE_TO_LEVELS, DYNAMIC_MAP_8BIT, NF4_LEVELS, dequantize_absmax, dequantize_nf4,
+                                on_device)
 from kernels.triton_support import INTERPRET, tl, triton
-
-# ----------------------------------------------------------------------------- the format's tables
-
-# The 16 NF4 levels (QLoRA appendix; bitsandbytes `get_4bit_type("nf4")`): quantiles of N(0, 1)
-# scaled to [-1, 1], with an exact 0. Asymmetric (7 negative, 8 positive) so that 0 is a level.
-NF4_LEVELS = torch.tensor([
-    -1.0, -0.6961928009986877, -0.5250730514526367, -0.39491748809814453,
-    -0.28444138169288635, -0.18477343022823334, -0.09105003625154495, 0.0,
-    0.07958029955625534, 0.16093020141124725, 0.24611230194568634, 0.33791524171829224,
-    0.44070982933044434, 0.5626170039176941, 0.7229568362236023, 1.0], dtype=torch.float32)
-
-# byte b -> (level of its high nibble b >> 4, level of its low nibble b & 15): one lookup per byte.
-_BYTE_TO_LEVELS = torch.stack([NF4_LEVELS.repeat_interleave(16), NF4_LEVELS.repeat(16)], dim=1)  # (256, 2)
-
-
-def dynamic_map_8bit() -> Tensor:
-    """bitsandbytes' signed 8-bit dynamic map (`create_dynamic_map()`), used to store the absmax
-    in double quantization: 1 sign bit, a run of zeros giving the decimal exponent 10^-6..10^0,
-    the remaining bits a linear fraction in [0.1, 1]. 256 sorted float32 values in [-0.993, 1]."""
-    data = []
-    for i in range(7):
-        edges = torch.linspace(0.1, 1, 2**i + 1, dtype=torch.float32)
-        means = (edges[:-1] + edges[1:]) / 2.0
-        data += ((10 ** (-6 + i)) * means).tolist() + (-(10 ** (-6 + i)) * means).tolist()
-    return torch.tensor(sorted(data + [0.0, 1.0]), dtype=torch.float32)
-
-
-DYNAMIC_MAP_8BIT = dynamic_map_8bit()
-_ON_DEVICE: dict[tuple[int, torch.device], Tensor] = {}
-
-
-def _on(device: torch.device, table: Tensor) -> Tensor:
-    """One of this file's constant tables on `device`, copied there once per process. A copy per
-    call would cost more than its bytes: a host-to-device copy from pageable memory first waits
-    for the CUDA stream to drain, so the CPU could never run ahead of the GPU."""
-    key = (id(table), torch.device(device))
-    if key not in _ON_DEVICE:
-        _ON_DEVICE[key] = table.to(device)
-    return _ON_DEVICE[key]
 
 
 # ----------------------------------------------------------------------------- references (pure torch)
-
-
-def _scale_blocks(values: Tensor, absmax: Tensor, blocksize: int) -> Tensor:
-    """values (n,) float32 * the absmax of each one's block -> (n,) float32 (the last block may be partial).
-    Whole blocks (every weight matrix of a real model) are scaled in place: `values` must be a
-    fresh tensor the caller owns; that saves a padded copy and a product the size of W."""
-    n = values.numel()
-    pad = -n % blocksize
-    if pad == 0:
-        return values.view(-1, blocksize).mul_(absmax[:, None]).view(-1)
-    return (F.pad(values, (0, pad)).view(-1, blocksize) * absmax[:, None]).view(-1)[:n]
-
-
-def dequantize_nf4(packed: Tensor, absmax: Tensor, shape, blocksize: int = 64,
-                   dtype: torch.dtype = torch.float32) -> Tensor:
-    """Inverse of quant.quantize_nf4: level * absmax in float32, then rounded once to `dtype` (as bnb).
-    packed (ceil(n/2),) uint8, absmax (ceil(n/blocksize),) float32, n = prod(shape): any shape."""
-    n = math.prod(shape)
-    # index_select with int32 indices rather than indexing with packed.long(), whose int64 copy
-    # alone is 8 bytes per byte read (the CPU timings before and after: docs/benchmark-log.md,
-    # "CPU: model, kernels, data, training steps"). A fresh (n/2, 2) tensor, scaled in place.
-    values = _on(packed.device, _BYTE_TO_LEVELS).index_select(0, packed.int()).view(-1)[:n]  # (n,) high nibble first
-    return _scale_blocks(values, absmax.float(), blocksize).view(shape).to(dtype)
-
-
-def dequantize_absmax(codes: Tensor, scale: Tensor, offset: Tensor, blocksize: int = 256) -> Tensor:
-    """Inverse of quant.quantize_absmax (double quantization): codes (b,) uint8, scale float32 per
-    `blocksize` codes, offset () -> absmax float32 (b,) = map[code] * scale + offset."""
-    values = _on(codes.device, DYNAMIC_MAP_8BIT)[codes.long()]
-    return _scale_blocks(values, scale, blocksize) + offset
 
 
 def nf4_matmul_torch(x: Tensor, packed: Tensor, absmax: Tensor, bias: Tensor | None, shape: tuple[int, int],
@@ -129,9 +62,9 @@ def nf4_matmul_dx_torch(dy: Tensor, packed: Tensor, absmax: Tensor, shape: tuple
 # The dequantization kernel: W written out once in 16 bits (or 32) for cuBLAS. Where many rows of x
 # share W (training, prefill), that and a cuBLAS matmul beat the fused kernels below (quant.py's
 # _path and its arithmetic). Memory-bound: per weight it reads 0.5 + 4/64 bytes (1/64 + a little
-# with double quant) and writes 2 (bf16, fp16) or 4 (fp32). Version 1 (this one): the flattened
-# weight in tiles of DEQUANT_BLOCK; no loop, so no pipelining: plain tl.load gathers of the levels
-# and the absmax (which the matmul kernels could not use, see _nf4_level) are fine here.
+# with double quant) and writes 2 (bf16, fp16) or 4 (fp32). The flattened weight in tiles of
+# DEQUANT_BLOCK; no loop, so no pipelining: plain tl.load gathers of the levels and the absmax
+# (which the matmul kernels could not use, see _nf4_level) are fine here.
 DEQUANT_BLOCK = 1024  # weights per program: 8 per thread of 4 warps (one 16-byte store in bf16)
 
 
@@ -167,21 +100,14 @@ def _configs(interpreted: dict, gpu: list[tuple], keys=("BLOCK_M", "BLOCK_N", "S
     return [triton.Config({**dict(zip(keys, c[:-2])), **fixed}, num_warps=c[-2], num_stages=c[-1]) for c in gpu]
 
 
-# Versions of the matmul kernels (forward, decode, dx); their speeds, each against cuBLAS on the
-# same GPU, are in BENCHMARKS.md ("NF4 kernels", the "before" column is version 1):
-#   1 (538be22)  a k-step of any width; each weight's level and absmax gathered with tl.load. Its
-#                TTGIR (compiled for sm_90 offline) showed Triton's pipeliner turning those gathers
-#                into 4-byte cp.async copies through shared memory, three per pair of weights.
-#   2 (96497f7)  a k-step is exactly one quantization block (BS = 64 weights), so a row of a W tile
-#                has one absmax, a (BN,) vector load instead of a gather (_nf4_tile); the level
-#                table is read with ld.global.nc in inline PTX, which the pipeliner leaves alone
-#                (_nf4_level); SWAP configs compute y^T = W x^T, so that the dequantized tile is
-#                wgmma's register operand (no shared-memory round trip) and a few rows of x are
-#                the MMA's narrow side (decode).
-#   Not tried yet: the GEMV kernel's byte-pair table here (one 8-byte lookup per two weights),
-#   longer k-steps for decode, tiles and num_stages tuned on a GPU. Where this kernel still loses
-#   to dequantize + cuBLAS (many rows of x), quant.py's dispatch takes that path instead
-#   (_nf4_dequantize_kernel below).
+# The matmul kernels (forward, decode, dx). A k-step is exactly one quantization block (BS = 64
+# weights), so a row of a W tile has one absmax, a (BN,) vector load instead of a gather (_nf4_tile);
+# the level table is read with ld.global.nc in inline PTX, which Triton's pipeliner leaves alone
+# (_nf4_level); SWAP configs compute y^T = W x^T, so that the dequantized tile is wgmma's register
+# operand (no shared-memory round trip) and a few rows of x are the MMA's narrow side (decode).
+# Where these kernels lose to dequantize + cuBLAS (many rows of x), quant.py's dispatch takes that
+# path instead (_nf4_dequantize_kernel below). Their earlier version, what was tried and what not
+# yet, with the speeds: BENCHMARKS.md, "NF4 kernels".
 #
 # H100/H200 choices, (BLOCK_M, BLOCK_N, SPLIT_K, SWAP, num_warps, num_stages). The k-step is
 # always one quantization block (BS = 64 weights), so that a row of a W tile has one absmax.
@@ -207,8 +133,8 @@ def _nf4_level(codes, levels_ptr, ASM: tl.constexpr):
     """The NF4 level (float32) of each 4-bit code, from the 16-entry table: 64 bytes, one L1 line,
     so a warp's 32 lookups are served at once. On a GPU the load is written in PTX because
     inside a tl.dot loop Triton's sm_90 pipeliner turns a tl.load gather into one 4-byte async
-    copy per element through shared memory (seen in the TTGIR of version 1, see _nf4_matmul_kernel;
-    its speed: BENCHMARKS.md, "NF4 kernels"). `ld.global.nc` (the read-only data path) is an
+    copy per element through shared memory (seen in the TTGIR of an earlier version: BENCHMARKS.md,
+    "NF4 kernels"). `ld.global.nc` (the read-only data path) is an
     instruction the pipeliner does not touch. The interpreter cannot run PTX: it takes tl.load."""
     if ASM:
         return tl.inline_asm_elementwise("ld.global.nc.f32 $0, [$1];", "=f,l", [levels_ptr + codes],
@@ -282,11 +208,10 @@ _nf4_matmul_decode = triton.autotune(configs=_configs({**_TINY, "BLOCK_N": 16, "
 
 @triton.jit
 def _nf4_pair(byte, pairs_ptr, ASM: tl.constexpr):
-    """(level of byte >> 4, level of byte & 15), float32, from the 256 x 2 table _BYTE_TO_LEVELS
+    """(level of byte >> 4, level of byte & 15), float32, from the 256 x 2 table BYTE_TO_LEVELS
     (2 KiB, L1-resident): one 8-byte lookup per byte instead of one 4-byte lookup per nibble,
     which halves the load instructions of the M = 1 kernel, whose L1 traffic would otherwise
-    be the limit (arithmetic: the H200's datasheet 4.8 TB/s over 132 SMs at 1.98 GHz is ~18 bytes,
-    ~36 weights, per clock per SM). PTX as in _nf4_level."""
+    be the limit (the arithmetic: BENCHMARKS.md, "M=1 GEMV kernel"). PTX as in _nf4_level."""
     pair = pairs_ptr + 2 * byte.to(tl.int32)
     if ASM:
         return tl.inline_asm_elementwise("ld.global.nc.v2.f32 {$0, $1}, [$2];", "=f,=f,l", [pair],
@@ -294,12 +219,11 @@ def _nf4_pair(byte, pairs_ptr, ASM: tl.constexpr):
     return tl.load(pair), tl.load(pair + 1)
 
 
-# The GEMV kernel (M = 1, batch-1 decoding). Before it (a5060d8), M = 1 ran the split-K decode
-# matmul, whose tl.dot pads the single row of x to a 16-row MMA tile and reads 32 bytes per row
-# per k-step. Version 1: no tensor cores; NB quantization blocks x 32 contiguous bytes of BLOCK_N
-# rows per step; both nibbles of a byte from one 8-byte lookup (_nf4_pair); each block's sum
-# scaled by its absmax once. Two plans (f19519f), timed whole on first use (gemv_plan): split-K
-# and direct, the latter one kernel, which matters inside a CUDA graph, where each node costs.
+# The GEMV kernel (M = 1, batch-1 decoding): no tensor cores, whose tl.dot would pad the single
+# row of x to a 16-row MMA tile; NB quantization blocks x 32 contiguous bytes of BLOCK_N rows per
+# step; both nibbles of a byte from one 8-byte lookup (_nf4_pair); each block's sum scaled by its
+# absmax once. Two plans, timed whole on first use (quant._gemv_plan): split-K and direct, the
+# latter one kernel, which matters inside a CUDA graph, where each node costs.
 #
 # M = 1 configs: (BLOCK_N rows, NB quantization blocks per step, SPLIT_K, warps,
 # stages). Each row's step is NB x 32 contiguous bytes; enough CTAs in flight to cover the
@@ -409,7 +333,7 @@ def _launch_args(a: Tensor, shape: tuple[int, int], blocksize: int) -> tuple:
     if not fused_shape_ok(shape[1], blocksize):
         raise ValueError(f"nf4_kernels: the fused kernels need in_features ({shape[1]}) to be a multiple of "
                          f"the blocksize ({blocksize}, a power of two >= 16); use the torch path")
-    levels = _on(a.device, NF4_LEVELS)
+    levels = on_device(a.device, NF4_LEVELS)
     # float32 inputs: exact float32 products (tf32 would lose 13 mantissa bits); ignored for 16-bit.
     return levels, ("ieee" if a.dtype == torch.float32 else "tf32")
 
@@ -437,7 +361,7 @@ def dequantize_nf4_triton(packed: Tensor, absmax: Tensor, shape, blocksize: int 
     double = absmax_scale is not None
     _nf4_dequantize_kernel[(triton.cdiv(n, DEQUANT_BLOCK),)](
         packed, absmax, absmax_scale if double else absmax, absmax_offset if double else absmax,
-        _on(packed.device, NF4_LEVELS), _on(packed.device, DYNAMIC_MAP_8BIT), out, n, BS=blocksize,
+        on_device(packed.device, NF4_LEVELS), on_device(packed.device, DYNAMIC_MAP_8BIT), out, n, BS=blocksize,
         GROUP=absmax_blocksize, DOUBLE=double, BLOCK=DEQUANT_BLOCK, num_warps=4, enable_fp_fusion=False)
     return out.view(-1)[:n].view(shape)
 
@@ -459,7 +383,7 @@ def nf4_matmul_triton(x: Tensor, packed: Tensor, absmax: Tensor, bias: Tensor | 
     if M == 1:
         gemv = _nf4_gemv_kernel if atomic else _nf4_gemv_direct
         gemv[lambda meta: (triton.cdiv(N, meta["BLOCK_N"]), meta["SPLIT_K"])](
-            x, packed, absmax, _on(x.device, _BYTE_TO_LEVELS), b, y, N, K // blocksize, BS=blocksize,
+            x, packed, absmax, on_device(x.device, BYTE_TO_LEVELS), b, y, N, K // blocksize, BS=blocksize,
             HAS_BIAS=bias is not None, ATOMIC=atomic, ASM=not INTERPRET)
     else:
         kernel = _nf4_matmul_decode if atomic else _nf4_matmul_kernel

@@ -53,6 +53,7 @@ from pathlib import Path
 import numpy as np
 
 from synth import demo
+from synth.demo import FACE_OVAL, _drift, _smooth, _unit  # the maths both generators share
 from synth.kinds_grammar import LEXICON, random_sentence
 
 KINDS = ("path", "shape", "mixed")
@@ -92,14 +93,6 @@ class Sign:
     turn: float        # radians the palm turns about the finger axis during the sign
     hands: str         # "one"; two-handed: "mirror", "alt" (opposite phase), "base" (on a still hand)
     seconds: float     # duration for a signer of speed 1
-
-
-def _unit(v: np.ndarray) -> np.ndarray:
-    return v / np.maximum(np.linalg.norm(v, axis=-1, keepdims=True), 1e-9)
-
-
-def _smooth(t: np.ndarray) -> np.ndarray:
-    return t * t * (3 - 2 * t)
 
 
 def _tup(a) -> tuple:
@@ -392,13 +385,6 @@ def elbow(shoulder: np.ndarray, wrist: np.ndarray, k: float, outward: float) -> 
     return shoulder + along * u + np.sqrt(np.maximum(upper ** 2 - along ** 2, 0)) * side
 
 
-def _drift(rng: np.random.Generator, T: int, dims: int, scale: float, every: int) -> np.ndarray:
-    """(T, dims) slow wandering: random knots every `every` frames, joined linearly."""
-    knots = rng.normal(0, scale, (T // every + 2, dims))
-    x = np.arange(T) / every
-    return np.stack([np.interp(x, np.arange(len(knots)), knots[:, d]) for d in range(dims)], 1)
-
-
 def _rotations(angles: np.ndarray) -> np.ndarray:
     """(T, 3) small yaw, pitch, roll (radians) -> (T, 3, 3) rotations Ry @ Rx @ Rz."""
     c, s = np.cos(angles), np.sin(angles)
@@ -424,8 +410,6 @@ FACE_CONTOURS = [
     ([70, 63, 105, 66, 107], (-.42, -.3), (-.1, -.33), -.05), ([46, 53, 52, 65, 55], (-.4, -.27), (-.11, -.29), -.03),
     ([300, 293, 334, 296, 336], (.42, -.3), (.1, -.33), .05), ([276, 283, 282, 295, 285], (.4, -.27), (.11, -.29), .03),
     ([168, 6, 197, 195, 5, 4, 1], (0, -.17), (0, .12), 0), ([1, 19, 94, 2], (0, .12), (0, .2), 0)]
-FACE_OVAL = [10, 338, 297, 332, 284, 251, 389, 356, 454, 323, 361, 288, 397, 365, 379, 378, 400, 377,
-             152, 148, 176, 149, 150, 136, 172, 58, 132, 93, 234, 127, 162, 21, 54, 103, 67, 109]
 NOSE = [168, 6, 197, 195, 5, 4, 1, 19, 94, 2, 98, 327]
 FACE_WIDTH, FACE_CENTRE = .15, np.array([0, -.24, -.08])    # metres; the centre in body space (k = 1)
 

@@ -4,7 +4,7 @@ A grammar of its own, sharing no word with synth/demo_grammar.py: subjects (one,
 then PLURAL), verbs with the objects each takes, adjectives, time words that set the tense,
 negation, yes/no and wh-questions. A sentence is signed in time-topic-comment order:
 TIME OBJECT(ADJ) SUBJECT(PLURAL) VERB (NO) (QUESTION|WHO|WHAT). LEXICON is every gloss the
-grammar uses; synth_kinds.sign_for gives each its sign of each kind.
+grammar uses; kinds.sign_for gives each its sign of each kind.
 
     random_sentence(rng)   one Sentence(text, glosses), drawn from the grammar
     clause, description    the two sentence types, an example each

@@ -15,6 +15,7 @@ from safetensors.torch import load_file
 import eval as ev
 import loader
 import quant
+import sharding
 import train
 from conftest import make_hf_checkpoint
 from test_resume import assert_same, copy_run
@@ -124,7 +125,7 @@ def check_against_whole(shards, whole, offload_embeddings=False):
         for name, t in whole.state_dict().items():
             ours = local[re.sub(r"(q_proj|k_proj|v_proj|o_proj)\.", r"\1.base.", name)]  # LoRA-wrapped here
             whole_here = t.dim() == 0 or (offload_embeddings and "embed_tokens" in name)
-            expected = t if whole_here else t[loader.local_rows(len(t), r, 2)]
+            expected = t if whole_here else t[sharding.local_rows(len(t), r, 2)]
             assert ours.dtype == expected.dtype and torch.equal(ours, expected), (r, name)
             held += nbytes(ours) if name in base else 0
         # the frozen 4-bit base held per rank: half of the whole (chunks of ceil(n / 2): 1 element more or less)
@@ -178,7 +179,7 @@ def test_sharded_loading_of_tied_embeddings_with_lm_head_trained(tmp_path):
     path, _ = make_hf_checkpoint(tmp_path / "ckpt", vocab_size=129, tie_word_embeddings=True)
     whole = loader.load_model(path, quantize="nf4")
     for r, (local, _) in enumerate(load_in_shards(tmp_path / "tied", path, modules_to_save="['lm_head']")):
-        rows = whole.model.embed_tokens.weight[loader.local_rows(129, r, 2)]
+        rows = whole.model.embed_tokens.weight[sharding.local_rows(129, r, 2)]
         assert torch.equal(local["model.embed_tokens.weight"], rows)
         assert local["lm_head.weight"].dtype == torch.float32 and torch.equal(local["lm_head.weight"], rows)
 

@@ -7,7 +7,7 @@ import torch
 from kernels import fused_ops
 import loader
 import lora
-import model as M
+from model import Qwen2Config, rope_cos_sin
 from kernels import triton_support
 
 needs_triton = pytest.mark.skipif(not triton_support.AVAILABLE, reason="triton not installed")
@@ -55,7 +55,7 @@ def test_rope_matches_reference(case, dtype, fused):
     roundings: bit for bit (TOLERANCE 0), outputs and gradients of both, same shapes."""
     B, NQ, NK, T, hd, shared = case
     positions = torch.arange(T, device=DEVICE)[None] if shared else torch.randint(0, 50, (B, T), device=DEVICE)
-    cos, sin = M.rope_cos_sin(positions, hd, 1e4, dtype)  # the model's own tables go through the fused path
+    cos, sin = rope_cos_sin(positions, hd, 1e4, dtype)  # the model's own tables go through the fused path
     q = torch.randn(B, T, NQ, hd, device=DEVICE).to(dtype).transpose(1, 2)
     k = torch.randn(B, T, NK, hd, device=DEVICE).to(dtype).transpose(1, 2).requires_grad_()
     assert all(t.grad_fn.name().endswith("_RoPEBackward") for t in fused_ops.rope(q, k, cos, sin))
@@ -101,7 +101,7 @@ def test_bench_fused_runs(capsys):
 def test_model_logits_and_lora_grads_are_the_same_fused(monkeypatch):
     """A tiny NF4 + LoRA Qwen2 with gradient checkpointing: logits and adapter gradients through
     the fused kernels equal the reference path's (float32)."""
-    config = M.Qwen2Config(vocab_size=96, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+    config = Qwen2Config(vocab_size=96, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                            num_attention_heads=4, num_key_value_heads=2)
     torch.manual_seed(0)
     model = loader.random_model(config, quantize="nf4", std=0.1).to(DEVICE)

@@ -7,7 +7,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import loader
-import model as M
+from model import HostEmbedding, KVCache, Qwen2Config, StaticDecoder
 from conftest import bnb_dequantize, make_hf_checkpoint
 
 TOL = 1e-5
@@ -63,7 +63,7 @@ def test_cached_decoding_equals_full_recompute(tiny_checkpoint):
     ids, mask = _ids(2, 14), _left_mask([14, 9], 14)
     with torch.no_grad():
         full = ours(ids, attention_mask=mask)
-        cache = M.KVCache(ours.config, 2, 14, torch.float32, "cpu")
+        cache = KVCache(ours.config, 2, 14, torch.float32, "cpu")
         parts = [ours(ids[:, :8], attention_mask=mask[:, :8], kv_cache=cache)]  # prefill 8, then 2, 1, 1, ...
         for start, end in [(8, 10)] + [(t, t + 1) for t in range(10, 14)]:
             parts.append(ours(ids[:, start:end], attention_mask=mask[:, :end], kv_cache=cache))
@@ -121,9 +121,9 @@ def test_static_decoder_steps_equal_the_growing_cache(tiny_checkpoint):
     model = loader.load_model(path, quantize="nf4", offload_embeddings=True)
     ids, mask = _stopping_prompt()
     with torch.no_grad():
-        caches = [M.KVCache(model.config, 3, 7 + 5, torch.float32, "cpu") for _ in range(2)]
+        caches = [KVCache(model.config, 3, 7 + 5, torch.float32, "cpu") for _ in range(2)]
         first = [model._next_logits(mask, c, input_ids=ids) for c in caches]
-        step, token, grown = M.StaticDecoder(model, caches[1], mask), first[0].argmax(-1), mask
+        step, token, grown = StaticDecoder(model, caches[1], mask), first[0].argmax(-1), mask
         for _ in range(4):
             grown = torch.cat((grown, grown.new_ones(3, 1)), dim=1)
             want = model._next_logits(grown, caches[0], input_ids=token[:, None])
@@ -166,7 +166,7 @@ def test_gradient_checkpointing_lora_on_a_frozen_base():
     gradient): recomputation in backward gives the same adapter gradients, same dropout masks."""
     import lora
 
-    config = M.Qwen2Config(vocab_size=96, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+    config = Qwen2Config(vocab_size=96, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                            num_attention_heads=4, num_key_value_heads=2)
     torch.manual_seed(0)
     model = loader.random_model(config, quantize="nf4")
@@ -198,7 +198,7 @@ def test_save_model_loads_in_transformers(tiny_checkpoint, tmp_path):
     ids = _ids(1, 9)
     with torch.no_grad():
         torch.testing.assert_close(again(ids).logits, hf(ids).logits, rtol=0, atol=0)
-    assert M.Qwen2Config.from_json(tmp_path / "out" / "config.json") == M.Qwen2Config.from_json(path / "config.json")
+    assert Qwen2Config.from_json(tmp_path / "out" / "config.json") == Qwen2Config.from_json(path / "config.json")
 
 
 # ----------------------------------------------------------------------------- broken inputs
@@ -330,7 +330,7 @@ def test_random_model_init_and_nf4_is_the_same_draws_quantized(tied):
     NF4 model of one seed is the 16-bit model of that seed, quantized."""
     import quant
 
-    config = M.Qwen2Config(vocab_size=96, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+    config = Qwen2Config(vocab_size=96, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                            num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=tied)
     torch.manual_seed(0)
     full = loader.random_model(config, std=0.05)
@@ -359,7 +359,7 @@ def test_offloaded_embeddings_stay_on_the_host_and_change_nothing(tiny_checkpoin
 
     path, hf = tiny_checkpoint
     ours = loader.load_model(path, offload_embeddings=True)
-    assert isinstance(ours.model.embed_tokens, M.HostEmbedding)
+    assert isinstance(ours.model.embed_tokens, HostEmbedding)
     assert "model.embed_tokens.weight" in ours.state_dict()
     assert "model.embed_tokens.weight" not in dict(ours.named_parameters())
     ids, mask = _ids(2, 11), _left_mask([11, 6], 11)
@@ -378,7 +378,7 @@ def test_offloaded_embeddings_stay_on_the_host_and_change_nothing(tiny_checkpoin
 def test_offloaded_embeddings_placement_and_refusal_when_tied():
     """Built for a device (meta stands in for the GPU here), every tensor goes there except the
     embedding table, which stays on the CPU. A tied model cannot offload: lm_head reads it all."""
-    config = M.Qwen2Config(vocab_size=96, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+    config = Qwen2Config(vocab_size=96, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                            num_attention_heads=4, num_key_value_heads=2)
     model = loader.random_model(config, device="meta", quantize="nf4", offload_embeddings=True)
     where = {name: t.device.type for name, t in model.state_dict().items()}

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from conftest import bnb_dequantize
 
-from kernels import nf4_kernels
+from kernels import nf4_format, nf4_kernels
 import quant
 from kernels import triton_support
 
@@ -365,7 +365,7 @@ def test_constant_tables_reach_a_device_once(monkeypatch):
     """The NF4 and 8-bit tables are copied to a device once, not per call: a CPU -> GPU copy from
     pageable memory also waits for the CUDA stream to drain, which per linear layer would keep the
     CPU from ever running ahead of the GPU. Counted on the meta device (no GPU needed)."""
-    tables = (nf4_kernels.NF4_LEVELS, nf4_kernels._BYTE_TO_LEVELS, nf4_kernels.DYNAMIC_MAP_8BIT)
+    tables = (nf4_format.NF4_LEVELS, nf4_format.BYTE_TO_LEVELS, nf4_format.DYNAMIC_MAP_8BIT)
     copies, to = [], torch.Tensor.to
 
     def counting_to(self, *args, **kwargs):
@@ -373,7 +373,7 @@ def test_constant_tables_reach_a_device_once(monkeypatch):
         return to(self, *args, **kwargs)
 
     monkeypatch.setattr(torch.Tensor, "to", counting_to)
-    monkeypatch.setattr(nf4_kernels, "_ON_DEVICE", {})
+    monkeypatch.setattr(nf4_format, "ON_DEVICE", {})
     meta = torch.device("meta")
     for _ in range(3):
         quant.dequantize_nf4(torch.zeros(32, dtype=torch.uint8, device=meta), torch.ones(1, device=meta), (8, 8))

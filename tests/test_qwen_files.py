@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import torch
 
-import model as M
+from model import Qwen2, Qwen2Config
 from test_tokenizer import QWEN25_CHAT_TEMPLATE
 from tokenizer import Tokenizer
 
@@ -266,7 +266,7 @@ def test_published_config_read_and_parameter_count(name):
     path = CONFIG_DIR / f"{name}.json"
     raw = json.loads(path.read_text())
     assert raw["use_sliding_window"] is False and raw["hidden_act"] == "silu"
-    cfg = M.Qwen2Config.from_json(path)
+    cfg = Qwen2Config.from_json(path)
     assert (cfg.hidden_size, cfg.intermediate_size, cfg.num_hidden_layers, cfg.num_attention_heads,
             cfg.num_key_value_heads, cfg.vocab_size, cfg.max_position_embeddings) == (h, inter, layers, heads, kv,
                                                                                       vocab, max_pos)
@@ -283,7 +283,7 @@ def test_published_config_read_and_parameter_count(name):
     assert not hf_cfg.use_sliding_window
 
     with torch.device("meta"):
-        ours = M.Qwen2(cfg)
+        ours = Qwen2(cfg)
         ref = transformers.Qwen2ForCausalLM(hf_cfg)
     count = sum(p.numel() for p in ours.parameters())
     assert count == expected_params(h, inter, layers, heads, kv, vocab, tied)
@@ -302,5 +302,5 @@ def test_published_config_read_and_parameter_count(name):
 def test_published_config_changes_we_refuse(change, message):
     raw = json.loads((CONFIG_DIR / "Qwen2.5-7B-Instruct.json").read_text())
     with pytest.raises(ValueError, match=message):
-        M.Qwen2Config.from_dict(raw | change)
-    assert M.Qwen2Config.from_dict(raw | {"rope_scaling": None}).rope_theta == 1e6
+        Qwen2Config.from_dict(raw | change)
+    assert Qwen2Config.from_dict(raw | {"rope_scaling": None}).rope_theta == 1e6

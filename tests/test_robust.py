@@ -55,9 +55,10 @@ def copy_run(run_dir, dst):
 
 
 def snapshot(folder, but=None):
-    """Every file's bytes under a folder (but the subfolder `but`), to show that nothing changed."""
+    """Every file's bytes under a folder (but the subfolder `but`, and .lock, which names the last
+    process that held the folder), to show that nothing changed."""
     return {p.relative_to(folder): p.read_bytes() for p in sorted(folder.rglob("*"))
-            if p.is_file() and p.relative_to(folder).parts[0] != but}
+            if p.is_file() and p.relative_to(folder).parts[0] != but and p.name != ".lock"}
 
 
 def error_line(capsys):

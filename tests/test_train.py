@@ -142,3 +142,16 @@ def test_optimizer_is_adamw_with_two_learning_rates():
 def test_every_config_file_loads(path):
     cfg = config.load_config([str(path)])
     assert cfg.batch_size * preflight.accumulation(cfg, world=4) >= 1 and cfg.model_dir and cfg.out_dir
+
+
+@pytest.mark.parametrize("path", sorted((train_helpers.ROOT / "configs").glob("*.py")), ids=lambda p: p.name)
+def test_config_files_set_only_what_differs_from_the_defaults(path):
+    """A config restating a default hides which of its values are choices (as nanoGPT's, ours set
+    only what differs; the defaults are config.TrainConfig's)."""
+    import runpy
+    import types
+    default = config.flat(config.TrainConfig())
+    values = {k: v for k, v in runpy.run_path(str(path)).items()
+              if not k.startswith("_") and not isinstance(v, types.ModuleType)}
+    restated = sorted(k for k, v in values.items() if default[k] == (list(v) if isinstance(v, tuple) else v))
+    assert not restated, f"{path.name} restates the defaults of {restated}"

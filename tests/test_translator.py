@@ -36,7 +36,7 @@ def test_pose_tokens_have_embedding_norm_and_splice_at_placeholders():
     torch.manual_seed(0)
     enc = translator.PoseEncoder(PARTS, channels=3, hidden_size=32, width=16).eval()
     embedding = 0.02 * torch.randn(100, 32)
-    enc.set_embed_scale(embedding)
+    enc.set_embed_scale(translator.embedding_rms(embedding))
     tokens, token_mask, _ = enc(torch.randn(2, 8, 12), torch.tensor([[True] * 8, [True] * 4 + [False] * 4]))
     rms = tokens[token_mask].pow(2).mean(-1).sqrt()
     torch.testing.assert_close(rms, torch.full_like(rms, embedding.pow(2).mean(-1).sqrt().median().item()))
