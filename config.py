@@ -81,6 +81,9 @@ class TrainConfig:
     aux_only_steps: int = 0          # first steps: the encoder learns the words alone (no LLM)
     align_weight: float = 0.0        # > 0: the word loss also draws the soft tokens towards the LLM's input
                                      # embeddings of the signed words (translator.embedding_alignment_loss)
+    word_hints: int = 8              # the head's likeliest words given to the LLM as text (translator.WordHints)
+    aux_vocabulary: list = runtime(lambda: [])   # the head's words as the texts write them: resolved where a run
+                                     # starts (lexicon.head_vocabulary), saved in config.json for eval.py
     gradient_checkpointing: bool = False
     fsdp: bool = runtime(False)      # shard the model over all processes (FSDP2) instead of a whole copy on
                                      # each (DDP): for models larger than one GPU (docs/training.md). Checkpoints
@@ -279,6 +282,7 @@ RULES = {
     "split_ratios": (lambda v: len(v) == 3 and all(x >= 0 for x in v) and sum(v) > 0,
                      "three numbers >= 0 (train, val, test) with a positive sum"),
     "quantize": (lambda v: v in ("nf4", "none"), "'nf4' or 'none'"),
+    "lexicon_mix": (lambda v: len(v) == 2 and all(0 <= x <= 1 for x in v), "two shares in [0, 1] (first, last epoch)"),
 }
 
 

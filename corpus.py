@@ -14,6 +14,10 @@ Layouts read:
     (uid without its trailing `--N` segment), so no video is in two splits.
   - A JSONL manifest ({"pose": path, "text": ..., "split": ...}) for other corpora (How2Sign,
     PHOENIX poses); an empty split is assigned by video.
+  - A sign dictionary's index.csv (sign-language-processing's spoken-to-signed-translation
+    format: path,spoken_language,signed_language,start,end,words,glosses,priority; recognised by
+    its columns): one row per clip of a word, `words` its text, all in the train split, each
+    with its window (start and end in ms; lexicon.py uses them).
 A row that cannot be used (an unquoted comma, bytes that are not UTF-8, a uid naming a file
 outside the pose folder, an unknown split) is kept with its problem, never fatal: data.prepare
 lists it in skipped.jsonl. A UTF-8 byte-order mark (as Excel writes) is skipped. A quote left
@@ -72,6 +76,7 @@ class Row:
     split: str
     problem: str = ""  # why the corpus row itself is unusable (file and line named); prepare skips it
     where: str = ""    # the corpus file and line it comes from, e.g. "data/x/train.csv line 7"
+    window: tuple[int, int] | None = None   # a dictionary row's (start, end) in ms within its file
 
 
 def video_id(uid: str) -> str:
@@ -170,6 +175,50 @@ def _read_manifest(path: Path, data_dir: Path) -> list[Row]:
     return rows
 
 
+LEXICON_COLUMNS = ("path", "spoken_language", "signed_language", "start", "end", "words", "glosses", "priority")
+
+
+def is_lexicon_index(path: Path) -> bool:
+    """Whether a CSV is a sign dictionary's index (its header names the columns path and words)."""
+    with open(path, newline="", encoding="utf-8-sig", errors="replace") as f:
+        return {"path", "words"} <= set(next(csv.reader(f), []))
+
+
+def _int(value: str | None) -> int | None:
+    try:
+        return int(value.strip()) if value and value.strip() else 0
+    except ValueError:
+        return None
+
+
+def _read_lexicon(path: Path) -> list[Row]:
+    """A dictionary index's rows: pose = the folder's `path`, text = `words`, window = (start, end)
+    in ms, split "train"; uid L{line}. A row that cannot be used keeps its problem (prepare skips
+    it): too few or too many fields, a path outside the folder, no words, start or end not a
+    whole number of ms, or an end before its start (end 0 means the end of the file)."""
+    folder = os.path.normpath(path.parent)
+    rows = []
+    with open(path, newline="", encoding="utf-8-sig", errors="surrogateescape") as f:
+        reader = csv.DictReader(f)
+        for r in reader:
+            where, uid = f"{path} line {reader.line_num}", f"L{reader.line_num:06d}"
+            rel, words = (r.get("path") or "").strip(), " ".join((r.get("words") or "").split())
+            pose = os.path.normpath(os.path.join(folder, rel))
+            start, end = _int(r.get("start")), _int(r.get("end"))
+            problem = (f"{len(reader.fieldnames) + len(r[None])} fields, the header names {len(reader.fieldnames)}"
+                       if None in r else "a field missing" if None in r.values() else
+                       "bytes that are not UTF-8 (save the file as UTF-8)" if not _utf8(rel + words) else
+                       "empty path" if not rel else
+                       f"path {rel!r} is outside the dictionary's folder" if not pose.startswith(folder + os.sep) else
+                       "empty words (the spoken word or phrase the clip signs)" if not words else
+                       "start or end is not a whole number of milliseconds" if start is None or end is None else
+                       f"start {start} ms is negative" if start < 0 else
+                       f"end {end} ms is not after start {start} ms" if 0 < end <= start else "")
+            rows.append(Row(uid, words, pose, "train", f"{where}: {problem}" if problem else "", where,
+                            window=None if problem else (start, end)))
+    return rows
+
+
 def source_files(cfg: CorpusConfig) -> list[Path]:
     """The text files that define the corpus: a manifest, the split CSVs, or the single CSV."""
     d = Path(cfg.data_dir)
@@ -207,6 +256,8 @@ def read_rows(cfg: CorpusConfig) -> list[Row]:
     d, files = Path(cfg.data_dir), source_files(cfg)
     if cfg.csv.endswith(".jsonl"):
         return _split_unsplit(_read_manifest(files[0], d), cfg)
+    if len(files) == 1 and is_lexicon_index(files[0]):
+        return _read_lexicon(files[0])
     split_files = files[0].name == "train.csv"
     rows = [Row(u, t, "", f.stem if split_files else "", problem, where)
             for f in files for u, t, problem, where in _read_csv(f)]

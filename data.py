@@ -27,7 +27,6 @@ import dataclasses
 import hashlib
 import json
 import os
-import re
 import shutil
 import sys
 import time
@@ -48,6 +47,7 @@ import processes
 import show
 from corpus import DataError, Row, read_rows, resolve_layout, source_files, splits_source
 from poses import PoseConfig, PoseError
+from words import word_vocabulary, words_of
 
 FEATURE_VERSION = 2  # bump when the feature computation changes: every cache becomes stale
 SHARD_ROWS = 256     # rows per committed shard while preparing (the unit of resumption)
@@ -66,6 +66,8 @@ class DataConfig:
     user_prompt: str = "{pose}\nTranslate this {language} into English."   # {pose}: the placeholder
     source_language: str = "Indian Sign Language"
     max_answer_tokens: int = 128     # longer answers are cut to this many tokens (SignDataset.truncated)
+    lexicon_dir: str = field(default="", metadata={"runtime": True})   # a sign dictionary, DIR/index.csv (lexicon.py)
+    lexicon_mix: tuple = (0.5, 0.1)  # with one: share of stitched sentences in the first and the last epoch
     pose: PoseConfig = field(default_factory=PoseConfig)   # features of one file (poses.py)
 
 
@@ -141,13 +143,13 @@ def _stat(path: str) -> list[int]:
     return [st.st_size, st.st_mtime_ns]
 
 
-def _convert(item: tuple[int, str], cfg: DataConfig):
-    """Worker: (row number, pose path) -> (row number, float16 features or None, reason, detail,
-    the file's stat before it was read)."""
-    i, path = item
+def _convert(item: tuple[int, str, tuple | None], cfg: DataConfig):
+    """Worker: (row number, pose path, window in ms or None) -> (row number, float16 features or
+    None, reason, detail, the file's stat before it was read)."""
+    i, path, window = item
     stat = _stat(path)
     try:
-        x = poses.load_pose(path, cfg.pose)
+        x = poses.load_pose(path, cfg.pose) if window is None else poses.load_pose(path, cfg.pose, window)
     except PoseError as e:
         return i, None, e.kind, str(e), stat
     except Exception as e:  # a bug or an odd file must not stop a 118k-file run: report it
@@ -277,7 +279,7 @@ def _build(cfg: DataConfig, workers: int | None, progress: bool, force: bool) ->
             results.append((i, None, "duplicate uid", f"{r.where}: uid {r.uid!r} is already used by "
                                                       f"{first[r.uid].where}; give each clip its own uid", None))
         else:
-            todo.append((i, r.pose))
+            todo.append((i, r.pose, r.window))
     workers = workers or os.cpu_count() or 1
     pool = Pool(workers) if workers > 1 and len(todo) > 1 else None
     try:
@@ -394,24 +396,6 @@ def cap_answers(texts_ids: list[list[int]], limit: int, end_id: int) -> tuple[li
         sum(len(ids) > limit for ids in texts_ids)
 
 
-STOP_WORDS = frozenset("a an the is are am was were be been being to of do does did".split())
-_WORD = re.compile(r"[a-z0-9']+")
-
-
-def words_of(text: str) -> set[str]:
-    """The words of a text that may have a sign of their own: lowercased, without the articles,
-    copulas and auxiliaries that sign languages mostly do not sign ('not' stays: it is signed)."""
-    return {w for w in _WORD.findall(text.lower()) if w not in STOP_WORDS}
-
-
-def word_vocabulary(texts: list[str], size: int) -> list[str]:
-    """The `size` most frequent words (words_of) of `texts`, ties in alphabetical order: the
-    targets of the pose encoder's word head. The training split's texts give the same list on
-    every rank and on every resumption."""
-    counts = Counter(w for t in texts for w in words_of(t))
-    return [w for w, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:size]]
-
-
 class SignDataset(torch.utils.data.Dataset):
     """One split of the cache. Item: dict(uid, poses (T, F) float32, text, prompt_ids, answer_ids,
     and with n_words > 0 word_targets (n_words,) float32: 1 for each word of `words` in the text, 0
@@ -440,11 +424,10 @@ class SignDataset(torch.utils.data.Dataset):
         self.prompt_ids = build_prompt(tokenizer, cfg)
         self.answer_ids, self.truncated = cap_answers(tokenizer.encode_batch(self.texts), cfg.max_answer_tokens,
                                                       tokenizer.im_end_id)
-        self.n_words, self.words, self.word_ids = n_words, [], None
+        self.n_words, self.words = n_words, []
         if n_words:
             self.words = words if words is not None else word_vocabulary(self.texts, n_words)
-            where = {w: k for k, w in enumerate(self.words[:n_words])}
-            self.word_ids = [[where[w] for w in words_of(t) if w in where] for t in self.texts]
+        self.word_slot = {w: k for k, w in enumerate(self.words[:n_words])}
 
     def __len__(self) -> int:
         return len(self.uids)
@@ -455,12 +438,15 @@ class SignDataset(torch.utils.data.Dataset):
         if self.augment:   # seeded from torch, so DataLoader workers differ and runs repeat
             rng = np.random.default_rng(int(torch.randint(2**62, ())))
             x = torch.from_numpy(poses.augment(x.numpy(), self.pose_cfg, rng))
-        item = {"uid": self.uids[i], "poses": x, "text": self.texts[i],
-                "prompt_ids": self.prompt_ids, "answer_ids": self.answer_ids[i]}
-        if self.word_ids is not None:
+        return self.item(self.uids[i], x, self.texts[i], self.answer_ids[i])
+
+    def item(self, uid: str, x: torch.Tensor, text: str, answer_ids: list[int]) -> dict:
+        """One sample's dict (also for clips made elsewhere: lexicon.MixedItems' stitched sentences)."""
+        item = {"uid": uid, "poses": x, "text": text, "prompt_ids": self.prompt_ids, "answer_ids": answer_ids}
+        if self.n_words:
             item["word_targets"] = np.full(self.n_words, -1, np.float32)   # -1: no word in that slot
             item["word_targets"][:len(self.words)] = 0
-            item["word_targets"][self.word_ids[i]] = 1
+            item["word_targets"][[self.word_slot[w] for w in words_of(text) if w in self.word_slot]] = 1
         return item
 
 
@@ -642,6 +628,10 @@ def main(argv=None) -> None:
     p.add_argument("--force", action="store_true", help="rebuild from scratch, even over a cache of other settings")
     p.add_argument("--max_pose_mb", type=float, default=PoseConfig.max_pose_mb,
                    help="larger .pose files are skipped unread (memory per worker: docs/data.md)")
+    x = sub.add_parser("lexicon", help="a folder of .pose files or videos named by word -> a sign dictionary "
+                                       "(index.csv; lexicon.py)")
+    x.add_argument("src")
+    x.add_argument("out_dir")
     v = sub.add_parser("videos", help="a folder of videos -> a corpus in the iSign layout (video.py; "
                                       "pip install -r requirements-video.txt)")
     v.add_argument("video_dir")
@@ -653,7 +643,10 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     if hasattr(args, "command"):
         sys.exit(args.command(args))
-    if args.cmd == "videos":   # video.py's own command line, which reports skipped videos and counts
+    if args.cmd == "lexicon":
+        import lexicon
+        print(json.dumps(lexicon.write_index(args.src, args.out_dir)))
+    elif args.cmd == "videos":   # video.py's own command line, which reports skipped videos and counts
         import video
         sys.exit(video.main(["--dir", args.video_dir, args.out_dir] + (["--texts", args.texts] if args.texts else [])))
     elif args.cmd == "synth":

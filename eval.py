@@ -23,6 +23,9 @@ Metrics (last line of stdout, one JSON object):
 - bleu4_shuffled, chrf_shuffled: the same decoding with each clip's poses replaced by another
   clip's of the split (a fixed derangement). How much of the score comes from the signs, and how
   much from the language prior: a model that ignores its input scores the same on both.
+- word_recall_by_freq: recall of the references' words binned by their count in the training
+  texts (0, 1-2, 3-9, 10-49, 50+), each bin {"recall", "n"}: where in the long tail the model
+  fails (word_recall_by_freq below; docs/evaluation.md).
 
 The model is assembled by translator.build_model from the run's saved config (config.py);
 train.py imports this file (decoding, metrics); this file never imports train.py.
@@ -30,10 +33,12 @@ References: QLoRA (Dettmers et al. 2023), SpaMo (Hwang et al. 2024), Sign2GPT (W
 sacrebleu (Post 2018), ROUGE (Lin 2004).
 """
 import argparse
+import dataclasses
 import json
 import os
 import re
 import sys
+from collections import Counter
 from contextlib import redirect_stdout
 from pathlib import Path
 
@@ -50,6 +55,7 @@ import data
 import loader
 import lora
 import poses
+import words
 from config import ConfigError
 from tokenizer import Tokenizer
 from translator import SignTranslator, autocast, build_model, collate_fn, to_device
@@ -105,6 +111,57 @@ def compute_metrics(hypotheses: list[str], references: list[str]) -> dict:
     return out
 
 
+FREQ_BINS = {"0": 0, "1-2": 1, "3-9": 3, "10-49": 10, "50+": 50}   # bin: the lowest training count in it
+
+
+def freq_bin(count: int) -> str:
+    """The bin of word_recall_by_freq a training count falls in: 0, 1-2, 3-9, 10-49 or 50+."""
+    return [b for b, low in FREQ_BINS.items() if count >= low][-1]
+
+
+def word_recall_by_freq(hypotheses: list[str], references: list[str], train_counts: Counter) -> dict:
+    """Recall of the references' words, binned by how often each word occurs in the training texts.
+
+    Words are words.word_tokens': lowercased [a-z0-9']+ runs, stop words left out (the articles,
+    copulas and auxiliaries that sign languages mostly do not sign; 'not' counts), repeats kept.
+    In each sentence a reference word is recalled as many times as it occurs in both the
+    reference and the hypothesis (clipped unigram matches, as BLEU-1 counts them), wherever it
+    stands. A word's bin is its count in the training texts (`train_counts`, e.g.
+    training_counts(texts)). Returns {bin: {"recall": recalled / n (None when n is 0), "n": n}},
+    n the reference words in that bin."""
+    recalled, total = Counter(), Counter()
+    for hyp, ref in zip(hypotheses, references, strict=True):
+        have = Counter(words.word_tokens(hyp))
+        for word, n in Counter(words.word_tokens(ref)).items():
+            b = freq_bin(train_counts[word])
+            total[b] += n
+            recalled[b] += min(n, have[word])
+    return {b: {"recall": recalled[b] / total[b] if total[b] else None, "n": total[b]} for b in FREQ_BINS}
+
+
+def training_counts(texts: list[str]) -> Counter:
+    """How often each word (words.word_tokens) occurs in the training texts."""
+    return Counter(w for t in texts for w in words.word_tokens(t))
+
+
+def run_training_counts(dcfg: data.DataConfig, trained_on: str) -> Counter | None:
+    """training_counts of the run's training split: from the corpus it was trained on, else (moved)
+    from the one evaluated; None, with a note, when neither can be read."""
+    for where in dict.fromkeys([trained_on, dcfg.data_dir]):
+        try:
+            return training_counts(corpus.split_texts(dataclasses.replace(dcfg, data_dir=where), "train"))
+        except (OSError, corpus.DataError):
+            continue
+    print(f"note: no training texts at {trained_on}: word_recall_by_freq left out", file=sys.stderr)
+    return None
+
+
+def recall_line(recall: dict) -> str:
+    """'0: 0.12 (n 40), 1-2: ...' for a log line."""
+    shown = {b: "-" if r["recall"] is None else f"{r['recall']:.2f}" for b, r in recall.items()}
+    return ", ".join(f"{b}: {shown[b]} (n {r['n']})" for b, r in recall.items())
+
+
 # ----------------------------------------------------------------------------- decoding
 
 @torch.no_grad()
@@ -145,11 +202,15 @@ def shuffled_sources(indices: list[int]) -> list[int]:
     return [indices[k] for k in derangement(len(indices))] if len(indices) > 1 else []
 
 
-def score(rows: list[dict], shuffled_rows: list[dict]) -> dict:
-    """The metrics of decoded rows, and with shuffled_rows (the same clips decoded from
-    shuffled_sources' poses, [] if not run) bleu4_shuffled and chrf_shuffled; each row gets its
-    hypothesis_shuffled, as the predictions files hold it."""
-    metrics = compute_metrics([r["hypothesis"] for r in rows], [r["reference"] for r in rows])
+def score(rows: list[dict], shuffled_rows: list[dict], train_counts: Counter | None = None) -> dict:
+    """The metrics of decoded rows; with train_counts (training_counts) word_recall_by_freq; with
+    shuffled_rows (the same clips decoded from shuffled_sources' poses, [] if not run)
+    bleu4_shuffled and chrf_shuffled; each row gets its hypothesis_shuffled, as the predictions
+    files hold it."""
+    hypotheses, references = [r["hypothesis"] for r in rows], [r["reference"] for r in rows]
+    metrics = compute_metrics(hypotheses, references)
+    if train_counts is not None:
+        metrics["word_recall_by_freq"] = word_recall_by_freq(hypotheses, references, train_counts)
     if not shuffled_rows:
         return metrics
     for r, s in zip(rows, shuffled_rows):
@@ -316,6 +377,7 @@ def evaluate(args: argparse.Namespace) -> None:
         return
     ckpt = checkpoints.pick(Path(args.run))
     cfg = config.load_run_config(ckpt)
+    trained_on = cfg.data.data_dir
     cfg.data.data_dir = args.data_dir or cfg.data.data_dir
     cfg.model_dir = args.model_dir or cfg.model_dir
     out = Path(args.out) if args.out else predictions_path(ckpt.resolve().parent, args.split, ckpt, args.num_beams)
@@ -345,7 +407,7 @@ def evaluate(args: argparse.Namespace) -> None:
                                          poses_from=poses_from)
     rows = run()
     sources = [] if args.no_shuffled else shuffled_sources(every)
-    metrics = score(rows, run(sources) if sources else [])
+    metrics = score(rows, run(sources) if sources else [], run_training_counts(dcfg, trained_on))
     write_predictions(rows, out)
     print(f"{len(rows)} predictions in {out}", file=sys.stderr)
     print(json.dumps(metrics))

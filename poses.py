@@ -346,14 +346,31 @@ def normalise(xyz: np.ndarray, present: np.ndarray, cfg: PoseConfig, path="<pose
     return out.reshape(T, -1)
 
 
-def load_pose(path, cfg: PoseConfig) -> np.ndarray:
+def window_frames(n: int, fps: float, window_ms: tuple[int, int], path="<pose>") -> slice:
+    """The frames of a clip's window (start, end) in ms: from floor(start * fps / 1000) to
+    ceil(end * fps / 1000); an end of 0, or past the clip, is the clip's end (as a sign
+    dictionary's index.csv means them). A start past the clip is a PoseError."""
+    start, end = window_ms
+    first = math.floor(start * fps / 1000) if fps > 0 else 0
+    stop = n if end <= 0 or fps <= 0 else min(n, math.ceil(end * fps / 1000))
+    if first >= stop:
+        raise PoseError("window outside the clip", f"{path}: window {start}-{end} ms is past the clip's end "
+                                                   f"({n} frames at {fps:g} fps)")
+    return slice(first, stop)
+
+
+def load_pose(path, cfg: PoseConfig, window_ms: tuple[int, int] | None = None) -> np.ndarray:
     """One .pose file -> normalised features (T, F) float32, T <= cfg.max_frames. Raises PoseError.
     With layout "auto" the file's own first fitting layout is used (a corpus resolves it once:
-    corpus.resolve_layout)."""
+    corpus.resolve_layout). window_ms: only that part of the file (window_frames), as a sign
+    dictionary's row names it."""
     header, body = read_pose(path, cfg.max_pose_mb)
     if cfg.layout == "auto":
         cfg = dataclasses.replace(cfg, layout=detect_layout(header, path))
     xyz, present = select_points(header, body, cfg, path)
+    if window_ms is not None:
+        keep = window_frames(len(xyz), float(body.fps), window_ms, path)
+        xyz, present = xyz[keep], present[keep]
     idx = frame_indices(len(xyz), float(body.fps), cfg)
     if len(idx) < cfg.min_frames:
         raise PoseError("too few frames", f"{path}: {len(idx)} frames, need at least {cfg.min_frames}")

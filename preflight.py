@@ -31,6 +31,7 @@ import checkpoints
 import config
 import corpus
 import data
+import lexicon
 import loader
 from config import ConfigError, TrainConfig
 from processes import FILE_ONLY, Dist, all_sum, setup_logging
@@ -96,6 +97,10 @@ def check_inputs(cfg: TrainConfig) -> Path:
     if not Path(cfg.data.data_dir).is_dir():
         raise ConfigError(f"data_dir {cfg.data.data_dir} does not exist (getting iSign: docs/training.md, "
                           "\"iSign, step by step\"; or `python data.py synth DIR` for a synthetic corpus)")
+    lexicon_dir = cfg.data.lexicon_dir
+    if lexicon_dir and not (Path(lexicon_dir) / "index.csv").is_file():
+        raise ConfigError(f"lexicon_dir {lexicon_dir} holds no index.csv (a sign dictionary: docs/data.md, "
+                          "\"Sign dictionaries\"; `python data.py lexicon FOLDER OUT` makes one from a folder)")
     if not (base_dir / "config.json").is_file():
         searched = (f", nor is it in the Hugging Face cache {loader.hub_cache()}"
                     if loader.REPO_ID.fullmatch(cfg.model_dir) else "")
@@ -149,6 +154,8 @@ def create_random_model(cfg: TrainConfig) -> None:
     from model import Qwen2Config
     dcfg = cfg.data
     texts = [r.text for r in corpus.read_rows(dcfg) if r.split == "train"]
+    if dcfg.lexicon_dir:   # a dictionary's words may be signed in stitched sentences: they get merges too
+        texts += [r.text for r in corpus.read_rows(lexicon.lexicon_config(dcfg)) if not r.problem]
     # Every training sequence also holds the prompt: its words get merges as often as they occur.
     prompt = [dcfg.system_prompt, dcfg.user_prompt.format(pose="", language=dcfg.source_language),
               "system user assistant"]
@@ -235,7 +242,11 @@ def prepare_run(cfg: TrainConfig, proc: Dist) -> Prepared:
     base = checkpoints.base_identity(cfg.model_dir, base_dir)
     ckpt = find_resume(cfg, out_dir, base)  # every rank: each reads the same files, the same answer
     data.ensure_cache(cfg.data, proc.rank, proc.world)
+    if cfg.data.lexicon_dir:   # the dictionary's clips: the corpus's features, a cache of its own
+        data.ensure_cache(lexicon.lexicon_config(cfg.data), proc.rank, proc.world)
     check_splits(cfg, data.split_sizes(cfg.data), proc.main)
+    if cfg.word_head_size and not cfg.aux_vocabulary:   # the word head's words, saved for eval.py
+        cfg.aux_vocabulary = lexicon.head_vocabulary(cfg.data, cfg.aux_words)
     if proc.main:
         log.info("config:\n" + "\n".join(f"  {k} = {v!r}" for k, v in config.flat(cfg).items()), extra=FILE_ONLY)
         log.info(f"the resolved config: {out_dir / 'config.json'} (and {out_dir / 'logs' / 'rank0.log'})")

@@ -53,6 +53,7 @@ import re
 import signal
 import sys
 import time
+from collections import Counter
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -70,6 +71,7 @@ import corpus
 import curves
 import data
 import eval as ev
+import lexicon
 import preflight
 import sharding
 from config import ConfigError, TrainConfig
@@ -198,7 +200,8 @@ def train_step(ddp: torch.nn.Module, micro: list[dict], opt: torch.optim.Optimiz
     lm = step >= cfg.aux_only_steps
     word_weight = cfg.aux_weight if lm else 1.0
     n_local = sum(int((b["labels"][:, 1:] != -100).sum()) for b in micro)
-    n_global, clips_global = all_sum([n_local, sum(len(b["uids"]) for b in micro)], proc)
+    clips = sum(len(b["uids"]) + len(b.get("iso_word_label", ())) for b in micro)   # iso_*: lexicon.MixedBatches
+    n_global, clips_global = all_sum([n_local, clips], proc)
     sums = torch.zeros(2, dtype=torch.float64, device=proc.device)  # LM and word loss, on the device: one sync a step
     for i, batch in enumerate(micro):
         with grad_sync(ddp, last=i == len(micro) - 1), autocast(proc.device):
@@ -234,16 +237,17 @@ def train_step(ddp: torch.nn.Module, micro: list[dict], opt: torch.optim.Optimiz
 
 @torch.no_grad()
 def validate(model: SignTranslator, val_ds: data.SignDataset, indices: list[int], tok: Tokenizer, cfg: TrainConfig,
-             proc: Dist) -> dict:
+             proc: Dist, train_counts: Counter) -> dict:
     """Validation loss and translation metrics on a fixed subset, sharded over the ranks: with each
-    clip's own poses, and with shuffled poses (a model that uses the signs does much worse there)."""
+    clip's own poses, and with shuffled poses (a model that uses the signs does much worse there);
+    the recall of the references' words by their count in the training texts (eval.word_recall_by_freq)."""
     model.eval()
     shuffled_from = ev.shuffled_sources(indices)
     losses = [answer_loss(model, tok, val_ds, indices, src, cfg, proc) for src in (indices, shuffled_from or indices)]
     (loss, n, loss_shuffled, _) = all_sum([*losses[0], *losses[1]], proc)
     rows, shuffled = decode_both(model, tok, val_ds, indices, shuffled_from, cfg, proc)
     model.train()
-    m = ev.score(rows, shuffled)
+    m = ev.score(rows, shuffled, train_counts)
     return {"val_loss": loss / max(n, 1), "val_loss_shuffled": loss_shuffled / max(n, 1),
             **{f"val_{k}": v for k, v in m.items() if k != "signature"}, "example": rows[0] if rows else None}
 
@@ -299,7 +303,8 @@ def tested_checkpoint(out_dir: Path, cfg: TrainConfig) -> Path:
     return best.resolve() if best.exists() else checkpoints.step_dir(out_dir, cfg.max_steps)
 
 
-def evaluate_test(model: SignTranslator, tok: Tokenizer, cfg: TrainConfig, out_dir: Path, proc: Dist) -> dict | None:
+def evaluate_test(model: SignTranslator, tok: Tokenizer, cfg: TrainConfig, out_dir: Path, proc: Dist,
+                  train_counts: Counter) -> dict | None:
     """test_at_end: the best checkpoint's weights (else the last one's, in the model) on the test
     split, as eval.py reports them (predictions file included)."""
     best = out_dir / "best"
@@ -311,7 +316,7 @@ def evaluate_test(model: SignTranslator, tok: Tokenizer, cfg: TrainConfig, out_d
     rows, shuffled = decode_both(model, tok, test_ds, every, ev.shuffled_sources(every), cfg, proc)
     if not proc.main:
         return None
-    metrics = ev.score(rows, shuffled)
+    metrics = ev.score(rows, shuffled, train_counts)
     out = ev.predictions_path(out_dir, "test", ckpt, num_beams=1)
     ev.write_predictions(rows, out)
     log.info(f"test split, {'best' if best.exists() else 'last'} checkpoint {ckpt.name}; predictions in {out}")
@@ -336,6 +341,7 @@ class Run:
     stop: StopSignal
     tb: object | None             # torch.utils.tensorboard.SummaryWriter on rank 0 with tensorboard=True
     base: dict                    # the base model's fingerprint, saved in every checkpoint
+    train_counts: Counter         # words of the training texts: eval.word_recall_by_freq's bins
 
 
 def setup(cfg: TrainConfig, proc: Dist) -> Run:
@@ -343,8 +349,9 @@ def setup(cfg: TrainConfig, proc: Dist) -> Run:
     prepared = preflight.prepare_run(cfg, proc)
     out_dir, accum, ckpt = prepared.out_dir, prepared.grad_accum, prepared.resume
     tok = Tokenizer.from_dir(prepared.base_dir)
+    lex = lexicon.Lexicon(lexicon.lexicon_config(cfg.data)) if cfg.data.lexicon_dir else None
     train_ds = data.SignDataset(cfg.data, "train", tok, augment=cfg.data.pose.augment,
-                                n_words=cfg.word_head_size)
+                                n_words=cfg.word_head_size, words=[w.lower() for w in cfg.aux_vocabulary] or None)
     val_ds = data.SignDataset(cfg.data, "val", tok)
     for name, ds in (("train", train_ds), ("val", val_ds)):
         if ds.truncated and proc.main:
@@ -367,7 +374,11 @@ def setup(cfg: TrainConfig, proc: Dist) -> Run:
                                 cfg.fsdp_cpu_offload, accum)
     if proc.main:
         log.info(sharding.describe(plan, proc.device))
-    batches = data.Batches(train_ds, sampler, collate_fn(model, tok), cfg.seed, cfg.num_workers, proc.rank)
+    if lex:   # a share of stitched sentences (lexicon.py)
+        batches = lexicon.mixed_batches(train_ds, sampler, collate_fn(model, tok), tok, lex, cfg.data.lexicon_mix,
+                                        cfg.max_steps * accum, cfg.seed, cfg.num_workers, proc.rank)
+    else:
+        batches = data.Batches(train_ds, sampler, collate_fn(model, tok), cfg.seed, cfg.num_workers, proc.rank)
     seed_everything(cfg.seed + 1 + proc.rank)  # dropout differs between ranks
     state = LoopState()
     if ckpt is not None:
@@ -387,7 +398,7 @@ def setup(cfg: TrainConfig, proc: Dist) -> Run:
     model.train()
     tb = curves.tensorboard_writer(out_dir, state.step) if proc.main and cfg.tensorboard else None
     return Run(cfg, proc, out_dir, accum, tok, model, ddp, opt, batches, val_ds, subset(len(val_ds), cfg.eval_samples),
-               state, StopSignal(), tb, prepared.base)
+               state, StopSignal(), tb, prepared.base, ev.training_counts(train_ds.texts))
 
 
 def maybe_validate(run: Run) -> bool:
@@ -395,9 +406,10 @@ def maybe_validate(run: Run) -> bool:
     cfg, state = run.cfg, run.state
     if not run.val_idx or (state.step % cfg.eval_every and state.step != cfg.max_steps):
         return False
-    m = validate(run.model, run.val_ds, run.val_idx, run.tok, cfg, run.proc)
+    m = validate(run.model, run.val_ds, run.val_idx, run.tok, cfg, run.proc, run.train_counts)
     example = m.pop("example")
-    log.info(f"step {state.step}: " + ", ".join(f"{k} {v:.3f}" for k, v in m.items()) +
+    log.info(f"step {state.step}: " + ", ".join(f"{k} {v:.3f}" for k, v in m.items() if not isinstance(v, dict)) +
+             f"\n  word recall by training count: {ev.recall_line(m['val_word_recall_by_freq'])}" +
              (f"\n  {example['reference']!r}\n  -> {example['hypothesis']!r}" if example else ""))
     if run.proc.main:
         curves.record(run.out_dir, {"step": state.step, **m}, run.tb)
@@ -524,7 +536,7 @@ def train(cfg: TrainConfig, proc: Dist) -> int:
              (f"best val BLEU-4 {state.best_bleu:.2f} at step {state.best_step}" if state.best_step is not None
               else "no validation yet") + f"; weights digest {weights_digest(run.model)}")
     if cfg.test_at_end and state.step == cfg.max_steps:
-        metrics = evaluate_test(run.model, run.tok, cfg, run.out_dir, proc)
+        metrics = evaluate_test(run.model, run.tok, cfg, run.out_dir, proc, run.train_counts)
         if proc.main:
             print(json.dumps(metrics), flush=True)
     if proc.main and state.step == cfg.max_steps:

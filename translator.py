@@ -193,6 +193,73 @@ def embedding_alignment_loss(tokens: Tensor, token_mask: Tensor, word_embeds: Te
     return word_presence_loss(scale * cos, token_mask, targets)
 
 
+def isolated_word_loss(logits: Tensor, token_mask: Tensor, labels: Tensor) -> Tensor:
+    """Sum over the batch of the cross-entropy of which ONE word each clip signs: isolated signs
+    of a dictionary (lexicon.py) through the word head. logits (B, T', V) per token, pooled over
+    each clip's tokens as word_presence_loss pools them; labels (B,) the word's slot. A softmax
+    over every word makes each sign push the others away, as isolated-sign recognition is trained
+    (e.g. WLASL, Li et al. 2020)."""
+    n = token_mask.sum(1, keepdim=True).clamp(min=1)                         # (B, 1)
+    pooled = logits.float().masked_fill(~token_mask[..., None], float("-inf")).logsumexp(1) - n.log()  # (B, V)
+    return F.cross_entropy(pooled, labels, reduction="sum")
+
+
+class WordHints(nn.Module):
+    """The word head's `k` likeliest words of a clip, given to the LLM as text: k x span soft
+    tokens after the pose tokens, each word's own tokens (its first `span`, a filler token after
+    them) as the sum of their input embedding and their row of lm_head (scaled to the embedding's
+    norm), times the head's probability of the word, in the order the clip signs them (where each
+    word's logit peaks). A language model copies from its context: moving a token's lm_head row
+    into the last position raises that token's logit, so copying a word works the same for every
+    word, one written a few times or never as well as a frequent one, where the LLM would
+    otherwise have to learn each rare word's sign from a handful of clips (docs/training.md, "The
+    long tail"); the input embedding is the word as a pretrained LLM reads it. The choice is not
+    trained through the LLM (detached): the word losses train the head.
+
+    token_ids (V, span): the tokens of the head's V words (config aux_vocabulary)."""
+
+    def __init__(self, token_ids: Tensor, k: int):
+        super().__init__()
+        self.k = k
+        self.register_buffer("token_ids", token_ids, persistent=False)
+
+    @property
+    def tokens(self) -> int:
+        return self.k * self.token_ids.shape[1]
+
+    def forward(self, logits: Tensor, token_mask: Tensor, embed: nn.Module, lm_head: nn.Module) -> Tensor:
+        """logits (B, T', aux_words) per token, token_mask (B, T') -> hints (B, k * span, H)."""
+        V, k = self.token_ids.shape[0], min(self.k, self.token_ids.shape[0])
+        z = logits.detach().float()[..., :V].masked_fill(~token_mask[..., None], float("-inf"))   # (B, T', V)
+        n = token_mask.sum(1, keepdim=True).clamp(min=1)
+        p, top = (z.logsumexp(1) - n.log()).topk(k, dim=1)                  # (B, k): word_presence_loss's pooling
+        order = z.argmax(1).gather(1, top).argsort(1)                      # by where each word peaks
+        top, p = top.gather(1, order), p.gather(1, order)
+        ids = self.token_ids[top]                                          # (B, k, span)
+        e = embed(ids)                                                     # (B, k, span, H)
+        out = lm_head.weight[ids].to(e.dtype)                              # the tokens' output rows, as long
+        e = e + out * (e.norm(dim=-1, keepdim=True) / out.norm(dim=-1, keepdim=True).clamp(min=1e-6)).detach()
+        e = (e * torch.sigmoid(p)[..., None, None].to(e.dtype)).flatten(1, 2)
+        return F.pad(e, (0, 0, 0, self.tokens - e.shape[1]))               # fewer words than k: zeros
+
+
+def hint_token_ids(words: list[str], tok: Tokenizer, span: int = 3) -> Tensor:
+    """(V, span) the first `span` tokens of each word (" word"; "?" alone), the pad token after."""
+    ids = [tok.encode(w if w == "?" else f" {w}")[:span] for w in words]
+    return torch.tensor([i + [tok.pad_id] * (span - len(i)) for i in ids], dtype=torch.long)
+
+
+def append_tokens(tokens: Tensor, token_mask: Tensor, extra: Tensor) -> tuple[Tensor, Tensor]:
+    """(B, T', H) right-padded tokens + (B, m, H) -> (B, T' + m, H) with each sample's m extra
+    tokens right after its own, and the new mask."""
+    B, T, H = tokens.shape
+    m = extra.shape[1]
+    lengths = token_mask.sum(1, keepdim=True)                              # (B, 1)
+    where = (lengths + torch.arange(m, device=tokens.device))[..., None].expand(B, m, H)
+    out = torch.cat((tokens, tokens.new_zeros(B, m, H)), 1).scatter(1, where, extra.to(tokens.dtype))
+    return out, torch.arange(T + m, device=tokens.device) < lengths + m
+
+
 def splice_pose_tokens(inputs_embeds: Tensor, input_ids: Tensor, pose_token_id: int, tokens: Tensor,
                        token_mask: Tensor) -> Tensor:
     """Put sample i's soft tokens (tokens[i][token_mask[i]], in order) at the pose_token_id
@@ -223,12 +290,16 @@ class SignTranslator(nn.Module):
     are the names in checkpoints."""
 
     def __init__(self, llm: Qwen2, encoder: PoseEncoder, pose_token_id: int, pad_id: int = 0,
-                 answer_dropout: float = 0.0):
+                 answer_dropout: float = 0.0, hints: WordHints | None = None):
         super().__init__()
         self.llm, self.encoder, self.pose_token_id = llm, encoder, pose_token_id
-        self.pad_id, self.answer_dropout = pad_id, answer_dropout
+        self.pad_id, self.answer_dropout, self.hints = pad_id, answer_dropout, hints
         self.align_ids: Tensor | None = None   # (V, L) token ids of each word-head word (set_alignment)
         self.align_weight = 0.0
+
+    def tokens_per_clip(self, frames: Tensor | int) -> Tensor | int:
+        """Soft tokens a clip of `frames` frames becomes: the encoder's, then the word hints."""
+        return self.encoder.output_lengths(frames) + (self.hints.tokens if self.hints is not None else 0)
 
     def set_alignment(self, tok: Tokenizer, words: list[str], n_words: int, weight: float) -> None:
         """Train the soft tokens towards the LLM's embeddings of the words each clip signs
@@ -255,16 +326,21 @@ class SignTranslator(nn.Module):
         before it and must come from the signs (word dropout, Bowman et al. 2016). `encoded`: the
         encoder's output for these poses when the caller has it already."""
         tokens, token_mask, words = encoded or self.encoder(batch["poses"], batch["pose_mask"])  # (B, T', H), (B, T')
+        pose_mask = token_mask
+        if self.hints is not None:
+            hints = self.hints(words, token_mask, self.llm.model.embed_tokens, self.llm.lm_head)
+            tokens, pose_mask = append_tokens(tokens, token_mask, hints)
         ids = batch["input_ids"]
         if self.training and self.answer_dropout > 0 and "labels" in batch:
             drop = (batch["labels"] != -100) & (torch.rand(ids.shape, device=ids.device) < self.answer_dropout)
             ids = ids.masked_fill(drop, self.pad_id)
         embeds = self.llm.model.embed_tokens(ids)  # (B, T, H)
-        return splice_pose_tokens(embeds, ids, self.pose_token_id, tokens, token_mask), words, token_mask
+        return splice_pose_tokens(embeds, ids, self.pose_token_id, tokens, pose_mask), words, token_mask
 
     def forward(self, batch: dict, lm: bool = True) -> Losses:
         """The language-model loss over the answer tokens, and the encoder's word loss when the
-        batch has word targets. lm=False skips the LLM (the encoder's warm-up on words alone).
+        batch has word targets (and isolated dictionary signs, iso_*: lexicon.MixedBatches).
+        lm=False skips the LLM (the encoder's warm-up on words alone).
 
         The vocabulary projection runs only where a label is: (N, V) logits for N answer tokens
         instead of (B, T, V), which for Qwen's 152k vocabulary would dwarf everything else."""
@@ -286,6 +362,9 @@ class SignTranslator(nn.Module):
         if self.align_ids is not None and "word_targets" in batch:
             word_sum = word_sum + self.align_weight * embedding_alignment_loss(
                 encoded[0], token_mask, self.word_embeddings(), batch["word_targets"])
+        if words is not None and "iso_word_label" in batch:   # a dictionary's signs, one word each
+            _, iso_mask, iso_words = self.encoder(batch["iso_poses"], batch["iso_pose_mask"])
+            word_sum = word_sum + isolated_word_loss(iso_words, iso_mask, batch["iso_word_label"])
         return Losses(lm_sum, at.sum(), word_sum)
 
     @torch.no_grad()
@@ -324,7 +403,10 @@ def build_model(cfg, tok: Tokenizer, device: torch.device, features: np.ndarray 
                           dropout=cfg.encoder_dropout, aux_words=cfg.word_head_size).to(device)
     if features is not None:  # before sharding: every rank the same
         encoder.set_input_stats(features)
-    model = SignTranslator(llm, encoder, tok.pose_token_id, tok.pad_id, cfg.answer_dropout)
+    hints = None
+    if cfg.word_hints and cfg.word_head_size and cfg.aux_vocabulary:   # the vocabulary: resolved where a run starts
+        hints = WordHints(hint_token_ids(cfg.aux_vocabulary[:cfg.aux_words], tok), cfg.word_hints).to(device)
+    model = SignTranslator(llm, encoder, tok.pose_token_id, tok.pad_id, cfg.answer_dropout, hints)
     for p in model.parameters():
         if p.requires_grad:  # AdamW updates would round away in a 16-bit trained tensor
             p.data = p.data.float()
@@ -351,8 +433,8 @@ def to_device(batch: dict, device: torch.device) -> dict:
 
 
 def collate_fn(model: SignTranslator, tok: Tokenizer, for_generation: bool = False):
-    """data.collate with one pose placeholder expanded to the encoder's number of soft tokens."""
-    return lambda items: data.collate(items, tok, model.encoder.output_lengths, for_generation=for_generation)
+    """data.collate with one pose placeholder expanded to the model's number of soft tokens."""
+    return lambda items: data.collate(items, tok, model.tokens_per_clip, for_generation=for_generation)
 
 
 def autocast(device: torch.device):

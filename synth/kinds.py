@@ -166,6 +166,13 @@ def sign_for(word: str, kind: str) -> Sign:
         shape = _random_shape(rng)
         where = LOCATIONS[list(LOCATIONS)[int(rng.integers(len(LOCATIONS)))]]
         return Sign(word, kind, (tuple(where),), _tup(shape), _tup(shape), *SHAPE_PALM, 0., "one", SIGN_SECONDS)
+    return mixed_sign(word, rng)
+
+
+def mixed_sign(word: str, rng: np.random.Generator, kind: str = "mixed") -> Sign:
+    """A sign of random properties (the "mixed" kind; synth/zipf.py draws its lexicon with it):
+    one or two hands, a place, a palm orientation and turn, a shape and shape change, a small
+    path, a duration of its own."""
     hands = ["one", "mirror", "alt", "base"][int(rng.choice(4, p=[.55, .2, .1, .15]))]
     where = np.array(LOCATIONS[list(LOCATIONS)[int(rng.integers(len(LOCATIONS)))]]) + rng.normal(0, .02, 3)
     path = where + (.35 * _path_shape(rng) if rng.random() < .75 else np.zeros((1, 3)))
@@ -284,8 +291,8 @@ def timeline(glosses, kind: str, signer: Signer, rng: np.random.Generator, fps: 
         dom.append(_blend(dom[-1][-1], to_dom, n))
         other.append(_blend(other[-1][-1], to_other, n))
 
-    for i, gloss in enumerate(glosses):
-        a, b = perform(sign_for(gloss, kind), signer, rng, fps)
+    for i, gloss in enumerate(glosses):   # a gloss, or a Sign of its own (synth/zipf.py)
+        a, b = perform(gloss if isinstance(gloss, Sign) else sign_for(gloss, kind), signer, rng, fps)
         m = 0
         if i == 0:
             move(a[0], b[0], frames(.24, .36))

@@ -13,6 +13,7 @@ from sacrebleu.metrics import BLEU, CHRF
 
 import checkpoints
 import config
+import corpus
 import eval as ev
 import translator
 
@@ -75,6 +76,22 @@ def test_derangement_moves_every_clip():
         assert d == ev.derangement(n)  # fixed: the same clips are swapped every evaluation
 
 
+def test_word_recall_by_freq_hand_computed():
+    train = ["The boy eats an apple.", "The boy and the girl eat.", "A boy runs."] + ["Go home."] * 12 + ["Yes!"] * 50
+    refs = ["The boy eats the apple.", "Go home, go!", "Yes, a zebra.", "Is it the girl?"]
+    hyps = ["A boy eats a pear.", "go go go", "yes yes zebra", ""]
+    # training counts: boy 3 (3-9); eats, apple, and, girl, eat, runs 1 (1-2); go, home 12 (10-49);
+    # yes 50 (50+); zebra, it 0. Stop words (the, a, an, is) never count. Per bin, recalled / n:
+    # 0: zebra 1 + it 0 of 2; 1-2: eats 1, apple 0, girl 0 of 3; 3-9: boy 1 of 1;
+    # 10-49: go min(2, 3) = 2, home 0 of 3; 50+: yes min(1, 2) = 1 of 1
+    got = ev.word_recall_by_freq(hyps, refs, ev.training_counts(train))
+    assert got == {"0": {"recall": 1 / 2, "n": 2}, "1-2": {"recall": 1 / 3, "n": 3}, "3-9": {"recall": 1.0, "n": 1},
+                   "10-49": {"recall": 2 / 3, "n": 3}, "50+": {"recall": 1.0, "n": 1}}
+    assert ev.word_recall_by_freq(["x"], ["The."], ev.training_counts(train))["0"] == {"recall": None, "n": 0}
+    assert [ev.freq_bin(c) for c in (0, 1, 2, 3, 9, 10, 49, 50, 10**6)] == \
+        ["0", "1-2", "1-2", "3-9", "3-9", "10-49", "10-49", "50+", "50+"]
+
+
 def test_length_mismatch_is_an_error():
     with pytest.raises(ValueError, match="2 hypotheses but 1 references"):
         ev.compute_metrics(["a", "b"], ["a"])
@@ -111,7 +128,10 @@ def test_eval_writes_predictions_and_json_line(run_dir, tmp_path):
     assert metrics["bleu4"] == BLEU().corpus_score(hyps, [refs]).score
     assert metrics["chrf"] == CHRF().corpus_score(hyps, [refs]).score
     assert set(metrics) == {"bleu1", "bleu2", "bleu3", "bleu4", "rougeL", "chrf", "n", "signature",
-                            "bleu4_shuffled", "chrf_shuffled"}
+                            "bleu4_shuffled", "chrf_shuffled", "word_recall_by_freq"}
+    cfg = config.load_run_config(run_dir)
+    train_texts = [r.text for r in corpus.read_rows(cfg.data) if r.split == "train"]
+    assert metrics["word_recall_by_freq"] == ev.word_recall_by_freq(hyps, refs, ev.training_counts(train_texts))
     shuffled = [r["hypothesis_shuffled"] for r in rows]
     assert metrics["bleu4_shuffled"] == BLEU().corpus_score(shuffled, [refs]).score
     assert metrics["chrf_shuffled"] == CHRF().corpus_score(shuffled, [refs]).score

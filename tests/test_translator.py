@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-import data
 import translator
+import words
 
 PARTS = {"body": slice(0, 2), "hand": slice(2, 4)}  # 4 feature points of 3 numbers: F = 12
 
@@ -71,9 +71,12 @@ def test_word_presence_loss_by_hand():
 
 def test_word_vocabulary_and_targets():
     texts = ["The girl eats a mango.", "The boy does not eat.", "A girl and a boy eat mangoes!"]
-    assert data.words_of(texts[1]) == {"boy", "not", "eat"}
+    assert words.words_of(texts[1]) == {"boy", "not", "eat"}
     # by count (girl 2, boy 2, eat 2), then alphabetically; stop words (the, a, does) left out
-    assert data.word_vocabulary(texts, 4) == ["boy", "eat", "girl", "and"]
+    assert words.word_vocabulary(texts, 4) == ["boy", "eat", "girl", "and"]
+    # a question is a target of its own (the face may be all that says it); not a word of the text
+    assert words.words_of("Does the boy eat?") == {"boy", "eat", "?"} and words.word_tokens("Does the boy eat?") == \
+        ["boy", "eat"]
 
 
 def test_answer_dropout_replaces_answer_inputs_only():
@@ -127,3 +130,35 @@ def test_input_stats_standardise_present_points_and_leave_missing_ones_zero():
     m1, s1 = feats[k1, 1, :2].mean(0), feats[k1, 1, :2].std(0)
     np.testing.assert_allclose(body[k1, 1, :2].numpy(), (feats[k1, 1, :2] - m1) / s1, rtol=1e-4, atol=1e-4)
     assert (body[~k1, 1] == 0).all()
+
+
+def test_word_hints_hand_computed():
+    """The clip's k likeliest words (word_presence_loss's pooling), in the order their logits peak,
+    each word's token embeddings scaled by its probability; fewer words than k: zeros."""
+    embed = torch.nn.Embedding(10, 2)
+    with torch.no_grad():
+        embed.weight.copy_(torch.arange(20.).view(10, 2))
+    token_ids = torch.tensor([[1, 0], [2, 3], [4, 0], [5, 6]])          # 4 words of up to 2 tokens (0: filler)
+    logits = torch.full((1, 3, 5), -9.)                                 # 3 tokens, a head of 5 slots
+    logits[0, 2, 0], logits[0, 0, 3], logits[0, 1, 1] = 3., 2., -1.     # word 0 late, word 3 first, word 1 weak
+    logits[0, :, 4] = 50.                                               # slot 4: past the vocabulary, never a hint
+    mask = torch.ones(1, 3, dtype=torch.bool)
+    head = torch.nn.Linear(2, 10, bias=False)
+    with torch.no_grad():
+        head.weight.copy_(-torch.arange(20.).view(10, 2) ** 2)
+    hints = translator.WordHints(token_ids, k=2)
+    got = hints(logits, mask, embed, head)
+    pooled = torch.logsumexp(logits, 1) - math.log(3)                   # (1, 5)
+
+    def word(w):   # input embedding + lm_head row at the embedding's length, times the word's probability
+        e, o = embed.weight[token_ids[w]], head.weight[token_ids[w]]
+        return (e + o * e.norm(dim=1, keepdim=True) / o.norm(dim=1, keepdim=True)) * torch.sigmoid(pooled[0, w])
+    want = torch.cat([word(3), word(0)])                                # word 3 peaks first (token 0), then word 0
+    assert hints.tokens == 4 and torch.allclose(got[0], want)
+    got5 = translator.WordHints(token_ids, k=5)(logits, mask, embed, head)   # only 4 words: the rest zeros
+    assert got5.shape == (1, 10, 2) and torch.all(got5[0, 8:] == 0)
+    # appended right after each clip's own tokens, the padding after them
+    tokens, tmask = torch.ones(2, 3, 2), torch.tensor([[1, 1, 1], [1, 0, 0]], dtype=torch.bool)
+    out, omask = translator.append_tokens(tokens * tmask[..., None], tmask, torch.full((2, 2, 2), 7.))
+    assert omask.tolist() == [[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]]
+    assert out[:, :, 0].tolist() == [[1, 1, 1, 7, 7], [1, 7, 7, 0, 0]]
