@@ -158,6 +158,7 @@ def bench_data(args):
     import torch
     from pose_format import Pose
 
+    import batches
     import data
     import tokenizer
 
@@ -196,11 +197,11 @@ def bench_data(args):
         def per_pose(t):   # PoseEncoder: two stride-2 convolutions
             return math.ceil(math.ceil(t / 2) / 2)
         for augment, num_workers in ((False, 0), (True, 0), (True, 2)):
-            ds = data.SignDataset(cfg, "train", tok, augment=augment)
-            sampler = data.BucketSampler(ds.lengths, a.batch_size, seed=0)
+            ds = batches.SignDataset(cfg, "train", tok, augment=augment)
+            sampler = batches.BucketSampler(ds.lengths, a.batch_size, seed=0)
             loader = torch.utils.data.DataLoader(ds, batch_sampler=sampler, num_workers=num_workers,
                                                  persistent_workers=num_workers > 0,
-                                                 collate_fn=partial(data.collate, tokenizer=tok,
+                                                 collate_fn=partial(batches.collate, tokenizer=tok,
                                                                     tokens_per_pose=per_pose))
             n, t0 = 0, time.perf_counter()
             for epoch in range(a.epochs):

@@ -51,6 +51,7 @@ import checkpoints
 import config
 import corpus
 import curves
+import batches
 import data
 import loader
 import lora
@@ -165,7 +166,7 @@ def recall_line(recall: dict) -> str:
 # ----------------------------------------------------------------------------- decoding
 
 @torch.no_grad()
-def decode(model: SignTranslator, tok: Tokenizer, dataset: data.SignDataset, indices: list[int], batch_size: int,
+def decode(model: SignTranslator, tok: Tokenizer, dataset: batches.SignDataset, indices: list[int], batch_size: int,
            max_new_tokens: int, num_beams: int, device: torch.device, progress: bool = False,
            static: bool = False, poses_from: list[int] | None = None) -> list[dict]:
     """Translate dataset[i] for i in indices, batching clips of similar length (less padding);
@@ -265,7 +266,7 @@ def translate_file(model: SignTranslator, tok: Tokenizer, dcfg: data.DataConfig,
         raise poses.PoseError(e.kind, f"{e}. This run's model was trained on layout={dcfg.pose.layout!r} "
                                       "and reads only that layout's points") from None
     item = {"uid": Path(pose_path).stem, "poses": torch.from_numpy(feats), "text": "",
-            "prompt_ids": data.build_prompt(tok, dcfg), "answer_ids": []}
+            "prompt_ids": batches.build_prompt(tok, dcfg), "answer_ids": []}
     batch = to_device(collate_fn(model, tok, for_generation=True)([item]), device)
     model.eval()
     with autocast(device):
@@ -398,7 +399,7 @@ def evaluate(args: argparse.Namespace) -> None:
         print(translate_file(model, tok, dcfg, args.pose, max_new, args.num_beams, device, args.static))
         return
     data.ensure_cache(dcfg)
-    dataset = data.SignDataset(dcfg, args.split, tok)
+    dataset = batches.SignDataset(dcfg, args.split, tok)
     if not len(dataset):
         raise ConfigError(f"the {args.split} split of {data.cache_dir(dcfg)} has no clips; choose another --split")
     every = list(range(len(dataset)))

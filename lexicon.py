@@ -46,6 +46,7 @@ import numpy as np
 import torch
 
 import corpus
+import batches
 import data
 import poses
 import words
@@ -342,9 +343,9 @@ class MixedItems(torch.utils.data.Dataset):
     instead (its text tokenised here; augmented as a clip of the corpus). The share goes linearly
     from mix[0] in the first epoch to mix[1] in epoch `epochs` - 1 (PoseStitch-SLT's annealing
     from stitched into real data); MixedBatches sets `epoch`. Drawn from torch's RNG, which
-    data.SeededItems seeds per (seed, epoch, item): a resumed run stitches the same sentences."""
+    batches.SeededItems seeds per (seed, epoch, item): a resumed run stitches the same sentences."""
 
-    def __init__(self, real: data.SignDataset, stitcher: Stitcher, tokenizer, mix: tuple, epochs: float):
+    def __init__(self, real: batches.SignDataset, stitcher: Stitcher, tokenizer, mix: tuple, epochs: float):
         self.real, self.stitcher, self.tok = real, stitcher, tokenizer
         self.mix, self.epochs, self.epoch = mix, epochs, 0
 
@@ -362,7 +363,7 @@ class MixedItems(torch.utils.data.Dataset):
         x, text = self.stitcher.sample(rng)
         if self.real.augment:
             x = poses.augment(x, self.real.pose_cfg, rng)
-        answer, _ = data.cap_answers([self.tok.encode(text)], self.real.cfg.max_answer_tokens, self.tok.im_end_id)
+        answer, _ = batches.cap_answers([self.tok.encode(text)], self.real.cfg.max_answer_tokens, self.tok.im_end_id)
         return self.real.item(f"stitched-{i}", torch.from_numpy(x), text, answer[0])
 
 
@@ -396,8 +397,8 @@ class IsolatedSigns:
                 "iso_word_label": torch.tensor([self.entries[i][1] for i in picks])}
 
 
-class MixedBatches(data.Batches):
-    """data.Batches over MixedItems: each epoch tells the items which epoch it is (their share);
+class MixedBatches(batches.Batches):
+    """batches.Batches over MixedItems: each epoch tells the items which epoch it is (their share);
     each micro-batch carries a batch of IsolatedSigns too (seeded by its place in the stream)."""
 
     def __init__(self, items: MixedItems, isolated: IsolatedSigns | None, *args):
@@ -415,7 +416,7 @@ class MixedBatches(data.Batches):
         return batch
 
 
-def mixed_batches(train_ds: data.SignDataset, sampler: data.BucketSampler, collate, tokenizer, lex: Lexicon,
+def mixed_batches(train_ds: batches.SignDataset, sampler: batches.BucketSampler, collate, tokenizer, lex: Lexicon,
                   mix: tuple, micro_batches: int, seed: int, num_workers: int, rank: int) -> MixedBatches:
     """The training stream of a run with a dictionary: `micro_batches` per rank in the whole run;
     isolated signs beside each micro-batch when the run trains the word head."""

@@ -11,8 +11,8 @@ gives (each part normalised on its anchor, its place added back, in shoulder wid
 points the model reads). A point missing in a frame is not drawn, and a part with no point in a
 frame is named under the panel ("missing: right hand"), so a hand that MediaPipe or OpenPose
 lost shows as lost. With --run, below: the translation, and along a timeline of the clip the word
-head's strongest word per encoder token (translator.PoseEncoder.words; words from
-data.word_vocabulary of the run's training texts) with its probability, and a cursor at the
+head's strongest word per encoder token (translator.PoseEncoder.words; the run's
+config.aux_vocabulary) with its probability, and a cursor at the
 frame shown. Hands: left blue, right vermilion (Okabe & Ito's colour-blind-safe palette).
 
 Drawn with matplotlib; .gif written with Pillow (matplotlib's own dependency), .mp4 (H.264) with
@@ -284,8 +284,6 @@ def read_with_run(run, pose_path, model_dir: str | None = None) -> tuple[Reading
 
     import checkpoints
     import config
-    import corpus
-    import data
     import eval as run_eval
     ckpt = checkpoints.pick(Path(run))
     cfg = config.load_run_config(ckpt)
@@ -301,11 +299,7 @@ def read_with_run(run, pose_path, model_dir: str | None = None) -> tuple[Reading
         _, _, logits = model.encoder(feats, torch.ones(feats.shape[:2], dtype=torch.bool, device=device))
     if logits is None:
         return Reading(translation), pcfg
-    try:
-        vocab = data.word_vocabulary(corpus.split_texts(cfg.data, "train"), cfg.aux_words)
-    except (OSError, ValueError) as e:
-        print(f"note: no words for the timeline: the run's training texts cannot be read ({e})", file=sys.stderr)
-        return Reading(translation), pcfg
+    vocab = cfg.aux_vocabulary   # the head's words, saved with the run (lexicon.head_vocabulary)
     probs = torch.sigmoid(logits[0, :, :len(vocab)].float()).cpu().numpy()                  # (tokens, words)
     _, body = poses.read_pose(pose_path)
     kept = poses.frame_indices(len(body.data), float(body.fps), pcfg)                       # the encoder's frames

@@ -69,7 +69,7 @@ import checkpoints
 import config
 import corpus
 import curves
-import data
+import batches
 import eval as ev
 import lexicon
 import preflight
@@ -236,7 +236,7 @@ def train_step(ddp: torch.nn.Module, micro: list[dict], opt: torch.optim.Optimiz
 
 
 @torch.no_grad()
-def validate(model: SignTranslator, val_ds: data.SignDataset, indices: list[int], tok: Tokenizer, cfg: TrainConfig,
+def validate(model: SignTranslator, val_ds: batches.SignDataset, indices: list[int], tok: Tokenizer, cfg: TrainConfig,
              proc: Dist, train_counts: Counter) -> dict:
     """Validation loss and translation metrics on a fixed subset, sharded over the ranks: with each
     clip's own poses, and with shuffled poses (a model that uses the signs does much worse there);
@@ -252,7 +252,7 @@ def validate(model: SignTranslator, val_ds: data.SignDataset, indices: list[int]
             **{f"val_{k}": v for k, v in m.items() if k != "signature"}, "example": rows[0] if rows else None}
 
 
-def answer_loss(model: SignTranslator, tok: Tokenizer, ds: data.SignDataset, indices: list[int],
+def answer_loss(model: SignTranslator, tok: Tokenizer, ds: batches.SignDataset, indices: list[int],
                 poses_from: list[int], cfg: TrainConfig, proc: Dist) -> tuple[float, int]:
     """(summed cross-entropy, answer tokens) of this rank's share of ds[indices], clip k given the
     poses of poses_from[k]. Under FSDP every rank runs as many batches (sharding.share): one short
@@ -270,7 +270,7 @@ def answer_loss(model: SignTranslator, tok: Tokenizer, ds: data.SignDataset, ind
     return loss, n
 
 
-def decode_both(model: SignTranslator, tok: Tokenizer, ds: data.SignDataset, indices: list[int],
+def decode_both(model: SignTranslator, tok: Tokenizer, ds: batches.SignDataset, indices: list[int],
                 shuffled_from: list[int], cfg: TrainConfig, proc: Dist) -> tuple[list[dict], list[dict]]:
     """Greedy translations of ds[indices], and of the same clips with the poses of shuffled_from
     (eval.shuffled_sources; [] for none), sharded over the ranks and gathered on every rank."""
@@ -311,7 +311,7 @@ def evaluate_test(model: SignTranslator, tok: Tokenizer, cfg: TrainConfig, out_d
     ckpt = tested_checkpoint(out_dir, cfg)
     if best.exists():
         checkpoints.load_trained(model, ckpt)
-    test_ds = data.SignDataset(cfg.data, "test", tok)
+    test_ds = batches.SignDataset(cfg.data, "test", tok)
     every = list(range(len(test_ds)))
     rows, shuffled = decode_both(model, tok, test_ds, every, ev.shuffled_sources(every), cfg, proc)
     if not proc.main:
@@ -334,8 +334,8 @@ class Run:
     model: SignTranslator
     ddp: torch.nn.Module          # the model, wrapped in DDP when world_size > 1 (FSDP shards it in place)
     opt: torch.optim.AdamW
-    batches: data.Batches
-    val_ds: data.SignDataset
+    batches: batches.Batches
+    val_ds: batches.SignDataset
     val_idx: list[int]
     state: LoopState
     stop: StopSignal
@@ -350,14 +350,15 @@ def setup(cfg: TrainConfig, proc: Dist) -> Run:
     out_dir, accum, ckpt = prepared.out_dir, prepared.grad_accum, prepared.resume
     tok = Tokenizer.from_dir(prepared.base_dir)
     lex = lexicon.Lexicon(lexicon.lexicon_config(cfg.data)) if cfg.data.lexicon_dir else None
-    train_ds = data.SignDataset(cfg.data, "train", tok, augment=cfg.data.pose.augment,
+    train_ds = batches.SignDataset(cfg.data, "train", tok, augment=cfg.data.pose.augment,
                                 n_words=cfg.word_head_size, words=[w.lower() for w in cfg.aux_vocabulary] or None)
-    val_ds = data.SignDataset(cfg.data, "val", tok)
+    val_ds = batches.SignDataset(cfg.data, "val", tok)
     for name, ds in (("train", train_ds), ("val", val_ds)):
         if ds.truncated and proc.main:
             log.warning(f"{name} split: {ds.truncated} answers longer than max_answer_tokens="
                         f"{cfg.data.max_answer_tokens} are cut to that length")
-    sampler = data.BucketSampler(train_ds.lengths, cfg.batch_size, proc.world, proc.rank, seed=cfg.seed, drop_last=True)
+    sampler = batches.BucketSampler(train_ds.lengths, cfg.batch_size, proc.world, proc.rank, seed=cfg.seed,
+                                    drop_last=True)
     if len(sampler) == 0:
         raise ConfigError(f"the train split has {len(train_ds)} clips, fewer than batch_size x world_size "
                           f"= {cfg.batch_size} x {proc.world}: lower batch_size or use more data")
@@ -375,15 +376,15 @@ def setup(cfg: TrainConfig, proc: Dist) -> Run:
     if proc.main:
         log.info(sharding.describe(plan, proc.device))
     if lex:   # a share of stitched sentences (lexicon.py)
-        batches = lexicon.mixed_batches(train_ds, sampler, collate_fn(model, tok), tok, lex, cfg.data.lexicon_mix,
-                                        cfg.max_steps * accum, cfg.seed, cfg.num_workers, proc.rank)
+        stream = lexicon.mixed_batches(train_ds, sampler, collate_fn(model, tok), tok, lex, cfg.data.lexicon_mix,
+                                       cfg.max_steps * accum, cfg.seed, cfg.num_workers, proc.rank)
     else:
-        batches = data.Batches(train_ds, sampler, collate_fn(model, tok), cfg.seed, cfg.num_workers, proc.rank)
+        stream = batches.Batches(train_ds, sampler, collate_fn(model, tok), cfg.seed, cfg.num_workers, proc.rank)
     seed_everything(cfg.seed + 1 + proc.rank)  # dropout differs between ranks
     state = LoopState()
     if ckpt is not None:
         state, position = load_checkpoint(ckpt, model, opt, proc)
-        batches.load_state_dict(position)
+        stream.load_state_dict(position)
         log.info(f"resumed from {ckpt} at step {state.step}")
     if proc.main:
         curves.trim(out_dir, state.step)
@@ -397,7 +398,7 @@ def setup(cfg: TrainConfig, proc: Dist) -> Run:
                   forward_sync_buffers=False, find_unused_parameters=cfg.aux_only_steps > 0)
     model.train()
     tb = curves.tensorboard_writer(out_dir, state.step) if proc.main and cfg.tensorboard else None
-    return Run(cfg, proc, out_dir, accum, tok, model, ddp, opt, batches, val_ds, subset(len(val_ds), cfg.eval_samples),
+    return Run(cfg, proc, out_dir, accum, tok, model, ddp, opt, stream, val_ds, subset(len(val_ds), cfg.eval_samples),
                state, StopSignal(), tb, prepared.base, ev.training_counts(train_ds.texts))
 
 

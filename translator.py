@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-import data
+import batches
 import loader
 import lora
 import poses
@@ -304,7 +304,7 @@ class SignTranslator(nn.Module):
     def set_alignment(self, tok: Tokenizer, words: list[str], n_words: int, weight: float) -> None:
         """Train the soft tokens towards the LLM's embeddings of the words each clip signs
         (embedding_alignment_loss, added to the word loss at `weight`). words: the word head's
-        vocabulary (data.SignDataset.words), n_words slots; each word as it appears mid-sentence."""
+        vocabulary (batches.SignDataset.words), n_words slots; each word as it appears mid-sentence."""
         ids = [tok.encode(" " + w) for w in words[:n_words]] + [[]] * (n_words - len(words[:n_words]))
         width = max([1, *map(len, ids)])
         device = self.encoder.log_gain.device
@@ -370,7 +370,7 @@ class SignTranslator(nn.Module):
     @torch.no_grad()
     def translate(self, batch: dict, tok: Tokenizer, max_new_tokens: int, num_beams: int = 1,
                   static: bool = False) -> list[str]:
-        """Decode a left-padded generation batch (data.collate(..., for_generation=True))."""
+        """Decode a left-padded generation batch (batches.collate(..., for_generation=True))."""
         new = self.llm.generate(inputs_embeds=self.embed(batch)[0], attention_mask=batch["attention_mask"],
                                 max_new_tokens=max_new_tokens, eos_token_id=tok.eos_ids,
                                 pad_token_id=tok.pad_id, num_beams=num_beams, static=static)  # (B, n_new)
@@ -433,8 +433,8 @@ def to_device(batch: dict, device: torch.device) -> dict:
 
 
 def collate_fn(model: SignTranslator, tok: Tokenizer, for_generation: bool = False):
-    """data.collate with one pose placeholder expanded to the model's number of soft tokens."""
-    return lambda items: data.collate(items, tok, model.tokens_per_clip, for_generation=for_generation)
+    """batches.collate with one pose placeholder expanded to the model's number of soft tokens."""
+    return lambda items: batches.collate(items, tok, model.tokens_per_clip, for_generation=for_generation)
 
 
 def autocast(device: torch.device):

@@ -21,7 +21,7 @@ def ours_qlora(cfg, config, random_weights: bool, device):
     from tokenizer import Tokenizer
 
     if random_weights:
-        tok = SimpleNamespace(pose_token_id=config.vocab_size - 1, pad_id=0)  # all data.collate reads
+        tok = SimpleNamespace(pose_token_id=config.vocab_size - 1, pad_id=0)  # all batches.collate reads
     else:
         tok = Tokenizer.from_dir(loader.model_path(cfg.model_dir))
     return translator.build_model(cfg, tok, device, random_shape=config if random_weights else None,
@@ -108,12 +108,12 @@ def hf_qlora(cfg, config, pose_token_id: int, feature_dim: int, device):
 
 def synthetic_batch(tok, prompt_ids: list[int], feature_dim: int, batch_size: int, frames: int,
                     text_tokens: tuple[int, int], vocab_size: int) -> dict:
-    """A training batch as data.collate makes it: clip lengths spread over frames +-10% and answers over
+    """A training batch as batches.collate makes it: clip lengths spread over frames +-10% and answers over
     text_tokens (+ an end token) across the batch (a bucketed batch: similar lengths), random poses
     and token ids. The prompt holds one pose placeholder, expanded to the encoder's token count."""
     import torch
 
-    import data
+    import batches
     import translator
     g = torch.Generator().manual_seed(0)
     items = []
@@ -124,7 +124,7 @@ def synthetic_batch(tok, prompt_ids: list[int], feature_dim: int, batch_size: in
         answer = torch.randint(1, vocab_size - 1, (n_text + 1,), generator=g).tolist()
         items.append(dict(uid=str(i), text="", poses=torch.randn(n_frames, feature_dim, generator=g),
                           prompt_ids=prompt_ids, answer_ids=answer))
-    return data.collate(items, tok, translator.PoseEncoder.output_lengths)
+    return batches.collate(items, tok, translator.PoseEncoder.output_lengths)
 
 
 def projection_shapes(config) -> dict[str, tuple[int, int]]:
@@ -388,7 +388,7 @@ def time_stack(stack: str, job: Job, a, cfg, config) -> dict[int, dict]:
 
     import torch
 
-    import data
+    import batches
     import poses
 
     gc.collect()  # the previous stack's model, before this one is measured
@@ -411,7 +411,7 @@ def time_stack(stack: str, job: Job, a, cfg, config) -> dict[int, dict]:
         label = "transformers+PEFT+bnb NF4"
     else:
         raise SystemExit(f"bench.py train: unknown stack {stack!r} (ours, hf)")
-    prompt = (data.build_prompt(tok, cfg.data) if hasattr(tok, "chat") else
+    prompt = (batches.build_prompt(tok, cfg.data) if hasattr(tok, "chat") else
               [1 + k % (config.vocab_size - 2) for k in range(a.prompt_tokens)])
     if not hasattr(tok, "chat"):
         prompt[a.prompt_tokens // 2] = tok.pose_token_id  # where the pose sits in the ChatML prompt

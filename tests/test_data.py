@@ -13,6 +13,7 @@ import torch
 from pose_format import Pose
 
 import corpus
+import batches
 import data
 import poses
 from tokenizer import train_bpe
@@ -315,7 +316,7 @@ def test_dataset_and_collate_labels_only_on_answer(fixtures_dir, tmp_path, tok):
     root = make_corpus(tmp_path / "c", fixtures_dir, good_rows(6, videos=6))
     cfg = data.DataConfig(data_dir=str(root), split_ratios=(1, 0, 0))
     data.prepare(cfg, workers=1, progress=False)
-    ds = data.SignDataset(cfg, "train", tok)
+    ds = batches.SignDataset(cfg, "train", tok)
     assert len(ds) == 6 and list(ds.lengths) == [97, 60, 31, 97, 60, 31]
     items = [ds[i] for i in (0, 1, 2)]
     F = poses.feature_dim(corpus.resolve_layout(cfg).pose)
@@ -328,7 +329,7 @@ def test_dataset_and_collate_labels_only_on_answer(fixtures_dir, tmp_path, tok):
         assert s["prompt_ids"] + s["answer_ids"] == full[:-1]          # all but the trailing "\n"
         assert s["prompt_ids"].count(tok.pose_token_id) == 1 and s["answer_ids"][-1] == tok.im_end_id
 
-    b = data.collate(items, tok, tokens_per_pose)
+    b = batches.collate(items, tok, tokens_per_pose)
     B, L = b["input_ids"].shape
     assert b["poses"].shape == (3, 97, F) and b["pose_mask"].sum(1).tolist() == [97, 60, 31]
     assert (b["poses"][2, 31:] == 0).all() and b["uids"] == [s["uid"] for s in items]
@@ -342,7 +343,7 @@ def test_dataset_and_collate_labels_only_on_answer(fixtures_dir, tmp_path, tok):
         assert on.nonzero().squeeze(1).tolist() == list(range(n - len(s["answer_ids"]), n))       # the end only
         assert tok.decode(labels[on].tolist()) == s["text"]
 
-    g = data.collate(items, tok, tokens_per_pose, for_generation=True)
+    g = batches.collate(items, tok, tokens_per_pose, for_generation=True)
     assert "labels" not in g
     for i, s in enumerate(items):
         n = int(g["attention_mask"][i].sum())
@@ -351,18 +352,18 @@ def test_dataset_and_collate_labels_only_on_answer(fixtures_dir, tmp_path, tok):
         row = g["input_ids"][i, -n:].tolist()
         assert [t for t in row if t != tok.pose_token_id] == expanded and row[-3:] == s["prompt_ids"][-3:]
 
-    aug = data.SignDataset(cfg, "train", tok, augment=True)
+    aug = batches.SignDataset(cfg, "train", tok, augment=True)
     torch.manual_seed(0)
     assert not torch.equal(aug[0]["poses"][:50], ds[0]["poses"][:50])
-    loader = torch.utils.data.DataLoader(ds, batch_sampler=data.BucketSampler(ds.lengths, 2),
-                                         collate_fn=partial(data.collate, tokenizer=tok,
+    loader = torch.utils.data.DataLoader(ds, batch_sampler=batches.BucketSampler(ds.lengths, 2),
+                                         collate_fn=partial(batches.collate, tokenizer=tok,
                                                             tokens_per_pose=tokens_per_pose))
     assert sorted(u for batch in loader for u in batch["uids"]) == sorted(ds.uids)
 
 
 def test_dataset_needs_a_fresh_cache(tmp_path, tok):
     with pytest.raises(FileNotFoundError, match="data.py prepare"):
-        data.SignDataset(data.DataConfig(data_dir=str(tmp_path)), "train", tok)
+        batches.SignDataset(data.DataConfig(data_dir=str(tmp_path)), "train", tok)
 
 
 def all_batches(sampler):
@@ -373,7 +374,7 @@ def all_batches(sampler):
                          [(96, 4, 3, False), (103, 4, 3, False), (103, 4, 3, True), (5, 4, 4, False)])
 def test_bucket_sampler_shards(n, bs, R, drop_last):
     lengths = np.random.default_rng(0).integers(20, 300, n)
-    ranks = [data.BucketSampler(lengths, bs, R, r, seed=7, drop_last=drop_last) for r in range(R)]
+    ranks = [batches.BucketSampler(lengths, bs, R, r, seed=7, drop_last=drop_last) for r in range(R)]
     per_rank = [all_batches(s) for s in ranks]
     assert len({len(b) for b in per_rank}) == 1 and all(len(s) == len(b) for s, b in zip(ranks, per_rank))
     flat = [i for batches in per_rank for b in batches for i in b]
@@ -387,13 +388,13 @@ def test_bucket_sampler_shards(n, bs, R, drop_last):
             assert len(flat) == n                                  # and disjoint
         else:
             assert sum(len(b) for bs_ in per_rank for b in bs_) - n <= bs * (R - 1)   # only the padding repeats
-    assert per_rank == [all_batches(data.BucketSampler(lengths, bs, R, r, seed=7, drop_last=drop_last))
+    assert per_rank == [all_batches(batches.BucketSampler(lengths, bs, R, r, seed=7, drop_last=drop_last))
                         for r in range(R)]
 
 
 def test_bucket_sampler_buckets_and_epochs():
     lengths = np.random.default_rng(1).integers(20, 300, 2000)
-    s = data.BucketSampler(lengths, 16, seed=3)
+    s = batches.BucketSampler(lengths, 16, seed=3)
     first = all_batches(s)
     spread = np.mean([np.ptp(lengths[b]) for b in first])
     assert spread < 0.2 * np.ptp(lengths)                      # similar lengths together
@@ -402,20 +403,20 @@ def test_bucket_sampler_buckets_and_epochs():
     assert all_batches(s) != first
     s.set_epoch(0)
     assert all_batches(s) == first
-    ordered = all_batches(data.BucketSampler(lengths, 16, shuffle=False))
+    ordered = all_batches(batches.BucketSampler(lengths, 16, shuffle=False))
     assert [i for b in ordered for i in b] == list(np.argsort(lengths, kind="stable"))
 
 
 def test_bucket_sampler_resumes_mid_epoch():
     lengths = np.random.default_rng(2).integers(20, 300, 200)
-    s = data.BucketSampler(lengths, 8, num_replicas=2, rank=1, seed=5)
+    s = batches.BucketSampler(lengths, 8, num_replicas=2, rank=1, seed=5)
     s.set_epoch(3)
     full = all_batches(s)
     it = iter(s)
     seen = [next(it) for _ in range(4)]
     state = s.state_dict()
     assert state["epoch"] == 3 and state["batches_consumed"] == 4 and seen == full[:4]
-    r = data.BucketSampler(lengths, 8, num_replicas=2, rank=1, seed=5)
+    r = batches.BucketSampler(lengths, 8, num_replicas=2, rank=1, seed=5)
     r.load_state_dict(json.loads(json.dumps(state)))
     r.set_epoch(3)                                            # the training loop's call keeps the skip
     assert all_batches(r) == full[4:]

@@ -143,14 +143,14 @@ def test_eval_writes_predictions_and_json_line(run_dir, tmp_path):
 
 
 def decode_one_by_one(ckpt, uids):
-    import data
+    import batches
     from tokenizer import Tokenizer
 
     cfg = config.load_run_config(ckpt)
     tok = Tokenizer.from_dir(cfg.model_dir)
     model = translator.build_model(cfg, tok, torch.device("cpu"))
     checkpoints.load_trained(model, ckpt)
-    ds = data.SignDataset(cfg.data, "test", tok)
+    ds = batches.SignDataset(cfg.data, "test", tok)
     index = {u: i for i, u in enumerate(ds.uids)}
     return [ev.decode(model, tok, ds, [index[u]], 1, cfg.max_new_tokens, 1, torch.device("cpu"),
                       static=True)[0]["hypothesis"] for u in uids]

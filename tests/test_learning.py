@@ -31,7 +31,10 @@ def corpus(kind: str, n: int, out):
     return out
 
 
-@pytest.mark.parametrize("kind", ["synth", "path", "shape", "mixed"])
+# "path" and "shape" take five times as long and are marked slow (`python -m pytest -m slow`): the
+# "mixed" corpus's signs differ in hand shape, place and path together and learn in 300 steps.
+@pytest.mark.parametrize("kind", ["synth", pytest.param("path", marks=pytest.mark.slow),
+                                  pytest.param("shape", marks=pytest.mark.slow), "mixed"])
 def test_tiny_recipe_reads_the_signs(kind, tmp_path):
     clips, steps = RUNS[kind]
     data_dir = corpus(kind, clips, tmp_path / "corpus")

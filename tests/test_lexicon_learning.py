@@ -14,6 +14,7 @@ import pytest
 import torch
 
 import corpus
+import batches
 import data
 import eval as ev
 import lexicon
@@ -26,7 +27,7 @@ STEPS, BATCH = 300, 16
 
 
 class NoText:
-    """What data.SignDataset and data.collate need of a tokenizer when no LLM is trained."""
+    """What batches.SignDataset and batches.collate need of a tokenizer when no LLM is trained."""
     pose_token, pose_token_id, pad_id, im_end_id = "<pose>", 1, 0, 2
 
     def encode(self, text):
@@ -39,24 +40,24 @@ class NoText:
         return [1]
 
 
-def train_head(cfg: data.DataConfig, with_lexicon: bool) -> tuple[PoseEncoder, data.SignDataset]:
+def train_head(cfg: data.DataConfig, with_lexicon: bool) -> tuple[PoseEncoder, batches.SignDataset]:
     torch.manual_seed(0)
     tok = NoText()
     vocab = lexicon.head_vocabulary(cfg if with_lexicon else dataclasses.replace(cfg, lexicon_dir=""), 512)
-    train = data.SignDataset(cfg, "train", tok, augment=True, n_words=512, words=[w.lower() for w in vocab])
+    train = batches.SignDataset(cfg, "train", tok, augment=True, n_words=512, words=[w.lower() for w in vocab])
     enc = PoseEncoder(poses.part_slices(train.pose_cfg), poses.channels(train.pose_cfg), 32, width=96, layers=1,
                       aux_words=512)
     enc.set_input_stats(train.features)
-    sampler = data.BucketSampler(train.lengths, BATCH, seed=0, drop_last=True)
-    collate = lambda items: data.collate(items, tok, enc.output_lengths)  # noqa: E731
+    sampler = batches.BucketSampler(train.lengths, BATCH, seed=0, drop_last=True)
+    collate = lambda items: batches.collate(items, tok, enc.output_lengths)  # noqa: E731
     if with_lexicon:
-        batches = lexicon.mixed_batches(train, sampler, collate, tok, lexicon.Lexicon(lexicon.lexicon_config(cfg)),
-                                        cfg.lexicon_mix, STEPS, 0, 0, 0)
+        stream = lexicon.mixed_batches(train, sampler, collate, tok, lexicon.Lexicon(lexicon.lexicon_config(cfg)),
+                                       cfg.lexicon_mix, STEPS, 0, 0, 0)
     else:
-        batches = data.Batches(train, sampler, collate, 0, 0, 0)
+        stream = batches.Batches(train, sampler, collate, 0, 0, 0)
     opt = torch.optim.AdamW(enc.parameters(), lr=3e-3)
     for _ in range(STEPS):
-        b = next(batches)
+        b = next(stream)
         _, mask, logits = enc(b["poses"], b["pose_mask"])
         loss = word_presence_loss(logits, mask, b["word_targets"])
         if "iso_word_label" in b:
@@ -69,11 +70,11 @@ def train_head(cfg: data.DataConfig, with_lexicon: bool) -> tuple[PoseEncoder, d
 
 
 @torch.no_grad()
-def rare_recall(enc: PoseEncoder, train: data.SignDataset, cfg: data.DataConfig) -> float:
+def rare_recall(enc: PoseEncoder, train: batches.SignDataset, cfg: data.DataConfig) -> float:
     """Share of the test references' words seen at most twice in training that are among their
     clip's k likeliest words (k = the clip's number of words)."""
     counts = ev.training_counts(train.texts)
-    test = data.SignDataset(cfg, "test", NoText())
+    test = batches.SignDataset(cfg, "test", NoText())
     found = total = 0
     for i in range(len(test)):
         item = test[i]

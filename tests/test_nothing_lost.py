@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 import corpus
+import batches
 import data
 import eval as ev
 import poses
@@ -153,7 +154,7 @@ def test_6_train_and_eval_on_a_damaged_cache(shared, run_dir, tmp_path, capsys):
     cfg = data.DataConfig(data_dir=str(corpus_dir), split_ratios=(0.6, 0.2, 0.2))
     truncate(features)
     with pytest.raises(FileNotFoundError, match=r"damaged.*features\.npy.*python data\.py prepare"):
-        data.SignDataset(cfg, "train", None)
+        batches.SignDataset(cfg, "train", None)
     assert ev.main([str(run_dir), "--data_dir", str(corpus_dir), "--split", "val", "--no_shuffled",
                     "--out", str(tmp_path / "p.jsonl")]) == 0
     assert "damaged" in capsys.readouterr().err and (tmp_path / "p.jsonl").is_file()

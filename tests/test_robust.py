@@ -25,6 +25,7 @@ import checkpoints
 import config
 import corpus
 import curves
+import batches
 import data
 import eval as ev
 import loader
@@ -291,7 +292,7 @@ def test_9_long_answers_are_cut_to_max_answer_tokens(fixtures_dir, tmp_path):
     cfg = data.DataConfig(data_dir=str(root), split_ratios=(1, 0, 0), max_answer_tokens=16)
     data.prepare(cfg, workers=1, progress=False)
     tok = train_bpe([t for _, t in rows] * 3, 300, tmp_path / "tok")
-    ds = data.SignDataset(cfg, "train", tok)
+    ds = batches.SignDataset(cfg, "train", tok)
     k = ds.uids.index(rows[1][0])
     assert ds.truncated == 1 and len(ds.answer_ids[k]) == 16 and tok.im_end_id not in ds.answer_ids[k]
     assert ds.texts[k] == rows[1][1]                               # the reference stays whole

@@ -108,6 +108,7 @@ def run_dir(tmp_path_factory):
 def test_run_adds_its_translation_and_words(run_dir, clip, tmp_path, capsys):
     import corpus
     import eval as run_eval
+    import words
     from config import load_run_config
     path, _ = clip
     with pytest.raises(SystemExit) as stop:
@@ -120,8 +121,8 @@ def test_run_adds_its_translation_and_words(run_dir, clip, tmp_path, capsys):
     assert run_eval.main([str(run_dir), "--pose", str(path)]) == 0
     assert summary["translation"] == capsys.readouterr().out.strip()
     cfg = load_run_config(run_dir)
-    vocab = data.word_vocabulary(corpus.split_texts(cfg.data, "train"), cfg.aux_words)
-    assert set(summary["words"]) <= set(vocab)
+    vocab = words.word_vocabulary(corpus.split_texts(cfg.data, "train"), cfg.aux_words)
+    assert {w.lower() for w in summary["words"]} <= set(vocab)
     # the cursor moves along the timeline: its colour sits further right in a later frame
     cols = [np.nonzero(near(f[show.HEIGHT:], show.CURSOR, 0).any(0))[0].mean() for f in (frames[0], frames[-1])]
     assert cols[1] > cols[0] + 100
