@@ -112,7 +112,7 @@ def test_2_a_start_at_step_0_forgets_the_metrics_of_an_attempt_that_saved_nothin
     out.mkdir()
     (out / "metrics.jsonl").write_text('{"step": 1, "loss": 99.0}\n{"step": 2, "loss": 99.0}\n')
     flat = {"val_loss": 1.0, "val_bleu1": 0.0, "val_bleu2": 0.0, "val_bleu3": 0.0, "val_bleu4": 0.0,
-            "val_rougeL": 0.0, "val_chrf": 0.0, "val_n": 4, "example": None}
+            "val_rougeL": 0.0, "val_chrf": 0.0, "val_n": 4, "val_word_recall_by_freq": {}, "example": None}
     monkeypatch.setattr(train, "validate", lambda *a: dict(flat))
     assert train.main(tiny_args(shared, out, max_steps=4, grad_accum=1, eval_every=2, save_every=2)) == 0
     rows = [m for m in metrics(out) if "loss" in m]
