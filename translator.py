@@ -184,7 +184,7 @@ def embedding_alignment_loss(tokens: Tensor, token_mask: Tensor, word_embeds: Te
     vocabulary word: the clip's tokens are drawn towards the embeddings of the words it signs and
     away from the others, so that the soft tokens arrive in the frozen LLM as something like its
     own words (a bag of glosses), which it can read before any adapter has learned the poses.
-    Visual tokens aligned to the language model's embeddings: SAGE (Hasan et al. 2025,
+    Visual tokens aligned to the language model's embeddings: SAGE (Low et al., ICCV workshops 2025,
     arXiv:2507.09266); word targets from the texts: Sign2GPT's pseudo-glosses.
 
     tokens (B, T', H) soft tokens, token_mask (B, T'), word_embeds (V, H), targets (B, V) as in

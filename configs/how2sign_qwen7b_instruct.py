@@ -3,12 +3,19 @@
 #   python data.py import how2sign ~/How2Sign data/how2sign          # README, "How2Sign"
 #   torchrun --nproc_per_node 4 train.py configs/how2sign_qwen7b_instruct.py
 #   python eval.py runs/how2sign-qwen7b-instruct --split test
-# Only what differs from the defaults (config.py): the corpus, its language and its keypoint layout.
-# The model (Qwen2.5-7B-Instruct in checkpoints/) and the recipe are the defaults'. Samples per
-# optimizer step: batch_size 4 x grad_accum 8 x 4 GPUs = 128; How2Sign's ~31k training clips are
-# ~240 steps per epoch. Memory settings (offload_embeddings, quant_cache) as in
+# Only what differs from the defaults (config.py): the corpus, its language, its keypoint layout
+# and the recipe of configs/qwen7b_instruct.py; the model is the default's (Qwen2.5-7B-Instruct in
+# checkpoints/). Samples per optimizer step: batch_size 4 x grad_accum 8 x 4 GPUs = 128; How2Sign's
+# ~31k training clips are ~240 steps per epoch. Memory settings (offload_embeddings, quant_cache) as in
 # configs/qwen7b_instruct.py, on the command line: --offload_embeddings=True --quant_cache=checkpoints/nf4-cache
 data_dir = "data/how2sign"
 out_dir = "runs/how2sign-qwen7b-instruct"
 source_language = "American Sign Language"
 layout = "openpose"
+# The recipe that reads the signs, the same at every size (docs/training.md, "The real recipe"):
+# LoRA+ on all seven projections, the encoder at 6 x lr, soft tokens aligned to the word embeddings.
+lora_targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+lr = 5e-4
+lora_plus_ratio = 16
+encoder_lr = 3e-3
+align_weight = 1.0

@@ -1,5 +1,5 @@
-# Qwen2.5-7B (base, not instruct), QLoRA on iSign. The base model has seen no ChatML turns, so
-# it is given twice the LoRA learning rate of the instruct model.
+# Qwen2.5-7B (base, not instruct), QLoRA on iSign. The base model has seen no ChatML turns: the
+# adapters learn the format.
 #   torchrun --nproc_per_node 4 train.py configs/qwen7b.py
 # Weights: hf download Qwen/Qwen2.5-7B --local-dir checkpoints/Qwen2.5-7B
 # Samples per optimizer step: batch_size 16 x grad_accum 2 x 4 GPUs = 128 (~740 steps per epoch).
@@ -10,8 +10,13 @@ data_dir = "data/isign"
 out_dir = "runs/qwen7b"
 quant_cache = "checkpoints/nf4-cache"  # the quantized base, saved on first load, read back by later runs
 offload_embeddings = True  # the frozen input table (152064 x hidden, bf16: 1.02 GiB) stays in host memory
-lr = 2e-4
-encoder_lr = 3e-4
+# The recipe that reads the signs, the same at every size (docs/training.md, "The real recipe"):
+# LoRA+ on all seven projections, the encoder at 6 x lr, soft tokens aligned to the word embeddings.
+lora_targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+lr = 5e-4
+lora_plus_ratio = 16
+encoder_lr = 3e-3
+align_weight = 1.0
 batch_size = 16
 grad_accum = 2
 max_steps = 4000
