@@ -1,8 +1,8 @@
 """Sign dictionaries (lexicon.py, corpus.py's index reader, poses.window_frames): the index format
 of spoken-to-signed-translation on the real ASL fingerspelling dictionary, bad rows skipped with
 their reason, clip windows, trimming, names spelled from real letters, stitching, the command that
-makes a dictionary from a folder. Cheap: no model is trained here (tests/test_learning.py has the
-learning check)."""
+makes a dictionary from a folder. Cheap: no model is trained here (what a dictionary does for
+learning is measured in full runs: docs/benchmark-log.md, 2026-12-07, "CPU: the long tail")."""
 import csv
 import json
 import shutil
