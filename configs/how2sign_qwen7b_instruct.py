@@ -13,9 +13,9 @@ out_dir = "runs/how2sign-qwen7b-instruct"
 source_language = "American Sign Language"
 layout = "openpose"
 # The recipe that reads the signs, the same at every size (docs/training.md, "The real recipe"):
-# LoRA+ on all seven projections, the encoder at 6 x lr, soft tokens aligned to the word embeddings.
+# LoRA+ on all seven projections, the encoder at 3 x lr, soft tokens aligned to the word embeddings.
 lora_targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-lr = 5e-4
+lr = 1e-3
 lora_plus_ratio = 16
 encoder_lr = 3e-3
 align_weight = 1.0

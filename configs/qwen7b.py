@@ -11,9 +11,9 @@ out_dir = "runs/qwen7b"
 quant_cache = "checkpoints/nf4-cache"  # the quantized base, saved on first load, read back by later runs
 offload_embeddings = True  # the frozen input table (152064 x hidden, bf16: 1.02 GiB) stays in host memory
 # The recipe that reads the signs, the same at every size (docs/training.md, "The real recipe"):
-# LoRA+ on all seven projections, the encoder at 6 x lr, soft tokens aligned to the word embeddings.
+# LoRA+ on all seven projections, the encoder at 3 x lr, soft tokens aligned to the word embeddings.
 lora_targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-lr = 5e-4
+lr = 1e-3
 lora_plus_ratio = 16
 encoder_lr = 3e-3
 align_weight = 1.0
