@@ -68,7 +68,10 @@ class TrainConfig:
     lora_r: int = 16
     lora_alpha: float = 32.0
     lora_dropout: float = 0.05
-    lora_targets: list = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+    # The defaults are the recipe that makes a frozen, pretrained LLM read the signs (docs/training.md,
+    # "The real recipe"): LoRA+ on all seven projections, the encoder at 3 x lr, soft tokens aligned.
+    lora_targets: list = field(default_factory=lambda: [
+        "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
     modules_to_save: list = field(default_factory=list)  # e.g. ["embed_tokens", "lm_head"]
     encoder_width: int = 512
     encoder_layers: int = 2          # dilated residual conv blocks over the downsampled frames (translator.PoseEncoder)
@@ -79,7 +82,7 @@ class TrainConfig:
     aux_words: int = 1024
     aux_weight: float = 1.0          # weight of the word loss beside the language-model loss (0: off)
     aux_only_steps: int = 0          # first steps: the encoder learns the words alone (no LLM)
-    align_weight: float = 0.0        # > 0: the word loss also draws the soft tokens towards the LLM's input
+    align_weight: float = 1.0        # > 0: the word loss also draws the soft tokens towards the LLM's input
                                      # embeddings of the signed words (translator.embedding_alignment_loss)
     word_hints: int = 8              # the head's likeliest words given to the LLM as text (translator.WordHints)
     aux_vocabulary: list = runtime(lambda: [])   # the head's words as the texts write them: resolved where a run
@@ -97,9 +100,9 @@ class TrainConfig:
     grad_accum: int = runtime(8)
     global_batch: int = 0            # > 0: grad_accum = global_batch / (batch_size x world_size)
     max_steps: int = 3000
-    lr: float = 1e-4                 # LoRA (and modules_to_save)
-    lora_plus_ratio: float = 1.0     # LoRA+: the B matrices learn at lr x this (train.make_optimizer)
-    encoder_lr: float = 5e-4
+    lr: float = 1e-3                 # LoRA (and modules_to_save)
+    lora_plus_ratio: float = 16.0    # LoRA+: the B matrices learn at lr x this (train.make_optimizer)
+    encoder_lr: float = 3e-3
     align_steps: int = 0             # first steps: the encoder alone learns, through the frozen LLM (the
                                      # adapters start after them, with their own warmup)
     weight_decay: float = 0.0

@@ -12,10 +12,5 @@ data_dir = "data/how2sign"
 out_dir = "runs/how2sign-qwen7b-instruct"
 source_language = "American Sign Language"
 layout = "openpose"
-# The recipe that reads the signs, the same at every size (docs/training.md, "The real recipe"):
-# LoRA+ on all seven projections, the encoder at 3 x lr, soft tokens aligned to the word embeddings.
-lora_targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-lr = 1e-3
-lora_plus_ratio = 16
-encoder_lr = 3e-3
-align_weight = 1.0
+# The recipe (LoRA+ on all seven projections at lr 1e-3, the encoder at 3e-3, soft tokens aligned
+# to the word embeddings) is config.py's defaults: docs/training.md, "The real recipe".

@@ -13,13 +13,8 @@ offload_embeddings = True  # the frozen input table (152064 x 8192, bf16: 2.32 G
 fsdp = True
 lora_r = 32
 lora_alpha = 64
-# The recipe that reads the signs, the same at every size (docs/training.md, "The real recipe"):
-# LoRA+ on all seven projections, the encoder at 3 x lr, soft tokens aligned to the word embeddings.
-lora_targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-lr = 1e-3
-lora_plus_ratio = 16
-encoder_lr = 3e-3
-align_weight = 1.0
+# The recipe (LoRA+ on all seven projections at lr 1e-3, the encoder at 3e-3, soft tokens aligned
+# to the word embeddings) is config.py's defaults: docs/training.md, "The real recipe".
 batch_size = 1
 grad_accum = 32
 max_steps = 4000

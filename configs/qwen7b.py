@@ -10,13 +10,8 @@ data_dir = "data/isign"
 out_dir = "runs/qwen7b"
 quant_cache = "checkpoints/nf4-cache"  # the quantized base, saved on first load, read back by later runs
 offload_embeddings = True  # the frozen input table (152064 x hidden, bf16: 1.02 GiB) stays in host memory
-# The recipe that reads the signs, the same at every size (docs/training.md, "The real recipe"):
-# LoRA+ on all seven projections, the encoder at 3 x lr, soft tokens aligned to the word embeddings.
-lora_targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-lr = 1e-3
-lora_plus_ratio = 16
-encoder_lr = 3e-3
-align_weight = 1.0
+# The recipe (LoRA+ on all seven projections at lr 1e-3, the encoder at 3e-3, soft tokens aligned
+# to the word embeddings) is config.py's defaults: docs/training.md, "The real recipe".
 batch_size = 16
 grad_accum = 2
 max_steps = 4000

@@ -12,15 +12,17 @@ model_dir = ""            # the random base goes to out_dir/base: its tokenizer 
 init_model = dict(hidden_size=128, intermediate_size=384, num_hidden_layers=2, num_attention_heads=4,
                   num_key_value_heads=2, max_position_embeddings=1024, vocab_size=1024)
 lora_dropout = 0.0
-lora_targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 modules_to_save = ["embed_tokens", "lm_head"]
+# A random base learns the language and the signs together: plain LoRA, no alignment with
+# embeddings that mean nothing yet (the defaults are the recipe for a pretrained LLM).
+lora_plus_ratio = 1.0
+align_weight = 0.0
 encoder_width = 192
 # 16 clips per step on one process: batch_size 16 x grad_accum 1 x world_size 1
 batch_size = 16
 grad_accum = 1
 max_steps = 2000
 lr = 2e-3
-encoder_lr = 3e-3
 warmup_steps = 50
 eval_samples = 60
 eval_batch_size = 32

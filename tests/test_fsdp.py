@@ -12,6 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+import config
 import eval as ev
 import loader
 import quant
@@ -120,10 +121,11 @@ def check_against_whole(shards, whole, offload_embeddings=False):
     base = {f"{name}.{k}" for name, m in whole.named_modules() if isinstance(m, quant.Linear4bit)
             for k in ("weight", "absmax", "absmax_scale")}
     half = sum(nbytes(t) for name, t in whole.state_dict().items() if name in base) / 2
+    wrapped = "|".join(config.TrainConfig().lora_targets)   # shard_worker.py's: the default targets
     for r, (local, _) in enumerate(shards):
         held = 0
         for name, t in whole.state_dict().items():
-            ours = local[re.sub(r"(q_proj|k_proj|v_proj|o_proj)\.", r"\1.base.", name)]  # LoRA-wrapped here
+            ours = local[re.sub(rf"({wrapped})\.", r"\1.base.", name)]  # LoRA-wrapped here
             whole_here = t.dim() == 0 or (offload_embeddings and "embed_tokens" in name)
             expected = t if whole_here else t[sharding.local_rows(len(t), r, 2)]
             assert ours.dtype == expected.dtype and torch.equal(ours, expected), (r, name)
