@@ -69,7 +69,7 @@ class TrainConfig:
     lora_alpha: float = 32.0
     lora_dropout: float = 0.05
     # The defaults are the recipe that makes a frozen, pretrained LLM read the signs (docs/training.md,
-    # "The real recipe"): LoRA+ on all seven projections, the encoder at 3 x lr, soft tokens aligned.
+    # "The real recipe"): LoRA+ on all seven projections, a faster encoder, soft tokens aligned.
     lora_targets: list = field(default_factory=lambda: [
         "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
     modules_to_save: list = field(default_factory=list)  # e.g. ["embed_tokens", "lm_head"]

@@ -12,5 +12,4 @@ data_dir = "data/how2sign"
 out_dir = "runs/how2sign-qwen7b-instruct"
 source_language = "American Sign Language"
 layout = "openpose"
-# The recipe (LoRA+ on all seven projections at lr 1e-3, the encoder at 3e-3, soft tokens aligned
-# to the word embeddings) is config.py's defaults: docs/training.md, "The real recipe".
+# The recipe that reads the signs is config.py's defaults (docs/training.md, "The real recipe").

@@ -13,8 +13,7 @@ quant_cache = "checkpoints/nf4-cache"  # the quantized base, saved on first load
 offload_embeddings = True  # the frozen input table (152064 x hidden, bf16: 1.45 GiB) stays in host memory
 lora_r = 32
 lora_alpha = 64
-# The recipe (LoRA+ on all seven projections at lr 1e-3, the encoder at 3e-3, soft tokens aligned
-# to the word embeddings) is config.py's defaults: docs/training.md, "The real recipe".
+# The recipe that reads the signs is config.py's defaults (docs/training.md, "The real recipe").
 max_steps = 4000
 warmup_steps = 200
 gradient_checkpointing = True

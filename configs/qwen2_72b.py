@@ -15,8 +15,7 @@ offload_embeddings = True  # the frozen input table (152064 x 8192, bf16: 2.32 G
 fsdp = True
 lora_r = 32
 lora_alpha = 64
-# The recipe (LoRA+ on all seven projections at lr 1e-3, the encoder at 3e-3, soft tokens aligned
-# to the word embeddings) is config.py's defaults: docs/training.md, "The real recipe".
+# The recipe that reads the signs is config.py's defaults (docs/training.md, "The real recipe").
 batch_size = 1
 grad_accum = 32
 max_steps = 4000

@@ -11,8 +11,7 @@ data_dir = "data/isign"
 out_dir = "runs/qwen2-7b"
 quant_cache = "checkpoints/nf4-cache"  # the quantized base, saved on first load, read back by later runs
 offload_embeddings = True  # the frozen input table (152064 x hidden, bf16: 1.02 GiB) stays in host memory
-# The recipe (LoRA+ on all seven projections at lr 1e-3, the encoder at 3e-3, soft tokens aligned
-# to the word embeddings) is config.py's defaults: docs/training.md, "The real recipe".
+# The recipe that reads the signs is config.py's defaults (docs/training.md, "The real recipe").
 max_steps = 4000
 warmup_steps = 200
 gradient_checkpointing = True

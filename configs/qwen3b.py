@@ -8,8 +8,7 @@ model_repo = "Qwen/Qwen2.5-3B-Instruct"
 data_dir = "data/isign"
 out_dir = "runs/qwen3b-instruct"
 quant_cache = "checkpoints/nf4-cache"  # the quantized base, saved on first load, read back by later runs
-# The recipe (LoRA+ on all seven projections at lr 1e-3, the encoder at 3e-3, soft tokens aligned
-# to the word embeddings) is config.py's defaults: docs/training.md, "The real recipe".
+# The recipe that reads the signs is config.py's defaults (docs/training.md, "The real recipe").
 batch_size = 8
 grad_accum = 4
 max_steps = 4000
